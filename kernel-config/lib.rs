@@ -1,0 +1,1 @@
+//! Locating ark guest kernels built by `kernel-config/build.sh`.

@@ -1,0 +1,93 @@
+//! Top-level command line. Each half of stage0 owns its own subcommands:
+//! `image::cli` (fetch, image, trust) and `pod::cli` (prepare, run, list, ...).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// Exit code for ark's own errors (as podman does); apps' own codes pass through `ark run`.
+pub const EXIT_ARK_ERROR: u8 = 125;
+
+#[derive(Debug, Parser)]
+#[command(name = "ark", version, about = "Daemonless pod runtime; a KVM microVM per pod")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOpts {
+    /// ark's data directory (image store, pods).
+    #[arg(long, global = true, env = "ARK_DIR", default_value = "/var/lib/ark")]
+    pub dir: PathBuf,
+    /// Checks to skip, comma-separated: none, image (signatures), tls, http (plain http to non-loopback), all.
+    #[arg(long = "insecure-options", global = true, value_delimiter = ',', default_value = "none")]
+    pub insecure_options: Vec<InsecureOption>,
+    /// Verbose logs (and, for kvm pods, the guest kernel's messages).
+    #[arg(long, global = true)]
+    pub debug: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InsecureOption {
+    None,
+    Image,
+    Tls,
+    Http,
+    All,
+}
+
+impl GlobalOpts {
+    /// Whether the check named by `opt` is switched off.
+    pub fn insecure(&self, opt: InsecureOption) -> bool {
+        self.insecure_options
+            .iter()
+            .any(|o| *o == opt || *o == InsecureOption::All)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Image(crate::image::cli::ImageCommand),
+    #[command(flatten)]
+    Pod(crate::pod::cli::PodCommand),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completion { shell: clap_complete::Shell },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.debug);
+    let result = match cli.command {
+        Command::Image(cmd) => crate::image::cli::run(&cli.global, cmd),
+        Command::Pod(cmd) => crate::pod::cli::run(&cli.global, cmd),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ark", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One clear line: the error and its causes, joined.
+            eprintln!("ark: {e:#}");
+            ExitCode::from(EXIT_ARK_ERROR)
+        }
+    }
+}
+
+fn init_logging(debug: bool) {
+    let filter = if debug { "debug" } else { "warn" };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ARK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for ark integration tests (real binaries, real components).
