@@ -14,18 +14,19 @@ cargo build --workspace --bins "${cargo_profile[@]}"
 # guest-init must run as PID 1 in any root (a VM, an image without libc): static, musl preferred.
 if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
   cargo build -p ark-guest-init --release --target x86_64-unknown-linux-musl
-  init=target/x86_64-unknown-linux-musl/release/ark-init
+  init=$tdir/x86_64-unknown-linux-musl/release/ark-init
 else
   RUSTFLAGS="-C target-feature=+crt-static" cargo build -p ark-guest-init --release \
     --target x86_64-unknown-linux-gnu
-  init=target/x86_64-unknown-linux-gnu/release/ark-init
+  init=$tdir/x86_64-unknown-linux-gnu/release/ark-init
 fi
 
-out=target/ark
+tdir=${CARGO_TARGET_DIR:-target}
+out=$tdir/ark
 mkdir -p "$out/bin" "$out/libexec/ark"
-install -m 0755 "target/$profile/ark" "$out/bin/ark"
+install -m 0755 "$tdir/$profile/ark" "$out/bin/ark"
 for b in ark-stage1-kvm ark-stage1-ns ark-stage1-fly ark-vmm; do
-  install -m 0755 "target/$profile/$b" "$out/libexec/ark/$b"
+  install -m 0755 "$tdir/$profile/$b" "$out/libexec/ark/$b"
 done
 install -m 0755 "$init" "$out/libexec/ark/ark-init"
-echo "$PWD/$out/bin/ark"
+echo "$(cd "$out" && pwd)/bin/ark"

@@ -55,6 +55,8 @@ pub enum Command {
     #[command(flatten)]
     Image(crate::image::cli::ImageCommand),
     #[command(flatten)]
+    Trust(crate::trust::cli::TrustCommand),
+    #[command(flatten)]
     Pod(crate::pod::cli::PodCommand),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completion { shell: clap_complete::Shell },
@@ -65,6 +67,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.global.debug);
     let result = match cli.command {
         Command::Image(cmd) => crate::image::cli::run(&cli.global, cmd),
+        Command::Trust(cmd) => crate::trust::cli::run(&cli.global, cmd),
         Command::Pod(cmd) => crate::pod::cli::run(&cli.global, cmd),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ark", &mut std::io::stdout());

@@ -4,6 +4,7 @@
 mod cli;
 mod image;
 mod pod;
+mod trust;
 
 use std::process::ExitCode;
 
