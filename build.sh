@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 profile=debug; cargo_profile=()
 if [ "${1:-}" = "--release" ]; then profile=release; cargo_profile=(--release); fi
 
+tdir=${CARGO_TARGET_DIR:-target}
 cargo build --workspace --bins "${cargo_profile[@]}"
 
 # guest-init must run as PID 1 in any root (a VM, an image without libc): static, musl preferred.
@@ -21,7 +22,6 @@ else
   init=$tdir/x86_64-unknown-linux-gnu/release/ark-init
 fi
 
-tdir=${CARGO_TARGET_DIR:-target}
 out=$tdir/ark
 mkdir -p "$out/bin" "$out/libexec/ark"
 install -m 0755 "$tdir/$profile/ark" "$out/bin/ark"
