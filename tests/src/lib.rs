@@ -3,6 +3,7 @@
 
 pub mod images;
 pub mod pods;
+pub mod registry;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,1 @@
+//! Helpers for registry/trust integration tests (docker-registry, skopeo, gpg).

@@ -1,0 +1,1 @@
+//! virtio-fs: a FUSE server inside the VMM sharing one host directory.

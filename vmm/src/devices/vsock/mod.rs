@@ -1,0 +1,1 @@
+//! virtio-vsock with a hybrid (Unix socket) host side, like Firecracker.
