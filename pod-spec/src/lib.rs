@@ -1,3 +1,102 @@
 //! The contract between ark's stages: the pod manifest stage0 writes, the stage2 config stage1
 //! hands to guest-init, and the per-app exit statuses guest-init reports back. Kept in one small
 //! crate so stage0, every stage1 and the static guest-init agree on one definition.
+//!
+//! The human-readable version of this contract is `docs/pod-manifest.md`; keep both in step.
+pub mod layout;
+pub mod manifest;
+pub mod stage2;
+pub mod status;
+
+pub use layout::{guest, PodLayout};
+pub use manifest::{
+    App, AppLimits, EnvVar, Flavor, ImageRef, ManifestError, Mount, NetMode, PodLimits,
+    PodManifest, Rlimit, Stage1, Volume, VolumeKind, DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES,
+    MANIFEST_VERSION,
+};
+pub use stage2::{
+    AppCgroup, ControlCommand, ControlTransport, OnExit, Stage2Config, Stage2Mount,
+    StatusTransport, STAGE2_CONFIG_VERSION,
+};
+pub use status::{
+    pod_exit_code, AppState, AppStatus, PodExit, StatusDir, StatusMessage, EXIT_STAGE1_ERROR,
+    STATUS_ACK,
+};
+
+/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename), so a
+/// reader never sees half a file and an interruption leaves the old version or the new one.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp in this contract.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC (`2024-05-01T12:00:00.123Z`) for humans.
+pub fn format_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days to civil date (Howard Hinnant's algorithm), valid for every date after 1970.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_timestamps() {
+        assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_unix_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            format_unix_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = std::env::temp_dir().join(format!("ark-pod-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,351 @@
+//! How a pod ended: per-app statuses guest-init reports, the messages that carry them, and the
+//! files under `<pod dir>/status/` the stage1 keeps them in.
+//!
+//! Protocol: newline-delimited JSON [`StatusMessage`]s (vsock), or, with the file transport,
+//! guest-init applies them itself to the status directory with [`StatusDir::apply`]. Either way
+//! the stage1 calls [`StatusDir::finish`] once guest-init is gone, which writes `pod.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::PodManifest;
+
+/// Exit code for a stage1's own errors (and an app that could not be started), as podman does.
+pub const EXIT_STAGE1_ERROR: i32 = 125;
+
+/// The line the host answers after `pod_done` on the vsock transport.
+pub const STATUS_ACK: &str = "ok";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppState {
+    Running,
+    Exited,
+}
+
+/// One app's status: `status/<app>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub app: String,
+    pub state: AppState,
+    /// The app's pid in the pod's pid namespace (host pid for fly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Set when the app exited normally (126/127 for an exec failure, as shells do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Set when a signal killed the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer killed a process of the app's cgroup.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Why the app could not run (bad user, exec failure, stage2 vanished...), one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+}
+
+impl AppStatus {
+    pub fn running(app: &str, pid: i32, started_at: u64) -> Self {
+        AppStatus {
+            app: app.into(),
+            state: AppState::Running,
+            pid: Some(pid),
+            exit_code: None,
+            signal: None,
+            oom_killed: false,
+            error: None,
+            started_at: Some(started_at),
+            finished_at: None,
+        }
+    }
+
+    /// An app that never ran or whose end was not observed.
+    pub fn failed(app: &str, error: impl Into<String>, exit_code: Option<i32>) -> Self {
+        AppStatus {
+            app: app.into(),
+            state: AppState::Exited,
+            pid: None,
+            exit_code,
+            signal: None,
+            oom_killed: false,
+            error: Some(error.into()),
+            started_at: None,
+            finished_at: Some(crate::now_unix_ms()),
+        }
+    }
+
+    /// The shell-style code this status stands for: the exit code, 128 + signal, or 125.
+    pub fn code(&self) -> i32 {
+        match (self.state, self.exit_code, self.signal) {
+            (AppState::Exited, Some(c), _) => c,
+            (AppState::Exited, None, Some(s)) => 128 + s,
+            _ => EXIT_STAGE1_ERROR,
+        }
+    }
+}
+
+/// How the pod ended: `status/pod.json`, written by the stage1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodExit {
+    /// What `ark run` exits with (see [`pod_exit_code`]).
+    pub exit_code: i32,
+    pub finished_at: u64,
+    /// Set when the pod did not end on its own terms (stage2 died, VMM killed...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The pod's exit code: a one-app pod's own code; with several apps the first non-zero in
+/// manifest order; 125 when an app has no final status.
+pub fn pod_exit_code<'a>(
+    manifest: &PodManifest,
+    mut status_of: impl FnMut(&str) -> Option<&'a AppStatus>,
+) -> i32 {
+    let codes: Vec<i32> = manifest
+        .apps
+        .iter()
+        .map(|a| status_of(&a.name).map_or(EXIT_STAGE1_ERROR, AppStatus::code))
+        .collect();
+    codes.iter().copied().find(|c| *c != 0).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StatusMessage {
+    AppStarted {
+        app: String,
+        pid: i32,
+        started_at: u64,
+    },
+    AppExited {
+        status: AppStatus,
+    },
+    /// Every app has a final status; nothing follows.
+    PodDone,
+}
+
+impl StatusMessage {
+    /// One line of JSON, newline included.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("status message serializes");
+        s.push('\n');
+        s
+    }
+
+    pub fn from_line(line: &str) -> Result<Self, String> {
+        serde_json::from_str(line.trim_end()).map_err(|e| format!("status message: {e}"))
+    }
+}
+
+/// The pod's status directory (`<pod dir>/status`, `/ark/status` inside ns/fly pods).
+#[derive(Debug, Clone)]
+pub struct StatusDir {
+    dir: PathBuf,
+}
+
+impl StatusDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StatusDir { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn app_file(&self, app: &str) -> PathBuf {
+        self.dir.join(format!("{app}.json"))
+    }
+
+    pub fn pod_file(&self) -> PathBuf {
+        self.dir.join("pod.json")
+    }
+
+    pub fn write_app(&self, status: &AppStatus) -> std::io::Result<()> {
+        let mut json = serde_json::to_vec_pretty(status).expect("status serializes");
+        json.push(b'\n');
+        crate::write_atomic(&self.app_file(&status.app), &json)
+    }
+
+    /// Records one message (pod_done needs nothing: `finish` writes pod.json).
+    pub fn apply(&self, msg: &StatusMessage) -> std::io::Result<()> {
+        match msg {
+            StatusMessage::AppStarted {
+                app,
+                pid,
+                started_at,
+            } => self.write_app(&AppStatus::running(app, *pid, *started_at)),
+            StatusMessage::AppExited { status } => self.write_app(status),
+            StatusMessage::PodDone => Ok(()),
+        }
+    }
+
+    pub fn read_app(&self, app: &str) -> Option<AppStatus> {
+        let bytes = std::fs::read(self.app_file(app)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn read_pod(&self) -> Option<PodExit> {
+        let bytes = std::fs::read(self.pod_file()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Called by the stage1 once stage2 is gone: every app without a final status gets one
+    /// saying so (`reason`, or a default), then `pod.json` is written. Returns it.
+    pub fn finish(&self, manifest: &PodManifest, reason: Option<&str>) -> std::io::Result<PodExit> {
+        let mut statuses = Vec::new();
+        let mut missing = Vec::new();
+        for app in &manifest.apps {
+            let st = match self.read_app(&app.name) {
+                Some(s) if s.state == AppState::Exited => s,
+                prev => {
+                    missing.push(app.name.clone());
+                    let mut s = AppStatus::failed(
+                        &app.name,
+                        reason.unwrap_or("stage2 ended before reporting this app's exit"),
+                        None,
+                    );
+                    if let Some(p) = prev {
+                        s.pid = p.pid;
+                        s.started_at = p.started_at;
+                    }
+                    self.write_app(&s)?;
+                    s
+                }
+            };
+            statuses.push(st);
+        }
+        let exit_code = pod_exit_code(manifest, |n| statuses.iter().find(|s| s.app == n));
+        let reason = match (reason, missing.is_empty()) {
+            (Some(r), _) => Some(r.to_string()),
+            (None, false) => Some(format!(
+                "stage2 ended without reporting {}",
+                missing.join(", ")
+            )),
+            (None, true) => None,
+        };
+        let exit = PodExit {
+            exit_code,
+            finished_at: crate::now_unix_ms(),
+            reason,
+        };
+        let mut json = serde_json::to_vec_pretty(&exit).expect("pod exit serializes");
+        json.push(b'\n');
+        crate::write_atomic(&self.pod_file(), &json)?;
+        Ok(exit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(apps: &[&str]) -> PodManifest {
+        let apps: Vec<String> = apps
+            .iter()
+            .map(|a| format!(r#"{{"name":"{a}","image":{{"id":"sha256:x"}},"exec":["true"]}}"#))
+            .collect();
+        PodManifest::from_json(
+            format!(
+                r#"{{"version":1,"uuid":"ab12","apps":[{}],"stage1":{{"flavor":"ns"}}}}"#,
+                apps.join(",")
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn exited(app: &str, code: Option<i32>, sig: Option<i32>) -> AppStatus {
+        AppStatus {
+            app: app.into(),
+            state: AppState::Exited,
+            pid: Some(2),
+            exit_code: code,
+            signal: sig,
+            oom_killed: false,
+            error: None,
+            started_at: Some(1),
+            finished_at: Some(2),
+        }
+    }
+
+    #[test]
+    fn exit_code_rules() {
+        let m = manifest(&["a", "b", "c"]);
+        let s = [
+            exited("a", Some(0), None),
+            exited("b", None, Some(9)),
+            exited("c", Some(3), None),
+        ];
+        assert_eq!(pod_exit_code(&m, |n| s.iter().find(|x| x.app == n)), 137);
+        let s = [
+            exited("a", Some(0), None),
+            exited("b", Some(0), None),
+            exited("c", Some(0), None),
+        ];
+        assert_eq!(pod_exit_code(&m, |n| s.iter().find(|x| x.app == n)), 0);
+        assert_eq!(pod_exit_code(&m, |_| None), 125);
+        let one = manifest(&["a"]);
+        let s = [exited("a", Some(3), None)];
+        assert_eq!(pod_exit_code(&one, |n| s.iter().find(|x| x.app == n)), 3);
+    }
+
+    #[test]
+    fn messages_are_lines() {
+        let msgs = [
+            StatusMessage::AppStarted {
+                app: "a".into(),
+                pid: 7,
+                started_at: 5,
+            },
+            StatusMessage::AppExited {
+                status: exited("a", Some(3), None),
+            },
+            StatusMessage::PodDone,
+        ];
+        for m in msgs {
+            let l = m.to_line();
+            assert!(l.ends_with('\n') && l.matches('\n').count() == 1);
+            assert_eq!(StatusMessage::from_line(&l).unwrap(), m);
+        }
+        assert_eq!(
+            StatusMessage::PodDone.to_line(),
+            "{\"type\":\"pod_done\"}\n"
+        );
+        assert!(StatusMessage::from_line("{\"type\":\"x\"}").is_err());
+    }
+
+    #[test]
+    fn finish_fills_missing_and_writes_pod_json() {
+        let dir = std::env::temp_dir().join(format!("ark-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sd = StatusDir::new(&dir);
+        let m = manifest(&["a", "b"]);
+        sd.apply(&StatusMessage::AppExited {
+            status: exited("a", Some(0), None),
+        })
+        .unwrap();
+        sd.apply(&StatusMessage::AppStarted {
+            app: "b".into(),
+            pid: 9,
+            started_at: 4,
+        })
+        .unwrap();
+        assert_eq!(sd.read_app("b").unwrap().state, AppState::Running);
+        let exit = sd.finish(&m, None).unwrap();
+        assert_eq!(exit.exit_code, 125);
+        assert!(exit.reason.unwrap().contains("b"));
+        let b = sd.read_app("b").unwrap();
+        assert_eq!(b.state, AppState::Exited);
+        assert_eq!(b.pid, Some(9));
+        assert!(b.error.is_some());
+        assert_eq!(sd.read_pod().unwrap().exit_code, 125);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
