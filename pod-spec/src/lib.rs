@@ -3,6 +3,7 @@
 //! crate so stage0, every stage1 and the static guest-init agree on one definition.
 //!
 //! The human-readable version of this contract is `docs/pod-manifest.md`; keep both in step.
+pub mod cgroup;
 pub mod layout;
 pub mod manifest;
 pub mod stage2;

@@ -1,0 +1,429 @@
+//! Pod cgroups, shared by the stage1s (create), guest-init in a VM (create) and stage0's gc
+//! (remove leftovers). Plain cgroupfs files: no daemon, no dbus.
+//!
+//! Layout, in every hierarchy used (cgroup v2, or the v1 `memory`, `cpu` and `pids` ones):
+//!
+//! ```text
+//! <root>/ark/<pod uuid>/           pod-wide limits
+//!                      stage2/     guest-init (a leaf: v2 allows no processes in inner nodes)
+//!                      app.<name>/ one per app, with the app's limits (OOM attributable)
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::manifest::{PodLimits, PodManifest};
+
+pub const PARENT: &str = "ark";
+pub const STAGE2_LEAF: &str = "stage2";
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+/// CFS period used for cpu limits.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The directory name of an app's cgroup (a `.` never occurs in app names, so no clash with
+/// `stage2`).
+pub fn app_leaf(app: &str) -> String {
+    format!("app.{app}")
+}
+
+/// One mounted cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    V2 { root: PathBuf },
+    V1 { controller: String, root: PathBuf },
+}
+
+impl Hierarchy {
+    pub fn root(&self) -> &Path {
+        match self {
+            Hierarchy::V2 { root } | Hierarchy::V1 { root, .. } => root,
+        }
+    }
+    /// A short name for the hierarchy: `unified` or the v1 controller.
+    pub fn name(&self) -> &str {
+        match self {
+            Hierarchy::V2 { .. } => "unified",
+            Hierarchy::V1 { controller, .. } => controller,
+        }
+    }
+    pub fn pod_dir(&self, uuid: &str) -> PathBuf {
+        self.root().join(PARENT).join(uuid)
+    }
+    fn has(&self, controller: &str) -> bool {
+        match self {
+            Hierarchy::V2 { root } => std::fs::read_to_string(root.join("cgroup.controllers"))
+                .map(|c| c.split_whitespace().any(|w| w == controller))
+                .unwrap_or(false),
+            Hierarchy::V1 { controller: c, .. } => c == controller,
+        }
+    }
+}
+
+/// The hierarchies ark uses on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cgroups {
+    pub hierarchies: Vec<Hierarchy>,
+}
+
+/// Cgroups created for one pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodCgroups {
+    /// One `<root>/ark/<uuid>` per hierarchy, with the hierarchy.
+    pub pod_dirs: Vec<(Hierarchy, PathBuf)>,
+}
+
+impl PodCgroups {
+    pub fn stage2_dirs(&self) -> Vec<PathBuf> {
+        self.pod_dirs
+            .iter()
+            .map(|(_, d)| d.join(STAGE2_LEAF))
+            .collect()
+    }
+    pub fn app_dirs(&self, app: &str) -> Vec<PathBuf> {
+        self.pod_dirs
+            .iter()
+            .map(|(_, d)| d.join(app_leaf(app)))
+            .collect()
+    }
+    /// The file with the app's `oom_kill` counter.
+    pub fn app_oom_file(&self, app: &str) -> Option<PathBuf> {
+        self.pod_dirs.iter().find_map(|(h, d)| match h {
+            Hierarchy::V2 { .. } => Some(d.join(app_leaf(app)).join("memory.events")),
+            Hierarchy::V1 { controller, .. } if controller == "memory" => {
+                Some(d.join(app_leaf(app)).join("memory.oom_control"))
+            }
+            _ => None,
+        })
+    }
+}
+
+impl Cgroups {
+    /// Finds the hierarchies from `/proc/self/mountinfo`: cgroup v2 when it has the memory
+    /// controller (a pure v2 host), else the v1 memory/cpu/pids hierarchies (hybrid hosts).
+    pub fn detect() -> Self {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Self::from_mountinfo(&info)
+    }
+
+    pub fn from_mountinfo(info: &str) -> Self {
+        let mut v2 = None;
+        let mut v1 = Vec::new();
+        for line in info.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mnt) = pre.split(' ').nth(4) else {
+                continue;
+            };
+            let mut post = post.split(' ');
+            let fstype = post.next().unwrap_or("");
+            let super_opts = post.nth(1).unwrap_or("");
+            match fstype {
+                "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(mnt)),
+                "cgroup" => {
+                    for c in CONTROLLERS {
+                        if super_opts.split(',').any(|o| o == c)
+                            && !v1.iter().any(|h: &Hierarchy| h.name() == c)
+                        {
+                            v1.push(Hierarchy::V1 {
+                                controller: c.to_string(),
+                                root: PathBuf::from(mnt),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(root) = v2 {
+            let h = Hierarchy::V2 { root };
+            if h.has("memory") || v1.is_empty() {
+                return Cgroups {
+                    hierarchies: vec![h],
+                };
+            }
+        }
+        Cgroups { hierarchies: v1 }
+    }
+
+    /// A cgroup v2 hierarchy at `root` (guest-init in a VM, after mounting it).
+    pub fn v2(root: impl Into<PathBuf>) -> Self {
+        Cgroups {
+            hierarchies: vec![Hierarchy::V2 { root: root.into() }],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hierarchies.is_empty()
+    }
+
+    /// Existing cgroup directories of pod `uuid` (what gc looks for).
+    pub fn pod_dirs(&self, uuid: &str) -> Vec<PathBuf> {
+        self.hierarchies
+            .iter()
+            .map(|h| h.pod_dir(uuid))
+            .filter(|d| d.is_dir())
+            .collect()
+    }
+
+    /// Creates the pod's cgroups with the manifest's pod and app limits. A limit whose
+    /// controller is unavailable is an error (never silently unenforced).
+    pub fn create_pod(&self, manifest: &PodManifest) -> io::Result<PodCgroups> {
+        let mut pod = PodCgroups::default();
+        let result = self.create_pod_inner(manifest, &mut pod);
+        if result.is_err() {
+            let _ = self.remove_pod(&manifest.uuid);
+        }
+        result.map(|()| pod)
+    }
+
+    fn create_pod_inner(&self, m: &PodManifest, pod: &mut PodCgroups) -> io::Result<()> {
+        let wants = |c: &str| {
+            let l = |x: &PodLimits| match c {
+                "memory" => x.memory_bytes.is_some(),
+                "cpu" => x.cpu_millis.is_some(),
+                _ => x.pids.is_some(),
+            };
+            l(&m.limits)
+                || m.apps.iter().any(|a| {
+                    l(&PodLimits {
+                        memory_bytes: a.limits.memory_bytes,
+                        cpu_millis: a.limits.cpu_millis,
+                        pids: a.limits.pids,
+                    })
+                })
+        };
+        for c in CONTROLLERS {
+            if wants(c) && !self.hierarchies.iter().any(|h| h.has(c)) {
+                return Err(io::Error::other(format!(
+                    "cgroup controller {c} is not available on this host, but the pod sets a {c} limit"
+                )));
+            }
+        }
+        for h in &self.hierarchies {
+            let parent = h.root().join(PARENT);
+            let dir = parent.join(&m.uuid);
+            if let Hierarchy::V2 { root } = h {
+                // Controllers must be enabled on every ancestor of the cgroups that use them.
+                std::fs::create_dir_all(&parent).map_err(|e| ctx(&parent, e))?;
+                enable_controllers(root)?;
+                enable_controllers(&parent)?;
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| ctx(&dir, e))?;
+            pod.pod_dirs.push((h.clone(), dir.clone()));
+            if let Hierarchy::V2 { .. } = h {
+                enable_controllers(&dir)?;
+            }
+            set_limits(h, &dir, &m.limits)?;
+            mkdir(&dir.join(STAGE2_LEAF))?;
+            for a in &m.apps {
+                let leaf = dir.join(app_leaf(&a.name));
+                mkdir(&leaf)?;
+                let limits = PodLimits {
+                    memory_bytes: a.limits.memory_bytes,
+                    cpu_millis: a.limits.cpu_millis,
+                    pids: a.limits.pids,
+                };
+                set_limits(h, &leaf, &limits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills whatever is left in the pod's cgroups and removes them. Idempotent: a pod
+    /// without cgroups is fine.
+    pub fn remove_pod(&self, uuid: &str) -> io::Result<()> {
+        let mut first_err = None;
+        for dir in self.pod_dirs(uuid) {
+            if let Err(e) = remove_tree(&dir) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn ctx(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+fn mkdir(p: &Path) -> io::Result<()> {
+    match std::fs::create_dir(p) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(ctx(p, e)),
+        _ => Ok(()),
+    }
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    std::fs::write(path, value).map_err(|e| ctx(path, e))
+}
+
+fn enable_controllers(dir: &Path) -> io::Result<()> {
+    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    for c in CONTROLLERS {
+        if available.split_whitespace().any(|w| w == c)
+            && !enabled.split_whitespace().any(|w| w == c)
+        {
+            // Best effort: a controller that cannot be enabled shows up as a missing limit
+            // file below, which is an error only when that limit is asked for.
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+        }
+    }
+    Ok(())
+}
+
+fn set_limits(h: &Hierarchy, dir: &Path, l: &PodLimits) -> io::Result<()> {
+    match h {
+        Hierarchy::V2 { .. } => {
+            if let Some(m) = l.memory_bytes {
+                write(&dir.join("memory.max"), &m.to_string())?;
+                // Swap would let an app exceed its limit instead of being OOM-killed.
+                let swap = dir.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, "0")?;
+                }
+            }
+            if let Some(c) = l.cpu_millis {
+                write(
+                    &dir.join("cpu.max"),
+                    &format!("{} {CPU_PERIOD_US}", c * CPU_PERIOD_US / 1000),
+                )?;
+            }
+            if let Some(p) = l.pids {
+                write(&dir.join("pids.max"), &p.to_string())?;
+            }
+        }
+        Hierarchy::V1 { controller, .. } => match controller.as_str() {
+            "memory" => {
+                if let Some(m) = l.memory_bytes {
+                    write(&dir.join("memory.limit_in_bytes"), &m.to_string())?;
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        write(&memsw, &m.to_string())?;
+                    }
+                }
+            }
+            "cpu" => {
+                if let Some(c) = l.cpu_millis {
+                    write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write(
+                        &dir.join("cpu.cfs_quota_us"),
+                        &(c * CPU_PERIOD_US / 1000).to_string(),
+                    )?;
+                }
+            }
+            "pids" => {
+                if let Some(p) = l.pids {
+                    write(&dir.join("pids.max"), &p.to_string())?;
+                }
+            }
+            _ => {}
+        },
+    }
+    Ok(())
+}
+
+/// Reads the `oom_kill N` counter from `memory.events` (v2) or `memory.oom_control` (v1).
+pub fn read_oom_kills(file: &Path) -> Option<u64> {
+    parse_oom_kills(&std::fs::read_to_string(file).ok()?)
+}
+
+pub fn parse_oom_kills(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some("oom_kill"))
+            .then(|| w.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+fn procs(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Children first: kill the processes, then rmdir (retrying while the kernel finishes them).
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    let kill = dir.join("cgroup.kill");
+    let mut last = None;
+    for _ in 0..100 {
+        if kill.exists() {
+            let _ = std::fs::write(&kill, "1");
+        } else {
+            for pid in procs(dir) {
+                // SAFETY: plain kill(2) on pids read from the pod's own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(ctx(dir, last.expect("loop ran")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 24 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+26 25 0:23 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+27 25 0:24 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+28 25 0:25 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+29 25 0:26 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+30 25 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_host_uses_v1_controllers() {
+        // The unified mount here has no cgroup.controllers file with memory in it.
+        let c = Cgroups::from_mountinfo(HYBRID);
+        let names: Vec<&str> = c.hierarchies.iter().map(|h| h.name()).collect();
+        assert_eq!(names, ["cpu", "memory", "pids"]);
+        assert_eq!(
+            c.hierarchies[1].pod_dir("u1"),
+            Path::new("/sys/fs/cgroup/memory/ark/u1")
+        );
+    }
+
+    #[test]
+    fn pure_v2_host() {
+        let c = Cgroups::from_mountinfo(
+            "30 25 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+        );
+        assert_eq!(
+            c.hierarchies,
+            [Hierarchy::V2 {
+                root: "/sys/fs/cgroup".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn oom_counter() {
+        assert_eq!(
+            parse_oom_kills("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\noom_group_kill 0\n"),
+            Some(2)
+        );
+        assert_eq!(
+            parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n"),
+            Some(1)
+        );
+        assert_eq!(parse_oom_kills("nothing 1\n"), None);
+    }
+}
