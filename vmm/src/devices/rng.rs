@@ -1,1 +1,415 @@
-//! virtio-rng.
+//! virtio-rng (virtio spec 1.2, 5.4): one request queue whose write-only buffers the device fills
+//! with bytes from the host's getrandom(2).
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{DescriptorChain, Queue, QueueT, Writer};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::virtio::{
+    device_type, ActivateContext, ActivateError, GuestMemory, Interrupt, InterruptKind,
+    VirtioDevice, VIRTIO_F_VERSION_1,
+};
+
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 64;
+/// At most this many random bytes per request: a guest asking for gigabytes gets a short answer
+/// (the driver re-asks), so one chain can never stall the event loop.
+pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating the activation eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Why one request could not be served (the chain is then returned with used length 0).
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("request has a device-readable descriptor")]
+    ReadableDescriptor,
+    #[error("request buffer is not in guest memory: {0}")]
+    Memory(virtio_queue::Error),
+    #[error("getrandom: {0}")]
+    Random(getrandom::Error),
+    #[error("writing to guest memory: {0}")]
+    Write(std::io::Error),
+}
+
+struct Active {
+    mem: GuestMemory,
+    queue: Queue,
+    queue_evt: EventFd,
+    interrupt: Arc<dyn Interrupt>,
+    registered: bool,
+}
+
+/// The virtio-rng device.
+pub struct Rng {
+    acked_features: u64,
+    activate_evt: EventFd,
+    active: Option<Active>,
+    /// Queue eventfds of a reset device, still registered with the event loop; the loop removes
+    /// them (reset has no `EventOps`) before they are closed.
+    teardown: Vec<EventFd>,
+    buf: Vec<u8>,
+}
+
+impl Rng {
+    pub fn new() -> Result<Rng, Error> {
+        Ok(Rng {
+            acked_features: 0,
+            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            active: None,
+            teardown: Vec::new(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Serves every available request; returns how many chains were used.
+    fn process_queue(&mut self) -> usize {
+        let Some(active) = self.active.as_mut() else {
+            return 0;
+        };
+        let mut used = 0;
+        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+            let head = chain.head_index();
+            let len = match fill_chain(&active.mem, chain, &mut self.buf) {
+                Ok(len) => len,
+                Err(e) => {
+                    tracing::warn!("virtio-rng: dropping request: {e}");
+                    0
+                }
+            };
+            if let Err(e) = active.queue.add_used(&active.mem, head, len) {
+                tracing::warn!("virtio-rng: add_used: {e}");
+                break;
+            }
+            used += 1;
+        }
+        if used > 0 && active.queue.needs_notification(&active.mem).unwrap_or(true) {
+            if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
+                tracing::warn!("virtio-rng: interrupt: {e}");
+            }
+        }
+        used
+    }
+}
+
+/// Fills one request chain with random bytes and returns the used length.
+fn fill_chain(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    buf: &mut Vec<u8>,
+) -> Result<u32, RequestError> {
+    // The spec makes every rng buffer device-writable; a readable one is a confused or hostile
+    // driver, and we refuse the whole request rather than guess.
+    if chain.clone().any(|d| !d.is_write_only()) {
+        return Err(RequestError::ReadableDescriptor);
+    }
+    let mut writer = Writer::new(mem, chain).map_err(RequestError::Memory)?;
+    let len = writer.available_bytes().min(MAX_BYTES_PER_REQUEST);
+    buf.resize(len, 0);
+    getrandom::fill(&mut buf[..len]).map_err(RequestError::Random)?;
+    writer.write_all(&buf[..len]).map_err(RequestError::Write)?;
+    // len <= 64 KiB, so the cast cannot truncate.
+    Ok(len as u32)
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        device_type::RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn read_config(&self, _offset: u64, _data: &mut [u8]) {
+        // virtio-rng has no config space.
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if ctx.queues.len() != 1 || ctx.queue_events.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                actual: ctx.queues.len().min(ctx.queue_events.len()),
+            });
+        }
+        if self.active.is_some() {
+            return Err(ActivateError::Other("virtio-rng is already active".into()));
+        }
+        let (Some(queue), Some(queue_evt)) = (
+            ctx.queues.into_iter().next(),
+            ctx.queue_events.into_iter().next(),
+        ) else {
+            unreachable!("lengths checked above");
+        };
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queue,
+            queue_evt,
+            interrupt: ctx.interrupt,
+            registered: false,
+        });
+        self.activate_evt
+            .write(1)
+            .map_err(|e| ActivateError::Other(format!("virtio-rng: kick activation: {e}")))
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(active) = self.active.take() {
+            if active.registered {
+                self.teardown.push(active.queue_evt);
+            }
+            // Let the event loop deregister the old queue eventfd.
+            let _ = self.activate_evt.write(1);
+        }
+        true
+    }
+}
+
+impl MutEventSubscriber for Rng {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+            tracing::error!("virtio-rng: registering activation eventfd: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.activate_evt.as_raw_fd() {
+            let _ = self.activate_evt.read();
+            for evt in self.teardown.drain(..) {
+                let _ = ops.remove(Events::new(&evt, EventSet::IN));
+            }
+            if let Some(active) = self.active.as_mut() {
+                if !active.registered {
+                    match ops.add(Events::new(&active.queue_evt, EventSet::IN)) {
+                        Ok(()) => active.registered = true,
+                        Err(e) => tracing::error!("virtio-rng: registering queue eventfd: {e}"),
+                    }
+                }
+            }
+            // The driver may have queued requests before the eventfd was registered.
+            self.process_queue();
+        } else if let Some(active) = self.active.as_ref() {
+            if fd == active.queue_evt.as_raw_fd() {
+                let _ = active.queue_evt.read();
+                self.process_queue();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use event_manager::{EventManager, SubscriberOps};
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct CountingInterrupt(AtomicUsize);
+    impl Interrupt for CountingInterrupt {
+        fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
+            assert_eq!(kind, InterruptKind::Queue);
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    const MEM_SIZE: usize = 0x10_0000;
+
+    fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    }
+
+    /// Writes one chain of (addr, len, device-writable) descriptors at table index `first`.
+    fn add_chain(vq: &MockSplitQueue<GuestMemory>, first: u16, descs: &[(u64, u32, bool)]) {
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, write))| {
+                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                if i + 1 < descs.len() {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                SplitDescriptor::new(addr, len, flags, first + i as u16 + 1).into()
+            })
+            .collect();
+        vq.add_desc_chains(&raw, first).unwrap();
+    }
+
+    struct Harness<'a> {
+        vq: MockSplitQueue<'a, GuestMemory>,
+        mgr: EventManager<Arc<Mutex<Rng>>>,
+        notify: EventFd,
+        irq: Arc<CountingInterrupt>,
+    }
+
+    impl<'a> Harness<'a> {
+        fn new(mem: &'a GuestMemory) -> Self {
+            let vq = MockSplitQueue::new(mem, 16);
+            let dev = Arc::new(Mutex::new(Rng::new().unwrap()));
+            let mut mgr = EventManager::<Arc<Mutex<Rng>>>::new().unwrap();
+            mgr.add_subscriber(dev.clone());
+            let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+            let irq = Arc::new(CountingInterrupt::default());
+            dev.lock()
+                .unwrap()
+                .activate(ActivateContext {
+                    mem: mem.clone(),
+                    queues: vec![vq.create_queue::<Queue>().unwrap()],
+                    queue_events: vec![notify.try_clone().unwrap()],
+                    interrupt: irq.clone(),
+                })
+                .unwrap();
+            let mut h = Harness {
+                vq,
+                mgr,
+                notify,
+                irq,
+            };
+            h.run();
+            h
+        }
+
+        fn run(&mut self) {
+            while self.mgr.run_with_timeout(50).unwrap() > 0 {}
+        }
+
+        fn kick(&mut self) {
+            self.notify.write(1).unwrap();
+            self.run();
+        }
+
+        fn used(&self) -> Vec<(u32, u32)> {
+            let n = self.vq.used().idx().load();
+            (0..n)
+                .map(|i| {
+                    let e = self.vq.used().ring().ref_at(i as usize).unwrap().load();
+                    (e.id(), e.len())
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn fills_writable_chain_with_random_bytes() {
+        let mem = memory();
+        let mut h = Harness::new(&mem);
+        // Two descriptors: the device must fill across both.
+        add_chain(&h.vq, 0, &[(0x8000, 100, true), (0x9000, 200, true)]);
+        h.kick();
+        assert_eq!(h.used(), vec![(0, 300)]);
+        assert_eq!(h.irq.0.load(Ordering::SeqCst), 1);
+        let mut a = [0u8; 100];
+        let mut b = [0u8; 200];
+        mem.read_slice(&mut a, GuestAddress(0x8000)).unwrap();
+        mem.read_slice(&mut b, GuestAddress(0x9000)).unwrap();
+        // 300 zero bytes from getrandom: probability 2^-2400.
+        assert!(a.iter().chain(b.iter()).any(|&x| x != 0));
+    }
+
+    #[test]
+    fn caps_request_size() {
+        let mem = memory();
+        let mut h = Harness::new(&mem);
+        add_chain(&h.vq, 0, &[(0x10000, 0x40000, true)]);
+        h.kick();
+        assert_eq!(h.used(), vec![(0, MAX_BYTES_PER_REQUEST as u32)]);
+    }
+
+    #[test]
+    fn hostile_chains_get_zero_length_and_do_not_stop_the_queue() {
+        let mem = memory();
+        let mut h = Harness::new(&mem);
+        // Readable descriptor (wrong direction).
+        add_chain(&h.vq, 0, &[(0x8000, 64, false)]);
+        // Address outside guest memory.
+        add_chain(&h.vq, 1, &[(0xdead_0000_0000, 64, true)]);
+        // Length running past the end of guest memory.
+        add_chain(&h.vq, 2, &[(MEM_SIZE as u64 - 16, 4096, true)]);
+        // Address + length overflowing u64.
+        add_chain(&h.vq, 3, &[(u64::MAX - 8, 64, true)]);
+        // A good one after them still gets served.
+        add_chain(&h.vq, 4, &[(0x8000, 32, true)]);
+        mem.write_slice(&[0u8; 32], GuestAddress(0x8000)).unwrap();
+        h.kick();
+        assert_eq!(h.used(), vec![(0, 0), (1, 0), (2, 0), (3, 0), (4, 32)]);
+        let mut out = [0u8; 32];
+        mem.read_slice(&mut out, GuestAddress(0x8000)).unwrap();
+        assert!(out.iter().any(|&x| x != 0));
+    }
+
+    #[test]
+    fn requests_queued_before_activation_are_served_and_reset_deregisters() {
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, 16);
+        add_chain(&vq, 0, &[(0x8000, 16, true)]);
+        let dev = Arc::new(Mutex::new(Rng::new().unwrap()));
+        let mut mgr = EventManager::<Arc<Mutex<Rng>>>::new().unwrap();
+        mgr.add_subscriber(dev.clone());
+        let irq = Arc::new(CountingInterrupt::default());
+        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        dev.lock()
+            .unwrap()
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                queues: vec![vq.create_queue::<Queue>().unwrap()],
+                queue_events: vec![notify.try_clone().unwrap()],
+                interrupt: irq.clone(),
+            })
+            .unwrap();
+        while mgr.run_with_timeout(50).unwrap() > 0 {}
+        assert_eq!(vq.used().idx().load(), 1);
+
+        assert!(dev.lock().unwrap().reset());
+        while mgr.run_with_timeout(50).unwrap() > 0 {}
+        // After reset a notify must not reach the device (its eventfd is deregistered).
+        add_chain(&vq, 1, &[(0x8000, 16, true)]);
+        notify.write(1).unwrap();
+        assert_eq!(
+            mgr.run_with_timeout(50).unwrap(),
+            0,
+            "stale queue eventfd still polled"
+        );
+        assert_eq!(vq.used().idx().load(), 1);
+        assert!(dev.lock().unwrap().active.is_none());
+    }
+
+    #[test]
+    fn activate_rejects_wrong_queue_count() {
+        let mem = memory();
+        let mut dev = Rng::new().unwrap();
+        let err = dev
+            .activate(ActivateContext {
+                mem,
+                queues: vec![],
+                queue_events: vec![],
+                interrupt: Arc::new(CountingInterrupt::default()),
+            })
+            .unwrap_err();
+        assert!(matches!(err, ActivateError::QueueCount { expected: 1, .. }));
+    }
+}
