@@ -1,19 +1,222 @@
-//! `ark fetch`, `ark image ...`, `ark trust`.
+//! `ark fetch` and `ark image ...`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
 
+use super::{FetchOptions, ImageStore};
 use crate::cli::GlobalOpts;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Fetch images into the store and print their IDs.
-    Fetch { images: Vec<String> },
+    ///
+    /// IMAGE is docker://HOST[:PORT]/REPO[:TAG|@DIGEST], oci-layout:PATH[:TAG],
+    /// docker-archive:PATH[:NAME:TAG] or PATH.aci (signed by PATH.aci.asc).
+    Fetch {
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+        /// Platform to pick from an image index, os/arch[/variant].
+        #[arg(long, default_value = "linux/amd64")]
+        platform: String,
+        /// Lookaside directory of simple-signing signatures (REPO@sha256=DIGEST/signature-N).
+        #[arg(long, value_name = "DIR")]
+        signature_dir: Option<PathBuf>,
+    },
+    /// Manage the image store.
+    #[command(subcommand)]
+    Image(ImageSubcommand),
 }
 
-pub fn run(_global: &GlobalOpts, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+#[derive(Debug, Subcommand)]
+pub enum ImageSubcommand {
+    /// List stored images.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove images (by ID, short ID or name) and what only they use.
+    Rm {
+        #[arg(required = true, value_name = "ID|NAME")]
+        images: Vec<String>,
+    },
+    /// Print an image's manifest.
+    CatManifest {
+        #[arg(value_name = "ID|NAME")]
+        image: String,
+    },
+    /// Write an image as an OCI image layout at PATH.
+    Export {
+        #[arg(value_name = "ID|NAME")]
+        image: String,
+        path: PathBuf,
+    },
+    /// Render an image's rootfs (cached): copy it to DIR, or print the cached tree's path.
+    Render {
+        #[arg(value_name = "ID|NAME")]
+        image: String,
+        dir: Option<PathBuf>,
+    },
+    /// Reclaim what interrupted commands left and what no image uses.
+    Gc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub fn run(global: &GlobalOpts, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    let store = ImageStore::open(&global.dir)?;
     match cmd {
-        ImageCommand::Fetch { .. } => anyhow::bail!("fetch is not implemented yet"),
+        ImageCommand::Fetch {
+            images,
+            platform,
+            signature_dir,
+        } => {
+            let opts = FetchOptions {
+                platform: Some(platform),
+                signature_dir,
+                ..FetchOptions::from_global(global)
+            };
+            for image in images {
+                let id = store.fetch(&image, &opts)?;
+                println!("{id}");
+            }
+        }
+        ImageCommand::Image(sub) => run_image(&store, sub)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_image(store: &ImageStore, cmd: ImageSubcommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageSubcommand::List { format } => {
+            let images = store.list()?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&images)?),
+                Format::Table => {
+                    println!(
+                        "{:<19} {:<4} {:>10} {:<20} NAME",
+                        "ID", "KIND", "SIZE", "IMPORTED"
+                    );
+                    for i in images {
+                        let kind = match i.kind {
+                            super::ImageKind::Oci => "oci",
+                            super::ImageKind::Aci => "aci",
+                        };
+                        let names = if i.names.is_empty() {
+                            "-".to_string()
+                        } else {
+                            i.names.join(",")
+                        };
+                        println!(
+                            "sha256:{:<12} {:<4} {:>10} {:<20} {}",
+                            i.id.short(),
+                            kind,
+                            human_size(i.size),
+                            human_time(i.imported),
+                            names
+                        );
+                    }
+                }
+            }
+        }
+        ImageSubcommand::Rm { images } => {
+            let mut failed = Vec::new();
+            for image in &images {
+                match store.remove(image) {
+                    Ok(id) => println!("{id}"),
+                    Err(e) => {
+                        eprintln!("ark: {image}: {e:#}");
+                        failed.push(image.as_str());
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("could not remove {}", failed.join(", "));
+            }
+        }
+        ImageSubcommand::CatManifest { image } => {
+            let id = store.resolve(&image)?;
+            let bytes = store.manifest(&id)?;
+            let value: serde_json::Value =
+                serde_json::from_slice(&bytes).context("stored manifest")?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        ImageSubcommand::Export { image, path } => {
+            let id = store.resolve(&image)?;
+            store.export(&id, &path)?;
+            println!("{id}");
+        }
+        ImageSubcommand::Render { image, dir } => {
+            let id = store.resolve(&image)?;
+            match dir {
+                Some(dir) => store.render_to(&id, &dir)?,
+                None => println!("{}", store.render(&id)?.display()),
+            }
+        }
+        ImageSubcommand::Gc => {
+            let r = store.gc()?;
+            println!(
+                "removed {} temporary entries, {} blobs ({}), {} renders",
+                r.tmp,
+                r.blobs,
+                human_size(r.blob_bytes),
+                r.renders
+            );
+        }
+    }
+    Ok(())
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// UTC `YYYY-MM-DD HH:MM:SS` without pulling in a date crate.
+fn human_time(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats() {
+        assert_eq!(super::human_time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::human_time(1_700_000_000), "2023-11-14 22:13:20");
+        assert_eq!(super::human_size(1536), "1.5 KiB");
     }
 }

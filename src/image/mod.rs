@@ -2,5 +2,139 @@
 //!
 //! Public facade used by the pod half (`crate::pod`): open the store, make sure an image is
 //! present (fetching it if needed), read its config, and get its rendered rootfs.
+//!
+//! ```ignore
+//! let store = ImageStore::open(&global.dir)?;          // <dir>/images
+//! let id = store.fetch("oci-layout:/tmp/img:latest", &FetchOptions::from_global(&global))?;
+//! let config = store.image_config(&id)?;               // entrypoint, cmd, env, user, ...
+//! let rootfs = store.render(&id)?;                     // cached, read-only: copy or overlay it
+//! ```
 
+mod aci;
 pub mod cli;
+mod digest;
+mod docker_archive;
+mod extract;
+mod oci_layout;
+mod progress;
+mod reference;
+mod render;
+mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use digest::Digest;
+pub use store::{ImageInfo, ImageKind, ImageStore};
+
+/// An image's identity: the sha256 of its manifest (OCI/Docker) or of the ACI file itself.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ImageId(pub Digest);
+
+impl ImageId {
+    /// 12 hex digits, enough to name an image on the command line.
+    pub fn short(&self) -> &str {
+        self.0.short()
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for ImageId {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(ImageId(s.parse()?))
+    }
+}
+
+/// What a pod needs from an image to run its app, whatever the image format.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// OCI `Entrypoint`; for an ACI, `app.exec`.
+    pub entrypoint: Vec<String>,
+    /// OCI `Cmd` (arguments appended to the entrypoint unless the user gives their own).
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` pairs.
+    pub env: Vec<String>,
+    /// `user[:group]`, names or numbers, as the image gives it; None = root.
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    /// Ports the image says it listens on (`80/tcp`).
+    pub exposed_ports: Vec<String>,
+    pub stop_signal: Option<String>,
+    /// OCI config labels; for an ACI, its labels (version, os, arch, ...).
+    pub labels: BTreeMap<String, String>,
+    /// OCI manifest annotations; for an ACI, its annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// How to fetch: which checks to skip, which platform to pick, where signatures and keys live.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Skip signature verification (`--insecure-options=image`).
+    pub insecure_image: bool,
+    /// Accept any TLS certificate (`--insecure-options=tls`).
+    pub insecure_tls: bool,
+    /// Allow plain http to non-loopback registries (`--insecure-options=http`).
+    pub insecure_http: bool,
+    /// `os/arch[/variant]` to pick from an image index; None = linux/amd64.
+    pub platform: Option<String>,
+    /// Lookaside directory of simple-signing signatures (`REPO@sha256=DIGEST/signature-N`).
+    pub signature_dir: Option<PathBuf>,
+    /// Where `ark trust` keeps trusted keys (`<dir>/trust`).
+    pub trust_dir: PathBuf,
+}
+
+impl FetchOptions {
+    pub fn from_global(global: &crate::cli::GlobalOpts) -> Self {
+        use crate::cli::InsecureOption;
+        FetchOptions {
+            insecure_image: global.insecure(InsecureOption::Image),
+            insecure_tls: global.insecure(InsecureOption::Tls),
+            insecure_http: global.insecure(InsecureOption::Http),
+            platform: None,
+            signature_dir: None,
+            trust_dir: global.dir.join("trust"),
+        }
+    }
+}
+
+/// Signature policy for local OCI/Docker sources: verification is on unless
+/// `--insecure-options=image`; an image with nothing to verify is refused.
+fn verify_local_signature(
+    name: Option<&str>,
+    manifest_digest: &Digest,
+    opts: &FetchOptions,
+) -> anyhow::Result<()> {
+    if opts.insecure_image {
+        return Ok(());
+    }
+    let name = name.unwrap_or("<unnamed>");
+    match &opts.signature_dir {
+        None => anyhow::bail!(
+            "image {name} ({manifest_digest}) has no signature to verify: pass --signature-dir DIR \
+             with simple-signing signatures from a key trusted with `ark trust`, or \
+             --insecure-options=image to skip verification"
+        ),
+        Some(dir) => anyhow::bail!(
+            "image {name} ({manifest_digest}): signature verification from {} is not available \
+             in this build; pass --insecure-options=image to skip verification",
+            dir.display()
+        ),
+    }
+}
