@@ -1,19 +1,80 @@
-//! `ark trust`.
+//! `ark trust`, and the hidden internal command the privilege-separated registry fetch child runs.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args, Subcommand};
 
+use super::keys::{self, Scope};
 use crate::cli::GlobalOpts;
 
 #[derive(Debug, Subcommand)]
 pub enum TrustCommand {
-    /// Trust OpenPGP keys for an image-name prefix.
-    Trust,
+    /// Trust OpenPGP keys for an image-name prefix (or all images), list or remove them.
+    Trust(TrustArgs),
 }
 
-pub fn run(_global: &GlobalOpts, cmd: TrustCommand) -> anyhow::Result<ExitCode> {
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("action").args(["keyfile", "list", "remove"]).required(true)))]
+pub struct TrustArgs {
+    /// Trust the key for image names equal to or below NAME (e.g. example.com/app).
+    #[arg(long, value_name = "NAME", conflicts_with = "root")]
+    pub prefix: Option<String>,
+    /// Trust the key for every image name.
+    #[arg(long)]
+    pub root: bool,
+    /// List trusted keys.
+    #[arg(long, conflicts_with_all = ["prefix", "root", "remove"])]
+    pub list: bool,
+    /// Remove the key with this fingerprint (from every prefix it is trusted for).
+    #[arg(long, value_name = "FINGERPRINT", conflicts_with_all = ["prefix", "root"])]
+    pub remove: Option<String>,
+    /// An OpenPGP public key file, ASCII-armored or binary (`gpg --export [--armor] KEYID`).
+    pub keyfile: Option<PathBuf>,
+}
+
+pub fn run(global: &GlobalOpts, cmd: TrustCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TrustCommand::Trust => anyhow::bail!("trust is not implemented yet"),
+        TrustCommand::Trust(args) => trust(global, args),
     }
+}
+
+fn trust(global: &GlobalOpts, args: TrustArgs) -> anyhow::Result<ExitCode> {
+    let dir = super::trust_dir(&global.dir);
+    if args.list {
+        let keys = keys::list(&dir)?;
+        if keys.is_empty() {
+            eprintln!("no trusted keys (add one with `ark trust --prefix NAME KEYFILE`)");
+        }
+        for k in keys {
+            let scope = match &k.scope {
+                Scope::Root => "root".to_string(),
+                Scope::Prefix(p) => p.clone(),
+            };
+            println!("{}\t{}\t{}", k.fingerprint, scope, k.user_ids.join(", "));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(fp) = args.remove {
+        for scope in keys::remove(&dir, &fp)? {
+            println!("removed key {} ({scope})", fp.to_ascii_uppercase());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let keyfile = args.keyfile.expect("clap requires an action");
+    let scope = match (args.prefix, args.root) {
+        (Some(p), false) => Scope::Prefix(keys::normalize_prefix(&p)?),
+        (None, true) => Scope::Root,
+        _ => bail!("say what the key is trusted for: --prefix NAME (images below NAME) or --root (all images)"),
+    };
+    let data = std::fs::read(&keyfile).with_context(|| format!("reading {}", keyfile.display()))?;
+    let stored = keys::add(&dir, scope, &data).with_context(|| format!("{}", keyfile.display()))?;
+    for k in stored {
+        println!("trusted key {} for {}", k.fingerprint, k.scope);
+        for uid in &k.user_ids {
+            println!("  {uid}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
