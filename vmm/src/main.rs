@@ -1,4 +1,267 @@
+//! `ark-vmm`: boots one microVM and exits with the guest's outcome.
+//!
+//! Exit status: 0 the guest requested a stop (poweroff/reboot/panic with `reboot=k panic=-1`),
+//! 1 VMM error, 2 guest triple fault, 3 stopped by the host (SIGTERM/SIGINT).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use clap::Parser;
+use vmm::{BlockConfig, FsConfig, SerialConfig, StopHandle, VmConfig, VsockConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ark-vmm",
+    version,
+    about = "ark's KVM microVM monitor: boots one Linux guest"
+)]
+struct Args {
+    /// JSON file with the VM settings (same fields as the flags); flags override it.
+    #[arg(long, value_name = "FILE.json")]
+    config: Option<PathBuf>,
+    /// Guest kernel: ELF vmlinux (PVH entry used when present) or bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Kernel command line (virtio-mmio device entries are appended).
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u32>,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u8>,
+    /// initramfs to load.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// virtio-blk disk, repeatable; `,ro` for read-only.
+    #[arg(long, value_name = "PATH[,ro]")]
+    blk: Vec<String>,
+    /// virtio-fs share, repeatable; `,ro` for read-only.
+    #[arg(long, value_name = "TAG=DIR[,ro]")]
+    fs: Vec<String>,
+    /// virtio-vsock device: guest CID and the host Unix socket path.
+    #[arg(long, value_name = "CID,UDS_PATH")]
+    vsock: Option<String>,
+    /// Guest serial console output.
+    #[arg(long, value_name = "stdout|none|file=PATH")]
+    serial: Option<String>,
+    /// No virtio-rng device.
+    #[arg(long)]
+    no_rng: bool,
+}
+
+fn parse_blk(s: &str) -> Result<BlockConfig, String> {
+    let (path, ro) = match s.strip_suffix(",ro") {
+        Some(p) => (p, true),
+        None => (s, false),
+    };
+    if path.is_empty() {
+        return Err(format!("--blk {s:?}: expected PATH[,ro]"));
+    }
+    Ok(BlockConfig {
+        path: path.into(),
+        read_only: ro,
+    })
+}
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    let (spec, ro) = match s.strip_suffix(",ro") {
+        Some(p) => (p, true),
+        None => (s, false),
+    };
+    match spec.split_once('=') {
+        Some((tag, dir)) if !tag.is_empty() && !dir.is_empty() => Ok(FsConfig {
+            tag: tag.into(),
+            dir: dir.into(),
+            read_only: ro,
+        }),
+        _ => Err(format!("--fs {s:?}: expected TAG=DIR[,ro]")),
+    }
+}
+
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    match s.split_once(',') {
+        Some((cid, path)) if !path.is_empty() => Ok(VsockConfig {
+            guest_cid: cid
+                .parse()
+                .map_err(|_| format!("--vsock {s:?}: CID must be a number"))?,
+            uds_path: path.into(),
+        }),
+        _ => Err(format!("--vsock {s:?}: expected CID,UDS_PATH")),
+    }
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    match s {
+        "stdout" => Ok(SerialConfig::Stdout),
+        "none" => Ok(SerialConfig::None),
+        _ => match s.strip_prefix("file=") {
+            Some(p) if !p.is_empty() => Ok(SerialConfig::File(p.into())),
+            _ => Err(format!(
+                "--serial {s:?}: expected stdout, none or file=PATH"
+            )),
+        },
+    }
+}
+
+fn config_from(args: Args) -> Result<VmConfig, String> {
+    let mut c = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            serde_json::from_str::<VmConfig>(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => VmConfig::new(
+            args.kernel
+                .clone()
+                .ok_or("--kernel is required (or --config FILE.json with \"kernel\")")?,
+        ),
+    };
+    if let Some(k) = args.kernel {
+        c.kernel = k;
+    }
+    if let Some(v) = args.cmdline {
+        c.cmdline = v;
+    }
+    if let Some(v) = args.memory {
+        c.memory_mib = v;
+    }
+    if let Some(v) = args.vcpus {
+        c.vcpus = v;
+    }
+    if let Some(v) = args.initrd {
+        c.initrd = Some(v);
+    }
+    if !args.blk.is_empty() {
+        c.blk = args
+            .blk
+            .iter()
+            .map(|s| parse_blk(s))
+            .collect::<Result<_, _>>()?;
+    }
+    if !args.fs.is_empty() {
+        c.fs = args
+            .fs
+            .iter()
+            .map(|s| parse_fs(s))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(v) = args.vsock {
+        c.vsock = Some(parse_vsock(&v)?);
+    }
+    if let Some(v) = args.serial {
+        c.serial = parse_serial(&v)?;
+    }
+    if args.no_rng {
+        c.rng = false;
+    }
+    c.validate().map_err(|e| format!("invalid config: {e}"))?;
+    Ok(c)
+}
+
+/// The stop eventfd, for the SIGTERM/SIGINT handler (writing an eventfd is async-signal-safe).
+static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    let fd = STOP_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd.
+        unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
 fn main() {
-    eprintln!("ark-vmm: not built yet");
-    std::process::exit(1);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ARK_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let args = Args::parse();
+    let config = match config_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ark-vmm: {e}");
+            std::process::exit(vmm::EXIT_CODE_VMM_ERROR);
+        }
+    };
+    let stop = match StopHandle::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ark-vmm: eventfd: {e}");
+            std::process::exit(vmm::EXIT_CODE_VMM_ERROR);
+        }
+    };
+    STOP_FD.store(stop.raw_fd(), Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: installs a handler that only does an async-signal-safe write.
+        unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+    match vmm::run_with_stop(config, stop) {
+        Ok(exit) => {
+            tracing::info!("VM ended: {exit:?}");
+            std::process::exit(exit.exit_code());
+        }
+        Err(e) => {
+            eprintln!("ark-vmm: {e}");
+            std::process::exit(vmm::EXIT_CODE_VMM_ERROR);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_parsers() {
+        assert_eq!(
+            parse_blk("/a.img,ro").unwrap(),
+            BlockConfig {
+                path: "/a.img".into(),
+                read_only: true
+            }
+        );
+        assert!(!parse_blk("/a.img").unwrap().read_only);
+        assert!(parse_blk(",ro").is_err());
+        let f = parse_fs("root=/srv/x,ro").unwrap();
+        assert_eq!((f.tag.as_str(), f.read_only), ("root", true));
+        assert!(parse_fs("=/x").is_err());
+        assert!(parse_fs("tag").is_err());
+        assert_eq!(parse_vsock("3,/tmp/v.sock").unwrap().guest_cid, 3);
+        assert!(parse_vsock("x,/tmp/v").is_err());
+        assert!(parse_vsock("3").is_err());
+        assert_eq!(
+            parse_serial("file=/tmp/s").unwrap(),
+            SerialConfig::File("/tmp/s".into())
+        );
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vm.json");
+        std::fs::write(&f, r#"{"kernel":"/k","memory_mib":256,"cmdline":"a"}"#).unwrap();
+        let args = Args::parse_from([
+            "ark-vmm",
+            "--config",
+            f.to_str().unwrap(),
+            "--memory",
+            "64",
+            "--no-rng",
+        ]);
+        let c = config_from(args).unwrap();
+        assert_eq!(c.memory_mib, 64);
+        assert_eq!(c.cmdline, "a");
+        assert!(!c.rng);
+        let bad = Args::parse_from(["ark-vmm", "--kernel", "/k", "--vcpus", "0"]);
+        assert!(config_from(bad).unwrap_err().contains("vcpus"));
+        assert!(config_from(Args::parse_from(["ark-vmm"])).is_err());
+    }
 }

@@ -4,5 +4,6 @@
 pub mod block;
 pub mod console;
 pub mod fs;
+pub mod legacy;
 pub mod rng;
 pub mod vsock;

@@ -14,6 +14,8 @@
 //!   virtio-queue's iterators (which bound chain length and loops), and a malformed request is
 //!   answered with an error status or dropped, never a panic.
 
+pub mod mmio;
+
 use std::sync::Arc;
 
 use virtio_queue::Queue;

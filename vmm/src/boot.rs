@@ -1,0 +1,220 @@
+//! Loading Linux: kernel (ELF vmlinux or bzImage) through linux-loader, optional initramfs,
+//! command line, and the boot information the kernel reads (`boot_params` or PVH start info).
+
+use std::fs::File;
+use std::path::Path;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::{self, BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryRegion};
+
+use crate::arch::layout::*;
+use crate::arch::regs::BootProtocol;
+use crate::arch::{e820_map, E820_RAM};
+use crate::virtio::GuestMemory as Mem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kernel {0}: {1}")]
+    KernelFile(String, std::io::Error),
+    #[error("kernel {0}: not an ELF or bzImage")]
+    KernelFormat(String),
+    #[error("kernel {0}: {1}")]
+    KernelLoad(String, loader::Error),
+    #[error("initrd {0}: {1}")]
+    Initrd(String, String),
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    #[error("writing boot information: {0}")]
+    Memory(vm_memory::GuestMemoryError),
+}
+type Result<T> = std::result::Result<T, Error>;
+
+/// Where and how the boot vCPU starts.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelEntry {
+    pub protocol: BootProtocol,
+    pub entry: GuestAddress,
+    /// `boot_params` (Linux64) or `hvm_start_info` (PVH) address, for `rsi` / `ebx`.
+    pub boot_info: GuestAddress,
+}
+
+struct Loaded {
+    protocol: BootProtocol,
+    entry: GuestAddress,
+    kernel_end: u64,
+    setup_header: Option<setup_header>,
+}
+
+fn load_kernel(mem: &Mem, path: &Path) -> Result<Loaded> {
+    let name = path.display().to_string();
+    let mut f = File::open(path).map_err(|e| Error::KernelFile(name.clone(), e))?;
+    let himem = Some(GuestAddress(HIMEM_START));
+    match Elf::load(mem, None, &mut f, himem) {
+        Ok(r) => {
+            let (protocol, entry) = match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(addr) => (BootProtocol::Pvh, addr),
+                _ => (BootProtocol::Linux64, r.kernel_load),
+            };
+            return Ok(Loaded {
+                protocol,
+                entry,
+                kernel_end: r.kernel_end,
+                setup_header: None,
+            });
+        }
+        Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {}
+        Err(e) => return Err(Error::KernelLoad(name, e)),
+    }
+    match BzImage::load(mem, None, &mut f, himem) {
+        Ok(r) => Ok(Loaded {
+            protocol: BootProtocol::Linux64,
+            // The 64-bit entry point sits 0x200 past the start of the protected-mode kernel.
+            entry: r.kernel_load.unchecked_add(0x200),
+            kernel_end: r.kernel_end,
+            setup_header: r.setup_header,
+        }),
+        Err(loader::Error::Bzimage(
+            loader::bzimage::Error::InvalidBzImage | loader::bzimage::Error::ReadBzImageHeader,
+        )) => Err(Error::KernelFormat(name)),
+        Err(e) => Err(Error::KernelLoad(name, e)),
+    }
+}
+
+/// Loads the initramfs as high as it fits in low memory (below the MMIO hole and any limit the
+/// kernel header sets), above the kernel. Returns (address, size).
+fn load_initrd(mem: &Mem, path: &Path, kernel_end: u64, max_addr: u64) -> Result<(u64, u64)> {
+    let name = path.display().to_string();
+    let data = std::fs::read(path).map_err(|e| Error::Initrd(name.clone(), e.to_string()))?;
+    let size = data.len() as u64;
+    let low_end = mem
+        .iter()
+        .find(|r| r.start_addr().0 == 0)
+        .map(|r| r.len())
+        .unwrap_or(0)
+        .min(max_addr);
+    let addr = low_end
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|a| *a >= kernel_end)
+        .ok_or_else(|| {
+            Error::Initrd(
+                name.clone(),
+                format!("{size} bytes do not fit in guest memory"),
+            )
+        })?;
+    mem.write_slice(&data, GuestAddress(addr))
+        .map_err(|e| Error::Initrd(name, e.to_string()))?;
+    Ok((addr, size))
+}
+
+const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
+const KERNEL_LOADER_OTHER: u8 = 0xff;
+const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+/// boot_params.hdr.initrd_addr_max default for kernels that do not say.
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
+
+/// Loads kernel, initrd and command line and writes the boot information.
+pub fn load_linux(
+    mem: &Mem,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    cmdline: &Cmdline,
+    mem_size: u64,
+) -> Result<KernelEntry> {
+    let k = load_kernel(mem, kernel)?;
+    let max_initrd = match &k.setup_header {
+        Some(h) if h.initrd_addr_max != 0 => u64::from(h.initrd_addr_max) + 1,
+        _ => DEFAULT_INITRD_ADDR_MAX + 1,
+    };
+    let initrd = initrd
+        .map(|p| load_initrd(mem, p, k.kernel_end, max_initrd))
+        .transpose()?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
+        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(|e| Error::Cmdline(e.to_string()))?
+        .as_bytes_with_nul()
+        .len();
+    let e820 = e820_map(mem_size);
+
+    let boot_info = match k.protocol {
+        BootProtocol::Pvh => {
+            let mut info = hvm_start_info {
+                magic: XEN_HVM_START_MAGIC,
+                version: 1,
+                cmdline_paddr: CMDLINE_START,
+                memmap_paddr: PVH_MEMMAP_START,
+                memmap_entries: e820.len() as u32,
+                ..Default::default()
+            };
+            if let Some((addr, size)) = initrd {
+                let m = hvm_modlist_entry {
+                    paddr: addr,
+                    size,
+                    ..Default::default()
+                };
+                mem.write_obj(m, GuestAddress(PVH_MODLIST_START))
+                    .map_err(Error::Memory)?;
+                info.nr_modules = 1;
+                info.modlist_paddr = PVH_MODLIST_START;
+            }
+            for (i, (addr, size, type_)) in e820.iter().enumerate() {
+                let e = hvm_memmap_table_entry {
+                    addr: *addr,
+                    size: *size,
+                    type_: *type_,
+                    reserved: 0,
+                };
+                let at =
+                    PVH_MEMMAP_START + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+                mem.write_obj(e, GuestAddress(at)).map_err(Error::Memory)?;
+            }
+            mem.write_obj(info, GuestAddress(PVH_INFO_START))
+                .map_err(Error::Memory)?;
+            GuestAddress(PVH_INFO_START)
+        }
+        BootProtocol::Linux64 => {
+            let mut params = boot_params::default();
+            if let Some(h) = k.setup_header {
+                params.hdr = h;
+            }
+            params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+            params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+            params.hdr.header = KERNEL_HDR_MAGIC;
+            params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+            params.hdr.cmdline_size = cmdline_len as u32;
+            if params.hdr.kernel_alignment == 0 {
+                params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
+            }
+            if let Some((addr, size)) = initrd {
+                params.hdr.ramdisk_image = addr as u32;
+                params.hdr.ramdisk_size = size as u32;
+            }
+            for (i, (addr, size, type_)) in e820.iter().enumerate() {
+                params.e820_table[i] = boot_e820_entry {
+                    addr: *addr,
+                    size: *size,
+                    type_: *type_,
+                };
+            }
+            params.e820_entries = e820.len() as u8;
+            mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
+                .map_err(Error::Memory)?;
+            GuestAddress(ZERO_PAGE_START)
+        }
+    };
+    debug_assert!(e820.iter().any(|e| e.2 == E820_RAM));
+    Ok(KernelEntry {
+        protocol: k.protocol,
+        entry: k.entry,
+        boot_info,
+    })
+}

@@ -1,0 +1,142 @@
+//! vCPU threads: run KVM_RUN, dispatch port I/O and MMIO exits to the buses, report how the
+//! guest ended. The host stops them with a signal plus `immediate_exit` (no polling).
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::bus::Bus;
+use crate::exit::{ExitSignal, VmExit};
+
+thread_local! {
+    /// This thread's kvm_run page, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's mapped kvm_run page, valid while the vCPU
+            // thread runs; immediate_exit is a plain byte KVM reads on the next KVM_RUN.
+            unsafe { (*run).immediate_exit = 1 };
+        }
+    });
+}
+
+/// Installs the kick handler (process-wide, idempotent).
+pub fn register_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), kick_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+pub struct Vcpu {
+    pub id: u8,
+    pub fd: VcpuFd,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: Arc<ExitSignal>,
+}
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+impl Vcpu {
+    pub fn spawn(mut self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.id))
+            .spawn(move || self.run_loop())
+    }
+
+    fn run_loop(&mut self) {
+        KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
+        while !self.exit.stopping() {
+            match self.fd.run() {
+                Ok(exit) => {
+                    if let Some(reason) = handle_exit(self.id, exit, &self.pio, &self.mmio) {
+                        self.exit.request(reason);
+                    }
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Err(e) => self
+                    .exit
+                    .request(Err(format!("vcpu{}: KVM_RUN: {e}", self.id))),
+            }
+        }
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+    }
+}
+
+/// Handles one exit; `Some` when the VM must stop.
+fn handle_exit(
+    id: u8,
+    exit: VcpuExit<'_>,
+    pio: &Bus,
+    mmio: &Bus,
+) -> Option<crate::exit::ExitReason> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !pio.read(u64::from(port), data) {
+                data.fill(0xff); // nothing there: a floating bus
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            pio.write(u64::from(port), data);
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !mmio.read(addr, data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            mmio.write(addr, data);
+        }
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
+        VcpuExit::Shutdown => return Some(Ok(VmExit::TripleFault)),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET => {
+                return Some(Ok(VmExit::GuestStop))
+            }
+            KVM_SYSTEM_EVENT_CRASH => return Some(Ok(VmExit::GuestStop)),
+            other => tracing::warn!("vcpu{id}: ignoring system event {other}"),
+        },
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Some(Err(format!(
+                "vcpu{id}: KVM entry failed (hardware reason {reason:#x}, cpu {cpu})"
+            )))
+        }
+        VcpuExit::InternalError => {
+            return Some(Err(format!(
+                "vcpu{id}: KVM internal error (emulation failure: the guest kernel ran an \
+                 instruction this host's KVM cannot emulate)"
+            )))
+        }
+        other => {
+            return Some(Err(format!("vcpu{id}: unexpected KVM exit {other:?}")));
+        }
+    }
+    None
+}
+
+/// Kicks every vCPU thread until it has left KVM_RUN, then joins it.
+pub fn stop_all(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        while !h.is_finished() {
+            let _ = h.kill(kick_signal());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = h.join();
+    }
+}
