@@ -1,4 +1,430 @@
+//! ark-init: stage2, the static PID 1 of every pod (ns, fly, kvm). Reads `/ark/stage2.json`
+//! and `/ark/pod-manifest.json`, starts each app in its own mount namespace and root, reaps
+//! every child, forwards SIGTERM/SIGINT, reports each app's end over the status channel, then
+//! exits (ns/fly) or powers the VM off (kvm).
+//!
+//! As PID 1 in a VM it must never die without reporting: errors are reported, then it powers
+//! off; a panic (built with panic=abort) still syncs and resets the VM from the panic hook.
+
+mod plan;
+mod setup;
+mod sink;
+mod supervisor;
+mod users;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use ark_pod_spec::cgroup::{read_oom_kills, Cgroups};
+use ark_pod_spec::{
+    guest, now_unix_ms, AppCgroup, ControlCommand, ControlTransport, OnExit, PodManifest,
+    Stage2Config, StatusDir, StatusTransport,
+};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use plan::AppPlan;
+use sink::{ConsoleSink, FileSink, StatusSink, StreamSink};
+use supervisor::{Exit, StartError, Supervisor};
+
 fn main() {
-    eprintln!("guest-init: not built yet");
-    std::process::exit(1);
+    let config_path =
+        std::env::var("ARK_STAGE2_CONFIG").unwrap_or_else(|_| guest::STAGE2_CONFIG.into());
+    let config = match std::fs::read(&config_path)
+        .map_err(|e| format!("{config_path}: {e}"))
+        .and_then(|b| Stage2Config::from_json(&b))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ark-init: {e}");
+            // Without a config there is nobody to report to; as PID 1, end the pod (a VM
+            // resets, a pid namespace is torn down) rather than hang or kernel-panic.
+            if std::process::id() == 1 {
+                power_off();
+            }
+            std::process::exit(1);
+        }
+    };
+    if config.on_exit == OnExit::Reboot {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("ark-init: panic: {info}");
+            power_off();
+        }));
+    }
+    let ok = match run(&config) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("ark-init: {e:#}");
+            false
+        }
+    };
+    nix::unistd::sync();
+    match config.on_exit {
+        OnExit::Reboot => power_off(),
+        OnExit::Exit => std::process::exit(if ok { 0 } else { 1 }),
+    }
+}
+
+/// Ends the VM: with `reboot=k` the reset reaches the VMM, which stops. Never returns.
+fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // Only reached without CAP_SYS_BOOT; nothing else left to do.
+    std::process::exit(1)
+}
+
+/// Signals guest-init handles through its signalfd (blocked otherwise).
+fn handled_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        s.add(sig);
+    }
+    s
+}
+
+fn run(cfg: &Stage2Config) -> Result<()> {
+    let signals = handled_signals();
+    signals.thread_block().context("block signals")?;
+    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("signalfd")?;
+    if std::process::id() != 1 {
+        // fly: not PID 1, but orphans of the apps must still be reaped by someone in the pod.
+        nix::sys::prctl::set_child_subreaper(true).context("become a subreaper")?;
+    }
+
+    if cfg.mount_pseudo_fs {
+        setup::mount_pseudo_fs(cfg.on_exit == OnExit::Reboot).context("pseudo filesystems")?;
+    }
+    if let Some(h) = &cfg.hostname {
+        nix::unistd::sethostname(h).context("sethostname")?;
+    }
+    setup::do_mounts(&cfg.mounts).context("stage2 mounts")?;
+
+    let manifest_path =
+        std::env::var("ARK_POD_MANIFEST").unwrap_or_else(|_| guest::MANIFEST.into());
+    let manifest = PodManifest::load(Path::new(&manifest_path)).map_err(|e| anyhow!("{e}"))?;
+
+    let mut cfg = cfg.clone();
+    if cfg.create_app_cgroups {
+        cfg.app_cgroups = create_cgroups(&manifest)?;
+    }
+
+    let mut sink = open_sink(&cfg);
+    let listener = match &cfg.control {
+        Some(ControlTransport::Vsock { port }) => match listen_vsock(*port) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "ark-init: control channel on vsock port {port}: {e} (stop by signal only)"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+
+    let plans = plan::plan(&manifest, &cfg);
+    let mut sup = Supervisor::new(plans.iter().map(|p| p.name.as_str()));
+    let mut oom_base: Vec<(String, String, u64)> = Vec::new();
+    let ctx = setup::ChildContext {
+        pod_uuid: &cfg.pod_uuid,
+        debug: cfg.debug,
+    };
+    let grace = Duration::from_secs(cfg.stop_grace_secs);
+
+    for p in &plans {
+        // A stop that arrived while earlier apps were starting: later ones never start.
+        handle_signals(&sfd, &mut sup, grace, &mut *sink, &oom_base)?;
+        if sup.stopping() {
+            report(
+                &mut *sink,
+                sup.not_started(
+                    &p.name,
+                    "pod stopped before the app started".into(),
+                    now_unix_ms(),
+                ),
+            );
+            continue;
+        }
+        if let Some(f) = &p.oom_file {
+            oom_base.push((
+                p.name.clone(),
+                f.clone(),
+                read_oom_kills(Path::new(f)).unwrap_or(0),
+            ));
+        }
+        match start_app(p, &ctx, &signals) {
+            Ok((pid, start_err)) => {
+                report(
+                    &mut *sink,
+                    sup.started(&p.name, pid.as_raw(), now_unix_ms()),
+                );
+                if let Some(e) = start_err {
+                    sup.start_error(&p.name, e);
+                }
+            }
+            Err(e) => report(
+                &mut *sink,
+                sup.not_started(&p.name, format!("{e:#}"), now_unix_ms()),
+            ),
+        }
+    }
+
+    while !sup.all_done() {
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(l) = &listener {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = match sup.timeout(Instant::now()) {
+            Some(d) => PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1)
+                .unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        let control_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        drop(fds);
+        handle_signals(&sfd, &mut sup, grace, &mut *sink, &oom_base)?;
+        if control_ready {
+            if let Some(l) = &listener {
+                if let Some(ControlCommand::Stop { grace_secs }) = accept_control(l) {
+                    let g = grace_secs.map_or(grace, Duration::from_secs);
+                    signal_all(&sup.request_stop(Instant::now(), g), Signal::SIGTERM);
+                }
+            }
+        }
+        signal_all(&sup.kill_due(Instant::now()), Signal::SIGKILL);
+    }
+
+    if std::process::id() != 1 {
+        // fly: processes the apps left behind would outlive the pod; as their subreaper we
+        // end them (PID 1 of a pid namespace or VM gets this from the kernel).
+        kill_children();
+    }
+    if let Err(e) = sink.done() {
+        eprintln!("ark-init: status channel: {e}");
+    }
+    Ok(())
+}
+
+fn report(sink: &mut dyn StatusSink, msg: ark_pod_spec::StatusMessage) {
+    if let Err(e) = sink.send(&msg) {
+        eprintln!(
+            "ark-init: status channel: {e}; status was: {}",
+            msg.to_line().trim_end()
+        );
+    }
+}
+
+fn signal_all(pids: &[i32], sig: Signal) {
+    for p in pids {
+        let _ = kill(Pid::from_raw(*p), sig);
+    }
+}
+
+/// Drains the signalfd: reaps children (apps get a final status), turns SIGTERM/SIGINT/SIGHUP
+/// into a stop.
+fn handle_signals(
+    sfd: &SignalFd,
+    sup: &mut Supervisor,
+    grace: Duration,
+    sink: &mut dyn StatusSink,
+    oom_base: &[(String, String, u64)],
+) -> Result<()> {
+    let mut reap = false;
+    while let Some(info) = sfd.read_signal().context("read signalfd")? {
+        match Signal::try_from(info.ssi_signo as i32) {
+            Ok(Signal::SIGCHLD) => reap = true,
+            Ok(_) => signal_all(&sup.request_stop(Instant::now(), grace), Signal::SIGTERM),
+            Err(_) => {}
+        }
+    }
+    // SIGCHLDs coalesce, so always sweep every exited child.
+    if reap || !sup.running_pids().is_empty() {
+        loop {
+            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("waitpid"),
+            };
+            let oom = sup
+                .is_app(pid.as_raw())
+                .and_then(|app| oom_base.iter().find(|(a, _, _)| a == app))
+                .is_some_and(|(_, f, base)| read_oom_kills(Path::new(f)).unwrap_or(0) > *base);
+            if let Some(msg) = sup.reaped(pid.as_raw(), exit, oom, now_unix_ms()) {
+                report(sink, msg);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Forks the app's process. The child reports a failure before exec over a close-on-exec
+/// pipe, so the parent knows at once whether the program started (EOF) or why not.
+fn start_app(
+    p: &AppPlan,
+    ctx: &setup::ChildContext,
+    signals: &SigSet,
+) -> Result<(Pid, Option<StartError>)> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // SAFETY: guest-init is single-threaded, so the child may run ordinary code after fork.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            drop(rd);
+            let _ = signals.thread_unblock();
+            let err = setup::app_child(p, ctx);
+            let code = err.exit_code.unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR);
+            eprintln!("ark-init: app {}: {}", p.name, err.message);
+            let mut f = std::fs::File::from(wr);
+            let _ = write!(f, "{code} {}", err.message);
+            drop(f);
+            // SAFETY: leave without running the parent's atexit handlers or destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
+            let err = msg.split_once(' ').map(|(code, m)| StartError {
+                exit_code: code
+                    .parse()
+                    .ok()
+                    .filter(|c| *c != ark_pod_spec::EXIT_STAGE1_ERROR),
+                message: m.to_string(),
+            });
+            Ok((child, err))
+        }
+    }
+}
+
+fn open_sink(cfg: &Stage2Config) -> Box<dyn StatusSink> {
+    match &cfg.status {
+        StatusTransport::File { dir } => Box::new(FileSink(StatusDir::new(dir))),
+        StatusTransport::Vsock { port, cid } => {
+            match sink::connect_vsock(*cid, *port) {
+                Ok(s) => Box::new(StreamSink::new(s)),
+                Err(e) => {
+                    eprintln!("ark-init: status channel vsock {cid}:{port}: {e}; statuses go to the console");
+                    Box::new(ConsoleSink)
+                }
+            }
+        }
+    }
+}
+
+/// kvm: no stage1 runs inside the VM, so guest-init makes the per-app cgroups itself.
+fn create_cgroups(m: &PodManifest) -> Result<Vec<AppCgroup>> {
+    let root = Path::new("/sys/fs/cgroup");
+    std::fs::create_dir_all(root).ok();
+    if !root.join("cgroup.controllers").exists() {
+        nix::mount::mount(
+            Some("cgroup2"),
+            root,
+            Some("cgroup2"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mount cgroup2")?;
+    }
+    let pod = Cgroups::v2(root)
+        .create_pod(m)
+        .context("create app cgroups")?;
+    Ok(m.apps
+        .iter()
+        .map(|a| AppCgroup {
+            app: a.name.clone(),
+            dirs: pod
+                .app_dirs(&a.name)
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
+            oom_file: pod.app_oom_file(&a.name).map(|f| f.display().to_string()),
+        })
+        .collect())
+}
+
+fn listen_vsock(port: u32) -> Result<OwnedFd> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+    };
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
+    listen(&fd, Backlog::new(4)?)?;
+    Ok(fd)
+}
+
+/// One control connection: read a line, answer `ok` or the error, close.
+fn accept_control(listener: &OwnedFd) -> Option<ControlCommand> {
+    use nix::sys::socket::{accept4, setsockopt, sockopt, SockFlag};
+    let fd = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).ok()?;
+    // SAFETY: accept4 returned a new descriptor we now own.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let _ = setsockopt(
+        &fd,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(2, 0),
+    );
+    let mut conn = std::fs::File::from(fd);
+    let mut line = String::new();
+    BufReader::new(&mut conn).read_line(&mut line).ok()?;
+    match ControlCommand::parse(line.trim()) {
+        Ok(c) => {
+            let _ = conn.write_all(b"ok\n");
+            Some(c)
+        }
+        Err(e) => {
+            let _ = writeln!(conn, "error: {e}");
+            None
+        }
+    }
+}
+
+/// SIGKILLs and reaps every remaining child (fly, after the apps ended).
+fn kill_children() {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // The ppid is the 2nd field after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if ppid == Some(me.as_str()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    while let Ok(s) = waitpid(None, None) {
+        if matches!(s, WaitStatus::StillAlive) {
+            break;
+        }
+    }
 }

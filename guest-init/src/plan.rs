@@ -1,0 +1,231 @@
+//! What to do for each app, decided from the manifest and the stage2 config before any
+//! syscall: the pure half of guest-init, unit-tested.
+
+use ark_pod_spec::manifest::normalize_capability;
+use ark_pod_spec::{guest, PodManifest, Stage2Config};
+
+/// PATH an app gets when its manifest env has none (the OCI/Docker default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// Path in guest-init's root (`/ark/volumes/<name>`).
+    pub source: String,
+    /// Absolute path inside the app's root.
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPlan {
+    pub name: String,
+    /// The app's root in guest-init's root.
+    pub root: String,
+    pub argv: Vec<String>,
+    /// The manifest's env, in order (HOME and the defaults are added by [`build_env`]).
+    pub env: Vec<(String, String)>,
+    pub user: String,
+    pub group: String,
+    pub supplementary_groups: Vec<u32>,
+    pub working_dir: String,
+    pub binds: Vec<Bind>,
+    /// Canonical names (`CAP_...`) of the capabilities kept.
+    pub caps_keep: Vec<&'static str>,
+    pub rlimits: Vec<(String, u64, u64)>,
+    /// Cgroup dirs the app joins before exec, and where its OOM kills are counted.
+    pub cgroup_dirs: Vec<String>,
+    pub oom_file: Option<String>,
+    pub interactive: bool,
+}
+
+/// One plan per app, in manifest order.
+pub fn plan(m: &PodManifest, c: &Stage2Config) -> Vec<AppPlan> {
+    m.apps
+        .iter()
+        .map(|a| {
+            let cg = c.app_cgroups.iter().find(|g| g.app == a.name);
+            AppPlan {
+                name: a.name.clone(),
+                root: guest::app_rootfs(&a.name),
+                argv: a.exec.clone(),
+                env: a
+                    .env
+                    .iter()
+                    .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect(),
+                user: a.user.clone(),
+                group: a.group.clone(),
+                supplementary_groups: a.supplementary_groups.clone(),
+                working_dir: a.working_dir.clone(),
+                binds: a
+                    .mounts
+                    .iter()
+                    .map(|mt| Bind {
+                        source: guest::volume_dir(&mt.volume),
+                        target: mt.target.clone(),
+                        read_only: m.volume(&mt.volume).is_some_and(|v| v.read_only),
+                    })
+                    .collect(),
+                caps_keep: a
+                    .capabilities_keep
+                    .iter()
+                    .filter_map(|n| normalize_capability(n))
+                    .collect(),
+                rlimits: a
+                    .rlimits
+                    .iter()
+                    .map(|r| (r.resource.clone(), r.soft, r.hard))
+                    .collect(),
+                cgroup_dirs: cg.map(|g| g.dirs.clone()).unwrap_or_default(),
+                oom_file: cg.and_then(|g| g.oom_file.clone()),
+                interactive: a.interactive,
+            }
+        })
+        .collect()
+}
+
+/// The app's environment as `NAME=value` strings: PATH and HOME defaults, then the manifest's
+/// env (later wins), then `ARK_APP_NAME` and `ARK_POD_UUID`, which the app cannot override.
+pub fn build_env(plan: &AppPlan, pod_uuid: &str, home: &str) -> Vec<String> {
+    let mut vars: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), home.into()),
+    ];
+    if plan.interactive {
+        vars.push(("TERM".into(), "xterm".into()));
+    }
+    vars.extend(plan.env.iter().cloned());
+    vars.push(("ARK_APP_NAME".into(), plan.name.clone()));
+    vars.push(("ARK_POD_UUID".into(), pod_uuid.into()));
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in vars {
+        match out.iter_mut().find(|(n, _)| *n == k) {
+            Some(slot) => slot.1 = v,
+            None => out.push((k, v)),
+        }
+    }
+    out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Where `argv0` is, following the app's PATH (as seen from inside the app's root), the way
+/// execvp does: the first candidate that exists and is a regular file.
+pub fn find_program(argv0: &str, env: &[String], exists: impl Fn(&str) -> bool) -> Option<String> {
+    if argv0.contains('/') {
+        return Some(argv0.to_string());
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .map(|d| if d.is_empty() { "." } else { d })
+        .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
+        .find(|p| exists(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ark_pod_spec::{AppCgroup, OnExit, StatusTransport};
+
+    fn manifest() -> PodManifest {
+        PodManifest::from_json(
+            br#"{
+              "version": 1, "uuid": "ab12",
+              "apps": [
+                {"name": "web", "image": {"id": "sha256:x"}, "exec": ["httpd", "-f"],
+                 "env": [{"name": "PATH", "value": "/opt/bin"}, {"name": "A", "value": "1"},
+                         {"name": "A", "value": "2"}, {"name": "ARK_APP_NAME", "value": "evil"}],
+                 "user": "www", "group": "www", "working_dir": "/srv",
+                 "mounts": [{"volume": "data", "target": "/data"}],
+                 "capabilities_keep": ["net_bind_service"],
+                 "rlimits": [{"resource": "RLIMIT_NOFILE", "soft": 10, "hard": 20}]},
+                {"name": "side", "image": {"id": "sha256:y"}, "exec": ["sleep", "1"], "interactive": true}
+              ],
+              "volumes": [{"name": "data", "kind": "host", "source": "/srv/data", "read_only": true}],
+              "stage1": {"flavor": "ns"}
+            }"#,
+        )
+        .unwrap()
+    }
+
+    fn config() -> Stage2Config {
+        let mut c = Stage2Config::new(
+            "ab12",
+            StatusTransport::File {
+                dir: "/ark/status".into(),
+            },
+            OnExit::Exit,
+        );
+        c.app_cgroups.push(AppCgroup {
+            app: "web".into(),
+            dirs: vec!["/ark/cgroup/memory/app.web".into()],
+            oom_file: Some("/ark/cgroup/memory/app.web/memory.oom_control".into()),
+        });
+        c
+    }
+
+    #[test]
+    fn manifest_becomes_exec_plan() {
+        let p = plan(&manifest(), &config());
+        assert_eq!(p.len(), 2);
+        let web = &p[0];
+        assert_eq!(web.root, "/apps/web/rootfs");
+        assert_eq!(web.argv, ["httpd", "-f"]);
+        assert_eq!(
+            web.binds,
+            [Bind {
+                source: "/ark/volumes/data".into(),
+                target: "/data".into(),
+                read_only: true
+            }]
+        );
+        assert_eq!(web.caps_keep, ["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(web.rlimits, [("RLIMIT_NOFILE".to_string(), 10, 20)]);
+        assert_eq!(web.cgroup_dirs, ["/ark/cgroup/memory/app.web"]);
+        assert!(web.oom_file.is_some());
+        let side = &p[1];
+        assert!(side.cgroup_dirs.is_empty() && side.oom_file.is_none());
+        assert!(side.interactive);
+        assert_eq!(
+            side.caps_keep.len(),
+            ark_pod_spec::DEFAULT_CAPABILITIES.len()
+        );
+    }
+
+    #[test]
+    fn env_defaults_overrides_and_forced_vars() {
+        let p = plan(&manifest(), &config());
+        let env = build_env(&p[0], "ab12", "/home/www");
+        assert_eq!(
+            env,
+            [
+                "PATH=/opt/bin",
+                "HOME=/home/www",
+                "A=2",
+                "ARK_APP_NAME=web",
+                "ARK_POD_UUID=ab12"
+            ]
+        );
+        let env = build_env(&p[1], "ab12", "/");
+        assert_eq!(env[0], format!("PATH={DEFAULT_PATH}"));
+        assert!(env.contains(&"TERM=xterm".to_string()));
+        assert!(env.contains(&"ARK_APP_NAME=side".to_string()));
+    }
+
+    #[test]
+    fn program_lookup_follows_app_path() {
+        let env = vec!["PATH=/opt/bin:/bin".to_string()];
+        let exists = |p: &str| p == "/bin/sleep";
+        assert_eq!(
+            find_program("sleep", &env, exists).as_deref(),
+            Some("/bin/sleep")
+        );
+        assert_eq!(find_program("nope", &env, exists), None);
+        assert_eq!(find_program("./x", &env, exists).as_deref(), Some("./x"));
+        assert_eq!(
+            find_program("sleep", &[], |p| p == "/usr/bin/sleep").as_deref(),
+            Some("/usr/bin/sleep")
+        );
+    }
+}
