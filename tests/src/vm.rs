@@ -1,1 +1,253 @@
-//! Helpers for the vm integration tests.
+//! Helpers for tests that boot real microVMs with `ark-vmm` (also used by stage1-kvm tests):
+//! build a busybox root, make an ext4 image, run the VMM with its serial console captured to a
+//! file and a timeout, read files back out of an image.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `ark-vmm` binary: `$ARK_VMM`, else the install tree of `./build.sh` (next to
+/// `$ARK_BIN`), else `<target>/debug/ark-vmm`.
+pub fn ark_vmm_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ARK_VMM") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Some(bin) = std::env::var_os("ARK_BIN") {
+        let bin = PathBuf::from(bin);
+        if let Some(prefix) = bin.parent().and_then(Path::parent) {
+            candidates.push(prefix.join("libexec/ark/ark-vmm"));
+        }
+    }
+    candidates.push(crate::install_dir().join("libexec/ark/ark-vmm"));
+    candidates.push(crate::target_dir().join("debug/ark-vmm"));
+    candidates.into_iter().find(|p| p.exists())
+}
+
+/// Why VM boot tests cannot run here, if they cannot: no /dev/kvm, no kernel, no ark-vmm.
+pub fn vm_unavailable() -> Option<String> {
+    if let Some(why) = crate::kvm_unavailable() {
+        return Some(why);
+    }
+    if crate::guest_kernel().is_none() {
+        return Some("no guest kernel: set ARK_KERNEL (kernel-config/build.sh prints one)".into());
+    }
+    if ark_vmm_bin().is_none() {
+        return Some("ark-vmm not built: run ./build.sh (or set ARK_VMM)".into());
+    }
+    None
+}
+
+/// Flags used when kernel-config has no cmdline file for the profile: what the pvm-compat
+/// kernel needs on a kvm_pvm host (see kernel-config/).
+const PVM_COMPAT_FLAGS: &str = "noxsave clearcpuid=308,288,145,298,158,306,151,297,580,141,534 \
+    nopti mitigations=off nokaslr rodata=off tsc=reliable no_timer_check no_int3_selftest";
+
+/// Kernel command line for the guest kernel in use, plus `extra`: the profile's boot flags
+/// (`$ARK_KERNEL_PROFILE`, else the host's), the serial console, and `reboot=k panic=-1` so any
+/// guest end reaches the i8042 reset and ark-vmm exits.
+pub fn kernel_cmdline(extra: &str) -> String {
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").is_dir();
+    let profile = std::env::var("ARK_KERNEL_PROFILE")
+        .unwrap_or_else(|_| if pvm { "pvm-compat" } else { "microvm" }.to_string());
+    let file = crate::workspace_root()
+        .join("kernel-config")
+        .join(format!("{profile}.cmdline"));
+    let flags = match std::fs::read_to_string(&file) {
+        Ok(s) => s.split_whitespace().collect::<Vec<_>>().join(" "),
+        Err(_) if profile == "pvm-compat" => PVM_COMPAT_FLAGS.to_string(),
+        Err(_) => String::new(),
+    };
+    let mut parts: Vec<String> = vec!["console=ttyS0".into()];
+    parts.extend(flags.split_whitespace().map(str::to_string));
+    for must in ["reboot=k", "panic=-1"] {
+        if !parts.iter().any(|p| p == must) {
+            parts.push(must.into());
+        }
+    }
+    parts.extend(extra.split_whitespace().map(str::to_string));
+    parts.dedup();
+    parts.join(" ")
+}
+
+/// Lays out a minimal busybox root in `dir`: `/bin/busybox` with applet symlinks, the usual
+/// mount points, and `/init` (mode 0755) with `init_script`.
+pub fn busybox_root(dir: &Path, init_script: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("busybox-static is not installed"))?;
+    for d in [
+        "bin", "sbin", "proc", "sys", "dev", "tmp", "etc", "mnt", "root",
+    ] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox"))?;
+    let list = Command::new(busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        if applet != "busybox" {
+            let _ = symlink("busybox", dir.join("bin").join(applet));
+        }
+    }
+    let init = dir.join("init");
+    std::fs::write(&init, init_script)?;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Makes an ext4 image of `size_mib` MiB at `image` holding the tree at `dir`.
+pub fn make_ext4(dir: &Path, image: &Path, size_mib: u32) -> anyhow::Result<()> {
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+        .arg(dir)
+        .arg(image)
+        .arg(format!("{size_mib}M"))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A file's contents inside an ext4 image, read with debugfs (no mount needed).
+pub fn ext4_read(image: &Path, path: &str) -> anyhow::Result<String> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(image)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "debugfs failed on {}",
+        image.display()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What one VM run produced.
+#[derive(Debug)]
+pub struct VmRun {
+    /// None when the VM was killed after the timeout.
+    pub status: Option<ExitStatus>,
+    pub serial: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl VmRun {
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+    /// The serial log and stderr, for assertion messages.
+    pub fn log(&self) -> String {
+        format!(
+            "exit {:?} after {:.1}s\n--- serial ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.elapsed.as_secs_f64(),
+            self.serial,
+            self.stderr
+        )
+    }
+}
+
+/// Runs `ark-vmm` with `args` plus `--serial file=<serial_log>`, waiting at most `timeout`;
+/// past that it sends SIGTERM, then SIGKILL after 5 s.
+pub fn run_vmm(args: &[String], serial_log: &Path, timeout: Duration) -> anyhow::Result<VmRun> {
+    let bin = ark_vmm_bin().ok_or_else(|| anyhow::anyhow!("ark-vmm not built"))?;
+    let stderr_path = serial_log.with_extension("stderr");
+    let stderr = std::fs::File::create(&stderr_path)?;
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .args(args)
+        .arg("--serial")
+        .arg(format!("file={}", serial_log.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()?;
+    let mut status = None;
+    let mut term_sent: Option<Instant> = None;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            status = Some(s);
+            break;
+        }
+        match term_sent {
+            None if start.elapsed() > timeout => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                term_sent = Some(Instant::now());
+            }
+            Some(t) if t.elapsed() > Duration::from_secs(5) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if term_sent.is_some() {
+        status = None;
+    }
+    Ok(VmRun {
+        status,
+        serial: std::fs::read_to_string(serial_log).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// A minimal ELF64 "kernel" whose one PT_LOAD segment at 2 MiB is `code`, entered in 64-bit
+/// mode (no PVH note): for tests and benchmarks that need a guest without Linux.
+pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x20_0000;
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let off = (EHDR + PHDR) as u64;
+    let mut e = Vec::new();
+    e.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    e.extend_from_slice(&[0; 8]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&LOAD.to_le_bytes()); // entry
+    e.extend_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    e.extend_from_slice(&0u32.to_le_bytes());
+    e.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    e.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    e.extend_from_slice(&1u16.to_le_bytes()); // phnum
+    e.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    e.extend_from_slice(&off.to_le_bytes());
+    e.extend_from_slice(&LOAD.to_le_bytes()); // vaddr
+    e.extend_from_slice(&LOAD.to_le_bytes()); // paddr
+    e.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    e.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    e.extend_from_slice(&0x1000u64.to_le_bytes());
+    e.extend_from_slice(code);
+    e
+}
+
+/// Guest code for [`tiny_elf`]: writes `msg` to COM1, then runs `tail`.
+pub fn serial_print_then(msg: &[u8], tail: &[u8]) -> Vec<u8> {
+    let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    for b in msg {
+        c.extend_from_slice(&[0xb0, *b, 0xee]); // mov al, b; out dx, al
+    }
+    c.extend_from_slice(tail);
+    c
+}
+
+/// `hlt; jmp back`: idles forever (until the host stops the VM).
+pub const CODE_HALT_LOOP: &[u8] = &[0xf4, 0xeb, 0xfd];
+/// i8042 CPU reset: `mov al, 0xfe; out 0x64, al`, then idle.
+pub const CODE_I8042_RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];

@@ -1,0 +1,226 @@
+//! ark-vmm end to end: tiny hand-made guests for the exit paths (fast), and one real Linux boot
+//! with its root on virtio-blk (slow on kvm_pvm hosts, so all its assertions share one boot).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ark_tests::skip;
+use ark_tests::vm::{self, VmRun};
+
+fn write_tiny(dir: &Path, code: &[u8]) -> String {
+    let k = dir.join("tiny.elf");
+    std::fs::write(&k, vm::tiny_elf(code)).unwrap();
+    k.display().to_string()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn guest_i8042_reset_exits_0_and_serial_reaches_the_file() {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        skip!("{why}");
+    }
+    let Some(_) = vm::ark_vmm_bin() else {
+        skip!("ark-vmm not built: run ./build.sh")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = write_tiny(
+        dir.path(),
+        &vm::serial_print_then(b"ark-tiny\n", vm::CODE_I8042_RESET),
+    );
+    let serial = dir.path().join("serial.log");
+    let run = vm::run_vmm(
+        &args(&["--kernel", &k, "--memory", "32", "--no-rng"]),
+        &serial,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(run.code(), Some(0), "{}", run.log());
+    assert_eq!(run.serial, "ark-tiny\n", "{}", run.log());
+}
+
+#[test]
+fn sigterm_stops_a_running_guest_with_exit_3() {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        skip!("{why}");
+    }
+    let Some(bin) = vm::ark_vmm_bin() else {
+        skip!("ark-vmm not built: run ./build.sh")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = write_tiny(
+        dir.path(),
+        &vm::serial_print_then(b"up\n", vm::CODE_HALT_LOOP),
+    );
+    let serial = dir.path().join("serial.log");
+    let mut child = Command::new(bin)
+        .args(["--kernel", &k, "--memory", "32", "--vcpus", "2", "--serial"])
+        .arg(format!("file={}", serial.display()))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&serial).unwrap_or_default() != "up\n" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "guest never printed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if stopped.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("ark-vmm ignored SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(3), "stopped by host");
+}
+
+#[test]
+fn bad_input_fails_with_one_clear_line() {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        skip!("{why}");
+    }
+    let Some(bin) = vm::ark_vmm_bin() else {
+        skip!("ark-vmm not built: run ./build.sh")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, vec![0x42u8; 8192]).unwrap();
+    let junk = junk.display().to_string();
+    let missing = dir.path().join("missing.img").display().to_string();
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--kernel", "/nonexistent/vmlinux"],
+            "kernel /nonexistent/vmlinux: No such file".into(),
+        ),
+        (
+            vec!["--kernel", &junk],
+            format!("kernel {junk}: not an ELF or bzImage"),
+        ),
+        (vec!["--kernel", &junk, "--vcpus", "0"], "vcpus 0".into()),
+        (
+            vec!["--kernel", &junk, "--blk", &missing],
+            format!("block device {missing}"),
+        ),
+        (
+            vec!["--kernel", &junk, "--serial", "tty"],
+            "--serial".into(),
+        ),
+        (vec!["--memory", "64"], "--kernel is required".into()),
+    ];
+    for (argv, want) in cases {
+        let out = Command::new(&bin)
+            .args(&argv)
+            .arg("--no-rng")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{argv:?}: {err}");
+        assert!(err.contains(&want), "{argv:?}: want {want:?} in {err:?}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{argv:?}: one line, got {err:?}"
+        );
+    }
+    assert!(
+        !Path::new(&missing).exists(),
+        "a failed start must not create the disk"
+    );
+}
+
+/// The real thing: Linux with its root on virtio-blk (and a virtio-rng), an /init that reads a
+/// file from the root and writes one back, then `reboot -f` → i8042 reset → exit 0.
+#[test]
+fn linux_boots_from_virtio_blk_and_writes_its_root() {
+    if let Some(why) = vm::vm_unavailable() {
+        skip!("{why}");
+    }
+    let kernel = ark_tests::guest_kernel().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    // Shell builtins only until the end: each new process costs seconds on kvm_pvm hosts.
+    let init = "#!/bin/sh\n\
+        read line < /etc/ark-input\n\
+        echo \"ark-init: read [$line]\"\n\
+        echo \"written by the guest\" > /root/out.txt\n\
+        echo ARK_INIT_MARKER_OK\n\
+        mount -o remount,ro /\n\
+        reboot -f\n";
+    vm::busybox_root(&root, init).unwrap();
+    std::fs::write(root.join("etc/ark-input"), "hello from the host\n").unwrap();
+    let image = dir.path().join("root.ext4");
+    vm::make_ext4(&root, &image, 64).unwrap();
+
+    let cmdline = vm::kernel_cmdline("root=/dev/vda rw rootfstype=ext4 init=/init loglevel=6");
+    let serial = dir.path().join("serial.log");
+    let run: VmRun = vm::run_vmm(
+        &args(&[
+            "--kernel",
+            &kernel.display().to_string(),
+            "--cmdline",
+            &cmdline,
+            "--memory",
+            "128",
+            "--blk",
+            &image.display().to_string(),
+        ]),
+        &serial,
+        Duration::from_secs(240),
+    )
+    .unwrap();
+    let log = run.log();
+    eprintln!("boot took {:.1}s", run.elapsed.as_secs_f64());
+    assert!(
+        run.serial.contains("Linux version"),
+        "no kernel banner:\n{log}"
+    );
+    assert!(
+        run.serial.contains("virtio_blk virtio0: [vda]"),
+        "virtio-blk not probed:\n{log}"
+    );
+    assert!(
+        run.serial.contains("VFS: Mounted root"),
+        "root not mounted:\n{log}"
+    );
+    assert!(
+        run.serial.contains("ark-init: read [hello from the host]"),
+        "/init did not read its root:\n{log}"
+    );
+    assert!(
+        run.serial.contains("ARK_INIT_MARKER_OK"),
+        "/init did not finish:\n{log}"
+    );
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "reboot -f must end ark-vmm with 0:\n{log}"
+    );
+
+    // The guest's write is in the image, and the filesystem is clean.
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let out = vm::ext4_read(&image, "/root/out.txt").unwrap();
+    assert_eq!(out, "written by the guest\n");
+}
