@@ -1,1 +1,381 @@
 //! virtio-fs: a FUSE server inside the VMM sharing one host directory.
+//!
+//! fuse-backend-rs' `PassthroughFs` serves the directory: every inode is an `O_PATH |
+//! O_NOFOLLOW` fd opened relative to its parent's fd with a single-component name, so the guest
+//! cannot name anything outside the share (no '/', "..", absolute symlink or /proc path is ever
+//! resolved by the host; LOOKUP("..") at the root is answered with the root itself), and only
+//! regular files and directories are ever re-opened for I/O (device nodes never are).
+//! [`filter::GuestFs`] sits in front of it for name checks and read-only enforcement.
+//!
+//! Identity: no uid/gid mapping, guest ids are host ids inside the share (the share is the
+//! pod's own root filesystem). Creating files switches the serving thread's fsuid/fsgid to
+//! the caller's, so the VMM needs CAP_SETUID/CAP_SETGID when it is not already that user.
+//! File handles (`open_by_handle_at`, CAP_DAC_READ_SEARCH) are not used: inodes are kept as
+//! O_PATH fds, which is why `Fs::new` raises RLIMIT_NOFILE to its hard limit. Extended
+//! attributes are off (a guest setting `security.capability` or `trusted.*` on host files is
+//! not wanted), and no DAX window is offered.
+//!
+//! Note: PassthroughFs sets the process umask to 0 on FUSE INIT (the guest applies its own
+//! umask before sending modes); anything else the VMM creates should pass explicit modes.
+
+pub mod filter;
+pub mod request;
+#[cfg(test)]
+mod tests;
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::virtio::{
+    device_type, ActivateContext, ActivateError, GuestMemory, Interrupt, InterruptKind,
+    VirtioDevice, VIRTIO_F_VERSION_1,
+};
+pub use filter::GuestFs;
+
+/// Size of the `tag` field of `struct virtio_fs_config`.
+pub const TAG_LEN: usize = 36;
+/// `tag` + `num_request_queues`.
+pub const CONFIG_LEN: usize = TAG_LEN + 4;
+/// hiprio (FORGET, INTERRUPT) + one request queue.
+pub const NUM_QUEUES: usize = 2;
+pub const QUEUE_SIZE: u16 = 256;
+
+/// The FUSE server as the device runs it.
+pub type FuseServer = Server<GuestFs<PassthroughFs<()>>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("virtio-fs tag must be 1 to {TAG_LEN} bytes without NUL, got {0:?}")]
+    BadTag(String),
+    #[error("shared directory {path}: {source}")]
+    SharedDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("shared directory {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("shared directory {0} is not valid UTF-8")]
+    NonUtf8Path(PathBuf),
+    #[error("passthrough filesystem for {path}: {source}")]
+    Passthrough {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("virtio-fs eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// How much the guest may cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Only this guest changes the directory (a pod root): cache data and metadata for long,
+    /// which saves most FUSE round trips (each one is a guest exit).
+    Exclusive,
+    /// The host or other guests may change the directory: short timeouts, no kept page cache.
+    Shared,
+}
+
+struct Active {
+    mem: GuestMemory,
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+    interrupt: Arc<dyn Interrupt>,
+}
+
+pub struct Fs {
+    server: Arc<FuseServer>,
+    shared_dir: PathBuf,
+    read_only: bool,
+    avail_features: u64,
+    acked_features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_max_sizes: [u16; NUM_QUEUES],
+    /// See `block::Block::activate_evt`.
+    activate_evt: EventFd,
+    active: Option<Active>,
+    stale_events: Vec<EventFd>,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("shared_dir", &self.shared_dir)
+            .field("read_only", &self.read_only)
+            .field("active", &self.active.is_some())
+            .finish()
+    }
+}
+
+/// Checks a virtio-fs tag and returns it NUL-padded.
+pub fn encode_tag(tag: &str) -> Result<[u8; TAG_LEN], Error> {
+    if tag.is_empty() || tag.len() > TAG_LEN || tag.contains('\0') {
+        return Err(Error::BadTag(tag.to_string()));
+    }
+    let mut out = [0u8; TAG_LEN];
+    out[..tag.len()].copy_from_slice(tag.as_bytes());
+    Ok(out)
+}
+
+/// Builds the FUSE server for `shared_dir` (exposed for the fuzz targets and tests).
+pub fn build_server(
+    shared_dir: &Path,
+    read_only: bool,
+    cache: CacheMode,
+) -> Result<(FuseServer, PathBuf), Error> {
+    let dir = shared_dir
+        .canonicalize()
+        .map_err(|source| Error::SharedDir {
+            path: shared_dir.to_path_buf(),
+            source,
+        })?;
+    let meta = std::fs::metadata(&dir).map_err(|source| Error::SharedDir {
+        path: dir.clone(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory(dir));
+    }
+    let root_dir = dir
+        .to_str()
+        .ok_or_else(|| Error::NonUtf8Path(dir.clone()))?
+        .to_string();
+    let (cache_policy, timeout) = match cache {
+        CacheMode::Exclusive => (CachePolicy::Always, Duration::from_secs(86400)),
+        CacheMode::Shared => (CachePolicy::Auto, Duration::from_secs(1)),
+    };
+    let cfg = Config {
+        root_dir,
+        do_import: true,
+        xattr: false,
+        writeback: false,
+        cache_policy,
+        entry_timeout: timeout,
+        attr_timeout: timeout,
+        inode_file_handles: false,
+        ..Default::default()
+    };
+    let passthrough = PassthroughFs::<()>::new(cfg).map_err(|source| Error::Passthrough {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok((Server::new(GuestFs::new(passthrough, read_only)), dir))
+}
+
+/// Every inode the guest has looked up holds an O_PATH fd.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+impl Fs {
+    /// A device sharing `shared_dir` under `tag`, caching as for a directory only this guest
+    /// changes (the pod root).
+    pub fn new(tag: &str, shared_dir: &Path, read_only: bool) -> Result<Fs, Error> {
+        Self::with_cache(tag, shared_dir, read_only, CacheMode::Exclusive)
+    }
+
+    pub fn with_cache(
+        tag: &str,
+        shared_dir: &Path,
+        read_only: bool,
+        cache: CacheMode,
+    ) -> Result<Fs, Error> {
+        let tag = encode_tag(tag)?;
+        let (server, shared_dir) = build_server(shared_dir, read_only, cache)?;
+        raise_nofile_limit();
+        let mut config = [0u8; CONFIG_LEN];
+        config[..TAG_LEN].copy_from_slice(&tag);
+        config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        Ok(Fs {
+            server: Arc::new(server),
+            shared_dir,
+            read_only,
+            avail_features: VIRTIO_F_VERSION_1
+                | 1 << VIRTIO_RING_F_EVENT_IDX
+                | 1 << VIRTIO_RING_F_INDIRECT_DESC,
+            acked_features: 0,
+            config,
+            queue_max_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
+            active: None,
+            stale_events: Vec::new(),
+        })
+    }
+
+    pub fn shared_dir(&self) -> &Path {
+        &self.shared_dir
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Serves every available chain of queue `index`, then signals the guest if it asked to be.
+    pub fn process_queue(&mut self, index: usize) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Some(queue) = active.queues.get_mut(index) else {
+            return;
+        };
+        let mem = &active.mem;
+        let mut used_any = false;
+        loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                tracing::warn!(error = %e, "virtio-fs: queue unusable");
+                return;
+            }
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let used_len = request::handle_chain(&self.server, mem, chain);
+                if let Err(e) = queue.add_used(mem, head, used_len) {
+                    tracing::warn!(error = %e, "virtio-fs: add_used failed");
+                    return;
+                }
+                used_any = true;
+            }
+            match queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "virtio-fs: queue unusable");
+                    break;
+                }
+            }
+        }
+        if used_any && queue.needs_notification(mem).unwrap_or(true) {
+            if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
+                tracing::warn!(error = %e, "virtio-fs: interrupt failed");
+            }
+        }
+    }
+
+    fn on_activate(&mut self, ops: &mut EventOps) {
+        let _ = self.activate_evt.read();
+        for evt in self.stale_events.drain(..) {
+            let _ = ops.remove(Events::empty(&evt));
+        }
+        if let Some(active) = &self.active {
+            for (index, evt) in active.queue_events.iter().enumerate() {
+                if let Err(e) = ops.add(Events::with_data(evt, index as u32, EventSet::IN)) {
+                    tracing::error!(error = ?e, "virtio-fs: cannot register queue eventfd");
+                }
+            }
+        }
+        for index in 0..NUM_QUEUES {
+            self.process_queue(index);
+        }
+    }
+
+    fn retire_active(&mut self) {
+        if let Some(old) = self.active.take() {
+            self.stale_events.extend(old.queue_events);
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        device_type::FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::block::read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // virtio-fs config space is read-only.
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let ActivateContext {
+            mem,
+            mut queues,
+            queue_events,
+            interrupt,
+        } = ctx;
+        if queues.len() != NUM_QUEUES || queue_events.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                actual: queues.len(),
+            });
+        }
+        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
+        self.retire_active();
+        self.active = Some(Active {
+            mem,
+            queues,
+            queue_events,
+            interrupt,
+        });
+        self.activate_evt
+            .write(1)
+            .map_err(|e| ActivateError::Other(format!("virtio-fs activate eventfd: {e}")))
+    }
+
+    fn reset(&mut self) -> bool {
+        // Open files and looked-up inodes stay until the next FUSE INIT/DESTROY from the new
+        // driver instance; only queue state goes.
+        self.retire_active();
+        self.acked_features = 0;
+        true
+    }
+}
+
+impl MutEventSubscriber for Fs {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.activate_evt.as_raw_fd() {
+            self.on_activate(ops);
+            return;
+        }
+        let index = events.data() as usize;
+        let is_current = self
+            .active
+            .as_ref()
+            .and_then(|a| a.queue_events.get(index))
+            .is_some_and(|evt| evt.as_raw_fd() == fd);
+        if is_current {
+            if let Some(evt) = self.active.as_ref().and_then(|a| a.queue_events.get(index)) {
+                let _ = evt.read();
+            }
+            self.process_queue(index);
+        } else if let Some(evt) = self.stale_events.iter().find(|e| e.as_raw_fd() == fd) {
+            let _ = evt.read();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+            tracing::error!(error = ?e, "virtio-fs: cannot register activate eventfd");
+        }
+    }
+}
