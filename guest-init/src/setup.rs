@@ -463,6 +463,9 @@ fn set_identity(id: &users::Identity, keep: &[&str]) -> Result<()> {
     }
     nix::sys::prctl::set_keepcaps(false).context("keepcaps")?;
     nix::sys::prctl::set_no_new_privs().context("no_new_privs")?;
+    // After the uid change (which clears it): if guest-init dies, so does the app. Matters for
+    // fly, where no pid namespace takes the apps down with their init.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("pdeathsig")?;
     Ok(())
 }
 

@@ -1,4 +1,7 @@
+//! ark-stage1-fly: host namespaces, chroot into the stage1 root, guest-init as an ordinary
+//! subreaper process (like rkt fly), for trusted system software. Shares all of its code
+//! with stage1-ns; the differences are in `ark_stage1_ns::Isolation::Fly`.
+
 fn main() {
-    eprintln!("stage1-fly: not built yet");
-    std::process::exit(1);
+    std::process::exit(ark_stage1_ns::main(ark_stage1_ns::Isolation::Fly));
 }

@@ -1,4 +1,3 @@
 fn main() {
-    eprintln!("stage1-ns: not built yet");
-    std::process::exit(1);
+    std::process::exit(ark_stage1_ns::main(ark_stage1_ns::Isolation::Ns));
 }

@@ -1,0 +1,276 @@
+//! The stage1s that need no VM. `ns`: guest-init as PID 1 of new mount, PID, UTS and IPC
+//! namespaces (a net namespace for `net: none`), pivot_root into the stage1 root, a cgroup per
+//! pod and per app. `fly`: host namespaces, only a private mount namespace to place volumes,
+//! chroot into the stage1 root, guest-init as an ordinary (subreaper) process. Both share
+//! everything else, so the fly binary links this library.
+//!
+//! CLI: `ark-stage1-<flavor> run --pod-dir DIR [--debug] [--interactive]`; stage0 execs it.
+//! Exit code: the pod's (see `ark_pod_spec::pod_exit_code`), 125 for stage1 errors.
+
+mod spawn;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ark_pod_spec::cgroup::{app_leaf, Cgroups, PodCgroups};
+use ark_pod_spec::{
+    guest, AppCgroup, OnExit, PodLayout, PodManifest, Stage2Config, StatusDir, StatusTransport,
+    EXIT_STAGE1_ERROR,
+};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Which isolation the stage1 builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    Ns,
+    Fly,
+}
+
+impl Isolation {
+    fn prog(self) -> &'static str {
+        match self {
+            Isolation::Ns => "ark-stage1-ns",
+            Isolation::Fly => "ark-stage1-fly",
+        }
+    }
+}
+
+#[derive(Debug, clap::Parser)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the prepared pod in DIR until every app has ended.
+    Run {
+        /// The pod directory stage0 prepared.
+        #[arg(long)]
+        pod_dir: PathBuf,
+        /// Chatty logs on stderr (guest-init's too).
+        #[arg(long)]
+        debug: bool,
+        /// The pod's interactive app gets this process's terminal (as the manifest says).
+        #[arg(long)]
+        interactive: bool,
+    },
+}
+
+/// Entry point of both binaries: parses the command line and runs the pod. Returns the exit
+/// code.
+pub fn main(iso: Isolation) -> i32 {
+    use clap::Parser;
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { pod_dir, debug, .. } => match run(iso, &pod_dir, debug) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("{}: {e:#}", iso.prog());
+                EXIT_STAGE1_ERROR
+            }
+        },
+    }
+}
+
+/// A loaded, checked pod.
+pub struct Pod {
+    pub layout: PodLayout,
+    pub manifest: PodManifest,
+}
+
+/// Reads the manifest and checks that everything the pod needs on the host is there, so a
+/// bad pod fails with one line before anything is created.
+pub fn load_pod(pod_dir: &Path) -> Result<Pod> {
+    let layout = PodLayout::new(pod_dir);
+    if !pod_dir.is_dir() {
+        bail!("pod directory {} does not exist", pod_dir.display());
+    }
+    let manifest = PodManifest::load(&layout.manifest()).map_err(|e| anyhow!("{e}"))?;
+    check_pod(&layout, &manifest)?;
+    Ok(Pod { layout, manifest })
+}
+
+fn check_pod(layout: &PodLayout, m: &PodManifest) -> Result<()> {
+    let root = layout.stage1_rootfs();
+    if !layout.init_binary().is_file() {
+        bail!(
+            "{} is missing (stage0 copies ark-init there)",
+            layout.init_binary().display()
+        );
+    }
+    if !layout.rootfs_manifest().is_file() {
+        bail!("{} is missing", layout.rootfs_manifest().display());
+    }
+    for a in &m.apps {
+        if !layout.app_rootfs(&a.name).is_dir() {
+            bail!(
+                "app {}: root {} is missing",
+                a.name,
+                layout.app_rootfs(&a.name).display()
+            );
+        }
+    }
+    for v in &m.volumes {
+        if !Path::new(&v.source).exists() {
+            bail!("volume {}: source {} does not exist", v.name, v.source);
+        }
+    }
+    if !root.is_dir() {
+        bail!("stage1 root {} is missing", root.display());
+    }
+    Ok(())
+}
+
+/// The stage2 config of an ns/fly pod: statuses as files in the bind-mounted status dir,
+/// cgroups bind-mounted under /ark/cgroup/<hierarchy>.
+pub fn stage2_config(
+    iso: Isolation,
+    m: &PodManifest,
+    cgroups: &PodCgroups,
+    debug: bool,
+) -> Stage2Config {
+    let mut c = Stage2Config::new(
+        m.uuid.clone(),
+        StatusTransport::File {
+            dir: guest::STATUS_DIR.into(),
+        },
+        OnExit::Exit,
+    );
+    c.hostname = (iso == Isolation::Ns).then(|| m.hostname());
+    c.mount_pseudo_fs = true;
+    c.debug = debug;
+    c.app_cgroups = m
+        .apps
+        .iter()
+        .filter(|_| !cgroups.pod_dirs.is_empty())
+        .map(|a| {
+            let dir = |h: &ark_pod_spec::cgroup::Hierarchy| {
+                format!("{}/{}/{}", guest::CGROUP_DIR, h.name(), app_leaf(&a.name))
+            };
+            AppCgroup {
+                app: a.name.clone(),
+                dirs: cgroups.pod_dirs.iter().map(|(h, _)| dir(h)).collect(),
+                oom_file: cgroups.pod_dirs.iter().find_map(|(h, _)| match h {
+                    ark_pod_spec::cgroup::Hierarchy::V2 { .. } => {
+                        Some(format!("{}/memory.events", dir(h)))
+                    }
+                    ark_pod_spec::cgroup::Hierarchy::V1 { controller, .. }
+                        if controller == "memory" =>
+                    {
+                        Some(format!("{}/memory.oom_control", dir(h)))
+                    }
+                    _ => None,
+                }),
+            }
+        })
+        .collect();
+    c
+}
+
+fn forwarded_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        s.add(sig);
+    }
+    s
+}
+
+/// Runs the pod to its end; returns the pod's exit code. Statuses and `pod.json` are written
+/// and the pod's cgroups removed before returning, whatever happened.
+pub fn run(iso: Isolation, pod_dir: &Path, debug: bool) -> Result<i32> {
+    let pod = load_pod(pod_dir)?;
+    let status = StatusDir::new(pod.layout.status_dir());
+    std::fs::create_dir_all(status.dir()).context("create status dir")?;
+
+    let cgroups = Cgroups::detect();
+    let result = run_pod(iso, &pod, &cgroups, debug);
+    let _ = std::fs::remove_file(pod.layout.stage2_pid_file());
+    let cleanup = cgroups.remove_pod(&pod.manifest.uuid);
+    let reason = match &result {
+        Ok(None) => None,
+        Ok(Some(r)) => Some(r.clone()),
+        Err(e) => Some(format!("{e:#}")),
+    };
+    let exit = status
+        .finish(&pod.manifest, reason.as_deref())
+        .context("write pod status")?;
+    if let Err(e) = cleanup {
+        eprintln!("{}: remove pod cgroups: {e}", iso.prog());
+    }
+    match result {
+        Err(e) => Err(e),
+        Ok(_) => Ok(exit.exit_code),
+    }
+}
+
+/// Returns why stage2 ended abnormally, if it did.
+fn run_pod(iso: Isolation, pod: &Pod, cgroups: &Cgroups, debug: bool) -> Result<Option<String>> {
+    let pod_cgroups = if cgroups.is_empty() {
+        let wants = pod.manifest.limits != Default::default()
+            || pod
+                .manifest
+                .apps
+                .iter()
+                .any(|a| a.limits != Default::default());
+        if wants {
+            bail!("no cgroup hierarchy is mounted, but the pod sets resource limits");
+        }
+        PodCgroups::default()
+    } else {
+        cgroups
+            .create_pod(&pod.manifest)
+            .context("create pod cgroups")?
+    };
+    let cfg = stage2_config(iso, &pod.manifest, &pod_cgroups, debug);
+    ark_pod_spec::write_atomic(&pod.layout.stage2_config(), &cfg.to_json())
+        .context("write stage2 config")?;
+
+    let signals = forwarded_signals();
+    signals.thread_block().context("block signals")?;
+    let child = spawn::spawn_stage2(iso, pod, &pod_cgroups, &signals)?;
+    ark_pod_spec::write_atomic(
+        &pod.layout.stage2_pid_file(),
+        child.as_raw().to_string().as_bytes(),
+    )
+    .context("write stage2 pid")?;
+    if debug {
+        eprintln!("{}: stage2 started as pid {child}", iso.prog());
+    }
+    let ws = supervise(child, &signals)?;
+    Ok(match ws {
+        WaitStatus::Exited(_, 0) => None,
+        WaitStatus::Exited(_, c) => Some(format!("stage2 exited with code {c}")),
+        WaitStatus::Signaled(_, s, _) => Some(format!("stage2 was killed by {s}")),
+        other => Some(format!("stage2 ended: {other:?}")),
+    })
+}
+
+/// Waits for stage2, turning SIGTERM/SIGINT/SIGHUP into a SIGTERM to it (a graceful stop:
+/// guest-init SIGTERMs the apps and SIGKILLs them after its grace period).
+fn supervise(child: Pid, signals: &SigSet) -> Result<WaitStatus> {
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(ws @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return Ok(ws),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("waitpid stage2"),
+        }
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(sig) => {
+                let _ = kill(child, Signal::SIGTERM);
+                let _ = sig;
+            }
+            Err(e) => return Err(e).context("sigwait"),
+        }
+    }
+}
