@@ -76,7 +76,18 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
     type Handle = F::Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        let mut want = self.inner.init(capable)?;
+        // PassthroughFs only asks for readdirplus; without MAX_PAGES/BIG_WRITES the server caps
+        // requests at 4 KiB, which makes every page of a boot a separate guest exit. These are
+        // all handled by the server or the kernel, not by the filesystem.
+        let mut want = self.inner.init(capable)?
+            | FsOptions::ASYNC_READ
+            | FsOptions::BIG_WRITES
+            | FsOptions::MAX_PAGES
+            | FsOptions::AUTO_INVAL_DATA
+            | FsOptions::ASYNC_DIO
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::ATOMIC_O_TRUNC
+            | FsOptions::CACHE_SYMLINKS;
         if self.read_only {
             want.remove(FsOptions::WRITEBACK_CACHE);
         }

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, GetattrIn, InHeader, InitIn, InitOut, MkdirIn, MknodIn, Opcode,
-    OpenIn, OpenOut, OutHeader, ReadIn, SetattrIn, WriteIn, WriteOut,
+    AttrOut, CreateIn, EntryOut, FsOptions, GetattrIn, InHeader, InitIn, InitIn2, InitOut, MkdirIn,
+    MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, SetattrIn, WriteIn, WriteOut,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -294,6 +294,54 @@ fn tag_and_config_space() {
 }
 
 #[test]
+fn linux_style_init_negotiation() {
+    // What a 6.x guest sends: minor 38, INIT_EXT with the second flags word.
+    let dir = share();
+    let mut h = Harness::new(dir.path(), true);
+    let wanted = FsOptions::ASYNC_READ
+        | FsOptions::POSIX_LOCKS
+        | FsOptions::ATOMIC_O_TRUNC
+        | FsOptions::EXPORT_SUPPORT
+        | FsOptions::BIG_WRITES
+        | FsOptions::DONT_MASK
+        | FsOptions::FLOCK_LOCKS
+        | FsOptions::AUTO_INVAL_DATA
+        | FsOptions::DO_READDIRPLUS
+        | FsOptions::READDIRPLUS_AUTO
+        | FsOptions::ASYNC_DIO
+        | FsOptions::WRITEBACK_CACHE
+        | FsOptions::PARALLEL_DIROPS
+        | FsOptions::MAX_PAGES
+        | FsOptions::CACHE_SYMLINKS
+        | FsOptions::INIT_EXT;
+    let init = InitIn {
+        major: 7,
+        minor: 38,
+        max_readahead: 128 * 1024,
+        flags: wanted.bits() as u32,
+    };
+    let mut body = init.as_slice().to_vec();
+    body.extend_from_slice(InitIn2::default().as_slice());
+    let out: InitOut = h.call(Opcode::Init, 0, &body).ok();
+    let got = FsOptions::from_bits_truncate(u64::from(out.flags) | (u64::from(out.flags2) << 32));
+    assert_eq!(out.major, 7);
+    assert!(got.contains(FsOptions::DO_READDIRPLUS | FsOptions::MAX_PAGES));
+    assert!(
+        !got.contains(FsOptions::WRITEBACK_CACHE),
+        "read-only share: no writeback"
+    );
+    assert!(
+        !got.contains(FsOptions::POSIX_LOCKS),
+        "locks stay in the guest"
+    );
+    assert_eq!(out.max_pages, 256);
+    assert!(out.max_write >= 128 * 1024);
+    // Still serving after re-INIT.
+    let entry: EntryOut = h.lookup(ROOT, b"hello.txt").ok();
+    assert_eq!(entry.attr.size, 20);
+}
+
+#[test]
 fn init_lookup_getattr_open_read() {
     let dir = share();
     let mut h = Harness::new(dir.path(), true);
@@ -365,6 +413,26 @@ fn writes_in_rw_mode_reach_the_host() {
     let out: WriteOut = h.call(Opcode::Write, entry.nodeid, &body).ok();
     assert_eq!(out.size as usize, data.len());
     assert_eq!(std::fs::read(dir.path().join("new.txt")).unwrap(), data);
+
+    // One 192 KiB WRITE (well past the 4 KiB a non-MAX_PAGES server allows), read back in one
+    // READ.
+    let big: Vec<u8> = (0..192 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let write = WriteIn {
+        fh: open.fh,
+        offset: 0,
+        size: big.len() as u32,
+        ..Default::default()
+    };
+    let mut body = write.as_slice().to_vec();
+    body.extend_from_slice(&big);
+    let out: WriteOut = h.call(Opcode::Write, entry.nodeid, &body).ok();
+    assert_eq!(out.size as usize, big.len());
+    assert_eq!(std::fs::read(dir.path().join("new.txt")).unwrap(), big);
+    let reader: OpenOut = h.open(entry.nodeid, libc::O_RDONLY).ok();
+    let read = h.read(entry.nodeid, reader.fh, 60 * 1024);
+    assert_eq!(read.header.error, 0);
+    assert_eq!(read.body, &big[..60 * 1024]);
+    std::fs::write(dir.path().join("new.txt"), data).unwrap();
     // umask applied by the guest is honoured: 0644 stays 0644.
     let mode = std::fs::metadata(dir.path().join("new.txt"))
         .unwrap()
