@@ -31,6 +31,9 @@ pub struct VmConfig {
     /// Attach a virtio-rng device.
     #[serde(default = "default_true")]
     pub rng: bool,
+    /// Confine vCPU threads with a seccomp filter.
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +101,7 @@ impl VmConfig {
             vsock: None,
             serial: SerialConfig::default(),
             rng: true,
+            seccomp: true,
         }
     }
 

@@ -49,6 +49,9 @@ struct Args {
     /// No virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// Do not confine vCPU threads with seccomp (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn parse_blk(s: &str) -> Result<BlockConfig, String> {
@@ -154,6 +157,9 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     }
     if args.no_rng {
         c.rng = false;
+    }
+    if args.no_seccomp {
+        c.seccomp = false;
     }
     c.validate().map_err(|e| format!("invalid config: {e}"))?;
     Ok(c)

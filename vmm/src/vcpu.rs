@@ -45,6 +45,8 @@ pub struct Vcpu {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
+    /// seccomp filter the thread applies to itself before its first KVM_RUN.
+    pub seccomp: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -60,6 +62,12 @@ impl Vcpu {
 
     fn run_loop(&mut self) {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
+        if let Some(filter) = &self.seccomp {
+            if let Err(e) = crate::seccomp::apply(filter) {
+                self.exit
+                    .request(Err(format!("vcpu{}: seccomp: {e}", self.id)));
+            }
+        }
         while !self.exit.stopping() {
             match self.fd.run() {
                 Ok(exit) => {

@@ -297,6 +297,13 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
 
     let pio = Arc::new(pio);
     let mmio = Arc::new(std::mem::take(&mut b.mmio));
+    let seccomp = if config.seccomp {
+        Some(Arc::new(
+            crate::seccomp::vcpu_filter().map_err(Error::Seccomp)?,
+        ))
+    } else {
+        None
+    };
     let mut vcpus = Vec::new();
     for id in 0..config.vcpus {
         let fd =
@@ -321,6 +328,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
             pio: pio.clone(),
             mmio: mmio.clone(),
             exit: exit.clone(),
+            seccomp: seccomp.clone(),
         });
     }
 
