@@ -16,8 +16,10 @@ mod digest;
 mod docker_archive;
 mod extract;
 mod oci_layout;
+pub mod privsep;
 mod progress;
 mod reference;
+pub mod registry;
 mod render;
 mod store;
 

@@ -13,6 +13,9 @@ use crate::cli::GlobalOpts;
 pub enum TrustCommand {
     /// Trust OpenPGP keys for an image-name prefix (or all images), list or remove them.
     Trust(TrustArgs),
+    /// Internal: the unprivileged half of a `docker://` fetch (ark runs it as its own child).
+    #[command(name = "__registry-fetch-child", hide = true)]
+    RegistryFetchChild,
 }
 
 #[derive(Debug, Args)]
@@ -37,6 +40,7 @@ pub struct TrustArgs {
 pub fn run(global: &GlobalOpts, cmd: TrustCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TrustCommand::Trust(args) => trust(global, args),
+        TrustCommand::RegistryFetchChild => crate::image::privsep::child_main(),
     }
 }
 

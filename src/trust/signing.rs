@@ -452,18 +452,25 @@ pub fn verify_simple_signing_with(
     }
     let verifiers = verifiers(keys)?;
     let mut reasons = Vec::new();
+    let mut untrusted = false;
     for (i, data) in sigs.iter().enumerate() {
-        let outcome = open_signed_message(data, &verifiers, &name)
+        let opened = open_signed_message(data, &verifiers, &name);
+        untrusted |= opened.as_ref().is_err_and(|e| e.contains("not trusted"));
+        let outcome = opened
             .and_then(|(fp, payload)| check_payload(&payload, reference, digest).map(|()| fp));
         match outcome {
             Ok(fp) => return Ok(fp),
             Err(why) => reasons.push(format!("signature-{}: {why}", i + 1)),
         }
     }
-    bail!(
-        "no valid signature for {reference} ({digest}): {}; {}",
-        reasons.join("; "),
+    let hint = if untrusted {
         trust_hint(&name)
+    } else {
+        "skip verification with --insecure-options=image if you accept that".to_string()
+    };
+    bail!(
+        "no valid signature for {reference} ({digest}): {}; {hint}",
+        reasons.join("; "),
     )
 }
 

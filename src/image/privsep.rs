@@ -1,0 +1,368 @@
+//! Privilege separation for `docker://` fetches run as root.
+//!
+//! The parent re-executes ark itself (`ark __registry-fetch-child`) as uid/gid 65534
+//! (nobody/nogroup) with no supplementary groups, an empty capability bounding set, no ambient
+//! capabilities, `no_new_privs`, an empty environment (but proxies and logging), `/` as its
+//! working directory and `PDEATHSIG`. That child does everything that parses registry or
+//! signature bytes: HTTP, TLS, authentication, manifests, and the OpenPGP verification (with the
+//! trusted keys handed to it, so it never reads the key store). It owns no file: it streams the
+//! layout back over its stdout in frames, and the parent writes `dest` itself, re-checking every
+//! blob's size and digest, so only verified blobs reach the store. The parent answers its
+//! requests for lookaside signatures (the signature directory may not be readable by nobody).
+
+// Reached through `ark fetch docker://...` once image::store calls `fetch`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::registry::{self, DirSink, Fetched, LayoutSink, PullRequest};
+use crate::trust::signing::{self, DockerReference};
+
+/// The unprivileged identity of the fetch child (Debian's nobody:nogroup).
+pub const FETCH_UID: u32 = 65534;
+pub const FETCH_GID: u32 = 65534;
+/// The hidden subcommand the child runs.
+pub const CHILD_COMMAND: &str = "__registry-fetch-child";
+/// Largest frame payload accepted from the child (data chunks are far smaller).
+const MAX_FRAME: usize = 8 << 20;
+
+// Frame tags, child → parent.
+const BEGIN_BLOB: u8 = b'B';
+const DATA: u8 = b'D';
+const END_BLOB: u8 = b'E';
+const FILE: u8 = b'F';
+const WANT_SIGNATURES: u8 = b'S';
+const RESULT: u8 = b'R';
+const ERROR: u8 = b'X';
+
+/// Whether fetches run in an unprivileged child: whenever ark runs as root.
+pub fn should_separate() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn write_frame(w: &mut impl Write, tag: u8, payload: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len()).expect("frames are small");
+    w.write_all(&[tag])?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(payload)
+}
+
+fn read_frame(r: &mut impl Read) -> Result<Option<(u8, Vec<u8>)>> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e).context("reading from the fetch child"),
+    }
+    let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+        bail!("fetch child sent an oversized frame ({len} bytes)");
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)
+        .context("fetch child's output ended mid-frame")?;
+    Ok(Some((head[0], payload)))
+}
+
+#[derive(Serialize, Deserialize)]
+struct BlobHeader {
+    digest: String,
+    size: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileFrame {
+    name: String,
+    data: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignatureReply {
+    signatures: Vec<Vec<u8>>,
+    error: Option<String>,
+}
+
+/// Environment variables the child keeps (proxies; logging filter).
+const KEPT_ENV: &[&str] = &[
+    "ARK_LOG",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+fn spawn_child() -> Result<Child> {
+    // Exec through an fd opened here: the binary's directories need not be searchable by nobody.
+    let exe = std::env::current_exe().context("locating the ark binary")?;
+    let exe_file =
+        std::fs::File::open(&exe).with_context(|| format!("opening {}", exe.display()))?;
+    let exe_path = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&exe_file)
+    );
+    let mut cmd = Command::new(&exe_path);
+    cmd.arg0("ark");
+    if tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG {
+        cmd.arg("--debug");
+    }
+    cmd.arg(CHILD_COMMAND)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for k in KEPT_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    // SAFETY: between fork and exec only async-signal-safe syscalls are made; no allocation.
+    unsafe {
+        cmd.pre_exec(|| {
+            let check = |r: libc::c_int| {
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setresgid(FETCH_GID, FETCH_GID, FETCH_GID))?;
+            // Empty the bounding set (needs CAP_SETPCAP, so before setuid); EINVAL past the last cap.
+            for cap in 0..64 {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            check(libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ))?;
+            // Leaving uid 0 clears the permitted and effective sets (no SECBIT_KEEP_CAPS).
+            check(libc::setresuid(FETCH_UID, FETCH_UID, FETCH_UID))?;
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting the unprivileged fetch child ({})", exe.display()))?;
+    drop(exe_file);
+    Ok(child)
+}
+
+/// Runs the pull in the unprivileged child and writes what it sends into `dir`.
+pub fn pull_in_child(
+    request: &PullRequest,
+    dir: &mut DirSink,
+    signature_dir: Option<&Path>,
+) -> Result<Fetched> {
+    let reference = DockerReference::parse(&request.reference)?;
+    let mut child = spawn_child()?;
+    let result = drive_child(&mut child, request, dir, signature_dir, &reference);
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().context("waiting for the fetch child")?;
+    let fetched = result?;
+    if !status.success() {
+        bail!("the fetch child failed ({status})");
+    }
+    Ok(fetched)
+}
+
+fn drive_child(
+    child: &mut Child,
+    request: &PullRequest,
+    dir: &mut DirSink,
+    signature_dir: Option<&Path>,
+    reference: &DockerReference,
+) -> Result<Fetched> {
+    let mut to_child = child.stdin.take().expect("piped stdin");
+    let mut from_child = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped"));
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    to_child
+        .write_all(&line)
+        .context("sending the request to the fetch child")?;
+    loop {
+        let Some((tag, payload)) = read_frame(&mut from_child)? else {
+            let status = child.wait().context("waiting for the fetch child")?;
+            bail!("the fetch child exited without a result ({status})");
+        };
+        match tag {
+            BEGIN_BLOB => {
+                let h: BlobHeader = serde_json::from_slice(&payload)?;
+                dir.begin_blob(&h.digest, h.size)?;
+            }
+            DATA => dir.data(&payload)?,
+            END_BLOB => dir.end_blob()?,
+            FILE => {
+                let f: FileFrame = serde_json::from_slice(&payload)?;
+                dir.file(&f.name, &f.data)?;
+            }
+            WANT_SIGNATURES => {
+                let digest = String::from_utf8(payload)?;
+                let reply = match signature_dir {
+                    None => SignatureReply {
+                        signatures: Vec::new(),
+                        error: None,
+                    },
+                    Some(d) => match signing::read_lookaside(d, reference, &digest) {
+                        Ok(signatures) => SignatureReply {
+                            signatures,
+                            error: None,
+                        },
+                        Err(e) => SignatureReply {
+                            signatures: Vec::new(),
+                            error: Some(format!("{e:#}")),
+                        },
+                    },
+                };
+                let mut line = serde_json::to_vec(&reply)?;
+                line.push(b'\n');
+                to_child
+                    .write_all(&line)
+                    .context("answering the fetch child")?;
+            }
+            RESULT => return Ok(serde_json::from_slice(&payload)?),
+            ERROR => bail!("{}", String::from_utf8_lossy(&payload)),
+            other => bail!("fetch child sent an unknown frame {other:#x}"),
+        }
+    }
+}
+
+/// The child's side of the sink: frames on stdout, signature answers on stdin.
+struct PipeSink<W: Write, R: BufRead> {
+    out: W,
+    input: R,
+}
+
+impl<W: Write, R: BufRead> PipeSink<W, R> {
+    fn frame(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
+        write_frame(&mut self.out, tag, payload).context("writing to the parent")
+    }
+}
+
+impl<W: Write, R: BufRead> LayoutSink for PipeSink<W, R> {
+    fn begin_blob(&mut self, digest: &str, size: u64) -> Result<()> {
+        let h = serde_json::to_vec(&BlobHeader {
+            digest: digest.to_string(),
+            size,
+        })?;
+        self.frame(BEGIN_BLOB, &h)
+    }
+    fn data(&mut self, chunk: &[u8]) -> Result<()> {
+        self.frame(DATA, chunk)
+    }
+    fn end_blob(&mut self) -> Result<()> {
+        self.frame(END_BLOB, &[])
+    }
+    fn file(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let f = serde_json::to_vec(&FileFrame {
+            name: name.to_string(),
+            data: data.to_vec(),
+        })?;
+        self.frame(FILE, &f)
+    }
+    fn signatures(&mut self, digest: &str) -> Result<Vec<Vec<u8>>> {
+        self.frame(WANT_SIGNATURES, digest.as_bytes())?;
+        self.out.flush()?;
+        let mut line = String::new();
+        self.input
+            .read_line(&mut line)
+            .context("reading signatures from the parent")?;
+        let reply: SignatureReply =
+            serde_json::from_str(&line).context("bad signature reply from the parent")?;
+        match reply.error {
+            Some(e) => Err(anyhow!(e)),
+            None => Ok(reply.signatures),
+        }
+    }
+}
+
+/// Describes this process's identity, refusing to go on with any privilege left.
+fn check_unprivileged() -> Result<String> {
+    use caps::CapSet;
+    let uid = nix::unistd::getresuid()?;
+    let gid = nix::unistd::getresgid()?;
+    let groups = nix::unistd::getgroups()?;
+    // SAFETY: a plain query.
+    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    let mut sets = Vec::new();
+    let mut any = false;
+    for (name, set) in [
+        ("effective", CapSet::Effective),
+        ("permitted", CapSet::Permitted),
+        ("inheritable", CapSet::Inheritable),
+        ("ambient", CapSet::Ambient),
+        ("bounding", CapSet::Bounding),
+    ] {
+        let caps = caps::read(None, set).map_err(|e| anyhow!("reading capabilities: {e}"))?;
+        any |= !caps.is_empty();
+        let mut names: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+        names.sort();
+        sets.push(format!("{name}=[{}]", names.join(",")));
+    }
+    let desc = format!(
+        "uid={}/{}/{} gid={}/{}/{} groups={:?} no_new_privs={nnp} {}",
+        uid.real,
+        uid.effective,
+        uid.saved,
+        gid.real,
+        gid.effective,
+        gid.saved,
+        groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>(),
+        sets.join(" ")
+    );
+    if [uid.real, uid.effective, uid.saved]
+        .iter()
+        .any(|u| u.is_root())
+        || any
+        || nnp != 1
+    {
+        bail!("refusing to fetch with privileges left: {desc}");
+    }
+    Ok(desc)
+}
+
+/// `ark __registry-fetch-child`: reads a [`PullRequest`] line on stdin, streams the layout as
+/// frames on stdout, ends with a result or an error frame.
+pub fn child_main() -> Result<ExitCode> {
+    let identity = check_unprivileged()?;
+    tracing::debug!("registry fetch child: {identity}");
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let mut line = String::new();
+    input.read_line(&mut line).context("reading the request")?;
+    let request: PullRequest =
+        serde_json::from_str(&line).context("bad request from the parent")?;
+    let stdout = std::io::stdout();
+    let out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let mut sink = PipeSink { out, input };
+    let outcome = registry::pull(&request, &mut sink);
+    let (tag, payload) = match outcome {
+        Ok(f) => (RESULT, serde_json::to_vec(&f)?),
+        Err(e) => (ERROR, format!("{e:#}").into_bytes()),
+    };
+    sink.frame(tag, &payload)?;
+    sink.out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
