@@ -1,1 +1,654 @@
-//! virtio-console.
+//! virtio-console (virtio spec 1.2, 5.3) with a single port (no MULTIPORT): the guest's
+//! transmitq goes to a host `Write`, and bytes from a pollable host fd (pipe, tty, socket) fill
+//! the guest's receiveq.
+//!
+//! Input is read only when the guest has an rx buffer to put it in, one read per readiness
+//! report, so nothing is buffered on the host side and the fd never needs O_NONBLOCK (which
+//! would leak to whoever shares it, e.g. a terminal).
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::virtio::{
+    device_type, ActivateContext, ActivateError, GuestMemory, Interrupt, InterruptKind,
+    VirtioDevice, VIRTIO_F_VERSION_1,
+};
+
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+pub const QUEUE_SIZE: u16 = 64;
+const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE; 2];
+/// VIRTIO_CONSOLE_F_EMERG_WRITE: the driver may write single characters to config `emerg_wr`
+/// before (or without) setting up the queues.
+pub const VIRTIO_CONSOLE_F_EMERG_WRITE: u64 = 1 << 2;
+/// `struct virtio_console_config`: cols, rows (u16), max_nr_ports, emerg_wr (u32).
+const CONFIG_SIZE: u64 = 12;
+const EMERG_WR_OFFSET: u64 = 8;
+/// At most this much input per rx buffer, and the copy granule for output.
+const MAX_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating the activation eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ChainError {
+    #[error("descriptor in the wrong direction for this queue")]
+    Direction,
+    #[error("buffer outside guest memory: {0}")]
+    Memory(virtio_queue::Error),
+    #[error("guest memory access: {0}")]
+    Access(std::io::Error),
+    #[error("zero-length rx buffer")]
+    Empty,
+}
+
+struct Active {
+    mem: GuestMemory,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    interrupt: Arc<dyn Interrupt>,
+    registered: bool,
+}
+
+/// The virtio-console device.
+pub struct Console {
+    output: Box<dyn Write + Send>,
+    input: Option<File>,
+    /// Whether the input fd is registered with the event loop (for IN).
+    input_registered: bool,
+    /// epoll reported input and we have not read it yet (waiting for an rx buffer).
+    input_ready: bool,
+    acked_features: u64,
+    activate_evt: EventFd,
+    active: Option<Active>,
+    /// Queue eventfds of a reset device, removed from the event loop on its next pass.
+    stale_queue_evts: Vec<EventFd>,
+    reset_pending: bool,
+    buf: Vec<u8>,
+}
+
+impl Console {
+    /// `output` receives everything the guest writes; `input`, if any, must be pollable and is
+    /// what the guest reads.
+    pub fn new(output: Box<dyn Write + Send>, input: Option<OwnedFd>) -> Result<Console, Error> {
+        Ok(Console {
+            output,
+            input: input.map(File::from),
+            input_registered: false,
+            input_ready: false,
+            acked_features: 0,
+            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            active: None,
+            stale_queue_evts: Vec::new(),
+            reset_pending: false,
+            buf: Vec::new(),
+        })
+    }
+
+    fn write_output(&mut self, data: &[u8]) {
+        if let Err(e) = self.output.write_all(data) {
+            tracing::warn!("virtio-console: output: {e}");
+        }
+    }
+
+    /// Copies every tx chain to the output; returns whether the driver needs an interrupt.
+    fn process_tx(&mut self) -> bool {
+        let Some(a) = self.active.as_mut() else {
+            return false;
+        };
+        let mut used = false;
+        while let Some(chain) = a.queues[TX_QUEUE].pop_descriptor_chain(&a.mem) {
+            let head = chain.head_index();
+            if let Err(e) = copy_out(&a.mem, chain, &mut self.buf, &mut self.output) {
+                tracing::warn!("virtio-console: dropping tx buffer: {e}");
+            }
+            if let Err(e) = a.queues[TX_QUEUE].add_used(&a.mem, head, 0) {
+                tracing::warn!("virtio-console: tx add_used: {e}");
+                break;
+            }
+            used = true;
+        }
+        if used {
+            let _ = self.output.flush();
+        }
+        used && a.queues[TX_QUEUE]
+            .needs_notification(&a.mem)
+            .unwrap_or(true)
+    }
+
+    /// Moves pending input into one guest rx buffer, if both exist. Unusable buffers (wrong
+    /// direction, outside memory) are returned empty on the way.
+    fn process_rx(&mut self) -> InputOutcome {
+        let mut outcome = InputOutcome::default();
+        let (Some(a), Some(input)) = (self.active.as_mut(), self.input.as_mut()) else {
+            return outcome;
+        };
+        while self.input_ready {
+            let Some(chain) = a.queues[RX_QUEUE].pop_descriptor_chain(&a.mem) else {
+                // No buffer: leave the input unread; the guest's next rx notify brings us back.
+                break;
+            };
+            let head = chain.head_index();
+            let len = match fill_in(&a.mem, chain, &mut self.buf, input) {
+                Ok(InputRead::Data(len)) => {
+                    self.input_ready = false;
+                    len
+                }
+                Ok(read) => {
+                    // Nothing delivered: hand the buffer back untouched.
+                    self.input_ready = false;
+                    let q = &mut a.queues[RX_QUEUE];
+                    q.set_next_avail(q.next_avail().wrapping_sub(1));
+                    outcome.eof = matches!(read, InputRead::Eof);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("virtio-console: rx buffer: {e}");
+                    0
+                }
+            };
+            if let Err(e) = a.queues[RX_QUEUE].add_used(&a.mem, head, len) {
+                tracing::warn!("virtio-console: rx add_used: {e}");
+                break;
+            }
+            outcome.notify |= a.queues[RX_QUEUE]
+                .needs_notification(&a.mem)
+                .unwrap_or(true);
+        }
+        outcome
+    }
+
+    /// Polls the input exactly while it can be consumed.
+    fn sync_input(&mut self, ops: &mut EventOps) {
+        let Some(input) = self.input.as_ref() else {
+            return;
+        };
+        let want = self.active.is_some() && !self.input_ready;
+        if want && !self.input_registered {
+            match ops.add(Events::new(input, EventSet::IN)) {
+                Ok(()) => self.input_registered = true,
+                Err(e) => {
+                    tracing::warn!("virtio-console: input is not pollable, ignoring it: {e}");
+                    self.input = None;
+                }
+            }
+        } else if !want && self.input_registered {
+            let _ = ops.remove(Events::new(input, EventSet::IN));
+            self.input_registered = false;
+        }
+    }
+
+    fn drop_input(&mut self, ops: &mut EventOps) {
+        if let Some(input) = self.input.take() {
+            if self.input_registered {
+                let _ = ops.remove(Events::new(&input, EventSet::IN));
+            }
+        }
+        self.input_registered = false;
+        self.input_ready = false;
+    }
+}
+
+fn copy_out(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    buf: &mut Vec<u8>,
+    out: &mut dyn Write,
+) -> Result<(), ChainError> {
+    if chain.clone().any(|d| d.is_write_only()) {
+        return Err(ChainError::Direction);
+    }
+    let mut reader: Reader = Reader::new(mem, chain).map_err(ChainError::Memory)?;
+    buf.resize(MAX_CHUNK, 0);
+    loop {
+        let n = reader.read(&mut buf[..]).map_err(ChainError::Access)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Err(e) = out.write_all(&buf[..n]) {
+            tracing::warn!("virtio-console: output: {e}");
+        }
+    }
+}
+
+#[derive(Default)]
+struct InputOutcome {
+    /// Used rx buffers the driver must hear about.
+    notify: bool,
+    /// The input ended.
+    eof: bool,
+}
+
+enum InputRead {
+    Data(u32),
+    /// Readiness was stale (someone else drained the fd): wait for the next report.
+    Nothing,
+    /// End of input, or an error that will not go away.
+    Eof,
+}
+
+/// Reads once from `input` into the chain.
+fn fill_in(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    buf: &mut Vec<u8>,
+    input: &mut File,
+) -> Result<InputRead, ChainError> {
+    if chain.clone().any(|d| !d.is_write_only()) {
+        return Err(ChainError::Direction);
+    }
+    let mut writer: Writer = Writer::new(mem, chain).map_err(ChainError::Memory)?;
+    let cap = writer.available_bytes().min(MAX_CHUNK);
+    if cap == 0 {
+        return Err(ChainError::Empty);
+    }
+    buf.resize(cap, 0);
+    let n = loop {
+        match input.read(&mut buf[..cap]) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(InputRead::Nothing),
+            Err(e) => {
+                tracing::warn!("virtio-console: input: {e}");
+                return Ok(InputRead::Eof);
+            }
+        }
+    };
+    if n == 0 {
+        return Ok(InputRead::Eof);
+    }
+    writer.write_all(&buf[..n]).map_err(ChainError::Access)?;
+    // n <= MAX_CHUNK.
+    Ok(InputRead::Data(n as u32))
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u32 {
+        device_type::CONSOLE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_EMERG_WRITE
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        // cols/rows need F_SIZE and max_nr_ports needs F_MULTIPORT, neither offered; emerg_wr
+        // is write-only. Everything reads as zero.
+        data.fill(0);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if self.acked_features & VIRTIO_CONSOLE_F_EMERG_WRITE == 0 {
+            return;
+        }
+        let in_emerg_wr = offset >= EMERG_WR_OFFSET
+            && offset
+                .checked_add(data.len() as u64)
+                .is_some_and(|end| end <= CONFIG_SIZE);
+        if offset == EMERG_WR_OFFSET && in_emerg_wr && !data.is_empty() {
+            // The character is the low byte of the little-endian u32.
+            self.write_output(&data[..1]);
+            let _ = self.output.flush();
+        }
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if ctx.queues.len() != 2 || ctx.queue_events.len() != 2 {
+            return Err(ActivateError::QueueCount {
+                expected: 2,
+                actual: ctx.queues.len().min(ctx.queue_events.len()),
+            });
+        }
+        if self.active.is_some() {
+            return Err(ActivateError::Other(
+                "virtio-console is already active".into(),
+            ));
+        }
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            queue_evts: ctx.queue_events,
+            interrupt: ctx.interrupt,
+            registered: false,
+        });
+        self.activate_evt
+            .write(1)
+            .map_err(|e| ActivateError::Other(format!("virtio-console: kick activation: {e}")))
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(active) = self.active.take() {
+            if active.registered {
+                self.stale_queue_evts.extend(active.queue_evts);
+            }
+        }
+        // Input already signalled stays signalled for the next session; only polling stops.
+        self.reset_pending = true;
+        let _ = self.activate_evt.write(1);
+        true
+    }
+}
+
+impl MutEventSubscriber for Console {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+            tracing::error!("virtio-console: registering activation eventfd: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if self.reset_pending {
+            for evt in self.stale_queue_evts.drain(..) {
+                let _ = ops.remove(Events::new(&evt, EventSet::IN));
+            }
+            self.reset_pending = false;
+        }
+        let fd = events.fd();
+        let mut notify = false;
+        if fd == self.activate_evt.as_raw_fd() {
+            let _ = self.activate_evt.read();
+            if let Some(a) = self.active.as_mut() {
+                if !a.registered {
+                    for evt in &a.queue_evts {
+                        if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                            tracing::error!("virtio-console: registering queue eventfd: {e}");
+                        }
+                    }
+                    a.registered = true;
+                }
+            }
+            notify |= self.process_tx();
+        } else if self.input.as_ref().is_some_and(|i| i.as_raw_fd() == fd) {
+            self.input_ready = true;
+        } else if let Some(a) = self.active.as_ref() {
+            if let Some(index) = a.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
+                let _ = a.queue_evts[index].read();
+                if index == TX_QUEUE {
+                    notify |= self.process_tx();
+                }
+            }
+        }
+        let input = self.process_rx();
+        notify |= input.notify;
+        if input.eof {
+            // A level-triggered fd at EOF would wake us forever: stop watching it.
+            self.drop_input(ops);
+        }
+        self.sync_input(ops);
+        if notify {
+            if let Some(a) = self.active.as_ref() {
+                if let Err(e) = a.interrupt.trigger(InterruptKind::Queue) {
+                    tracing::warn!("virtio-console: interrupt: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use event_manager::{EventManager, SubscriberOps};
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct CountingInterrupt(AtomicUsize);
+    impl Interrupt for CountingInterrupt {
+        fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
+            assert_eq!(kind, InterruptKind::Queue);
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Shared output sink the test can inspect.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const MEM_SIZE: usize = 0x40_0000;
+
+    struct Harness<'a> {
+        rx: MockSplitQueue<'a, GuestMemory>,
+        tx: MockSplitQueue<'a, GuestMemory>,
+        next_desc: [u16; 2],
+        mgr: EventManager<Arc<Mutex<Console>>>,
+        dev: Arc<Mutex<Console>>,
+        kicks: Vec<EventFd>,
+        irq: Arc<CountingInterrupt>,
+        out: Sink,
+    }
+
+    impl<'a> Harness<'a> {
+        fn new(mem: &'a GuestMemory, input: Option<OwnedFd>) -> Self {
+            let out = Sink::default();
+            let dev = Arc::new(Mutex::new(
+                Console::new(Box::new(out.clone()), input).unwrap(),
+            ));
+            let mut mgr = EventManager::<Arc<Mutex<Console>>>::new().unwrap();
+            mgr.add_subscriber(dev.clone());
+            // The mock places its used ring by counting avail entries as bytes, so it overlaps
+            // the avail ring's upper half: size the queues so tests stay below that.
+            let rx = MockSplitQueue::create(mem, GuestAddress(0), QUEUE_SIZE);
+            let tx = MockSplitQueue::create(mem, GuestAddress(0x2000), QUEUE_SIZE);
+            let kicks: Vec<EventFd> = (0..2)
+                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+                .collect();
+            let irq = Arc::new(CountingInterrupt::default());
+            dev.lock()
+                .unwrap()
+                .activate(ActivateContext {
+                    mem: mem.clone(),
+                    queues: vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()],
+                    queue_events: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
+                    interrupt: irq.clone(),
+                })
+                .unwrap();
+            let mut h = Harness {
+                rx,
+                tx,
+                next_desc: [0; 2],
+                mgr,
+                dev,
+                kicks,
+                irq,
+                out,
+            };
+            h.run();
+            h
+        }
+
+        fn run(&mut self) {
+            while self.mgr.run_with_timeout(30).unwrap() > 0 {}
+        }
+
+        /// Adds a chain of (addr, len, writable) to queue `q` and kicks it.
+        fn add(&mut self, q: usize, descs: &[(u64, u32, bool)]) {
+            let first = self.next_desc[q];
+            let raw: Vec<RawDescriptor> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, len, w))| {
+                    let mut flags = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
+                    if i + 1 < descs.len() {
+                        flags |= VRING_DESC_F_NEXT as u16;
+                    }
+                    SplitDescriptor::new(addr, len, flags, first + i as u16 + 1).into()
+                })
+                .collect();
+            let vq = if q == RX_QUEUE { &self.rx } else { &self.tx };
+            vq.add_desc_chains(&raw, first).unwrap();
+            self.next_desc[q] += descs.len() as u16;
+            self.kicks[q].write(1).unwrap();
+            self.run();
+        }
+
+        fn used(&self, q: usize) -> Vec<(u32, u32)> {
+            let vq = if q == RX_QUEUE { &self.rx } else { &self.tx };
+            let n = vq.used().idx().load();
+            (0..n)
+                .map(|i| {
+                    let e = vq.used().ring().ref_at(i as usize).unwrap().load();
+                    (e.id(), e.len())
+                })
+                .collect()
+        }
+    }
+
+    fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    }
+
+    fn pipe() -> (OwnedFd, std::fs::File) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        (r, std::fs::File::from(w))
+    }
+
+    #[test]
+    fn guest_output_reaches_the_sink() {
+        let mem = memory();
+        let mut h = Harness::new(&mem, None);
+        mem.write_slice(b"hello ", GuestAddress(0x10000)).unwrap();
+        mem.write_slice(b"world\n", GuestAddress(0x20000)).unwrap();
+        h.add(TX_QUEUE, &[(0x10000, 6, false), (0x20000, 6, false)]);
+        assert_eq!(&*h.out.0.lock().unwrap(), b"hello world\n");
+        assert_eq!(h.used(TX_QUEUE), vec![(0, 0)]);
+        assert_eq!(h.irq.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn hostile_tx_chains_are_dropped() {
+        let mem = memory();
+        let mut h = Harness::new(&mem, None);
+        mem.write_slice(b"secret", GuestAddress(0x10000)).unwrap();
+        // Writable descriptor in the transmit queue, buffer outside memory, past its end.
+        h.add(TX_QUEUE, &[(0x10000, 6, true)]);
+        h.add(TX_QUEUE, &[(1 << 40, 6, false)]);
+        h.add(TX_QUEUE, &[(MEM_SIZE as u64 - 2, 6, false)]);
+        h.add(TX_QUEUE, &[(0x10000, 6, false), (0x10000, 6, true)]);
+        assert!(h.out.0.lock().unwrap().is_empty());
+        assert_eq!(h.used(TX_QUEUE).len(), 4);
+        h.add(TX_QUEUE, &[(0x10000, 6, false)]);
+        assert_eq!(&*h.out.0.lock().unwrap(), b"secret");
+    }
+
+    #[test]
+    fn input_waits_for_guest_buffers_and_is_not_read_unboundedly() {
+        let mem = memory();
+        let (r, mut w) = pipe();
+        let mut h = Harness::new(&mem, Some(r));
+        // No rx buffers: the device must leave the pipe alone, so it fills up and blocks.
+        nix::fcntl::fcntl(
+            w.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let mut written = 0usize;
+        loop {
+            match w.write(&[b'k'; 4096]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            h.run();
+            assert!(
+                written < 16 << 20,
+                "device drained the pipe without rx buffers"
+            );
+        }
+        assert!(h.used(RX_QUEUE).is_empty());
+        // Buffers arrive: input flows, one read per buffer, never beyond the buffer.
+        let mut got = 0usize;
+        for i in 0..(written / 4096 + 4) {
+            let addr = 0x100000 + (i as u64 % 64) * 0x1000;
+            h.add(RX_QUEUE, &[(addr, 4096, true)]);
+            if i as u16 + 1 >= 16 {
+                break;
+            }
+        }
+        for (_, len) in h.used(RX_QUEUE) {
+            assert!(len <= 4096);
+            got += len as usize;
+        }
+        assert!(got > 0);
+        let mut first = [0u8; 4];
+        mem.read_slice(&mut first, GuestAddress(0x100000)).unwrap();
+        assert_eq!(&first, b"kkkk");
+    }
+
+    #[test]
+    fn input_eof_stops_polling_and_bad_rx_buffers_are_skipped() {
+        let mem = memory();
+        let (r, mut w) = pipe();
+        let mut h = Harness::new(&mem, Some(r));
+        w.write_all(b"ls\n").unwrap();
+        h.run();
+        // A readable (wrong-direction) buffer and one outside memory come back empty; the
+        // next good one gets the input.
+        h.add(RX_QUEUE, &[(0x100000, 64, false)]);
+        h.add(RX_QUEUE, &[(1 << 40, 64, true)]);
+        h.add(RX_QUEUE, &[(0x100000, 64, true)]);
+        assert_eq!(h.used(RX_QUEUE), vec![(0, 0), (1, 0), (2, 3)]);
+        let mut got = [0u8; 3];
+        mem.read_slice(&mut got, GuestAddress(0x100000)).unwrap();
+        assert_eq!(&got, b"ls\n");
+        // Writer gone: EOF. The buffer is not consumed and the fd is no longer polled.
+        drop(w);
+        h.add(RX_QUEUE, &[(0x101000, 64, true)]);
+        h.run();
+        assert_eq!(h.used(RX_QUEUE).len(), 3);
+        assert!(h.dev.lock().unwrap().input.is_none());
+        assert_eq!(h.mgr.run_with_timeout(50).unwrap(), 0);
+    }
+
+    #[test]
+    fn emergency_write_needs_the_feature() {
+        let mem = memory();
+        let h = Harness::new(&mem, None);
+        let mut dev = h.dev.lock().unwrap();
+        dev.write_config(EMERG_WR_OFFSET, &u32::from(b'!').to_le_bytes());
+        assert!(h.out.0.lock().unwrap().is_empty());
+        dev.set_acked_features(VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_EMERG_WRITE);
+        dev.write_config(EMERG_WR_OFFSET, &u32::from(b'!').to_le_bytes());
+        dev.write_config(0, &[1, 2, 3, 4]);
+        dev.write_config(u64::MAX, &[1]);
+        assert_eq!(&*h.out.0.lock().unwrap(), b"!");
+        let mut cfg = [0xffu8; 12];
+        dev.read_config(0, &mut cfg);
+        assert_eq!(cfg, [0; 12]);
+    }
+}

@@ -14,8 +14,7 @@ use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::VirtqUsedElem;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -54,16 +53,34 @@ struct DriverQueue {
 }
 
 impl DriverQueue {
-    fn new(qi: u64, vq: &MockSplitQueue<GuestMemory>) -> Self {
+    /// Lays the rings out at `qi * 0x4000` (the mock's own layout overlaps its used ring with
+    /// the upper half of the avail ring, which these tests would reach).
+    fn new(qi: u64) -> Self {
+        let start = qi * 0x4000;
         DriverQueue {
             qi,
-            desc: vq.desc_table_addr(),
-            avail: vq.avail_addr(),
-            used: vq.used_addr(),
+            desc: GuestAddress(start),
+            avail: GuestAddress(start + 0x1000),
+            used: GuestAddress(start + 0x2000),
             next_desc: 0,
             avail_idx: 0,
             used_seen: 0,
         }
+    }
+
+    /// The device's view, as a transport would hand it over after the driver set it up.
+    fn device_queue(&self) -> Queue {
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_size(QSIZE);
+        let split = |a: GuestAddress| (Some(a.0 as u32), Some((a.0 >> 32) as u32));
+        let (lo, hi) = split(self.desc);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(self.avail);
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(self.used);
+        q.set_used_ring_address(lo, hi);
+        q.set_ready(true);
+        q
     }
 
     /// A distinct guest buffer for every descriptor slot of every queue.
@@ -192,9 +209,7 @@ impl<'m> Vm<'m> {
         let mut mgr = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
         mgr.add_subscriber(dev.clone());
 
-        let vqs: Vec<MockSplitQueue<GuestMemory>> = (0..3u64)
-            .map(|i| MockSplitQueue::create(mem, GuestAddress(i * 0x4000), QSIZE))
-            .collect();
+        let dqs: Vec<DriverQueue> = (0..3).map(DriverQueue::new).collect();
         let kicks: Vec<EventFd> = (0..3)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
@@ -203,18 +218,15 @@ impl<'m> Vm<'m> {
             .unwrap()
             .activate(ActivateContext {
                 mem: mem.clone(),
-                queues: vqs
-                    .iter()
-                    .map(|q| q.create_queue::<Queue>().unwrap())
-                    .collect(),
+                queues: dqs.iter().map(DriverQueue::device_queue).collect(),
                 queue_events: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
                 interrupt: irq.clone(),
             })
             .unwrap();
         let mut vm = Vm {
             mem,
-            rxq: DriverQueue::new(0, &vqs[0]),
-            txq: DriverQueue::new(1, &vqs[1]),
+            rxq: DriverQueue::new(0),
+            txq: DriverQueue::new(1),
             kicks,
             irq,
             mgr,
