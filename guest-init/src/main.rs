@@ -57,13 +57,33 @@ fn main() {
             power_off();
         }));
     }
-    let ok = match run(&config) {
+    // The status channel first: whatever fails after this point is reported over it.
+    let mut sink = Tracking::new(open_sink(&config));
+    let ok = match run(&config, &mut sink) {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("ark-init: {e:#}");
+            let msg = format!("{e:#}");
+            eprintln!("ark-init: {msg}");
+            // Every app without a final status gets one saying why the pod failed.
+            if let Some(m) = sink.manifest.clone() {
+                let missing: Vec<String> = m
+                    .apps
+                    .iter()
+                    .map(|a| a.name.clone())
+                    .filter(|a| !sink.finished.contains(a))
+                    .collect();
+                for a in missing {
+                    let status =
+                        ark_pod_spec::AppStatus::failed(&a, format!("stage2: {msg}"), None);
+                    report(&mut sink, ark_pod_spec::StatusMessage::AppExited { status });
+                }
+            }
             false
         }
     };
+    if let Err(e) = sink.done() {
+        eprintln!("ark-init: status channel: {e}");
+    }
     nix::unistd::sync();
     match config.on_exit {
         OnExit::Reboot => power_off(),
@@ -93,7 +113,11 @@ fn handled_signals() -> SigSet {
     s
 }
 
-fn run(cfg: &Stage2Config) -> Result<()> {
+fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
+    let manifest_path =
+        std::env::var("ARK_POD_MANIFEST").unwrap_or_else(|_| guest::MANIFEST.into());
+    let manifest = PodManifest::load(Path::new(&manifest_path)).map_err(|e| anyhow!("{e}"))?;
+    sink.manifest = Some(manifest.clone());
     let signals = handled_signals();
     signals.thread_block().context("block signals")?;
     let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -111,16 +135,11 @@ fn run(cfg: &Stage2Config) -> Result<()> {
     }
     setup::do_mounts(&cfg.mounts).context("stage2 mounts")?;
 
-    let manifest_path =
-        std::env::var("ARK_POD_MANIFEST").unwrap_or_else(|_| guest::MANIFEST.into());
-    let manifest = PodManifest::load(Path::new(&manifest_path)).map_err(|e| anyhow!("{e}"))?;
-
     let mut cfg = cfg.clone();
     if cfg.create_app_cgroups {
         cfg.app_cgroups = create_cgroups(&manifest)?;
     }
 
-    let mut sink = open_sink(&cfg);
     let listener = match &cfg.control {
         Some(ControlTransport::Vsock { port }) => match listen_vsock(*port) {
             Ok(l) => Some(l),
@@ -145,10 +164,10 @@ fn run(cfg: &Stage2Config) -> Result<()> {
 
     for p in &plans {
         // A stop that arrived while earlier apps were starting: later ones never start.
-        handle_signals(&sfd, &mut sup, grace, &mut *sink, &oom_base)?;
+        handle_signals(&sfd, &mut sup, grace, sink, &oom_base)?;
         if sup.stopping() {
             report(
-                &mut *sink,
+                sink,
                 sup.not_started(
                     &p.name,
                     "pod stopped before the app started".into(),
@@ -166,16 +185,13 @@ fn run(cfg: &Stage2Config) -> Result<()> {
         }
         match start_app(p, &ctx, &signals) {
             Ok((pid, start_err)) => {
-                report(
-                    &mut *sink,
-                    sup.started(&p.name, pid.as_raw(), now_unix_ms()),
-                );
+                report(sink, sup.started(&p.name, pid.as_raw(), now_unix_ms()));
                 if let Some(e) = start_err {
                     sup.start_error(&p.name, e);
                 }
             }
             Err(e) => report(
-                &mut *sink,
+                sink,
                 sup.not_started(&p.name, format!("{e:#}"), now_unix_ms()),
             ),
         }
@@ -200,7 +216,7 @@ fn run(cfg: &Stage2Config) -> Result<()> {
             .and_then(|f| f.revents())
             .is_some_and(|r| r.contains(PollFlags::POLLIN));
         drop(fds);
-        handle_signals(&sfd, &mut sup, grace, &mut *sink, &oom_base)?;
+        handle_signals(&sfd, &mut sup, grace, sink, &oom_base)?;
         if control_ready {
             if let Some(l) = &listener {
                 if let Some(ControlCommand::Stop { grace_secs }) = accept_control(l) {
@@ -217,10 +233,36 @@ fn run(cfg: &Stage2Config) -> Result<()> {
         // end them (PID 1 of a pid namespace or VM gets this from the kernel).
         kill_children();
     }
-    if let Err(e) = sink.done() {
-        eprintln!("ark-init: status channel: {e}");
-    }
     Ok(())
+}
+
+/// The sink, remembering which apps have a final status (to report the rest on failure).
+struct Tracking {
+    inner: Box<dyn StatusSink>,
+    manifest: Option<PodManifest>,
+    finished: Vec<String>,
+}
+
+impl Tracking {
+    fn new(inner: Box<dyn StatusSink>) -> Self {
+        Tracking {
+            inner,
+            manifest: None,
+            finished: Vec::new(),
+        }
+    }
+}
+
+impl StatusSink for Tracking {
+    fn send(&mut self, msg: &ark_pod_spec::StatusMessage) -> std::io::Result<()> {
+        if let ark_pod_spec::StatusMessage::AppExited { status } = msg {
+            self.finished.push(status.app.clone());
+        }
+        self.inner.send(msg)
+    }
+    fn done(&mut self) -> std::io::Result<()> {
+        self.inner.done()
+    }
 }
 
 fn report(sink: &mut dyn StatusSink, msg: ark_pod_spec::StatusMessage) {
