@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 
-use super::{FetchOptions, ImageStore};
+use super::{FetchOptions, ImageInfo, ImageStore};
 use crate::cli::GlobalOpts;
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +48,11 @@ pub enum ImageSubcommand {
         #[arg(value_name = "ID|NAME")]
         image: String,
     },
+    /// Print what a pod runs from an image: entrypoint, cmd, env, user, labels (JSON).
+    Inspect {
+        #[arg(value_name = "ID|NAME")]
+        image: String,
+    },
     /// Write an image as an OCI image layout at PATH.
     Export {
         #[arg(value_name = "ID|NAME")]
@@ -58,7 +63,8 @@ pub enum ImageSubcommand {
     Render {
         #[arg(value_name = "ID|NAME")]
         image: String,
-        dir: Option<PathBuf>,
+        #[arg(value_name = "DIR")]
+        dest: Option<PathBuf>,
     },
     /// Reclaim what interrupted commands left and what no image uses.
     Gc,
@@ -96,7 +102,7 @@ pub fn run(global: &GlobalOpts, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
 fn run_image(store: &ImageStore, cmd: ImageSubcommand) -> anyhow::Result<()> {
     match cmd {
         ImageSubcommand::List { format } => {
-            let images = store.list()?;
+            let images: Vec<ImageInfo> = store.list()?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&images)?),
                 Format::Table => {
@@ -131,14 +137,11 @@ fn run_image(store: &ImageStore, cmd: ImageSubcommand) -> anyhow::Result<()> {
             for image in &images {
                 match store.remove(image) {
                     Ok(id) => println!("{id}"),
-                    Err(e) => {
-                        eprintln!("ark: {image}: {e:#}");
-                        failed.push(image.as_str());
-                    }
+                    Err(e) => failed.push(format!("{image}: {e:#}")),
                 }
             }
             if !failed.is_empty() {
-                anyhow::bail!("could not remove {}", failed.join(", "));
+                anyhow::bail!("could not remove {}", failed.join("; "));
             }
         }
         ImageSubcommand::CatManifest { image } => {
@@ -148,14 +151,20 @@ fn run_image(store: &ImageStore, cmd: ImageSubcommand) -> anyhow::Result<()> {
                 serde_json::from_slice(&bytes).context("stored manifest")?;
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
+        ImageSubcommand::Inspect { image } => {
+            let id = store.resolve(&image)?;
+            let config = store.image_config(&id)?;
+            let out = serde_json::json!({ "id": id, "config": config });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
         ImageSubcommand::Export { image, path } => {
             let id = store.resolve(&image)?;
             store.export(&id, &path)?;
             println!("{id}");
         }
-        ImageSubcommand::Render { image, dir } => {
+        ImageSubcommand::Render { image, dest } => {
             let id = store.resolve(&image)?;
-            match dir {
+            match dest {
                 Some(dir) => store.render_to(&id, &dir)?,
                 None => println!("{}", store.render(&id)?.display()),
             }

@@ -51,8 +51,15 @@ pub fn decompress<'a, R: BufRead + 'a>(mut r: R) -> io::Result<Box<dyn Read + 'a
     })
 }
 
-/// `a/./b/` → `a/b`; refuses `..` and absolute paths. None = the root itself.
+/// `a/./b/` → `a/b`; refuses `..` and absolute paths. None = the root itself (`.`, `/`).
 pub fn clean_path(raw: &Path) -> anyhow::Result<Option<PathBuf>> {
+    // Some tools (umoci insert) name the root directory entry "/": that one is the root.
+    if raw
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::CurDir))
+    {
+        return Ok(None);
+    }
     let mut out = PathBuf::new();
     for c in raw.components() {
         match c {

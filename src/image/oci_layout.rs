@@ -37,7 +37,6 @@ pub const LAYER_TYPES: &[&str] = &[
 /// A parsed, checked image manifest and config.
 pub struct CheckedImage {
     pub manifest: ImageManifest,
-    pub config: ImageConfiguration,
     pub layers: Vec<Layer>,
 }
 
@@ -91,11 +90,7 @@ pub fn check_image(
             diff_id: Some(diff_id.parse().context("config diff_id")?),
         });
     }
-    Ok(CheckedImage {
-        manifest,
-        config,
-        layers,
-    })
+    Ok(CheckedImage { manifest, layers })
 }
 
 pub fn descriptor_digest(desc: &Descriptor) -> anyhow::Result<Digest> {

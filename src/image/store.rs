@@ -117,10 +117,6 @@ impl ImageStore {
         Ok(ImageStore { root })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(d.hex())
     }

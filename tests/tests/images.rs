@@ -1,0 +1,577 @@
+//! The image store end to end: the real `ark` binary fetching, rendering, exporting and
+//! collecting images built by the tests (umoci, skopeo, the tar crate).
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ark_tests::images::{
+    ark, ark_err, ark_ok, busybox_oci_layout, busybox_oci_layout_tagged, gzip, sha256_hex,
+    tar_bytes, Entry, LayoutBuilder,
+};
+use ark_tests::{ark_bin, is_root};
+
+fn layout_ref(layout: &Path, tag: &str) -> String {
+    format!("oci-layout:{}:{tag}", layout.display())
+}
+
+/// The manifest digest a layout's index.json gives for `tag`.
+fn layout_digest(layout: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn busybox_layout_fetch_inspect_render() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layout = busybox_oci_layout(&tmp.path().join("busybox"));
+    let reference = layout_ref(&layout, "latest");
+
+    // Verification is on by default: an unsigned image is refused and nothing is kept.
+    let err = ark_err(&store, &["fetch", &reference]);
+    assert!(err.contains("--insecure-options=image"), "{err}");
+    assert!(ark_ok(&store, &["image", "list", "--format=json"]).trim() == "[]");
+
+    let id = ark_ok(&store, &["--insecure-options=image", "fetch", &reference]);
+    let id = id.trim();
+    assert_eq!(id, layout_digest(&layout, "latest"));
+    // Idempotent.
+    assert_eq!(
+        ark_ok(&store, &["--insecure-options=image", "fetch", &reference]).trim(),
+        id
+    );
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ark_ok(&store, &["image", "list", "--format=json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["names"][0], "busybox:latest");
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ark_ok(&store, &["image", "inspect", "busybox"])).unwrap();
+    assert_eq!(inspect["config"]["cmd"], serde_json::json!(["/bin/sh"]));
+    assert!(inspect["config"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "PATH=/bin"));
+
+    let manifest: serde_json::Value =
+        serde_json::from_str(&ark_ok(&store, &["image", "cat-manifest", &id[7..19]])).unwrap();
+    assert_eq!(manifest["schemaVersion"], 2);
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+
+    let rootfs = ark_ok(&store, &["image", "render", id]);
+    let rootfs = Path::new(rootfs.trim());
+    assert!(rootfs.starts_with(&store));
+    assert_eq!(
+        fs::read(rootfs.join("bin/busybox")).unwrap(),
+        fs::read("/bin/busybox").unwrap()
+    );
+    assert_eq!(
+        fs::metadata(rootfs.join("bin/busybox")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        fs::read_link(rootfs.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert!(fs::read_to_string(rootfs.join("etc/passwd"))
+        .unwrap()
+        .contains("app:x:1000:1000"));
+    assert_eq!(
+        fs::metadata(rootfs.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+    // The render is cached: a second ask returns the same tree without rebuilding it.
+    let inode = fs::metadata(rootfs).unwrap().ino();
+    let again = ark_ok(&store, &["image", "render", "busybox:latest"]);
+    assert_eq!(Path::new(again.trim()), rootfs);
+    assert_eq!(fs::metadata(rootfs).unwrap().ino(), inode);
+
+    // A copy for the user.
+    let copy = tmp.path().join("copy");
+    ark_ok(&store, &["image", "render", id, copy.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(copy.join("bin/busybox")).unwrap(),
+        fs::read("/bin/busybox").unwrap()
+    );
+    let err = ark_err(&store, &["image", "render", id, copy.to_str().unwrap()]);
+    assert!(err.contains("not empty"), "{err}");
+
+    // Unknown names are one clear line.
+    let err = ark_err(&store, &["image", "render", "nosuchimage"]);
+    assert!(err.contains("no image \"nosuchimage\""), "{err}");
+}
+
+#[test]
+fn layers_whiteouts_links_modes_and_owners() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layer1 = tar_bytes(&[
+        Entry::Dir("a/", 0o755),
+        Entry::file("a/f1", b"one"),
+        Entry::file("a/f2", b"two"),
+        Entry::Dir("b/", 0o700),
+        Entry::file("b/old", b"old"),
+        Entry::File("keep".into(), b"kept".to_vec(), 0o4755),
+        Entry::file("gone", b"gone"),
+        Entry::Hardlink("hl", "keep"),
+        Entry::Symlink("s", "keep"),
+        Entry::file("deep/er/file", b"parents made on the way"),
+    ]);
+    let layer2 = tar_bytes(&[
+        Entry::file("a/.wh.f1", b""),
+        Entry::file("b/.wh..wh..opq", b""),
+        Entry::file("b/new", b"new"),
+        Entry::file(".wh.gone", b""),
+        Entry::file("s2", b"replaced below"),
+    ]);
+    let layer3 = tar_bytes(&[
+        Entry::Dir("ro/", 0o555),
+        Entry::file("ro/inside", b"written before the dir went read-only"),
+        Entry::Symlink("s2", "a/f2"),
+    ]);
+    let layout = tmp.path().join("layout");
+    let digest = LayoutBuilder::new(vec![layer1, layer2, layer3]).write(&layout, "v1");
+    let id = ark_ok(
+        &store,
+        &[
+            "--insecure-options=image",
+            "fetch",
+            &layout_ref(&layout, "v1"),
+        ],
+    );
+    assert_eq!(id.trim(), digest);
+    let rootfs = ark_ok(&store, &["image", "render", id.trim()]);
+    let r = Path::new(rootfs.trim());
+
+    assert!(!r.join("a/f1").exists(), "whiteout removes a/f1");
+    assert_eq!(fs::read(r.join("a/f2")).unwrap(), b"two");
+    assert!(!r.join("b/old").exists(), "opaque dir hides lower entries");
+    assert_eq!(
+        fs::read(r.join("b/new")).unwrap(),
+        b"new",
+        "opaque dir keeps its own layer"
+    );
+    assert!(!r.join("gone").exists());
+    let keep = fs::metadata(r.join("keep")).unwrap();
+    assert_eq!(keep.mode() & 0o7777, 0o4755);
+    assert_eq!(
+        keep.ino(),
+        fs::metadata(r.join("hl")).unwrap().ino(),
+        "hardlink kept"
+    );
+    assert_eq!(keep.nlink(), 2);
+    assert_eq!(fs::read_link(r.join("s")).unwrap(), Path::new("keep"));
+    assert_eq!(fs::read_link(r.join("s2")).unwrap(), Path::new("a/f2"));
+    assert_eq!(
+        fs::read(r.join("deep/er/file")).unwrap(),
+        b"parents made on the way"
+    );
+    assert_eq!(fs::metadata(r.join("ro")).unwrap().mode() & 0o7777, 0o555);
+    assert_eq!(fs::metadata(r.join("b")).unwrap().mode() & 0o7777, 0o700);
+    assert!(r.join("ro/inside").exists());
+    assert_eq!(keep.mtime(), 1_700_000_000);
+    if is_root() {
+        assert_eq!((keep.uid(), keep.gid()), (0, 0));
+    }
+}
+
+#[test]
+fn export_reimports_to_the_same_id_and_rm_gc_reclaim() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layout = busybox_oci_layout_tagged(&tmp.path().join("bb"), "1.0");
+    let id = ark_ok(
+        &store,
+        &[
+            "--insecure-options=image",
+            "fetch",
+            &layout_ref(&layout, "1.0"),
+        ],
+    );
+    let id = id.trim();
+    let exported = tmp.path().join("exported");
+    ark_ok(&store, &["image", "export", id, exported.to_str().unwrap()]);
+    // umoci accepts what ark wrote.
+    let stat = Command::new("umoci")
+        .args(["stat", "--image", &format!("{}:1.0", exported.display())])
+        .output()
+        .unwrap();
+    assert!(
+        stat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stat.stderr)
+    );
+    let store2 = tmp.path().join("store2");
+    let id2 = ark_ok(
+        &store2,
+        &[
+            "--insecure-options=image",
+            "fetch",
+            &layout_ref(&exported, "1.0"),
+        ],
+    );
+    assert_eq!(id2.trim(), id);
+    let err = ark_err(&store, &["image", "export", id, exported.to_str().unwrap()]);
+    assert!(err.contains("already exists"), "{err}");
+
+    ark_ok(&store, &["image", "render", id]);
+    assert_eq!(ark_ok(&store, &["image", "rm", "bb:1.0"]).trim(), id);
+    let images = store.join("images");
+    assert_eq!(
+        fs::read_dir(images.join("blobs/sha256")).unwrap().count(),
+        0
+    );
+    assert!(!images.join("renders").join(&id[7..]).exists());
+    assert!(ark_ok(&store, &["image", "list", "--format=json"]).trim() == "[]");
+    let err = ark_err(&store, &["image", "rm", id]);
+    assert!(err.contains("could not remove"), "{err}");
+}
+
+#[test]
+fn docker_archive_from_skopeo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layout = busybox_oci_layout(&tmp.path().join("bb"));
+    let archive = tmp.path().join("bb.tar");
+    let out = Command::new("skopeo")
+        .args(["copy", "--insecure-policy"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!(
+            "docker-archive:{}:example.com/tools/busybox:2",
+            archive.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = format!("docker-archive:{}", archive.display());
+    let err = ark_err(&store, &["fetch", &reference]);
+    assert!(err.contains("--insecure-options=image"), "{err}");
+    let id = ark_ok(&store, &["--insecure-options=image", "fetch", &reference]);
+    // The same archive gives the same ID.
+    assert_eq!(
+        ark_ok(&store, &["--insecure-options=image", "fetch", &reference]),
+        id
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ark_ok(&store, &["image", "list", "--format=json"])).unwrap();
+    assert_eq!(list[0]["names"][0], "example.com/tools/busybox:2");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ark_ok(&store, &["image", "inspect", "tools/busybox:2"])).unwrap();
+    assert_eq!(inspect["config"]["cmd"], serde_json::json!(["/bin/sh"]));
+    let rootfs = ark_ok(&store, &["image", "render", id.trim()]);
+    assert_eq!(
+        fs::read(Path::new(rootfs.trim()).join("bin/busybox")).unwrap(),
+        fs::read("/bin/busybox").unwrap()
+    );
+}
+
+fn aci_bytes(name: &str) -> Vec<u8> {
+    let manifest = serde_json::json!({
+        "acKind": "ImageManifest",
+        "acVersion": "0.8.11",
+        "name": name,
+        "labels": [{"name": "version", "value": "1.2"}, {"name": "arch", "value": "amd64"}],
+        "app": {
+            "exec": ["/bin/sh", "-c", "echo hi"],
+            "user": "1000",
+            "group": "1000",
+            "workingDirectory": "/work",
+            "environment": [{"name": "GREETING", "value": "hello"}],
+        },
+    });
+    tar_bytes(&[
+        Entry::file("manifest", &serde_json::to_vec(&manifest).unwrap()),
+        Entry::Dir("rootfs/", 0o755),
+        Entry::Dir("rootfs/work/", 0o755),
+        Entry::file("rootfs/work/hello", b"hello from an ACI"),
+        Entry::Symlink("rootfs/link", "work/hello"),
+    ])
+}
+
+#[test]
+fn aci_import_render_and_signature_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let aci = tmp.path().join("hello.aci");
+    let bytes = gzip(&aci_bytes("example.com/hello"));
+    fs::write(&aci, &bytes).unwrap();
+
+    let err = ark_err(&store, &["fetch", aci.to_str().unwrap()]);
+    assert!(
+        err.contains("hello.aci.asc") && err.contains("--insecure-options=image"),
+        "{err}"
+    );
+    assert!(ark_ok(&store, &["image", "list", "--format=json"]).trim() == "[]");
+
+    let id = ark_ok(
+        &store,
+        &["--insecure-options=image", "fetch", aci.to_str().unwrap()],
+    );
+    assert_eq!(id.trim(), format!("sha256:{}", sha256_hex(&bytes)));
+    let inspect: serde_json::Value = serde_json::from_str(&ark_ok(
+        &store,
+        &["image", "inspect", "example.com/hello:1.2"],
+    ))
+    .unwrap();
+    let c = &inspect["config"];
+    assert_eq!(
+        c["entrypoint"],
+        serde_json::json!(["/bin/sh", "-c", "echo hi"])
+    );
+    assert_eq!(c["user"], "1000:1000");
+    assert_eq!(c["working_dir"], "/work");
+    assert_eq!(c["env"], serde_json::json!(["GREETING=hello"]));
+    assert_eq!(c["labels"]["arch"], "amd64");
+    let rootfs = ark_ok(&store, &["image", "render", id.trim()]);
+    let r = Path::new(rootfs.trim());
+    assert_eq!(
+        fs::read(r.join("work/hello")).unwrap(),
+        b"hello from an ACI"
+    );
+    assert_eq!(
+        fs::read_link(r.join("link")).unwrap(),
+        Path::new("work/hello")
+    );
+    assert!(!r.join("manifest").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&ark_ok(&store, &["image", "cat-manifest", id.trim()])).unwrap();
+    assert_eq!(manifest["name"], "example.com/hello");
+    let err = ark_err(
+        &store,
+        &[
+            "image",
+            "export",
+            id.trim(),
+            tmp.path().join("x").to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("ACI"), "{err}");
+
+    // A manifest that is not an image manifest is refused.
+    let bad = tmp.path().join("bad.aci");
+    fs::write(
+        &bad,
+        tar_bytes(&[Entry::file(
+            "manifest",
+            br#"{"acKind":"PodManifest","acVersion":"0.8.11","name":"x"}"#,
+        )]),
+    )
+    .unwrap();
+    let err = ark_err(
+        &store,
+        &["--insecure-options=image", "fetch", bad.to_str().unwrap()],
+    );
+    assert!(err.contains("PodManifest"), "{err}");
+}
+
+#[test]
+fn concurrent_fetches_of_one_image_both_succeed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layout = busybox_oci_layout(&tmp.path().join("bb"));
+    let reference = layout_ref(&layout, "latest");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(ark_bin())
+                .arg("--dir")
+                .arg(&store)
+                .args(["--insecure-options=image", "fetch", &reference])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .collect();
+    assert!(ids.iter().all(|i| *i == ids[0]));
+    // Concurrent renders share one tree.
+    let renders: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(ark_bin())
+                .arg("--dir")
+                .arg(&store)
+                .args(["image", "render", ids[0].trim()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let paths: Vec<String> = renders
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .collect();
+    assert!(paths.iter().all(|p| *p == paths[0]));
+    // Nothing left over.
+    let gc = ark_ok(&store, &["image", "gc"]);
+    assert!(gc.contains("removed 0 temporary entries, 0 blobs"), "{gc}");
+}
+
+/// A layout with enough content that fetch and render take a while (random data does not
+/// compress, so the blob is as big as the files).
+fn big_layout(dir: &Path) -> String {
+    let mut entries = Vec::new();
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for i in 0..32 {
+        let mut data = vec![0u8; 2 << 20];
+        for chunk in data.chunks_mut(8) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+        }
+        entries.push(Entry::File(format!("data/f{i}"), data, 0o644));
+    }
+    let mut builder = LayoutBuilder::new(vec![tar_bytes(&entries)]);
+    builder.uncompressed = true;
+    builder.write(dir, "big")
+}
+
+/// Starts `ark ARGS`, waits until `ready` says the command is mid-way, and kill -9s it.
+fn kill_midway(store: &Path, args: &[&str], ready: impl Fn() -> bool) -> bool {
+    let mut child = Command::new(ark_bin())
+        .arg("--dir")
+        .arg(store)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if ready() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("ark {args:?} neither finished nor reached the kill point");
+}
+
+fn tmp_has(store: &Path, prefix: &str) -> bool {
+    fs::read_dir(store.join("images/tmp"))
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with(prefix) && {
+                    // Mid-way: the staging dir has content being written.
+                    fs::read_dir(e.path())
+                        .map(|mut d| d.next().is_some())
+                        .unwrap_or(false)
+                }
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn kill_9_mid_fetch_and_mid_render_then_gc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layout = tmp.path().join("big");
+    let digest = big_layout(&layout);
+    let reference = layout_ref(&layout, "big");
+
+    let killed = kill_midway(
+        &store,
+        &["--insecure-options=image", "fetch", &reference],
+        || tmp_has(&store, "fetch-"),
+    );
+    assert!(killed, "fetch finished before it could be killed");
+    // No visible image, leftovers only in tmp/.
+    assert!(ark_ok(&store, &["image", "list", "--format=json"]).trim() == "[]");
+    let gc = ark_ok(&store, &["image", "gc"]);
+    assert!(gc.starts_with("removed 1 temporary entries"), "{gc}");
+    assert_eq!(fs::read_dir(store.join("images/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(store.join("images/blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    let id = ark_ok(&store, &["--insecure-options=image", "fetch", &reference]);
+    assert_eq!(id.trim(), digest);
+    let killed = kill_midway(&store, &["image", "render", &digest], || {
+        tmp_has(&store, "render-")
+    });
+    assert!(killed, "render finished before it could be killed");
+    assert!(!store.join("images/renders").join(&digest[7..]).exists());
+    let gc = ark_ok(&store, &["image", "gc"]);
+    assert!(
+        gc.starts_with("removed 1 temporary entries, 0 blobs"),
+        "{gc}"
+    );
+    let rootfs = ark_ok(&store, &["image", "render", &digest]);
+    let files = fs::read_dir(Path::new(rootfs.trim()).join("data"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 32);
+    // The store is consistent: the image is intact and nothing is reclaimable.
+    let gc = ark_ok(&store, &["image", "gc"]);
+    assert!(gc.contains("removed 0 temporary entries, 0 blobs"), "{gc}");
+}
+
+#[test]
+fn bad_references_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let err = ark_err(&store, &["fetch", "busybox"]);
+    assert!(err.contains("unknown image reference"), "{err}");
+    let missing = tmp.path().join("missing");
+    let err = ark_err(
+        &store,
+        &["fetch", &format!("oci-layout:{}", missing.display())],
+    );
+    assert!(err.contains("not an OCI image layout"), "{err}");
+    let err = ark_err(
+        &store,
+        &[
+            "fetch",
+            &format!("docker-archive:{}/x.tar", missing.display()),
+        ],
+    );
+    assert!(err.contains("x.tar"), "{err}");
+    // Store dir permissions are not an excuse for a panic either.
+    let _ = fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755));
+    let out = ark(&store, &["image", "list"]);
+    assert!(out.status.success());
+}
