@@ -158,6 +158,7 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
     let mut oom_base: Vec<(String, String, u64)> = Vec::new();
     let ctx = setup::ChildContext {
         pod_uuid: &cfg.pod_uuid,
+        hostname: cfg.hostname.as_deref(),
         debug: cfg.debug,
     };
     let grace = Duration::from_secs(cfg.stop_grace_secs);

@@ -196,6 +196,41 @@ pub fn secure_join(root: &Path, path: &str) -> io::Result<PathBuf> {
     Ok(root.join(resolved))
 }
 
+/// The files that tie an app to its pod: `/etc/hostname` and the hostname in `/etc/hosts`
+/// (when the pod has its own hostname), and `/etc/resolv.conf` when the stage1 provided one.
+fn write_etc(root: &Path, hostname: Option<&str>) -> Result<()> {
+    if let Some(h) = hostname {
+        let etc = secure_join(root, "/etc")?;
+        std::fs::create_dir_all(&etc).context("mkdir /etc")?;
+        std::fs::write(secure_join(root, "/etc/hostname")?, format!("{h}\n"))
+            .context("write /etc/hostname")?;
+        let hosts = secure_join(root, "/etc/hosts")?;
+        let old = std::fs::read_to_string(&hosts).unwrap_or_default();
+        std::fs::write(&hosts, hosts_file(&old, h)).context("write /etc/hosts")?;
+    }
+    if let Ok(resolv) = std::fs::read(ark_pod_spec::guest::RESOLV_CONF) {
+        std::fs::write(secure_join(root, "/etc/resolv.conf")?, resolv)
+            .context("write /etc/resolv.conf")?;
+    }
+    Ok(())
+}
+
+/// `/etc/hosts` with localhost and the pod's hostname, keeping the image's other entries.
+pub fn hosts_file(old: &str, hostname: &str) -> String {
+    let mut out =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for l in old.lines() {
+        let mut w = l.split_whitespace();
+        let addr = w.next().unwrap_or("");
+        if addr == "127.0.0.1" || addr == "::1" {
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
 /// Makes `dst` exist as a mount point of the same kind (dir or file) as `src`.
 fn make_mountpoint(src: &Path, dst: &Path) -> Result<()> {
     if src.is_dir() {
@@ -239,6 +274,8 @@ fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
 /// What an app child needs besides its plan.
 pub struct ChildContext<'a> {
     pub pod_uuid: &'a str,
+    /// The pod's hostname (None for fly, which shares the host's).
+    pub hostname: Option<&'a str>,
     pub debug: bool,
 }
 
@@ -338,6 +375,7 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
         // Read-only, as runc does; best effort (see mount_pseudo_fs).
         let _ = mount_fs("sysfs", &sys, "sysfs", nodev | MsFlags::MS_RDONLY, None);
     }
+    write_etc(&root, ctx.hostname)?;
 
     if !plan.interactive {
         let null = std::fs::File::open(dev.join("null")).context("open /dev/null")?;
@@ -544,6 +582,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn hosts_file_names_the_pod() {
+        let h = hosts_file("127.0.0.1 localhost\n10.0.0.1 db\n# note\n", "pod1");
+        assert_eq!(
+            h,
+            "127.0.0.1\tlocalhost pod1\n::1\tlocalhost ip6-localhost ip6-loopback\n10.0.0.1 db\n# note\n"
+        );
     }
 
     #[test]

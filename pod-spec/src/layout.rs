@@ -87,6 +87,9 @@ pub mod guest {
     pub const STATUS_DIR: &str = "/ark/status";
     /// Where ns bind-mounts the pod's cgroup directories for guest-init to place apps.
     pub const CGROUP_DIR: &str = "/ark/cgroup";
+    /// The resolver config a stage1 gives apps on the host network (guest-init copies it to
+    /// each app's `/etc/resolv.conf`).
+    pub const RESOLV_CONF: &str = "/ark/resolv.conf";
 
     pub fn volume_dir(volume: &str) -> String {
         format!("/ark/volumes/{volume}")

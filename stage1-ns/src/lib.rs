@@ -64,6 +64,7 @@ pub enum Command {
 pub fn main(iso: Isolation) -> i32 {
     use clap::Parser;
     let cli = Cli::parse();
+    keep_lock_from_children();
     match cli.command {
         Command::Run { pod_dir, debug, .. } => match run(iso, &pod_dir, debug) {
             Ok(code) => code,
@@ -72,6 +73,19 @@ pub fn main(iso: Isolation) -> i32 {
                 EXIT_STAGE1_ERROR
             }
         },
+    }
+}
+
+/// stage0 hands over the pod's lock (held while the pod runs) as `ARK_POD_LOCK_FD`. The stage1
+/// holds it; guest-init and the apps must not, or a leftover process would keep a dead pod
+/// looking alive.
+fn keep_lock_from_children() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    if let Some(fd) = std::env::var("ARK_POD_LOCK_FD")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
 }
 
@@ -230,6 +244,13 @@ fn run_pod(iso: Isolation, pod: &Pod, cgroups: &Cgroups, debug: bool) -> Result<
             .context("create pod cgroups")?
     };
     let cfg = stage2_config(iso, &pod.manifest, &pod_cgroups, debug);
+    if pod.manifest.net == ark_pod_spec::NetMode::Host {
+        // Apps on the host's network resolve names as the host does (a missing file is fine).
+        if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
+            ark_pod_spec::write_atomic(&pod.layout.in_root(guest::RESOLV_CONF), &resolv)
+                .context("write resolv.conf")?;
+        }
+    }
     ark_pod_spec::write_atomic(&pod.layout.stage2_config(), &cfg.to_json())
         .context("write stage2 config")?;
 

@@ -71,6 +71,7 @@ fn isolation_env_user_cwd_and_volumes() {
         echo "cwd=$(pwd) home=$HOME"
         echo "env=$GREETING $ARK_APP_NAME ${#ARK_POD_UUID}"
         echo "host=$(hostname)"
+        echo "etc=$(cat /etc/hostname) $(grep -c podhost /etc/hosts)"
         echo "pid1=$(cat /proc/1/cmdline)"
         cat /data/in
         echo written > /out/file && echo rw-ok
@@ -103,6 +104,7 @@ fn isolation_env_user_cwd_and_volumes() {
     assert!(o.contains("cwd=/work/dir home=/home/alice\n"), "{o}");
     assert!(o.contains("env=hello app 36\n"), "{o}");
     assert!(o.contains("host=podhost\n"), "{o}");
+    assert!(o.contains("etc=podhost 1\n"), "{o}");
     assert!(o.contains("pid1=/init\n"), "{o}");
     assert!(o.contains("from-host\nrw-ok\nro-denied\n"), "{o}");
     // Non-root keeps exactly CAP_NET_BIND_SERVICE (bit 10) through exec, via the ambient set.
