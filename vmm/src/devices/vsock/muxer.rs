@@ -24,7 +24,7 @@ use super::connection::{ConnKey, Connection, RxOutcome, State};
 use super::packet::{op, Header, PacketError, RxBuffer, HOST_CID, MAX_PKT_PAYLOAD, TYPE_STREAM};
 
 /// Default bound on live connections plus host clients still handshaking.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// RSTs for unknown connections waiting for guest rx buffers; beyond this they are dropped (the
 /// guest's own timeouts cover it) so a guest that never returns rx buffers cannot grow us.
 pub const MAX_PENDING_RST: usize = 256;

@@ -949,3 +949,43 @@ fn reset_drops_connections_and_deregisters_fds() {
     vm.kicks[TX_QUEUE].write(1).unwrap();
     assert_eq!(vm.mgr.run_with_timeout(50).unwrap(), 0);
 }
+
+#[test]
+fn credit_request_and_receive_shutdown() {
+    let mem = memory();
+    let mut vm = Vm::new(&mem, None);
+    let listener = host_listener(&vm, 52);
+    vm.give_rx(16);
+    let mut host = vm.guest_connect(&listener, 1000, 52);
+    vm.send(ghdr(op::RW, 1000, 52), b"abc");
+    assert_eq!(read_exactly(&mut host, 3), b"abc");
+
+    vm.send(ghdr(op::CREDIT_REQUEST, 1000, 52), &[]);
+    let pkts = vm.recv();
+    assert_eq!(pkts.len(), 1, "{pkts:?}");
+    let h = pkts[0].0;
+    assert_eq!(
+        (h.op, h.buf_alloc, h.fwd_cnt),
+        (op::CREDIT_UPDATE, TX_BUF_SIZE, 3)
+    );
+
+    // The guest will receive no more: host data is no longer forwarded...
+    let mut shut = ghdr(op::SHUTDOWN, 1000, 52);
+    shut.flags = SHUTDOWN_RCV;
+    vm.send(shut, &[]);
+    host.write_all(b"unwanted").unwrap();
+    vm.run();
+    assert!(vm.recv().is_empty());
+    // ...but the guest can still send.
+    vm.send(ghdr(op::RW, 1000, 52), b"still here");
+    assert_eq!(read_exactly(&mut host, 10), b"still here");
+    // SHUTDOWN(SEND) completes the close: host EOF, RST to the guest.
+    let mut shut = ghdr(op::SHUTDOWN, 1000, 52);
+    shut.flags = SHUTDOWN_SEND;
+    vm.send(shut, &[]);
+    assert_eof(&mut host);
+    let pkts = vm.recv();
+    assert_eq!(pkts.len(), 1, "{pkts:?}");
+    assert_eq!(pkts[0].0.op, op::RST);
+    assert_eq!(vm.conns(), 0);
+}
