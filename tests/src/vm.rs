@@ -251,3 +251,21 @@ pub fn serial_print_then(msg: &[u8], tail: &[u8]) -> Vec<u8> {
 pub const CODE_HALT_LOOP: &[u8] = &[0xf4, 0xeb, 0xfd];
 /// i8042 CPU reset: `mov al, 0xfe; out 0x64, al`, then idle.
 pub const CODE_I8042_RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
+/// Builds the static guest vsock client (`tests/fixtures/vm/vsock-client.c`) with musl-gcc
+/// into `out`. Usage in the guest: `vsock-client PORT MESSAGE` (connects to CID 2).
+pub fn build_vsock_client(out: &Path) -> anyhow::Result<()> {
+    let src = crate::workspace_root().join("tests/fixtures/vm/vsock-client.c");
+    let res = Command::new("musl-gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(out)
+        .arg(&src)
+        .output()
+        .map_err(|e| anyhow::anyhow!("musl-gcc (musl-tools): {e}"))?;
+    anyhow::ensure!(
+        res.status.success(),
+        "musl-gcc: {}",
+        String::from_utf8_lossy(&res.stderr).trim()
+    );
+    Ok(())
+}

@@ -224,3 +224,90 @@ fn linux_boots_from_virtio_blk_and_writes_its_root() {
     let out = vm::ext4_read(&image, "/root/out.txt").unwrap();
     assert_eq!(out, "written by the guest\n");
 }
+
+/// Linux with its root on virtio-fs (a host directory) and a vsock device: /init reads and
+/// writes the shared root, then a static client talks to a host Unix socket over vsock.
+#[test]
+fn linux_boots_from_virtio_fs_and_talks_vsock() {
+    if let Some(why) = vm::vm_unavailable() {
+        skip!("{why}");
+    }
+    let kernel = ark_tests::guest_kernel().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    const PORT: u32 = 5005;
+    let init = format!(
+        "#!/bin/sh\n\
+         read line < /etc/ark-input\n\
+         echo \"ark-init: read [$line]\"\n\
+         echo \"written through virtio-fs\" > /root/out.txt\n\
+         /bin/vsock-client {PORT} ping-from-guest\n\
+         echo ARK_INIT_MARKER_OK\n\
+         reboot -f\n"
+    );
+    vm::busybox_root(&root, &init).unwrap();
+    if let Err(e) = vm::build_vsock_client(&root.join("bin/vsock-client")) {
+        skip!("{e}");
+    }
+    std::fs::write(root.join("etc/ark-input"), "hello from the host\n").unwrap();
+
+    // Host side of the guest's connection: ark-vmm connects to `{uds}_{PORT}`.
+    let uds = dir.path().join("vsock.sock");
+    let listener =
+        std::os::unix::net::UnixListener::bind(format!("{}_{PORT}", uds.display())).unwrap();
+    let host = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(conn.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        conn.write_all(b"pong-from-host\n").unwrap();
+        line
+    });
+
+    let cmdline = vm::kernel_cmdline("rootfstype=virtiofs root=rootfs rw init=/init loglevel=6");
+    let serial = dir.path().join("serial.log");
+    let run = vm::run_vmm(
+        &args(&[
+            "--kernel",
+            &kernel.display().to_string(),
+            "--cmdline",
+            &cmdline,
+            "--memory",
+            "128",
+            "--fs",
+            &format!("rootfs={}", root.display()),
+            "--vsock",
+            &format!("3,{}", uds.display()),
+        ]),
+        &serial,
+        Duration::from_secs(240),
+    )
+    .unwrap();
+    let log = run.log();
+    eprintln!("boot took {:.1}s", run.elapsed.as_secs_f64());
+    assert!(
+        run.serial.contains("ark-init: read [hello from the host]"),
+        "/init did not read the shared root:\n{log}"
+    );
+    assert!(
+        run.serial
+            .contains("vsock-client: host said [pong-from-host]"),
+        "no vsock round trip:\n{log}"
+    );
+    assert!(
+        run.serial.contains("ARK_INIT_MARKER_OK"),
+        "/init did not finish:\n{log}"
+    );
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "reboot -f must end ark-vmm with 0:\n{log}"
+    );
+    assert_eq!(host.join().unwrap(), "ping-from-guest\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("root/out.txt")).unwrap(),
+        "written through virtio-fs\n"
+    );
+}

@@ -52,8 +52,6 @@ pub enum Error {
     Vsock(String),
     #[error("rng device: {0}")]
     Rng(String),
-    #[error("{0}: not available in this build of ark-vmm")]
-    DeviceUnavailable(&'static str),
     #[error("too many virtio devices (at most {0})")]
     TooManyDevices(usize),
     #[error("event loop: {0}")]

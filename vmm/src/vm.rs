@@ -365,11 +365,15 @@ fn attach_devices(b: &mut Builder, config: &VmConfig) -> Result<(), Error> {
             .map_err(|e| Error::Block(blk.path.display().to_string(), e.to_string()))?;
         b.attach_virtio(dev)?;
     }
-    if !config.fs.is_empty() {
-        return Err(Error::DeviceUnavailable("virtio-fs (--fs)"));
+    for fs in &config.fs {
+        let dev = devices::fs::Fs::new(&fs.tag, &fs.dir, fs.read_only)
+            .map_err(|e| Error::Fs(fs.tag.clone(), e.to_string()))?;
+        b.attach_virtio(dev)?;
     }
-    if config.vsock.is_some() {
-        return Err(Error::DeviceUnavailable("virtio-vsock (--vsock)"));
+    if let Some(v) = &config.vsock {
+        let dev = devices::vsock::Vsock::new(v.guest_cid, &v.uds_path)
+            .map_err(|e| Error::Vsock(e.to_string()))?;
+        b.attach_virtio(dev)?;
     }
     if config.rng {
         let dev = devices::rng::Rng::new().map_err(|e| Error::Rng(e.to_string()))?;
