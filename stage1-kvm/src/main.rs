@@ -1,4 +1,218 @@
-fn main() {
-    eprintln!("stage1-kvm: not built yet");
-    std::process::exit(1);
+//! stage1-kvm: runs a prepared pod in a KVM microVM. stage0 execs
+//! `ark-stage1-kvm run --pod-dir DIR`; this process then is the pod: it boots ark's VMM
+//! in-process with guest-init as the guest's init, records the per-app statuses guest-init sends
+//! over vsock, and exits with the pod's exit code (125 for its own errors).
+
+mod cgroup;
+mod control;
+mod plan;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ark_pod_spec::manifest::PodManifest;
+use ark_pod_spec::status::{StatusDir, EXIT_STAGE1_ERROR};
+use ark_pod_spec::PodLayout;
+use clap::{Parser, Subcommand};
+use kernel_config::Profile;
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::plan::{Host, VmPlan, CONTROL_PORT};
+
+/// Seconds guest-init gives the apps between SIGTERM and SIGKILL on `ark stop`.
+const STOP_GRACE_SECS: u64 = 10;
+/// Beyond the grace: how long the guest may take to report and power off before the VM is
+/// stopped from the host. Generous because guest kernel work is slow on kvm_pvm hosts.
+const STOP_SLACK: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Parser)]
+#[command(name = "ark-stage1-kvm", about = "ark stage1: a pod in a KVM microVM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the prepared pod in DIR until its apps end.
+    Run {
+        #[arg(long)]
+        pod_dir: PathBuf,
+        /// Show the guest kernel's messages and chatty logs.
+        #[arg(long)]
+        debug: bool,
+        /// Connect stdin to the apps (through the guest console).
+        #[arg(long)]
+        interactive: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let Command::Run {
+        pod_dir,
+        debug,
+        interactive,
+    } = Cli::parse().command;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(if debug { "debug" } else { "warn" })
+        .try_init();
+    match run(&pod_dir, debug, interactive) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("ark-stage1-kvm: {e:#}");
+            ExitCode::from(EXIT_STAGE1_ERROR as u8)
+        }
+    }
+}
+
+fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
+    let layout = PodLayout::new(pod_dir);
+    let manifest = PodManifest::load(&layout.manifest())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", layout.manifest().display()))?;
+
+    plan::check_kvm(Path::new("/dev/kvm")).map_err(anyhow::Error::msg)?;
+    let host = host()?;
+    let plan = plan::plan(&layout, &manifest, &host, debug)?;
+    if plan.root == plan::Root::Fs {
+        ark_pod_spec::write_atomic(&layout.stage2_config(), &plan.stage2.to_json())
+            .with_context(|| format!("{}", layout.stage2_config().display()))?;
+    }
+    if !interactive {
+        // The VMM forwards stdin to the guest console; without --interactive the apps get none.
+        redirect_stdin_to_null()?;
+    }
+
+    // Signals are handled by one thread (sigwait); block them before any thread exists.
+    let mut stop_signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stop_signals.add(s);
+    }
+    stop_signals
+        .thread_block()
+        .context("blocking stop signals")?;
+
+    let vmm_cgroup = cgroup::VmmCgroup::enter(&manifest, plan.vmm_memory_bytes, plan.cpu_millis)
+        .context("VMM cgroup")?;
+    if let Some(c) = &vmm_cgroup {
+        tracing::debug!("VMM cgroup: {:?}", c.dirs());
+    }
+
+    let status_dir = StatusDir::new(layout.status_dir());
+    std::fs::create_dir_all(status_dir.dir())
+        .with_context(|| format!("{}", status_dir.dir().display()))?;
+    let vm_ended = Arc::new(AtomicBool::new(false));
+    let listener = status::StatusListener::bind(&plan.status_uds)
+        .with_context(|| format!("status socket {}", plan.status_uds.display()))?;
+    let status_thread = listener.spawn(status_dir.clone(), vm_ended.clone())?;
+
+    let stop = vmm::StopHandle::new().context("stop eventfd")?;
+    spawn_signal_thread(stop_signals, stop.clone(), plan.vsock_uds.clone())?;
+
+    let result = vmm::run_with_stop(plan.vm.clone(), stop);
+    vm_ended.store(true, Ordering::Release);
+    let outcome = status_thread.join().unwrap_or_default();
+
+    let reason = match (&result, outcome.pod_done) {
+        (Ok(_), true) => None,
+        (Ok(vmm::VmExit::GuestStop), false) => Some(
+            "the VM ended before guest-init reported (rerun with --debug for the guest kernel log)"
+                .to_string(),
+        ),
+        (Ok(vmm::VmExit::TripleFault), _) => Some("the guest kernel crashed (triple fault)".into()),
+        (Ok(vmm::VmExit::HostStop), false) => {
+            Some("the VM was stopped before guest-init reported".into())
+        }
+        (Err(e), _) => Some(format!("VMM error: {e}")),
+    };
+    let exit = status_dir
+        .finish(&manifest, reason.as_deref())
+        .context("writing the pod's exit status")?;
+    cleanup(&plan, vmm_cgroup);
+    if let Some(r) = &exit.reason {
+        eprintln!("ark-stage1-kvm: {r}");
+    }
+    match result {
+        Err(_) if !outcome.pod_done => Ok(EXIT_STAGE1_ERROR),
+        _ => Ok(exit.exit_code),
+    }
+}
+
+fn host() -> anyhow::Result<Host> {
+    let profile = Profile::for_host();
+    let kernel = kernel_config::locate_kernel(profile)?;
+    // A kernel built for the other profile boots nowhere useful: on kvm_pvm a stock kernel dies in
+    // the instruction emulator, so say so now rather than hang or crash later.
+    if let Some(built_for) = kernel_config::profile_beside(&kernel) {
+        if built_for != profile {
+            bail!(
+                "kernel {} is a {} kernel, but this host needs {} (build it: {})",
+                kernel.display(),
+                built_for.name(),
+                profile.name(),
+                profile.build_command()
+            );
+        }
+    }
+    Ok(Host { profile, kernel })
+}
+
+fn redirect_stdin_to_null() -> anyhow::Result<()> {
+    let null = std::fs::File::open("/dev/null").context("/dev/null")?;
+    nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0).context("stdin")?;
+    Ok(())
+}
+
+/// First SIGTERM/SIGINT/SIGHUP: ask guest-init to stop the apps (retrying while the guest is
+/// still booting) and stop the VM from the host if it has not ended by the deadline. A second
+/// signal stops the VM at once.
+fn spawn_signal_thread(
+    signals: SigSet,
+    stop: vmm::StopHandle,
+    vsock_uds: PathBuf,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.wait().is_err() {
+                return;
+            }
+            let deadline = Instant::now() + Duration::from_secs(STOP_GRACE_SECS) + STOP_SLACK;
+            let hard_stop = stop.clone();
+            std::thread::spawn(move || {
+                let _ = signals.wait();
+                hard_stop.stop();
+            });
+            while Instant::now() < deadline {
+                match control::request_stop(&vsock_uds, CONTROL_PORT, STOP_GRACE_SECS) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!("stop request: {e}");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now < deadline {
+                std::thread::sleep(deadline - now);
+            }
+            stop.stop();
+        })
+        .context("signal thread")?;
+    Ok(())
+}
+
+fn cleanup(plan: &VmPlan, vmm_cgroup: Option<cgroup::VmmCgroup>) {
+    let _ = std::fs::remove_file(&plan.vsock_uds);
+    let _ = std::fs::remove_file(&plan.status_uds);
+    if let Some(c) = vmm_cgroup {
+        if let Err(e) = c.leave() {
+            tracing::warn!("removing the VMM cgroup: {e}");
+        }
+    }
 }

@@ -1,0 +1,440 @@
+//! From a prepared pod to a VM: everything stage1-kvm decides, as plain data, so it can be
+//! checked without booting anything.
+
+use std::path::{Path, PathBuf};
+
+use ark_pod_spec::layout::guest;
+use ark_pod_spec::manifest::{Flavor, PodManifest};
+use ark_pod_spec::stage2::{ControlTransport, OnExit, Stage2Config, Stage2Mount, StatusTransport};
+use ark_pod_spec::PodLayout;
+use kernel_config::Profile;
+use vmm::{BlockConfig, FsConfig, SerialConfig, VmConfig, VsockConfig};
+
+/// vsock port guest-init reports statuses to (host side: `<uds>_<port>`).
+pub const STATUS_PORT: u32 = 1024;
+/// vsock port guest-init listens on for `stop` requests.
+pub const CONTROL_PORT: u32 = 1025;
+/// The guest's vsock CID (3 is the first one free for guests).
+pub const GUEST_CID: u64 = 3;
+/// virtio-fs tag of the pod root.
+pub const ROOT_TAG: &str = "arkroot";
+/// Guest RAM beyond the apps' limits: kernel, guest-init, page cache. rkt's kvm flavor did the same.
+pub const BASE_MEMORY_MIB: u64 = 128;
+/// Host memory the VMM process may use beyond guest RAM (its cgroup limit).
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// Env var (from a kernel cmdline `key=value`) carrying the stage2 config when the pod root is a
+/// read-only block image that cannot hold `/ark/stage2.json`.
+pub const STAGE2_CMDLINE_KEY: &str = "ark_stage2";
+/// Longest Unix socket path (sun_path minus NUL, minus the `_<port>` suffix the vsock device adds).
+const MAX_UDS_PATH: usize = 107 - 6;
+
+/// Option keys stage0 sets in `manifest.stage1.options` (see src/pod/plan.rs).
+pub mod options {
+    pub const ROOT: &str = "kvm.root";
+    pub const ROOT_IMAGE: &str = "kvm.root.image";
+    pub const ROOT_FSTYPE: &str = "kvm.root.fstype";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("pod {0} is a {1} pod, not a kvm pod")]
+    WrongFlavor(String, &'static str),
+    #[error("kvm.root={0:?}: want fs or blk")]
+    BadRoot(String),
+    #[error(
+        "kvm.root=blk: the pod has no root image option ({})",
+        options::ROOT_IMAGE
+    )]
+    NoRootImage,
+    #[error("root image {0}: {1}")]
+    RootImage(PathBuf, std::io::Error),
+    #[error("vsock socket path {0} is too long for a Unix socket: use a shorter --dir")]
+    SocketPathTooLong(PathBuf),
+    #[error("pod needs {0} MiB of guest memory, more than the VMM allows")]
+    TooMuchMemory(u64),
+}
+
+/// How the pod root reaches the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Root {
+    /// The stage1 root shared over virtio-fs (the default: no copy, host sees writes).
+    Fs,
+    /// A block image made by stage0 at prepare.
+    Blk { image: PathBuf, fstype: String },
+}
+
+/// What stage1-kvm will run.
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    pub vm: VmConfig,
+    pub stage2: Stage2Config,
+    pub root: Root,
+    /// Host socket the vsock device listens on (`CONNECT <port>` for host→guest).
+    pub vsock_uds: PathBuf,
+    /// Host socket guest-init's status connection lands on.
+    pub status_uds: PathBuf,
+    /// Limit for the VMM process's cgroup.
+    pub vmm_memory_bytes: u64,
+    pub cpu_millis: Option<u64>,
+}
+
+/// Host facts the plan depends on.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub profile: Profile,
+    pub kernel: PathBuf,
+}
+
+pub fn plan(
+    layout: &PodLayout,
+    manifest: &PodManifest,
+    host: &Host,
+    debug: bool,
+) -> Result<VmPlan, PlanError> {
+    if manifest.stage1.flavor != Flavor::Kvm {
+        return Err(PlanError::WrongFlavor(
+            manifest.uuid.clone(),
+            manifest.stage1.flavor.as_str(),
+        ));
+    }
+    let root = root(layout, manifest)?;
+
+    let mut stage2 = Stage2Config::new(
+        manifest.uuid.clone(),
+        StatusTransport::Vsock {
+            port: STATUS_PORT,
+            cid: ark_pod_spec::stage2::VSOCK_HOST_CID,
+        },
+        OnExit::Reboot,
+    );
+    stage2.hostname = Some(manifest.hostname());
+    stage2.control = Some(ControlTransport::Vsock { port: CONTROL_PORT });
+    stage2.mount_pseudo_fs = true;
+    stage2.create_app_cgroups = true;
+    stage2.debug = debug;
+
+    let mut vm = VmConfig::new(&host.kernel);
+    // Bounded by MAX_MEMORY_MIB (a u32) in guest_memory_mib.
+    vm.memory_mib = guest_memory_mib(manifest)? as u32;
+    // The pvm-compat kernel is built without SMP; elsewhere one vCPU per started CPU of --cpus.
+    vm.vcpus = match (host.profile, cpu_millis(manifest)) {
+        (Profile::PvmCompat, _) | (_, None) => 1,
+        (_, Some(m)) => m.div_ceil(1000).clamp(1, u64::from(vmm::config::MAX_VCPUS)) as u8,
+    };
+    vm.serial = SerialConfig::Stdout;
+    vm.rng = true;
+
+    // Volumes: one virtio-fs device each; tags are short and positional (names may be long).
+    for (i, v) in manifest.volumes.iter().enumerate() {
+        let tag = format!("arkvol{i}");
+        vm.fs.push(FsConfig {
+            tag: tag.clone(),
+            dir: PathBuf::from(&v.source),
+            read_only: v.read_only,
+        });
+        stage2.mounts.push(Stage2Mount {
+            source: tag,
+            fstype: "virtiofs".into(),
+            target: guest::volume_dir(&v.name),
+            read_only: v.read_only,
+            data: None,
+        });
+    }
+
+    let mut cmdline = kernel_cmdline(host.profile, debug);
+    match &root {
+        Root::Fs => {
+            vm.fs.insert(
+                0,
+                FsConfig {
+                    tag: ROOT_TAG.into(),
+                    dir: layout.stage1_rootfs(),
+                    read_only: false,
+                },
+            );
+            cmdline.push_str(&format!(" rootfstype=virtiofs root={ROOT_TAG} rw"));
+        }
+        Root::Blk { image, fstype } => {
+            let read_only = fstype == "erofs";
+            vm.blk.push(BlockConfig {
+                path: image.clone(),
+                read_only,
+            });
+            cmdline.push_str(&format!(
+                " root=/dev/vda rootfstype={fstype} {}",
+                if read_only { "ro" } else { "rw" }
+            ));
+            // A read-only image cannot hold the stage2 config: hand it over on the command line.
+            let json = serde_json::to_vec(&stage2).expect("stage2 config serializes");
+            cmdline.push_str(&format!(" {STAGE2_CMDLINE_KEY}={}", hex::encode(json)));
+        }
+    }
+    cmdline.push_str(&format!(" init={}", guest::INIT));
+    vm.cmdline = cmdline;
+
+    let vsock_uds = layout.dir().join("vsock.sock");
+    if vsock_uds.as_os_str().len() > MAX_UDS_PATH {
+        return Err(PlanError::SocketPathTooLong(vsock_uds));
+    }
+    let status_uds = PathBuf::from(format!("{}_{STATUS_PORT}", vsock_uds.display()));
+    vm.vsock = Some(VsockConfig {
+        guest_cid: GUEST_CID,
+        uds_path: vsock_uds.clone(),
+    });
+
+    Ok(VmPlan {
+        vmm_memory_bytes: (u64::from(vm.memory_mib) + VMM_OVERHEAD_MIB) << 20,
+        cpu_millis: cpu_millis(manifest),
+        vm,
+        stage2,
+        root,
+        vsock_uds,
+        status_uds,
+    })
+}
+
+fn root(layout: &PodLayout, manifest: &PodManifest) -> Result<Root, PlanError> {
+    let opts = &manifest.stage1.options;
+    match opts.get(options::ROOT).map(String::as_str) {
+        None | Some("fs") => Ok(Root::Fs),
+        Some("blk") => {
+            let rel = opts
+                .get(options::ROOT_IMAGE)
+                .ok_or(PlanError::NoRootImage)?;
+            let image = layout.dir().join(rel);
+            std::fs::metadata(&image).map_err(|e| PlanError::RootImage(image.clone(), e))?;
+            let fstype = opts
+                .get(options::ROOT_FSTYPE)
+                .cloned()
+                .unwrap_or_else(|| "erofs".into());
+            Ok(Root::Blk { image, fstype })
+        }
+        Some(other) => Err(PlanError::BadRoot(other.into())),
+    }
+}
+
+/// The host profile's flags; kernel messages only with `--debug` (the console also carries the
+/// apps' output).
+pub fn kernel_cmdline(profile: Profile, debug: bool) -> String {
+    let base = profile.cmdline().trim();
+    if debug {
+        base.split_whitespace()
+            .filter(|w| *w != "quiet")
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        format!("{base} loglevel=0")
+    }
+}
+
+/// Sum of the apps' memory limits (or the pod's), plus a base for the guest itself.
+fn guest_memory_mib(m: &PodManifest) -> Result<u64, PlanError> {
+    let apps: u64 = m.apps.iter().filter_map(|a| a.limits.memory_bytes).sum();
+    let limits = m.limits.memory_bytes.map_or(apps, |p| p.max(apps));
+    let mib = BASE_MEMORY_MIB + limits.div_ceil(1 << 20);
+    if mib > u64::from(vmm::config::MAX_MEMORY_MIB) {
+        return Err(PlanError::TooMuchMemory(mib));
+    }
+    Ok(mib)
+}
+
+fn cpu_millis(m: &PodManifest) -> Option<u64> {
+    let apps: u64 = m.apps.iter().filter_map(|a| a.limits.cpu_millis).sum();
+    match (m.limits.cpu_millis, apps) {
+        (Some(p), _) => Some(p),
+        (None, 0) => None,
+        (None, a) => Some(a),
+    }
+}
+
+/// Whether `path` exists and is openable read-write (what KVM needs).
+pub fn check_kvm(dev: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "{}: {e}: this host cannot run kvm pods (try --stage1=ns)",
+                dev.display()
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(extra: &str) -> PodManifest {
+        let json = format!(
+            r#"{{"version":1,"uuid":"0b6e4a0e-57a5-4a53-9f0e-4f7c5b7f8c11",
+                "apps":[{{"name":"a","image":{{"id":"sha256:00","name":"busybox"}},"exec":["/bin/true"],
+                          "limits":{{"memory_bytes":268435456}}}},
+                        {{"name":"b","image":{{"id":"sha256:00","name":"busybox"}},"exec":["/bin/true"],
+                          "limits":{{"memory_bytes":4194305,"cpu_millis":1500}}}}],
+                "stage1":{{"flavor":"kvm"{extra}}}}}"#
+        );
+        PodManifest::from_json(json.as_bytes()).expect("test manifest parses")
+    }
+
+    fn host(profile: Profile) -> Host {
+        Host {
+            profile,
+            kernel: PathBuf::from("/k/vmlinux"),
+        }
+    }
+
+    #[test]
+    fn fs_root_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = PodLayout::new(dir.path());
+        let m = manifest("");
+        let p = plan(&layout, &m, &host(Profile::Microvm), false).unwrap();
+        assert_eq!(p.root, Root::Fs);
+        // 128 base + 256 MiB + 4 MiB and a byte (rounded up to a whole MiB).
+        assert_eq!(p.vm.memory_mib, 128 + 256 + 5);
+        assert_eq!(p.vm.vcpus, 2, "1.5 CPUs → 2 vCPUs");
+        assert_eq!(p.vm.fs[0].tag, ROOT_TAG);
+        assert_eq!(p.vm.fs[0].dir, layout.stage1_rootfs());
+        assert!(p.vm.cmdline.contains("rootfstype=virtiofs root=arkroot rw"));
+        assert!(p.vm.cmdline.ends_with("init=/init"));
+        assert!(p.vm.cmdline.contains("loglevel=0"));
+        assert!(!p.vm.cmdline.contains(STAGE2_CMDLINE_KEY));
+        assert_eq!(p.stage2.on_exit, OnExit::Reboot);
+        assert!(matches!(
+            p.stage2.status,
+            StatusTransport::Vsock {
+                port: STATUS_PORT,
+                cid: 2
+            }
+        ));
+        assert_eq!(
+            p.status_uds,
+            PathBuf::from(format!("{}_{STATUS_PORT}", p.vsock_uds.display()))
+        );
+        assert_eq!(p.vmm_memory_bytes, (389 + VMM_OVERHEAD_MIB) << 20);
+        assert_eq!(p.cpu_millis, Some(1500));
+    }
+
+    #[test]
+    fn pvm_compat_host_gets_one_vcpu_and_debug_keeps_kernel_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(
+            &PodLayout::new(dir.path()),
+            &manifest(""),
+            &host(Profile::PvmCompat),
+            true,
+        )
+        .unwrap();
+        assert_eq!(p.vm.vcpus, 1);
+        assert!(p.vm.cmdline.contains("no_int3_selftest"));
+        assert!(!p.vm.cmdline.split_whitespace().any(|w| w == "quiet"));
+        assert!(!p.vm.cmdline.contains("loglevel=0"));
+        assert!(p.stage2.debug);
+    }
+
+    #[test]
+    fn blk_root_carries_stage2_on_the_cmdline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rootfs.erofs"), b"x").unwrap();
+        let m = manifest(
+            r#","options":{"kvm.root":"blk","kvm.root.image":"rootfs.erofs","kvm.root.fstype":"erofs"}"#,
+        );
+        let p = plan(
+            &PodLayout::new(dir.path()),
+            &m,
+            &host(Profile::Microvm),
+            false,
+        )
+        .unwrap();
+        assert!(matches!(&p.root, Root::Blk { fstype, .. } if fstype == "erofs"));
+        assert!(p.vm.blk[0].read_only);
+        assert!(p.vm.cmdline.contains("root=/dev/vda rootfstype=erofs ro"));
+        let hexed =
+            p.vm.cmdline
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("ark_stage2="))
+                .expect("stage2 on the cmdline");
+        let decoded = Stage2Config::from_json(&hex::decode(hexed).unwrap()).unwrap();
+        assert_eq!(decoded, p.stage2);
+        assert!(p.vm.fs.is_empty(), "no virtio-fs root with a block root");
+    }
+
+    #[test]
+    fn blk_root_without_its_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manifest(r#","options":{"kvm.root":"blk","kvm.root.image":"rootfs.erofs"}"#);
+        let e = plan(
+            &PodLayout::new(dir.path()),
+            &m,
+            &host(Profile::Microvm),
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(e, PlanError::RootImage(..)), "{e}");
+        let m = manifest(r#","options":{"kvm.root":"nfs"}"#);
+        let e = plan(
+            &PodLayout::new(dir.path()),
+            &m,
+            &host(Profile::Microvm),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "kvm.root=\"nfs\": want fs or blk");
+    }
+
+    #[test]
+    fn volumes_become_virtiofs_devices_and_guest_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manifest("");
+        m.volumes = serde_json::from_str(
+            r#"[{"name":"data","kind":"host","source":"/srv/data","read_only":true}]"#,
+        )
+        .unwrap();
+        let p = plan(
+            &PodLayout::new(dir.path()),
+            &m,
+            &host(Profile::Microvm),
+            false,
+        )
+        .unwrap();
+        assert_eq!(p.vm.fs.len(), 2);
+        assert_eq!(p.vm.fs[1].dir, PathBuf::from("/srv/data"));
+        assert!(p.vm.fs[1].read_only);
+        assert_eq!(p.stage2.mounts[0].source, p.vm.fs[1].tag);
+        assert_eq!(p.stage2.mounts[0].target, "/ark/volumes/data");
+        assert!(p.stage2.mounts[0].read_only);
+    }
+
+    #[test]
+    fn wrong_flavor_and_long_socket_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manifest("");
+        m.stage1.flavor = Flavor::Ns;
+        assert!(matches!(
+            plan(
+                &PodLayout::new(dir.path()),
+                &m,
+                &host(Profile::Microvm),
+                false
+            ),
+            Err(PlanError::WrongFlavor(..))
+        ));
+        let long = dir.path().join("x".repeat(120));
+        let e = plan(
+            &PodLayout::new(long),
+            &manifest(""),
+            &host(Profile::Microvm),
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(e, PlanError::SocketPathTooLong(_)), "{e}");
+    }
+
+    #[test]
+    fn check_kvm_names_the_device() {
+        let e = check_kvm(Path::new("/nonexistent/kvm")).unwrap_err();
+        assert!(e.starts_with("/nonexistent/kvm: No such file"), "{e}");
+    }
+}
