@@ -314,14 +314,13 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
     }
     unshare(flags).context("unshare mount namespace")?;
     // Nothing the app mounts propagates back to guest-init or other apps.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("make / private")?;
+    let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+    match mount(None::<&str>, "/", None::<&str>, private, None::<&str>) {
+        // "/" is no mount point when guest-init was merely chrooted; its mounts are then
+        // whatever the stage1 made them (private in ns and fly).
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(e).context("make / private"),
+    }
 
     let root = PathBuf::from(&plan.root);
     if !root.is_dir() {

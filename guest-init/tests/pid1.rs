@@ -1,0 +1,89 @@
+//! The static ark-init as PID 1 the way a VM runs it (`on_exit: reboot`, devtmpfs, its own
+//! pseudo filesystems, no stage1 helping inside), in a fresh pid + mount namespace made by
+//! util-linux `unshare`. In a pid namespace `reboot(RB_AUTOBOOT)` kills its init with SIGHUP,
+//! which is how the test sees the power-off path taken after the statuses were written.
+
+#[path = "../../stage1-ns/tests/common/mod.rs"]
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+use ark_pod_spec::{OnExit, Stage2Config, StatusDir, StatusTransport};
+use common::{pod, skip_unless_able, stdout};
+use serde_json::json;
+
+fn run_as_pid1(p: &common::TestPod, cfg: &Stage2Config) -> std::process::Output {
+    let root = p.layout.stage1_rootfs();
+    std::fs::create_dir_all(root.join("ark/status")).unwrap();
+    std::fs::write(p.layout.stage2_config(), cfg.to_json()).unwrap();
+    let out = Command::new("timeout")
+        .args([
+            "60", "unshare", "--pid", "--mount", "--uts", "--ipc", "--fork", "chroot",
+        ])
+        .arg(&root)
+        .arg("/init")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!(
+        "exit {:?}\n{}\n{}",
+        out.status,
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn vm_config(uuid: &str) -> Stage2Config {
+    let mut c = Stage2Config::new(
+        uuid,
+        StatusTransport::File {
+            dir: "/ark/status".into(),
+        },
+        OnExit::Reboot,
+    );
+    c.hostname = Some("vmhost".into());
+    c.mount_pseudo_fs = true;
+    c
+}
+
+#[test]
+fn reports_then_powers_off() {
+    skip_unless_able!();
+    let p = pod(
+        "kvm",
+        json!({ "apps": [
+            { "name": "a", "exec": ["sh", "-c", "echo in-vm; cat /etc/hostname; sleep 0.2 & exit 7"] },
+            { "name": "b", "exec": ["true"], "user": "nobody-here" },
+        ] }),
+    );
+    let out = run_as_pid1(&p, &vm_config(&p.manifest.uuid));
+    // Killed by SIGHUP: reboot() was called (timeout(1) would have said 124).
+    assert_eq!(
+        out.status.signal().or(out.status.code().map(|c| c - 128)),
+        Some(1)
+    );
+    assert_eq!(stdout(&out), "in-vm\nvmhost\n");
+    let status = StatusDir::new(p.layout.in_root("/ark/status"));
+    assert_eq!(status.read_app("a").unwrap().exit_code, Some(7));
+    let b = status.read_app("b").unwrap();
+    assert!(b.error.unwrap().contains("nobody-here"));
+    assert!(p.mounts_left().is_empty(), "{:?}", p.mounts_left());
+}
+
+#[test]
+fn a_broken_manifest_is_reported_not_hung() {
+    skip_unless_able!();
+    let p = pod(
+        "kvm",
+        json!({ "apps": [{ "name": "a", "exec": ["true"] }] }),
+    );
+    std::fs::write(p.layout.rootfs_manifest(), "{ not json").unwrap();
+    let out = run_as_pid1(&p, &vm_config(&p.manifest.uuid));
+    assert_eq!(
+        out.status.signal().or(out.status.code().map(|c| c - 128)),
+        Some(1)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pod manifest"));
+}
