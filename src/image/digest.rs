@@ -100,10 +100,16 @@ impl<R: Read> HashingReader<R> {
 
     /// Reads what is left (a tar stream's trailing padding, say) so the digest covers it all.
     pub fn finish(mut self) -> io::Result<(Digest, u64)> {
-        io::copy(&mut self, &mut io::sink())?;
+        self.finish_read()
+    }
+
+    /// Like `finish`, without consuming the reader.
+    pub fn finish_read(&mut self) -> io::Result<(Digest, u64)> {
+        io::copy(self, &mut io::sink())?;
+        let hasher = std::mem::take(&mut self.hasher);
         Ok((
             Digest {
-                hex: hex::encode(self.hasher.finalize()),
+                hex: hex::encode(hasher.finalize()),
             },
             self.count,
         ))

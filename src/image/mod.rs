@@ -91,17 +91,14 @@ pub struct FetchOptions {
     /// Skip signature verification (`--insecure-options=image`).
     pub insecure_image: bool,
     /// Accept any TLS certificate (`--insecure-options=tls`).
-    #[allow(dead_code)] // read by the registry client
     pub insecure_tls: bool,
     /// Allow plain http to non-loopback registries (`--insecure-options=http`).
-    #[allow(dead_code)] // read by the registry client
     pub insecure_http: bool,
     /// `os/arch[/variant]` to pick from an image index; None = linux/amd64.
     pub platform: Option<String>,
     /// Lookaside directory of simple-signing signatures (`REPO@sha256=DIGEST/signature-N`).
     pub signature_dir: Option<PathBuf>,
     /// Where `ark trust` keeps trusted keys (`<dir>/trust`).
-    #[allow(dead_code)] // read by signature verification
     pub trust_dir: PathBuf,
 }
 

@@ -135,11 +135,20 @@ fn read_layout_json(layout: &Path, desc: &Descriptor, what: &str) -> anyhow::Res
     Ok(buf)
 }
 
+/// Where a layout comes from decides who verifies it and whether its blobs may be moved.
+pub enum Origin<'a> {
+    /// The user's layout: verify its signature here, copy its blobs.
+    User(&'a FetchOptions),
+    /// A layout the registry client wrote into our staging dir after verifying the signature:
+    /// re-hash its blobs and move them in.
+    Registry { platform: Option<&'a str> },
+}
+
 pub fn import(
     staging: &mut Staging,
     layout: &Path,
     tag: Option<&str>,
-    opts: &FetchOptions,
+    origin: Origin,
 ) -> anyhow::Result<Imported> {
     let marker = fs::read(layout.join("oci-layout")).with_context(|| {
         format!(
@@ -186,7 +195,10 @@ pub fn import(
         let nested_bytes = read_layout_json(layout, &desc, "image index")?;
         let nested = ImageIndex::from_reader(&nested_bytes[..])
             .map_err(|e| anyhow::anyhow!("nested image index is not valid: {e}"))?;
-        let platform = opts.platform.as_deref();
+        let platform = match &origin {
+            Origin::User(opts) => opts.platform.as_deref(),
+            Origin::Registry { platform } => *platform,
+        };
         desc = nested
             .manifests()
             .iter()
@@ -212,7 +224,13 @@ pub fn import(
     let config_digest = descriptor_digest(checked.manifest.config())?;
 
     let name = tag_name.map(|t| layout_name(layout, &t));
-    super::verify_local_signature(name.as_deref(), &manifest_digest, opts)?;
+    let adopt = match origin {
+        Origin::User(opts) => {
+            super::verify_local_signature(name.as_deref(), &manifest_digest, opts)?;
+            false
+        }
+        Origin::Registry { .. } => true,
+    };
 
     staging.put(
         &mut &manifest_bytes[..],
@@ -227,8 +245,10 @@ pub fn import(
     let mut size = (manifest_bytes.len() + config_bytes.len()) as u64;
     for (i, layer) in checked.layers.iter().enumerate() {
         let what = format!("layer {} {}", i + 1, layer.digest.short());
-        if staging.path_of(&layer.digest).is_none() {
-            let path = layout.join("blobs/sha256").join(layer.digest.hex());
+        let path = layout.join("blobs/sha256").join(layer.digest.hex());
+        if adopt {
+            staging.adopt(&path, &layer.digest, layer.size, &what)?;
+        } else if staging.path_of(&layer.digest).is_none() {
             let mut f =
                 File::open(&path).with_context(|| format!("{what}: missing from the layout"))?;
             staging.put(&mut f, Some((&layer.digest, layer.size)), &what)?;

@@ -24,6 +24,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use super::digest::{Digest, HashingWriter, OVERSIZE};
+use super::oci_layout::Origin;
 use super::progress::Progress;
 use super::reference::{with_default_tag, Source};
 use super::{FetchOptions, ImageConfig, ImageId};
@@ -141,7 +142,7 @@ impl ImageStore {
         let mut staging = Staging::new(self)?;
         let imported = match &source {
             Source::OciLayout { path, tag } => {
-                super::oci_layout::import(&mut staging, path, tag.as_deref(), opts)
+                super::oci_layout::import(&mut staging, path, tag.as_deref(), Origin::User(opts))
             }
             Source::DockerArchive { path, reference } => {
                 super::docker_archive::import(&mut staging, path, reference.as_deref(), opts)
@@ -155,16 +156,43 @@ impl ImageStore {
         self.commit(staging, imported)
     }
 
+    /// `docker://`: the registry client writes a verified OCI layout into our staging dir
+    /// (same filesystem), which is then imported like any layout, its blobs moved, not copied.
     fn fetch_docker(
         &self,
-        _staging: &mut Staging,
+        staging: &mut Staging,
         reference: &str,
-        _opts: &FetchOptions,
+        opts: &FetchOptions,
     ) -> anyhow::Result<Imported> {
-        bail!(
-            "docker://{reference}: the registry client is not part of this build yet; \
-             use oci-layout:, docker-archive: or an .aci"
-        )
+        let mut ropts = super::registry::FetchOptions::new(opts.trust_dir.clone())?;
+        ropts.insecure_http = opts.insecure_http;
+        ropts.insecure_tls = opts.insecure_tls;
+        ropts.insecure_image = opts.insecure_image;
+        ropts.platform = opts.platform.clone();
+        ropts.signature_dir = opts.signature_dir.clone();
+        let layout = staging.dir.join("layout");
+        let fetched = super::registry::fetch(reference, &ropts, &layout)?;
+        let mut imported = super::oci_layout::import(
+            staging,
+            &layout,
+            None,
+            Origin::Registry {
+                platform: opts.platform.as_deref(),
+            },
+        )?;
+        let want: Digest = fetched.manifest_digest.parse()?;
+        if imported.record.manifest != want {
+            bail!(
+                "the registry client reported manifest {want} but wrote {}",
+                imported.record.manifest
+            );
+        }
+        imported.names = fetched
+            .tag
+            .map(|t| format!("{}:{t}", fetched.name))
+            .into_iter()
+            .collect();
+        Ok(imported)
     }
 
     /// Moves staged blobs into place and records the image and its names.
@@ -539,6 +567,42 @@ impl<'a> Staging<'a> {
         file.sync_all()?;
         self.blobs.push((digest.clone(), tmp));
         Ok((digest, size))
+    }
+
+    /// Takes over a file already on the store's filesystem (the registry client's download):
+    /// hashes it again, then moves it instead of copying.
+    pub fn adopt(
+        &mut self,
+        path: &Path,
+        digest: &Digest,
+        size: u64,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        if self.path_of(digest).is_some() {
+            return self
+                .put(&mut io::empty(), Some((digest, size)), what)
+                .map(|_| ());
+        }
+        let file =
+            File::open(path).with_context(|| format!("{what}: missing from the download"))?;
+        let bar = self
+            .progress
+            .bytes(format!("verify {}", digest.short()), size);
+        let mut reader = super::digest::HashingReader::new(bar.wrap_read(file).take(size + 1));
+        let (actual, len) = reader
+            .finish_read()
+            .with_context(|| format!("{what}: reading"))?;
+        bar.finish_and_clear();
+        if len != size {
+            bail!("{what}: blob is {len} bytes, its descriptor says {size}");
+        }
+        if actual != *digest {
+            bail!("{what}: content has digest {actual}, not the declared {digest}");
+        }
+        let dest = self.dir.join(format!("blob-{}", self.blobs.len()));
+        fs::rename(path, &dest).with_context(|| format!("{what}: moving into the store"))?;
+        self.blobs.push((digest.clone(), dest));
+        Ok(())
     }
 
     pub fn put_bytes(&mut self, bytes: &[u8], what: &str) -> anyhow::Result<Digest> {
