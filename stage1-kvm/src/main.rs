@@ -65,7 +65,9 @@ fn main() -> ExitCode {
     match run(&pod_dir, debug, interactive) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("ark-stage1-kvm: {e:#}");
+            let msg = format!("{e:#}");
+            eprintln!("ark-stage1-kvm: {msg}");
+            record_failure(&pod_dir, &msg);
             ExitCode::from(EXIT_STAGE1_ERROR as u8)
         }
     }
@@ -140,6 +142,18 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
     match result {
         Err(_) if !outcome.pod_done => Ok(EXIT_STAGE1_ERROR),
         _ => Ok(exit.exit_code),
+    }
+}
+
+/// The pod never ran (or its end could not be recorded): say why in its status, best effort, so
+/// `ark status` shows the reason rather than a silent exit.
+fn record_failure(pod_dir: &Path, msg: &str) {
+    let layout = PodLayout::new(pod_dir);
+    if let Ok(manifest) = PodManifest::load(&layout.manifest()) {
+        let dir = StatusDir::new(layout.status_dir());
+        if dir.read_pod().is_none() && std::fs::create_dir_all(dir.dir()).is_ok() {
+            let _ = dir.finish(&manifest, Some(msg));
+        }
     }
 }
 
