@@ -1,3 +1,46 @@
 //! The pod half of stage0: prepare a pod directory, hand it to a stage1, track its state.
+//!
+//! - [`store`]: `<dir>/pods/<state>/<uuid>/` and the locks telling live pods from dead ones.
+//! - [`args`], [`plan`]: the command line and image configs → a validated pod manifest.
+//! - [`rootfs`]: app roots from the render cache (overlay or copy), block images, unmounting.
+//! - [`lifecycle`]: prepare, run-prepared (exec of the stage1 with the lock held).
+//! - [`info`], [`stop`], [`gc`], [`enter`]: the commands on existing pods.
 
+pub mod args;
 pub mod cli;
+pub mod enter;
+pub mod gc;
+pub mod images;
+pub mod info;
+pub mod lifecycle;
+pub mod plan;
+pub mod rootfs;
+pub mod stop;
+pub mod store;
+pub mod units;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::GlobalOpts;
+
+/// The pods tree of this `--dir`.
+pub fn open_store(global: &GlobalOpts) -> anyhow::Result<store::PodStore> {
+    std::fs::create_dir_all(&global.dir)
+        .with_context(|| format!("create {}", global.dir.display()))?;
+    // Absolute, so the stage1 and mountinfo see the same paths whatever our cwd.
+    let dir =
+        std::fs::canonicalize(&global.dir).with_context(|| format!("{}", global.dir.display()))?;
+    Ok(store::PodStore::open(&dir)?)
+}
+
+/// Where the stage1s and `ark-init` live: `$ARK_LIBEXEC_DIR`, else `<ark's dir>/../libexec/ark`.
+pub fn libexec_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("ARK_LIBEXEC_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe().context("find the ark executable")?;
+    let bin_dir = exe.parent().context("ark executable has no directory")?;
+    Ok(bin_dir.join("../libexec/ark"))
+}

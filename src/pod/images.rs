@@ -1,0 +1,42 @@
+//! The pod half's view of the image store: for each app, make sure its image is there (fetching
+//! it if needed), read its config, and get its rendered rootfs.
+
+use anyhow::Context;
+
+use super::args::AppSpec;
+use super::plan::ImageInfo;
+use crate::cli::GlobalOpts;
+use crate::image::{FetchOptions, ImageStore};
+
+pub fn resolve(global: &GlobalOpts, apps: &[AppSpec]) -> anyhow::Result<Vec<ImageInfo>> {
+    let store = ImageStore::open(&global.dir).context("open the image store")?;
+    let opts = FetchOptions::from_global(global);
+    let mut out: Vec<ImageInfo> = Vec::with_capacity(apps.len());
+    for app in apps {
+        // The same image twice in one pod: one fetch, one render.
+        if let Some(done) = out.iter().find(|i| i.name == app.image) {
+            out.push(done.clone());
+            continue;
+        }
+        let id = store
+            .fetch(&app.image, &opts)
+            .with_context(|| format!("image {}", app.image))?;
+        let config = store
+            .image_config(&id)
+            .with_context(|| format!("image {}: config", app.image))?;
+        let rootfs = store
+            .render(&id)
+            .with_context(|| format!("image {}: render", app.image))?;
+        out.push(ImageInfo {
+            id: id.to_string(),
+            name: app.image.clone(),
+            entrypoint: config.entrypoint,
+            cmd: config.cmd,
+            env: config.env,
+            user: config.user,
+            working_dir: config.working_dir,
+            rootfs,
+        });
+    }
+    Ok(out)
+}

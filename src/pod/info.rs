@@ -1,0 +1,320 @@
+//! `ark list` and `ark status`: what a pod is, derived from its directory, its lock and the
+//! status files its stage1 wrote. Reading also reaps: a `run/` pod found unlocked is moved to
+//! `exited-garbage/`.
+
+use std::fs;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use ark_pod_spec::{format_unix_ms, AppState, AppStatus, PodLayout, PodManifest, StatusDir};
+use serde::Serialize;
+
+use super::cli::{Format, ListArgs, StatusArgs};
+use super::store::{Liveness, PodRef, PodState, PodStore};
+use crate::cli::GlobalOpts;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppSummary {
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<AppStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PodSummary {
+    pub uuid: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<&'static str>,
+    /// The stage1's pid while the pod runs (or ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// The pod's exit code (what `ark run` returned), once exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why the pod ended when it did not end on its own terms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub apps: Vec<AppSummary>,
+}
+
+fn mtime_ms(p: &Path) -> Option<u64> {
+    let t = fs::metadata(p).ok()?.modified().ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
+/// The stage1 pid recorded by `run-prepared`.
+pub fn read_pid(pod_dir: &Path) -> Option<i32> {
+    fs::read_to_string(pod_dir.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Summarizes one pod (reaping it first if it died).
+pub fn summarize(store: &PodStore, pod: &PodRef) -> anyhow::Result<PodSummary> {
+    let pod = store.reap_if_exited(pod)?;
+    let liveness = store.liveness(&pod)?;
+    let layout = PodLayout::new(&pod.path);
+    let manifest = PodManifest::load(&layout.manifest()).ok();
+    let status = StatusDir::new(layout.status_dir());
+    let exit = status.read_pod();
+    let apps = manifest
+        .as_ref()
+        .map(|m| {
+            m.apps
+                .iter()
+                .map(|a| AppSummary {
+                    name: a.name.clone(),
+                    image: a.image.name.clone(),
+                    image_id: a.image.id.clone(),
+                    status: status.read_app(&a.name),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let exited = liveness == Liveness::Exited;
+    let mut summary = PodSummary {
+        uuid: pod.uuid.to_string(),
+        state: liveness.as_str(),
+        flavor: manifest.as_ref().map(|m| m.stage1.flavor.as_str()),
+        pid: read_pid(&pod.path),
+        created_at: mtime_ms(&layout.manifest()),
+        started_at: mtime_ms(&pod.path.join("pid")),
+        finished_at: exit.as_ref().map(|e| e.finished_at),
+        exit_code: exit.as_ref().map(|e| e.exit_code),
+        reason: exit.as_ref().and_then(|e| e.reason.clone()),
+        apps,
+    };
+    if exited && exit.is_none() {
+        // The stage1 died before writing pod.json (kill -9, crash): say so; apps without a
+        // final status did not report one.
+        summary.reason = Some("the stage1 ended without recording the pod's exit".into());
+        summary.exit_code = Some(ark_pod_spec::EXIT_STAGE1_ERROR);
+        summary.finished_at = super::store::exited_at(&pod.path)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
+    }
+    Ok(summary)
+}
+
+fn app_code(s: &AppStatus) -> String {
+    match (s.state, s.exit_code, s.signal) {
+        (AppState::Running, ..) => "running".into(),
+        (AppState::Exited, Some(c), _) => c.to_string(),
+        (AppState::Exited, None, Some(sig)) => format!("{}", 128 + sig),
+        (AppState::Exited, None, None) => "unknown".into(),
+    }
+}
+
+/// rkt-style `key=value` lines.
+pub fn status_text(s: &PodSummary) -> String {
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| {
+        out.push_str(k);
+        out.push('=');
+        out.push_str(&v);
+        out.push('\n');
+    };
+    kv("uuid", s.uuid.clone());
+    kv("state", s.state.into());
+    if let Some(f) = s.flavor {
+        kv("stage1", f.into());
+    }
+    if let Some(t) = s.created_at {
+        kv("created", format_unix_ms(t));
+    }
+    if let Some(t) = s.started_at {
+        kv("started", format_unix_ms(t));
+    }
+    if let Some(p) = s.pid {
+        kv("pid", p.to_string());
+    }
+    if let Some(t) = s.finished_at {
+        kv("finished", format_unix_ms(t));
+    }
+    if let Some(c) = s.exit_code {
+        kv("exit-code", c.to_string());
+    }
+    if let Some(r) = &s.reason {
+        kv("reason", r.clone());
+    }
+    for a in &s.apps {
+        let Some(st) = &a.status else {
+            continue;
+        };
+        kv(&format!("app-{}", a.name), app_code(st));
+        if let Some(sig) = st.signal {
+            kv(&format!("app-{}-signal", a.name), sig.to_string());
+        }
+        if st.oom_killed {
+            kv(&format!("app-{}-oom-killed", a.name), "true".into());
+        }
+        if let Some(e) = &st.error {
+            kv(&format!("app-{}-error", a.name), e.replace('\n', " "));
+        }
+        if let Some(t) = st.started_at {
+            kv(&format!("app-{}-started", a.name), format_unix_ms(t));
+        }
+        if let Some(t) = st.finished_at {
+            kv(&format!("app-{}-finished", a.name), format_unix_ms(t));
+        }
+    }
+    out
+}
+
+pub fn status(global: &GlobalOpts, a: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(global)?;
+    let mut pod = store.find(&a.uuid)?;
+    if a.wait {
+        loop {
+            match pod.state {
+                PodState::Prepare | PodState::Prepared => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    pod = store.refind(&pod.uuid)?;
+                }
+                PodState::Run => {
+                    // Blocks until the stage1 lets go of the lock, i.e. the pod ended.
+                    let locked = store.lock_wait(&pod)?;
+                    pod = locked.pod.clone();
+                    drop(locked);
+                    pod = store.reap_if_exited(&pod)?;
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
+    let s = summarize(&store, &pod)?;
+    match a.format {
+        Format::Text => print!("{}", status_text(&s)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(global: &GlobalOpts, a: &ListArgs) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(global)?;
+    let mut pods = Vec::new();
+    for p in store.list()? {
+        match summarize(&store, &p) {
+            Ok(s) => pods.push(s),
+            // Removed by a concurrent gc between listing and reading: not a pod any more.
+            Err(e) => tracing::debug!("pod {}: {e:#}", p.uuid),
+        }
+    }
+    pods.sort_by_key(|p| p.created_at.unwrap_or(0));
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&pods)?),
+        Format::Text => {
+            let rows: Vec<[String; 5]> = pods
+                .iter()
+                .map(|p| {
+                    let uuid = if a.full {
+                        p.uuid.clone()
+                    } else {
+                        p.uuid[..8].to_string()
+                    };
+                    let apps = p
+                        .apps
+                        .iter()
+                        .map(|x| x.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let images = p
+                        .apps
+                        .iter()
+                        .map(|x| x.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let created = p.created_at.map(format_unix_ms).unwrap_or_default();
+                    [uuid, apps, images, p.state.to_string(), created]
+                })
+                .collect();
+            let header = ["UUID", "APPS", "IMAGES", "STATE", "CREATED"].map(String::from);
+            let mut widths = [0usize; 5];
+            for r in std::iter::once(&header).chain(&rows) {
+                for (w, c) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            let print_row = |r: &[String; 5]| {
+                let line: Vec<String> = r
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", line.join("  ").trim_end());
+            };
+            if !a.no_legend {
+                print_row(&header);
+            }
+            rows.iter().for_each(print_row);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_are_rkt_style() {
+        let mut st = AppStatus::running("web", 7, 1_700_000_000_000);
+        st.state = AppState::Exited;
+        st.signal = Some(9);
+        st.oom_killed = true;
+        st.finished_at = Some(1_700_000_001_000);
+        let s = PodSummary {
+            uuid: "u".into(),
+            state: "exited",
+            flavor: Some("ns"),
+            pid: Some(42),
+            created_at: Some(0),
+            started_at: None,
+            finished_at: Some(1_700_000_001_000),
+            exit_code: Some(137),
+            reason: None,
+            apps: vec![
+                AppSummary {
+                    name: "web".into(),
+                    image: "busybox".into(),
+                    image_id: "sha256:x".into(),
+                    status: Some(st),
+                },
+                AppSummary {
+                    name: "idle".into(),
+                    image: "busybox".into(),
+                    image_id: "sha256:x".into(),
+                    status: None,
+                },
+            ],
+        };
+        let t = status_text(&s);
+        for line in [
+            "state=exited",
+            "stage1=ns",
+            "pid=42",
+            "exit-code=137",
+            "app-web=137",
+            "app-web-signal=9",
+            "app-web-oom-killed=true",
+            "created=1970-01-01T00:00:00.000Z",
+        ] {
+            assert!(t.lines().any(|l| l == line), "{line} missing in\n{t}");
+        }
+        assert!(!t.contains("app-idle"));
+    }
+}

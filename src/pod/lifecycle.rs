@@ -1,0 +1,196 @@
+//! `prepare` (build and fill a pod directory) and `run-prepared` (hand it to its stage1).
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context};
+use ark_pod_spec::{write_atomic, Flavor, PodLayout, PodManifest, StatusDir};
+use uuid::Uuid;
+
+use super::args::split_apps;
+use super::cli::PrepareArgs;
+use super::plan::{build_manifest, KvmRoot, PodRequest};
+use super::rootfs::{self, RootfsMode};
+use super::store::{LockedPod, PodState, StoreError};
+use crate::cli::GlobalOpts;
+
+/// A pod this process prepared and still holds locked.
+pub struct Prepared {
+    pub pod: LockedPod,
+}
+
+/// Builds the manifest, creates the pod directory in `prepare/`, fills it, and moves it to
+/// `prepared/`. Any failure removes what was made: a bad request leaves nothing behind.
+pub fn prepare(global: &GlobalOpts, a: &PrepareArgs) -> anyhow::Result<Prepared> {
+    let apps = split_apps(&a.images, &a.app_defaults).map_err(|e| anyhow!(e))?;
+    let flavor = Flavor::from(a.stage1);
+    let libexec = super::libexec_dir()?;
+    let stage1_bin = libexec.join(flavor.binary_name());
+    let init_bin = libexec.join("ark-init");
+    for b in [&stage1_bin, &init_bin] {
+        if !b.is_file() {
+            bail!(
+                "{} is missing (install ark with ./build.sh, or set ARK_LIBEXEC_DIR)",
+                b.display()
+            );
+        }
+    }
+    let rootfs_mode = RootfsMode::from_env()?;
+    let blk_fstype = match (flavor, a.stage1_kvm_root) {
+        (Flavor::Kvm, KvmRoot::Blk) => rootfs::block_image_fstype()?,
+        _ => "erofs",
+    };
+
+    let images = super::images::resolve(global, &apps)?;
+    let uuid = Uuid::new_v4();
+    let req = PodRequest {
+        flavor,
+        volumes: a.volume.clone(),
+        hostname: a.hostname.clone(),
+        net: a.net.into(),
+        interactive: a.interactive,
+        kvm_root: a.stage1_kvm_root,
+        blk_fstype,
+        annotations: Default::default(),
+    };
+    let manifest =
+        build_manifest(&uuid.to_string(), &req, &apps, &images).map_err(|e| anyhow!(e))?;
+
+    let store = super::open_store(global)?;
+    let mut pod = store.create(uuid)?;
+    let filled = fill(&pod.pod.path, &manifest, &images, &init_bin, rootfs_mode, a);
+    if let Err(e) = filled {
+        if let Err(ce) = rootfs::remove_pod_dir(&pod.pod.path) {
+            tracing::warn!("cleaning up pod {uuid}: {ce:#} (ark gc will retry)");
+        }
+        return Err(e);
+    }
+    pod.move_to(&store, PodState::Prepared)?;
+    if let Some(path) = &a.uuid_file_save {
+        fs::write(path, format!("{uuid}\n"))
+            .with_context(|| format!("--uuid-file-save {}", path.display()))?;
+    }
+    Ok(Prepared { pod })
+}
+
+fn fill(
+    dir: &Path,
+    manifest: &PodManifest,
+    images: &[super::plan::ImageInfo],
+    init_bin: &Path,
+    mode: RootfsMode,
+    a: &PrepareArgs,
+) -> anyhow::Result<()> {
+    let layout = PodLayout::new(dir);
+    let root = layout.stage1_rootfs();
+    fs::create_dir_all(root.join("ark"))?;
+    fs::create_dir_all(layout.status_dir())?;
+    fs::copy(init_bin, layout.init_binary())
+        .with_context(|| format!("copy {} into the pod", init_bin.display()))?;
+    let json = manifest.to_json();
+    write_atomic(&layout.rootfs_manifest(), &json)?;
+    for v in &manifest.volumes {
+        fs::create_dir_all(layout.volume_dir(&v.name))?;
+    }
+    let mut used = Vec::new();
+    for (app, image) in manifest.apps.iter().zip(images) {
+        let m = rootfs::fill_app_rootfs(
+            mode,
+            dir,
+            &app.name,
+            &image.rootfs,
+            &layout.app_rootfs(&app.name),
+        )
+        .with_context(|| format!("app {}: rootfs", app.name))?;
+        used.push(m);
+    }
+    if let Some(img) = manifest
+        .stage1
+        .options
+        .get(super::plan::options::KVM_ROOT_IMAGE)
+    {
+        let fstype = &manifest.stage1.options[super::plan::options::KVM_ROOT_FSTYPE];
+        rootfs::pack_block_image(fstype, &root, &dir.join(img))?;
+    }
+    tracing::debug!(
+        "pod {}: app roots by {:?}, interactive={}",
+        manifest.uuid,
+        used,
+        a.interactive
+    );
+    // Last: a pod with a manifest is complete (cat-manifest, status read it).
+    write_atomic(&layout.manifest(), &json)?;
+    Ok(())
+}
+
+/// `ark run-prepared UUID`: lock the prepared pod and exec its stage1.
+pub fn run_prepared(global: &GlobalOpts, id: &str, interactive: bool) -> anyhow::Error {
+    let go = || -> anyhow::Result<Prepared> {
+        let store = super::open_store(global)?;
+        let pod = store.find(id)?;
+        let wrong = |state: PodState| StoreError::WrongState {
+            uuid: pod.uuid,
+            state: state.dir_name(),
+            wanted: "prepared",
+        };
+        if pod.state != PodState::Prepared {
+            return Err(wrong(pod.state).into());
+        }
+        let locked = store.try_lock(&pod)?.ok_or(StoreError::Busy(pod.uuid))?;
+        if locked.pod.state != PodState::Prepared {
+            return Err(wrong(locked.pod.state).into());
+        }
+        Ok(Prepared { pod: locked })
+    };
+    match go() {
+        Ok(p) => exec_stage1(global, p, interactive),
+        Err(e) => e,
+    }
+}
+
+/// Moves the pod to `run/`, records our pid, and execs its stage1 with the pod lock still
+/// held (the fd is not close-on-exec), so the lock lives exactly as long as the stage1.
+/// Returns only on failure.
+pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -> anyhow::Error {
+    let Prepared { pod: mut locked } = prepared;
+    let go = |locked: &mut LockedPod| -> anyhow::Result<Command> {
+        let store = super::open_store(global)?;
+        let layout = PodLayout::new(&locked.pod.path);
+        let manifest = PodManifest::load(&layout.manifest())?;
+        let stage1 = super::libexec_dir()?.join(manifest.stage1.flavor.binary_name());
+        if !stage1.is_file() {
+            bail!("{} is missing", stage1.display());
+        }
+        locked.move_to(&store, PodState::Run)?;
+        let dir = &locked.pod.path;
+        write_atomic(
+            &dir.join("pid"),
+            format!("{}\n", std::process::id()).as_bytes(),
+        )?;
+        let mut cmd = Command::new(&stage1);
+        cmd.arg("run").arg("--pod-dir").arg(dir);
+        if global.debug {
+            cmd.arg("--debug");
+        }
+        if interactive || manifest.apps.iter().any(|a| a.interactive) {
+            cmd.arg("--interactive");
+        }
+        // For a stage1 that wants to keep its children from inheriting the lock.
+        cmd.env("ARK_POD_LOCK_FD", locked.lock_fd().to_string());
+        Ok(cmd)
+    };
+    let mut cmd = match go(&mut locked) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let err = cmd.exec();
+    // Still here: the stage1 never started. Say so in the pod's status before the lock drops.
+    let why = format!("exec {:?}: {err}", cmd.get_program());
+    let layout = PodLayout::new(&locked.pod.path);
+    if let Ok(m) = PodManifest::load(&layout.manifest()) {
+        let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
+    }
+    anyhow!(why)
+}

@@ -1,0 +1,642 @@
+//! Turning command-line flags plus image configs into a validated [`PodManifest`].
+//!
+//! Everything that can be wrong with the user's request is found here, before a pod directory
+//! exists: so a bad request leaves nothing behind.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ark_pod_spec::{
+    App, AppLimits, EnvVar, Flavor, ImageRef, Mount, NetMode, PodLimits, PodManifest, Stage1,
+    Volume, VolumeKind, MANIFEST_VERSION,
+};
+
+use super::args::AppSpec;
+use super::units::{parse_cpus, parse_size};
+
+/// What stage0 knows about one app's image.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageInfo {
+    /// Store ID (`sha256:...`).
+    pub id: String,
+    /// The name the user gave.
+    pub name: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` entries from the image config.
+    pub env: Vec<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`, as in the OCI image config.
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    /// The rendered rootfs (render cache; read-only).
+    pub rootfs: PathBuf,
+}
+
+/// How `--stage1-kvm-root` asks stage1-kvm to hand the pod root to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KvmRoot {
+    /// virtio-fs share of the stage1 root.
+    #[default]
+    Fs,
+    /// A block image of the stage1 root made at prepare (erofs, else ext4).
+    Blk,
+}
+
+/// The pod-level part of a request.
+#[derive(Debug, Clone)]
+pub struct PodRequest {
+    pub flavor: Flavor,
+    pub volumes: Vec<String>,
+    pub hostname: Option<String>,
+    pub net: NetMode,
+    pub interactive: bool,
+    pub kvm_root: KvmRoot,
+    /// Filesystem type of the block image when `kvm_root` is `Blk` (`erofs` or `ext4`).
+    pub blk_fstype: &'static str,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Manifest `stage1.options` keys this stage0 writes.
+pub mod options {
+    /// `fs` or `blk`.
+    pub const KVM_ROOT: &str = "kvm.root";
+    /// For `blk`: the image file, relative to the pod directory.
+    pub const KVM_ROOT_IMAGE: &str = "kvm.root.image";
+    /// For `blk`: `erofs` (read-only) or `ext4`.
+    pub const KVM_ROOT_FSTYPE: &str = "kvm.root.fstype";
+}
+
+/// Parses `NAME,kind=host,source=PATH[,readOnly=true]`; the source must exist.
+pub fn parse_volume(spec: &str) -> Result<Volume, String> {
+    let mut parts = spec.split(',');
+    let name = parts.next().unwrap_or_default().trim().to_string();
+    if name.is_empty() || name.contains('=') {
+        return Err(format!(
+            "--volume {spec:?}: want NAME,kind=host,source=PATH[,readOnly=true]"
+        ));
+    }
+    let (mut kind, mut source, mut read_only) = (None, None, false);
+    for kv in parts {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--volume {spec:?}: {kv:?} is not key=value"))?;
+        match k {
+            "kind" => kind = Some(v.to_string()),
+            "source" => source = Some(v.to_string()),
+            "readOnly" | "readonly" | "read-only" => {
+                read_only = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("--volume {spec:?}: readOnly must be true or false")),
+                }
+            }
+            _ => return Err(format!("--volume {spec:?}: unknown key {k:?}")),
+        }
+    }
+    match kind.as_deref() {
+        Some("host") | None => {}
+        Some(k) => {
+            return Err(format!(
+                "--volume {name}: kind {k:?} is not supported (only host)"
+            ))
+        }
+    }
+    let source = source.ok_or_else(|| format!("--volume {name}: source=PATH is required"))?;
+    let abs =
+        fs::canonicalize(&source).map_err(|e| format!("--volume {name}: source {source}: {e}"))?;
+    let source = abs
+        .to_str()
+        .ok_or_else(|| format!("--volume {name}: source {source} is not UTF-8"))?
+        .to_string();
+    Ok(Volume {
+        name,
+        kind: VolumeKind::Host,
+        source,
+        read_only,
+    })
+}
+
+/// Parses `volume=NAME,target=PATH`.
+pub fn parse_mount(spec: &str) -> Result<Mount, String> {
+    let (mut volume, mut target) = (None, None);
+    for kv in spec.split(',') {
+        match kv.split_once('=') {
+            Some(("volume", v)) => volume = Some(v.to_string()),
+            Some(("target", t)) => target = Some(t.to_string()),
+            _ => return Err(format!("--mount {spec:?}: want volume=NAME,target=PATH")),
+        }
+    }
+    match (volume, target) {
+        (Some(volume), Some(target)) if !volume.is_empty() && target.starts_with('/') => {
+            Ok(Mount { volume, target })
+        }
+        _ => Err(format!(
+            "--mount {spec:?}: want volume=NAME,target=/ABSOLUTE/PATH"
+        )),
+    }
+}
+
+/// An app name from an image name: `docker://reg/library/busybox:1.36` → `busybox`.
+pub fn app_name_from_image(image: &str) -> String {
+    let no_scheme = image.rsplit("://").next().unwrap_or(image);
+    // The last path part without tag or digest; covers `oci-layout:PATH:TAG` too.
+    let no_digest = no_scheme.split('@').next().unwrap_or(no_scheme);
+    let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
+    let repo = last.split(':').next().unwrap_or(last);
+    let mut name: String = repo
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name = name.trim_matches('-').to_string();
+    name.truncate(50);
+    let name = name.trim_matches('-').to_string();
+    if name.is_empty() {
+        "app".into()
+    } else {
+        name
+    }
+}
+
+/// One entry of an `/etc/passwd` or `/etc/group`-style file: name, id, (passwd:) primary gid.
+fn lookup_db(rootfs: &Path, file: &str, name: &str) -> Option<(u32, Option<u32>)> {
+    let text = fs::read_to_string(rootfs.join(file)).ok()?;
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 3 && f[0] == name {
+            let id = f[2].parse().ok()?;
+            let gid = f.get(3).and_then(|g| g.parse().ok());
+            Some((id, gid))
+        } else {
+            None
+        }
+    })
+}
+
+/// Checks `user`/`group` against the image and picks the group: an explicit one, else the
+/// user's primary group from passwd, else 0. Returns (user, group) as the manifest stores them.
+pub fn resolve_user(
+    rootfs: &Path,
+    app: &str,
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<(String, String), String> {
+    let (user, group_from_user) = match user {
+        Some(u) => match u.split_once(':') {
+            Some((u, g)) => (u.to_string(), Some(g.to_string())),
+            None => (u.to_string(), None),
+        },
+        None => ("0".to_string(), None),
+    };
+    let group = group.map(str::to_string).or(group_from_user);
+    if user.is_empty() {
+        return Err(format!("app {app}: empty user"));
+    }
+    let primary_gid = if user.parse::<u32>().is_ok() {
+        None
+    } else {
+        match lookup_db(rootfs, "etc/passwd", &user) {
+            Some((_, gid)) => gid,
+            None => {
+                return Err(format!(
+                    "app {app}: user {user:?} does not exist in the image's /etc/passwd"
+                ))
+            }
+        }
+    };
+    let group = match group {
+        Some(g) if g.parse::<u32>().is_ok() => g,
+        Some(g) => {
+            if lookup_db(rootfs, "etc/group", &g).is_none() {
+                return Err(format!(
+                    "app {app}: group {g:?} does not exist in the image's /etc/group"
+                ));
+            }
+            g
+        }
+        None => primary_gid.unwrap_or(0).to_string(),
+    };
+    Ok((user, group))
+}
+
+fn parse_env(kv: &str, app: &str) -> Result<EnvVar, String> {
+    match kv.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok(EnvVar {
+            name: k.to_string(),
+            value: v.to_string(),
+        }),
+        _ => Err(format!("app {app}: --set-env {kv:?} is not KEY=VALUE")),
+    }
+}
+
+/// The argv an app runs: `--exec` replaces the image's entrypoint and cmd; arguments after
+/// `--` replace the image's cmd (Docker's rule) and follow `--exec`.
+pub fn app_argv(image: &ImageInfo, exec: Option<&str>, args: Option<&[String]>) -> Vec<String> {
+    match exec {
+        Some(e) => std::iter::once(e.to_string())
+            .chain(args.unwrap_or_default().iter().cloned())
+            .collect(),
+        None => image
+            .entrypoint
+            .iter()
+            .cloned()
+            .chain(match args {
+                Some(a) => a.to_vec(),
+                None => image.cmd.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Builds and validates the manifest for `apps` (one [`ImageInfo`] per app, same order).
+pub fn build_manifest(
+    uuid: &str,
+    req: &PodRequest,
+    apps: &[AppSpec],
+    images: &[ImageInfo],
+) -> Result<PodManifest, String> {
+    assert_eq!(apps.len(), images.len());
+    let mut volumes = Vec::new();
+    for v in &req.volumes {
+        let vol = parse_volume(v)?;
+        if volumes.iter().any(|x: &Volume| x.name == vol.name) {
+            return Err(format!("--volume {}: defined twice", vol.name));
+        }
+        volumes.push(vol);
+    }
+
+    let mut used_names = HashSet::new();
+    let mut out_apps = Vec::new();
+    for (i, (spec, image)) in apps.iter().zip(images).enumerate() {
+        let f = &spec.flags;
+        let name = match &f.name {
+            Some(n) => {
+                if !used_names.insert(n.clone()) {
+                    return Err(format!("--name {n}: two apps have this name"));
+                }
+                n.clone()
+            }
+            None => {
+                let base = app_name_from_image(&spec.image);
+                let mut n = base.clone();
+                let mut k = 2;
+                while !used_names.insert(n.clone()) {
+                    n = format!("{base}-{k}");
+                    k += 1;
+                }
+                n
+            }
+        };
+        let exec = app_argv(image, f.exec.as_deref(), spec.args.as_deref());
+        if exec.is_empty() {
+            return Err(format!(
+                "app {name}: the image has no entrypoint or cmd: give a command after `--` or --exec"
+            ));
+        }
+        let mut env = Vec::new();
+        for kv in image.env.iter().chain(&f.set_env) {
+            env.push(parse_env(kv, &name)?);
+        }
+        let (user, group) = resolve_user(
+            &image.rootfs,
+            &name,
+            f.user
+                .as_deref()
+                .or(image.user.as_deref())
+                .filter(|u| !u.is_empty()),
+            f.group.as_deref(),
+        )?;
+        let working_dir = f
+            .working_dir
+            .clone()
+            .or_else(|| image.working_dir.clone().filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into());
+        let mut mounts = Vec::new();
+        for m in &f.mount {
+            let m = parse_mount(m)?;
+            if !volumes.iter().any(|v| v.name == m.volume) {
+                return Err(format!(
+                    "app {name}: --mount names volume {:?}, which no --volume defines",
+                    m.volume
+                ));
+            }
+            mounts.push(m);
+        }
+        let limits = AppLimits {
+            memory_bytes: f
+                .memory
+                .as_deref()
+                .map(parse_size)
+                .transpose()
+                .map_err(|e| format!("app {name}: --memory {e}"))?,
+            cpu_millis: f
+                .cpus
+                .as_deref()
+                .map(parse_cpus)
+                .transpose()
+                .map_err(|e| format!("app {name}: --cpus {e}"))?
+                .map(u64::from),
+            pids: None,
+        };
+        out_apps.push(App {
+            name,
+            image: ImageRef {
+                id: image.id.clone(),
+                name: spec.image.clone(),
+            },
+            exec,
+            env,
+            user,
+            group,
+            supplementary_groups: Vec::new(),
+            working_dir,
+            mounts,
+            limits,
+            capabilities_keep: ark_pod_spec::DEFAULT_CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            rlimits: Vec::new(),
+            // The terminal goes to the first app.
+            interactive: req.interactive && i == 0,
+        });
+    }
+
+    // The pod as a whole gets the sum of its apps' limits when every app has one (as rkt
+    // sized its pods); otherwise the pod is unbounded and only the limited apps are.
+    let sum = |get: fn(&AppLimits) -> Option<u64>| -> Option<u64> {
+        out_apps.iter().map(|a| get(&a.limits)).sum()
+    };
+    let limits = PodLimits {
+        memory_bytes: sum(|l| l.memory_bytes),
+        cpu_millis: sum(|l| l.cpu_millis),
+        pids: None,
+    };
+
+    let mut stage1_options = BTreeMap::new();
+    if req.flavor == Flavor::Kvm {
+        match req.kvm_root {
+            KvmRoot::Fs => {
+                stage1_options.insert(options::KVM_ROOT.into(), "fs".into());
+            }
+            KvmRoot::Blk => {
+                stage1_options.insert(options::KVM_ROOT.into(), "blk".into());
+                stage1_options.insert(
+                    options::KVM_ROOT_IMAGE.into(),
+                    format!("rootfs.{}", req.blk_fstype),
+                );
+                stage1_options.insert(options::KVM_ROOT_FSTYPE.into(), req.blk_fstype.into());
+            }
+        }
+    } else if req.kvm_root == KvmRoot::Blk {
+        return Err("--stage1-kvm-root=blk needs --stage1=kvm".into());
+    }
+
+    let manifest = PodManifest {
+        version: MANIFEST_VERSION,
+        uuid: uuid.to_string(),
+        apps: out_apps,
+        volumes,
+        hostname: req.hostname.clone(),
+        annotations: req.annotations.clone(),
+        stage1: Stage1 {
+            flavor: req.flavor,
+            options: stage1_options,
+        },
+        net: req.net,
+        limits,
+    };
+    manifest.validate().map_err(|e| e.to_string())?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::args::{split_apps, AppFlags};
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("etc")).unwrap();
+        fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\nwww:x:33:33::/var/www:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nnogroup:x:65534:\nwww-data:x:33:\n",
+        )
+        .unwrap();
+        d
+    }
+
+    fn image(rootfs: &Path) -> ImageInfo {
+        ImageInfo {
+            id: "sha256:1234".into(),
+            name: "busybox".into(),
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            user: None,
+            working_dir: None,
+            rootfs: rootfs.to_path_buf(),
+        }
+    }
+
+    fn req(flavor: Flavor) -> PodRequest {
+        PodRequest {
+            flavor,
+            volumes: vec![],
+            hostname: None,
+            net: NetMode::Host,
+            interactive: false,
+            kvm_root: KvmRoot::Fs,
+            blk_fstype: "erofs",
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    fn words(s: &[&str]) -> Vec<String> {
+        s.iter().map(|w| w.to_string()).collect()
+    }
+
+    const UUID: &str = "0b0e5a1c-0f43-4c5e-9b55-7f0d7c9a1e21";
+
+    #[test]
+    fn argv_rules() {
+        let mut img = image(Path::new("/"));
+        img.entrypoint = vec!["/entry".into()];
+        img.cmd = vec!["default".into()];
+        let args = words(&["a", "b"]);
+        assert_eq!(app_argv(&img, None, None), ["/entry", "default"]);
+        assert_eq!(app_argv(&img, None, Some(&args)), ["/entry", "a", "b"]);
+        assert_eq!(app_argv(&img, Some("/bin/x"), None), ["/bin/x"]);
+        assert_eq!(
+            app_argv(&img, Some("/bin/x"), Some(&args)),
+            ["/bin/x", "a", "b"]
+        );
+    }
+
+    #[test]
+    fn names_from_images() {
+        assert_eq!(
+            app_name_from_image("docker://registry:5000/library/busybox:1.36"),
+            "busybox"
+        );
+        assert_eq!(app_name_from_image("busybox"), "busybox");
+        assert_eq!(
+            app_name_from_image("oci-layout:/tmp/x/Busy_Box:latest"),
+            "busy-box"
+        );
+        assert_eq!(app_name_from_image("sha256:abcdef"), "sha256");
+        assert_eq!(app_name_from_image("___"), "app");
+    }
+
+    #[test]
+    fn builds_a_two_app_manifest() {
+        let r = rootfs();
+        let vol = tempfile::tempdir().unwrap();
+        let mut rq = req(Flavor::Ns);
+        rq.volumes = vec![format!(
+            "data,kind=host,source={},readOnly=true",
+            vol.path().display()
+        )];
+        rq.hostname = Some("pod1".into());
+        let apps = split_apps(
+            &words(&[
+                "busybox",
+                "--set-env=A=1",
+                "--user=www",
+                "--working-dir=/tmp",
+                "--memory=64M",
+                "--mount=volume=data,target=/data",
+                "--",
+                "sh",
+                "-c",
+                "exit 0",
+                "---",
+                "busybox",
+                "--user=nobody:root",
+                "--cpus=0.5",
+                "--memory=32M",
+            ]),
+            &AppFlags::default(),
+        )
+        .unwrap();
+        let img = image(r.path());
+        let m = build_manifest(UUID, &rq, &apps, &[img.clone(), img]).unwrap();
+        assert_eq!(m.apps.len(), 2);
+        let (a, b) = (&m.apps[0], &m.apps[1]);
+        assert_eq!(a.name, "busybox");
+        assert_eq!(b.name, "busybox-2");
+        assert_eq!(a.exec, ["sh", "-c", "exit 0"]);
+        assert_eq!(b.exec, ["sh"]);
+        assert_eq!(
+            a.env.last().unwrap(),
+            &EnvVar {
+                name: "A".into(),
+                value: "1".into()
+            }
+        );
+        assert_eq!(a.env[0].name, "PATH");
+        assert_eq!((a.user.as_str(), a.group.as_str()), ("www", "33"));
+        assert_eq!((b.user.as_str(), b.group.as_str()), ("nobody", "root"));
+        assert_eq!(a.working_dir, "/tmp");
+        assert_eq!(
+            a.mounts,
+            [Mount {
+                volume: "data".into(),
+                target: "/data".into()
+            }]
+        );
+        assert_eq!(a.limits.memory_bytes, Some(64 << 20));
+        assert_eq!(b.limits.cpu_millis, Some(500));
+        // Pod memory = sum (both apps limited); cpu: only one app limited → unbounded.
+        assert_eq!(m.limits.memory_bytes, Some(96 << 20));
+        assert_eq!(m.limits.cpu_millis, None);
+        assert!(m.volumes[0].read_only);
+        assert_eq!(m.hostname.as_deref(), Some("pod1"));
+        assert!(m.stage1.options.is_empty());
+    }
+
+    #[test]
+    fn hostile_requests_are_one_line_errors() {
+        let r = rootfs();
+        let img = image(r.path());
+        let one = |flags: &[&str], rq: PodRequest| {
+            let mut w = words(&["busybox"]);
+            w.extend(words(flags));
+            let apps = split_apps(&w, &AppFlags::default()).unwrap();
+            build_manifest(UUID, &rq, &apps, std::slice::from_ref(&img))
+        };
+        let e = one(&["--user=ghost"], req(Flavor::Ns)).unwrap_err();
+        assert!(e.contains("\"ghost\" does not exist"), "{e}");
+        let e = one(&["--group=ghosts"], req(Flavor::Ns)).unwrap_err();
+        assert!(e.contains("\"ghosts\" does not exist"), "{e}");
+        let e = one(&["--mount=volume=nope,target=/x"], req(Flavor::Ns)).unwrap_err();
+        assert!(e.contains("no --volume defines"), "{e}");
+        let mut rq = req(Flavor::Ns);
+        rq.volumes = vec!["data,kind=host,source=/definitely/not/here".into()];
+        let e = one(&[], rq).unwrap_err();
+        assert!(e.contains("/definitely/not/here"), "{e}");
+        let e = one(&["--set-env=NOEQUALS"], req(Flavor::Ns)).unwrap_err();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = one(&["--memory=lots"], req(Flavor::Ns)).unwrap_err();
+        assert!(e.contains("--memory"), "{e}");
+        let e = one(&["--working-dir=relative"], req(Flavor::Ns)).unwrap_err();
+        assert!(e.contains("working_dir"), "{e}");
+        let mut rq = req(Flavor::Ns);
+        rq.kvm_root = KvmRoot::Blk;
+        assert!(one(&[], rq).unwrap_err().contains("--stage1=kvm"));
+        let mut noc = img.clone();
+        noc.cmd.clear();
+        let apps = split_apps(&words(&["busybox"]), &AppFlags::default()).unwrap();
+        let e = build_manifest(UUID, &req(Flavor::Ns), &apps, &[noc]).unwrap_err();
+        assert!(e.contains("no entrypoint or cmd"), "{e}");
+        let apps = split_apps(
+            &words(&["busybox", "--name=x", "---", "busybox", "--name=x"]),
+            &AppFlags::default(),
+        )
+        .unwrap();
+        let e =
+            build_manifest(UUID, &req(Flavor::Ns), &apps, &[img.clone(), img.clone()]).unwrap_err();
+        assert!(e.contains("two apps"), "{e}");
+    }
+
+    #[test]
+    fn image_user_and_kvm_blk_options() {
+        let r = rootfs();
+        let mut img = image(r.path());
+        img.user = Some("www".into());
+        img.working_dir = Some("/var/www".into());
+        let mut rq = req(Flavor::Kvm);
+        rq.kvm_root = KvmRoot::Blk;
+        rq.interactive = true;
+        let apps = split_apps(&words(&["busybox"]), &AppFlags::default()).unwrap();
+        let m = build_manifest(UUID, &rq, &apps, &[img]).unwrap();
+        assert_eq!(m.apps[0].user, "www");
+        assert_eq!(m.apps[0].group, "33");
+        assert_eq!(m.apps[0].working_dir, "/var/www");
+        assert!(m.apps[0].interactive);
+        assert_eq!(m.stage1.options[options::KVM_ROOT], "blk");
+        assert_eq!(m.stage1.options[options::KVM_ROOT_IMAGE], "rootfs.erofs");
+        assert_eq!(m.stage1.options[options::KVM_ROOT_FSTYPE], "erofs");
+    }
+
+    #[test]
+    fn volume_and_mount_specs() {
+        let v = parse_volume("data,kind=host,source=/tmp").unwrap();
+        assert_eq!(v.name, "data");
+        assert!(!v.read_only);
+        assert!(parse_volume("data,kind=empty,source=/tmp").is_err());
+        assert!(parse_volume("data,kind=host").is_err());
+        assert!(parse_volume("data,kind=host,source=/tmp,readOnly=maybe").is_err());
+        assert!(parse_volume("kind=host,source=/tmp").is_err());
+        assert!(parse_mount("volume=data,target=/d").is_ok());
+        assert!(parse_mount("volume=data,target=rel").is_err());
+        assert!(parse_mount("volume=data").is_err());
+        assert!(parse_mount("vol=data,target=/x").is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! Pods in the ns flavor (namespaces + cgroups, guest-init as PID 1), run for real with the
+//! busybox image through the image store.
+
+use ark_tests::pods::{scenarios, PodEnv};
+use ark_tests::skip;
+
+const FLAVOR: &str = "ns";
+
+macro_rules! need_pods {
+    () => {
+        if let Some(why) = ark_tests::pods::pods_unavailable() {
+            skip!("{why}");
+        }
+        scenarios::stage1_installed(FLAVOR);
+    };
+}
+
+#[test]
+fn run_prints_and_exits_with_the_apps_code() {
+    need_pods!();
+    scenarios::run_prints_and_exits_with_the_apps_code(FLAVOR);
+}
+
+#[test]
+fn two_apps_both_statuses() {
+    need_pods!();
+    scenarios::two_apps_both_statuses(FLAVOR);
+}
+
+#[test]
+fn env_user_cwd_volume() {
+    need_pods!();
+    scenarios::env_user_cwd_volume(FLAVOR);
+}
+
+#[test]
+fn read_only_volume() {
+    need_pods!();
+    scenarios::read_only_volume(FLAVOR);
+}
+
+#[test]
+fn stop_a_sleeping_pod() {
+    need_pods!();
+    scenarios::stop_a_sleeping_pod(FLAVOR);
+}
+
+#[test]
+fn enter_runs_inside() {
+    need_pods!();
+    scenarios::enter_runs_inside(FLAVOR);
+}
+
+#[test]
+fn kill9_then_gc() {
+    need_pods!();
+    scenarios::kill9_then_gc(FLAVOR);
+}
+
+#[test]
+fn run_then_gc() {
+    need_pods!();
+    scenarios::run_then_gc(FLAVOR);
+}
+
+#[test]
+fn prepare_then_run_prepared() {
+    need_pods!();
+    scenarios::prepare_then_run_prepared(FLAVOR);
+}
+
+/// An app over its memory limit is OOM-killed and its status says so.
+#[test]
+fn memory_limit_oom_kills_the_app() {
+    need_pods!();
+    let env = PodEnv::new();
+    let out = env.output(&[
+        "run",
+        "--stage1=ns",
+        &env.image,
+        "--memory=16M",
+        "--",
+        "sh",
+        "-c",
+        // The shell doubles a string until it cannot: far past 16 MiB.
+        "a=0123456789abcdef; while true; do a=$a$a; done",
+    ]);
+    let uuid = env.only_pod().unwrap();
+    let s = env.status(&uuid);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{s:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s["app-busybox"], "137", "{s:?}");
+    assert_eq!(s["app-busybox-signal"], "9", "{s:?}");
+    assert_eq!(
+        s.get("app-busybox-oom-killed").map(String::as_str),
+        Some("true"),
+        "{s:?}"
+    );
+    scenarios::gc_cleans_everything(&env, &uuid);
+}
+
+/// The pod has its own hostname, pid namespace (guest-init is PID 1) and, with --net=none,
+/// only a loopback interface.
+#[test]
+fn namespaces_hostname_pid1_and_net_none() {
+    need_pods!();
+    let env = PodEnv::new();
+    let out = env.output(&[
+        "run",
+        "--stage1=ns",
+        "--hostname=podhost",
+        "--net=none",
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        "hostname; cat /proc/1/comm; cat /proc/net/dev",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "podhost", "{stdout}");
+    assert_eq!(lines[1], "init", "PID 1 of the pod is guest-init: {stdout}");
+    // Interfaces: header (2 lines) + lo only.
+    let ifaces: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains(':') && !l.contains('|'))
+        .map(|l| l.split(':').next().unwrap().trim())
+        .collect();
+    assert_eq!(ifaces, ["lo"], "{stdout}");
+}
