@@ -94,7 +94,9 @@ pub fn import(staging: &mut Staging, path: &Path, opts: &FetchOptions) -> anyhow
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let (digest, size) = staging.put(&mut file, None, "aci")?;
     if !opts.insecure_image {
-        verify_signature(path, &name, opts)?;
+        // Verify the copy the store keeps, not the path, which could change in between.
+        let staged = staging.path_of(&digest).expect("just staged");
+        verify_signature(path, &staged, &manifest.name, opts)?;
     }
     let manifest_digest = staging.put_bytes(&manifest_bytes, "aci manifest")?;
     Ok(Imported {
@@ -118,22 +120,28 @@ pub fn import(staging: &mut Staging, path: &Path, opts: &FetchOptions) -> anyhow
     })
 }
 
-fn verify_signature(path: &Path, name: &str, _opts: &FetchOptions) -> anyhow::Result<()> {
+fn verify_signature(
+    path: &Path,
+    data: &Path,
+    name: &str,
+    opts: &FetchOptions,
+) -> anyhow::Result<()> {
     let mut asc = path.as_os_str().to_owned();
     asc.push(".asc");
     let asc = PathBuf::from(asc);
     if !asc.exists() {
         bail!(
-            "ACI {name} is not signed: {} is missing; sign it with `gpg --armor --detach-sign`, \
-             or pass --insecure-options=image to skip verification",
+            "ACI {name} is not signed: {} is missing; sign it with `gpg --armor --detach-sign` \
+             and trust the key with `ark trust --prefix {name} KEYFILE`, or pass \
+             --insecure-options=image to skip verification",
             asc.display()
         );
     }
-    bail!(
-        "ACI {name}: verifying {} is not available in this build; pass --insecure-options=image \
-         to skip verification",
-        asc.display()
-    )
+    let fingerprint = crate::trust::verify_detached(&opts.trust_dir, name, data, &asc)
+        .map_err(super::one_line)
+        .with_context(|| format!("verifying {}", asc.display()))?;
+    tracing::info!("ACI {name} is signed by trusted key {fingerprint}");
+    Ok(())
 }
 
 /// Reads the `manifest` entry out of the ACI (which may come anywhere in the tar).

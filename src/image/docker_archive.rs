@@ -171,7 +171,8 @@ pub fn import(
     }
     let manifest_digest = Digest::of_bytes(&manifest_bytes);
     let names: Vec<String> = chosen.repo_tags.clone().unwrap_or_default();
-    super::verify_local_signature(names.first().map(String::as_str), &manifest_digest, opts)?;
+    let first = names.first().map(String::as_str);
+    super::verify_local_signature(first, first, &manifest_digest, opts)?;
     staging.put_bytes(&manifest_bytes, "manifest")?;
     staging.put_bytes(&config, "config")?;
     let size = manifest_bytes.len() as u64

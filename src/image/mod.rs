@@ -117,26 +117,50 @@ impl FetchOptions {
 }
 
 /// Signature policy for local OCI/Docker sources: verification is on unless
-/// `--insecure-options=image`; an image with nothing to verify is refused.
+/// `--insecure-options=image`; an image with nothing to verify is refused. `identity` is the
+/// `HOST[:PORT]/REPO[:TAG]` the signatures must name (and whose prefix the key must be trusted
+/// for); `name` is how the image is called in messages.
 fn verify_local_signature(
     name: Option<&str>,
+    identity: Option<&str>,
     manifest_digest: &Digest,
     opts: &FetchOptions,
 ) -> anyhow::Result<()> {
+    use anyhow::Context;
     if opts.insecure_image {
         return Ok(());
     }
     let name = name.unwrap_or("<unnamed>");
-    match &opts.signature_dir {
-        None => anyhow::bail!(
+    let Some(dir) = &opts.signature_dir else {
+        anyhow::bail!(
             "image {name} ({manifest_digest}) has no signature to verify: pass --signature-dir DIR \
              with simple-signing signatures from a key trusted with `ark trust`, or \
              --insecure-options=image to skip verification"
-        ),
-        Some(dir) => anyhow::bail!(
-            "image {name} ({manifest_digest}): signature verification from {} is not available \
-             in this build; pass --insecure-options=image to skip verification",
-            dir.display()
-        ),
+        )
+    };
+    let Some(identity) = identity else {
+        anyhow::bail!(
+            "image {name} ({manifest_digest}) names no registry reference (HOST/REPO:TAG) that a \
+             signature could be checked against; pass --insecure-options=image to skip verification"
+        )
+    };
+    let fingerprint = crate::trust::verify_simple_signing(
+        &opts.trust_dir,
+        identity,
+        &manifest_digest.to_string(),
+        dir,
+    )
+    .map_err(one_line)
+    .with_context(|| format!("verifying the signature of {identity}"))?;
+    tracing::info!("{identity} ({manifest_digest}) is signed by trusted key {fingerprint}");
+    Ok(())
+}
+
+/// Errors from the OpenPGP library can span lines; ark's errors are one line.
+pub(crate) fn one_line(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if !text.contains('\n') {
+        return e;
     }
+    anyhow::anyhow!(text.split_whitespace().collect::<Vec<_>>().join(" "))
 }

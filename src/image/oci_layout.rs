@@ -223,10 +223,12 @@ pub fn import(
     let checked = check_image(&manifest_bytes, &media_type, &config_bytes)?;
     let config_digest = descriptor_digest(checked.manifest.config())?;
 
-    let name = tag_name.map(|t| layout_name(layout, &t));
+    let name = tag_name.as_deref().map(|t| layout_name(layout, t));
     let adopt = match origin {
         Origin::User(opts) => {
-            super::verify_local_signature(name.as_deref(), &manifest_digest, opts)?;
+            // Only a full reference in the layout (not a bare tag) says what was signed.
+            let identity = tag_name.as_deref().filter(|t| t.contains('/'));
+            super::verify_local_signature(name.as_deref(), identity, &manifest_digest, opts)?;
             false
         }
         Origin::Registry { .. } => true,

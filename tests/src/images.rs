@@ -345,3 +345,103 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, u32, String)> {
     walk(dir, dir, &mut out);
     out
 }
+
+/// A throwaway gpg home with one signing key (real `gpg`); the agent is stopped on drop.
+pub struct TestKey {
+    pub home: tempfile::TempDir,
+    pub fingerprint: String,
+    /// The ASCII-armored public key, for `ark trust`.
+    pub public: PathBuf,
+}
+
+impl TestKey {
+    pub fn new(uid: &str) -> TestKey {
+        let home = tempfile::Builder::new()
+            .prefix("gpg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let gpg = |args: &[&str]| -> Vec<u8> {
+            let out = Command::new("gpg")
+                .env("GNUPGHOME", home.path())
+                .args([
+                    "--batch",
+                    "--quiet",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
+                .args(args)
+                .output()
+                .expect("running gpg");
+            assert!(
+                out.status.success(),
+                "gpg {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        gpg(&["--quick-gen-key", uid, "ed25519", "sign", "never"]);
+        let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys", uid])).unwrap();
+        let fingerprint = listing
+            .lines()
+            .find(|l| l.starts_with("fpr:"))
+            .and_then(|l| l.split(':').nth(9))
+            .expect("fingerprint")
+            .to_string();
+        let public = home.path().join("public.asc");
+        fs::write(&public, gpg(&["--armor", "--export", &fingerprint])).unwrap();
+        TestKey {
+            home,
+            fingerprint,
+            public,
+        }
+    }
+
+    /// `gpg --armor --detach-sign` of `file` into `sig`.
+    pub fn detach_sign(&self, file: &Path, sig: &Path) {
+        run(Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args([
+                "--local-user",
+                &self.fingerprint,
+                "--armor",
+                "--detach-sign",
+                "--output",
+            ])
+            .arg(sig)
+            .arg(file));
+    }
+
+    /// A simple-signing signature (what `skopeo copy --sign-by` makes) of `manifest` for
+    /// `reference`, stored in the lookaside layout under `sigdir` for `repo` (no host).
+    pub fn simple_sign(&self, manifest: &Path, reference: &str, sigdir: &Path, repo: &str) {
+        let digest = sha256_hex(&fs::read(manifest).unwrap());
+        let dir = sigdir.join(format!("{repo}@sha256={digest}"));
+        fs::create_dir_all(&dir).unwrap();
+        run(Command::new("skopeo")
+            .env("GNUPGHOME", self.home.path())
+            .args(["standalone-sign", "-o"])
+            .arg(dir.join("signature-1"))
+            .arg(manifest)
+            .args([reference, &self.fingerprint]));
+    }
+}
+
+impl Drop for TestKey {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "all"])
+            .output();
+    }
+}

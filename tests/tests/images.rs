@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ark_tests::images::{
     ark, ark_err, ark_ok, busybox_oci_layout, busybox_oci_layout_tagged, gzip, sha256_hex,
-    tar_bytes, Entry, LayoutBuilder,
+    snapshot, tar_bytes, Entry, LayoutBuilder,
 };
 use ark_tests::{ark_bin, is_root};
 
@@ -574,4 +574,91 @@ fn bad_references_are_one_line_errors() {
     let _ = fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755));
     let out = ark(&store, &["image", "list"]);
     assert!(out.status.success());
+}
+
+#[test]
+fn signed_aci_and_oci_layout_verify_against_trusted_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let key = ark_tests::images::TestKey::new("ark images test <images@example.com>");
+
+    // ACI with a detached signature.
+    let aci = tmp.path().join("hello.aci");
+    fs::write(&aci, gzip(&aci_bytes("example.com/hello"))).unwrap();
+    let asc = tmp.path().join("hello.aci.asc");
+    key.detach_sign(&aci, &asc);
+    let err = ark_err(&store, &["fetch", aci.to_str().unwrap()]);
+    assert!(
+        err.contains("ark trust --prefix example.com/hello"),
+        "{err}"
+    );
+    ark_ok(
+        &store,
+        &[
+            "trust",
+            "--prefix",
+            "example.com/hello",
+            key.public.to_str().unwrap(),
+        ],
+    );
+    let id = ark_ok(&store, &["fetch", aci.to_str().unwrap()]);
+    assert!(id.starts_with("sha256:"));
+    // Same signature, other bytes: refused, nothing kept.
+    let before = snapshot(&store.join("images"));
+    let tampered = tmp.path().join("tampered.aci");
+    fs::write(&tampered, gzip(&aci_bytes("example.com/hello/evil"))).unwrap();
+    fs::copy(&asc, tmp.path().join("tampered.aci.asc")).unwrap();
+    let err = ark_err(&store, &["fetch", tampered.to_str().unwrap()]);
+    assert!(err.contains("signature"), "{err}");
+    assert_eq!(snapshot(&store.join("images")), before);
+
+    // OCI layout whose ref.name is a full reference, signed in a lookaside dir.
+    let layout = tmp.path().join("signed");
+    let reference = "example.com/tools/bb:1";
+    let digest = LayoutBuilder::new(vec![tar_bytes(&[Entry::file("hello", b"signed")])])
+        .write(&layout, reference);
+    let manifest = layout.join("blobs/sha256").join(&digest[7..]);
+    let sigdir = tmp.path().join("sigs");
+    key.simple_sign(&manifest, reference, &sigdir, "tools/bb");
+    let src = format!("oci-layout:{}", layout.display());
+    let err = ark_err(&store, &["fetch", &src]);
+    assert!(err.contains("--signature-dir"), "{err}");
+    let sig_arg = format!("--signature-dir={}", sigdir.display());
+    let err = ark_err(&store, &["fetch", &sig_arg, &src]);
+    assert!(err.contains("example.com/tools/bb"), "untrusted key: {err}");
+    ark_ok(
+        &store,
+        &[
+            "trust",
+            "--prefix",
+            "example.com/tools",
+            key.public.to_str().unwrap(),
+        ],
+    );
+    let id = ark_ok(&store, &["fetch", &sig_arg, &src]);
+    assert_eq!(id.trim(), digest);
+
+    // A signature for another manifest does not cover this one.
+    let other = tmp.path().join("other");
+    let other_digest = LayoutBuilder::new(vec![tar_bytes(&[Entry::file("hello", b"other")])])
+        .write(&other, reference);
+    let wrong = tmp.path().join("wrong-sigs");
+    key.simple_sign(&manifest, reference, &wrong, "tools/bb");
+    let moved = wrong.join(format!("tools/bb@sha256={}", &other_digest[7..]));
+    fs::rename(
+        wrong.join(format!("tools/bb@sha256={}", &digest[7..])),
+        &moved,
+    )
+    .unwrap();
+    let before = snapshot(&store.join("images"));
+    let err = ark_err(
+        &store,
+        &[
+            "fetch",
+            &format!("--signature-dir={}", wrong.display()),
+            &format!("oci-layout:{}", other.display()),
+        ],
+    );
+    assert!(err.contains("signature"), "{err}");
+    assert_eq!(snapshot(&store.join("images")), before);
 }
