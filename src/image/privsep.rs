@@ -10,9 +10,6 @@
 //! blob's size and digest, so only verified blobs reach the store. The parent answers its
 //! requests for lookaside signatures (the signature directory may not be readable by nobody).
 
-// Reached through `ark fetch docker://...` once image::store calls `fetch`.
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;

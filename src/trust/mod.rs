@@ -8,7 +8,7 @@
 //! `example.com/app` and `example.com/app/db`, not `example.com/application`); a root key is
 //! trusted for every name.
 
-// The verification API is used by the image fetchers (registry, ACI, OCI layouts) as they land.
+// Until the ACI and OCI-layout importers call verify_detached / verify_simple_signing.
 #![allow(dead_code)]
 
 pub mod cli;
@@ -69,4 +69,126 @@ pub fn verify_simple_signing(
     let keys = KeySet::load_for(trust_dir, &reference.name())?;
     let sigs = signing::read_lookaside(signature_dir, &reference, manifest_digest)?;
     signing::verify_simple_signing_with(&keys, &reference, manifest_digest, &sigs)
+}
+
+#[cfg(test)]
+mod tests {
+    //! verify_detached against real `gpg` output (skipped, visibly, where gpg is missing).
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::*;
+
+    fn gpg(home: &Path, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", home)
+            .args([
+                "--batch",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .output()
+            .expect("running gpg");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    #[test]
+    fn detached_signatures_from_real_gpg() {
+        if Command::new("gpg").arg("--version").output().is_err() {
+            eprintln!("SKIPPED detached_signatures_from_real_gpg: gpg not installed");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("gnupg");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let trust = tmp.path().join("trust");
+        let data = tmp.path().join("app.aci");
+        std::fs::write(&data, b"not really an ACI, but signed bytes all the same").unwrap();
+        for (uid, algo) in [
+            ("rsa <rsa@example.com>", "rsa3072"),
+            ("ed <ed@example.com>", "ed25519"),
+        ] {
+            gpg(&home, &["--quick-gen-key", uid, algo, "sign", "never"]);
+            let armored_sig = tmp.path().join(format!("{algo}.asc"));
+            let binary_sig = tmp.path().join(format!("{algo}.sig"));
+            gpg(
+                &home,
+                &[
+                    "--local-user",
+                    uid,
+                    "--armor",
+                    "--output",
+                    armored_sig.to_str().unwrap(),
+                    "--detach-sign",
+                    data.to_str().unwrap(),
+                ],
+            );
+            gpg(
+                &home,
+                &[
+                    "--local-user",
+                    uid,
+                    "--output",
+                    binary_sig.to_str().unwrap(),
+                    "--detach-sign",
+                    data.to_str().unwrap(),
+                ],
+            );
+            let key = gpg(&home, &["--export", uid]);
+
+            // Untrusted: refused, naming the way out.
+            let err = verify_detached(&trust, "example.com/app", &data, &armored_sig).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains("not trusted") && msg.contains("ark trust --prefix example.com/app"),
+                "{msg}"
+            );
+
+            let stored =
+                keys::add(&trust, keys::Scope::Prefix("example.com/app".into()), &key).unwrap();
+            let fp = stored[0].fingerprint.clone();
+            assert_eq!(stored[0].user_ids, vec![uid.to_string()]);
+            for sig in [&armored_sig, &binary_sig] {
+                assert_eq!(
+                    verify_detached(&trust, "example.com/app", &data, sig).unwrap(),
+                    fp
+                );
+                assert_eq!(
+                    verify_detached(&trust, "example.com/app/sub", &data, sig).unwrap(),
+                    fp
+                );
+                // A name outside the prefix is not covered.
+                assert!(verify_detached(&trust, "example.com/apple", &data, sig).is_err());
+            }
+            // Tampered data: refused.
+            let tampered = tmp.path().join("tampered.aci");
+            std::fs::write(
+                &tampered,
+                b"not really an ACI, but signed bytes all the samE",
+            )
+            .unwrap();
+            let msg = format!(
+                "{:#}",
+                verify_detached(&trust, "example.com/app", &tampered, &armored_sig).unwrap_err()
+            );
+            assert!(msg.contains("bad signature"), "{msg}");
+            keys::remove(&trust, &fp.0).unwrap();
+        }
+        // gpg started an agent for this home; it would outlive the test.
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", &home)
+            .args(["--kill", "all"])
+            .output();
+    }
 }

@@ -137,8 +137,6 @@ impl std::fmt::Display for DockerReference {
 #[derive(Debug, Deserialize)]
 pub struct SimpleSigningPayload {
     pub critical: Critical,
-    #[serde(default)]
-    pub optional: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,9 +11,6 @@
 //! auth or for the bearer token service), `ARK_REGISTRY_TIMEOUT=SECONDS` (how long a registry
 //! may stay silent; default 30).
 
-// Reached through `ark fetch docker://...` once image::store calls `fetch`.
-#![allow(dead_code)]
-
 pub mod client;
 pub mod sink;
 
@@ -338,7 +335,10 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
     if let Some(keys) = &req.keys {
         let sigs = sink.signatures(&top_digest)?;
         let fp = signing::verify_simple_signing_with(keys, &reference, &top_digest, &sigs)?;
-        tracing::debug!(key = %fp, "signature of {reference} ({top_digest}) verified");
+        tracing::debug!(
+            "signature of {reference} ({top_digest}) verified with key {fp} by uid {}",
+            nix::unistd::getuid()
+        );
     }
 
     let (manifest, manifest_digest, manifest_type) = match top_type.as_str() {

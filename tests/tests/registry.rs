@@ -1,0 +1,637 @@
+//! `ark fetch docker://...` against real registries (Debian's docker-registry on loopback ports,
+//! images built with umoci and pushed with skopeo, signatures from `skopeo copy --sign-by` with a
+//! real gpg key) and against fake registries that lie or stall.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ark_tests::registry::*;
+use ark_tests::skip;
+
+/// A bcrypt hash of "s3cret" (test input for docker-registry's htpasswd file).
+const S3CRET_BCRYPT: &str = "$2b$12$IVGzOVDh1pb7hIExQshcyOLT.hGF8EZ/SQ7ljF5el68aAUfEeGQGa";
+
+/// Images pushed once per test process into one registry storage, and the registry serving it
+/// (kept by a thread that lives as long as the process, so it dies with it).
+struct Fixture {
+    dir: PathBuf,
+    storage: PathBuf,
+    /// The long-lived open registry (`127.0.0.1:PORT`); signatures name it.
+    addr: String,
+    lookaside: PathBuf,
+    signer_fpr: String,
+    signer_key: PathBuf,
+    stranger_key: PathBuf,
+    oci_digest: String,
+    v2s2_digest: String,
+    amd64_digest: String,
+    arm64_digest: String,
+    other_digest: String,
+}
+
+fn fixture() -> Result<&'static Fixture, String> {
+    static FIXTURE: OnceLock<Result<Fixture, String>> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| {
+            if let Some(why) = missing_tool(TOOLS) {
+                return Err(why);
+            }
+            Ok(build_fixture())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn build_fixture() -> Fixture {
+    // Fixture files outlive every test; those of dead test processes are removed here.
+    let base = std::env::temp_dir();
+    if let Ok(rd) = std::fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("ark-registry-fixture-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    let dir = base.join(format!("ark-registry-fixture-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let storage = dir.join("storage");
+    let lookaside = dir.join("lookaside");
+    let regd = dir.join("registries.d");
+    registries_d(&regd, &lookaside);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let storage = storage.clone();
+        std::thread::spawn(move || {
+            let reg = Registry::start(&storage, RegistryAuth::None);
+            tx.send(reg.addr.clone()).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+    }
+    let addr = rx.recv().expect("fixture registry started");
+
+    let layout = dir.join("layout");
+    let amd64_digest = build_image(&layout, "amd64", "amd64", "amd64");
+    let arm64_digest = build_image(&layout, "arm64", "arm64", "arm64");
+    let other_digest = build_image(&layout, "other", "amd64", "other");
+    add_index(&layout, &[("amd64", "amd64"), ("arm64", "arm64")], "multi");
+    let src = |tag: &str| format!("oci:{}:{tag}", layout.display());
+    let dst = |r: &str| format!("docker://{addr}/{r}");
+
+    skopeo_copy(
+        &src("amd64"),
+        &dst("test/busybox:oci"),
+        &["--format", "oci"],
+        &[],
+    );
+    skopeo_copy(
+        &src("amd64"),
+        &dst("test/busybox:v2s2"),
+        &["--format", "v2s2"],
+        &[],
+    );
+    skopeo_copy(&src("multi"), &dst("test/multi:latest"), &["--all"], &[]);
+    let oci_digest = remote_digest(&format!("{addr}/test/busybox:oci"));
+    assert_eq!(
+        oci_digest, amd64_digest,
+        "skopeo kept the OCI manifest as built"
+    );
+    let v2s2_digest = remote_digest(&format!("{addr}/test/busybox:v2s2"));
+    assert_ne!(v2s2_digest, oci_digest, "v2s2 is a different manifest");
+
+    let gpg = Gpg::new();
+    let signer_fpr = gpg.gen_key("ark test signer <signer@example.com>", "rsa3072");
+    let stranger_fpr = gpg.gen_key("stranger <stranger@example.com>", "ed25519");
+    let signer_key = dir.join("signer.asc");
+    gpg.export(&signer_fpr, true, &signer_key);
+    let stranger_key = dir.join("stranger.asc");
+    gpg.export(&stranger_fpr, true, &stranger_key);
+    let regd_arg = format!("--registries.d={}", regd.display());
+    skopeo_copy(
+        &src("amd64"),
+        &dst("signed/busybox:v1"),
+        &[&regd_arg, "--format", "oci", "--sign-by", &signer_fpr],
+        &[("GNUPGHOME", gpg.home.path())],
+    );
+    // The same manifest under another tag, unsigned: its only signature names :v1.
+    skopeo_copy(
+        &src("amd64"),
+        &dst("signed/busybox:v2"),
+        &["--format", "oci"],
+        &[],
+    );
+    skopeo_copy(
+        &src("other"),
+        &dst("signed/other:latest"),
+        &["--format", "oci"],
+        &[],
+    );
+    gpg.stop_agent();
+    assert!(
+        sig_path(&lookaside, "signed/busybox", &amd64_digest).exists(),
+        "skopeo wrote the signature into the lookaside"
+    );
+
+    Fixture {
+        dir,
+        storage,
+        addr,
+        lookaside,
+        signer_fpr,
+        signer_key,
+        stranger_key,
+        oci_digest,
+        v2s2_digest,
+        amd64_digest,
+        arm64_digest,
+        other_digest,
+    }
+}
+
+fn sig_path(lookaside: &Path, repo: &str, digest: &str) -> PathBuf {
+    lookaside
+        .join(format!("{repo}@sha256={}", &digest["sha256:".len()..]))
+        .join("signature-1")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+/// Asserts a fetch succeeded and printed exactly `id`.
+fn assert_fetched(o: &Output, id: &str) {
+    assert!(
+        o.status.success(),
+        "fetch failed: {}\n{}",
+        o.status,
+        stderr(o)
+    );
+    assert_eq!(stdout(o).lines().last(), Some(id), "printed image ID");
+}
+
+/// Asserts a fetch failed with one clear line containing every one of `needles`, and that
+/// the store holds nothing.
+fn assert_refused(o: &Output, dir: &Path, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "fetch should have failed: {}",
+        stdout(o)
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(125),
+        "ark's error exit code; stderr: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one-line error, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error should mention {n:?}: {err}");
+    }
+    assert_store_empty(dir);
+}
+
+/// Nothing of a refused fetch is visible: no image listed, no blob file (a 64-hex-digit name)
+/// anywhere under the data directory, no staging left in any `tmp/`.
+fn assert_store_empty(dir: &Path) {
+    let o = ark(dir, &["image", "list", "--format", "json"], &[]);
+    assert!(o.status.success(), "image list: {}", stderr(&o));
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).expect("image list JSON");
+    assert_eq!(
+        listed,
+        serde_json::json!([]),
+        "no image after a refused fetch"
+    );
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let entries: Vec<_> = rd.flatten().collect();
+        if d.file_name().is_some_and(|n| n == "tmp") {
+            let names: Vec<_> = entries.iter().map(|e| e.file_name()).collect();
+            assert!(
+                names.is_empty(),
+                "fetch left staging behind in {}: {names:?}",
+                d.display()
+            );
+        }
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_blob = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            assert!(!is_blob, "a blob reached the store: {}", e.path().display());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+/// The manifest blob of image `id` as `ark image export` writes it hashes to `id`.
+fn assert_exported_manifest(dir: &Path, id: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("layout");
+    let o = ark(dir, &["image", "export", id, layout.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "image export: {}", stderr(&o));
+    let blob = layout.join("blobs/sha256").join(&id["sha256:".len()..]);
+    assert_eq!(sha256_file(&blob), id, "stored manifest matches its digest");
+}
+
+fn fetch(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut all = vec!["fetch"];
+    all.extend_from_slice(args);
+    ark(dir, &all, env)
+}
+
+macro_rules! fixture_or_skip {
+    () => {
+        match fixture() {
+            Ok(f) => f,
+            Err(why) => skip!("{why}"),
+        }
+    };
+}
+
+#[test]
+fn fetches_oci_and_schema2_manifests_by_tag_and_by_digest() {
+    let f = fixture_or_skip!();
+    for (tag, digest) in [("oci", &f.oci_digest), ("v2s2", &f.v2s2_digest)] {
+        let dir = tempfile::tempdir().unwrap();
+        let by_tag = format!("docker://{}/test/busybox:{tag}", f.addr);
+        let o = fetch(dir.path(), &["--insecure-options=image", &by_tag], &[]);
+        assert_fetched(&o, digest);
+        let dir = tempfile::tempdir().unwrap();
+        let by_digest = format!("docker://{}/test/busybox@{digest}", f.addr);
+        let o = fetch(dir.path(), &["--insecure-options=image", &by_digest], &[]);
+        assert_fetched(&o, digest);
+        // The stored manifest is the one the registry serves, byte for byte.
+        assert_exported_manifest(dir.path(), digest);
+    }
+}
+
+#[test]
+fn image_index_resolves_to_amd64_unless_platform_says_otherwise() {
+    let f = fixture_or_skip!();
+    let image = format!("docker://{}/test/multi:latest", f.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let o = fetch(dir.path(), &["--insecure-options=image", &image], &[]);
+    assert_fetched(&o, &f.amd64_digest);
+    let o = fetch(
+        dir.path(),
+        &[
+            "--insecure-options=image",
+            "--platform",
+            "linux/arm64",
+            &image,
+        ],
+        &[],
+    );
+    assert_fetched(&o, &f.arm64_digest);
+    let empty = tempfile::tempdir().unwrap();
+    let o = fetch(
+        empty.path(),
+        &[
+            "--insecure-options=image",
+            "--platform",
+            "linux/s390x",
+            &image,
+        ],
+        &[],
+    );
+    assert_refused(
+        &o,
+        empty.path(),
+        &["no linux/s390x image", "linux/amd64", "linux/arm64"],
+    );
+}
+
+#[test]
+fn basic_auth_with_htpasswd_registry() {
+    let f = fixture_or_skip!();
+    let reg = Registry::start(
+        &f.storage,
+        RegistryAuth::Htpasswd {
+            user: "ark".into(),
+            bcrypt: S3CRET_BCRYPT.into(),
+        },
+    );
+    let image = format!("docker://{}/test/busybox:oci", reg.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let o = fetch(dir.path(), &["--insecure-options=image", &image], &[]);
+    assert_refused(
+        &o,
+        dir.path(),
+        &["requires a user name and password", "ARK_REGISTRY_AUTH"],
+    );
+    let o = fetch(
+        dir.path(),
+        &["--insecure-options=image", &image],
+        &[("ARK_REGISTRY_AUTH", "ark:wrong")],
+    );
+    assert_refused(&o, dir.path(), &["refused the credentials"]);
+    let o = fetch(
+        dir.path(),
+        &["--insecure-options=image", &image],
+        &[("ARK_REGISTRY_AUTH", "ark:s3cret")],
+    );
+    assert_fetched(&o, &f.oci_digest);
+}
+
+#[test]
+fn bearer_token_auth_with_token_service() {
+    let f = fixture_or_skip!();
+    let tokens = TokenServer::start("tokuser", "tokpass");
+    let reg = Registry::start(
+        &f.storage,
+        RegistryAuth::Token {
+            realm: tokens.realm.clone(),
+            service: tokens.service.clone(),
+            issuer: tokens.issuer.clone(),
+            cert: tokens.cert.clone(),
+        },
+    );
+    let image = format!("docker://{}/test/busybox:v2s2", reg.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let o = fetch(dir.path(), &["--insecure-options=image", &image], &[]);
+    assert_refused(
+        &o,
+        dir.path(),
+        &["refused anonymous access", "ARK_REGISTRY_AUTH"],
+    );
+    let o = fetch(
+        dir.path(),
+        &["--insecure-options=image", &image],
+        &[("ARK_REGISTRY_AUTH", "tokuser:tokpass")],
+    );
+    assert_fetched(&o, &f.v2s2_digest);
+    let requests = tokens.requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|(line, ok)| *ok
+            && line.contains("scope=repository%3Atest%2Fbusybox%3Apull")
+            && line.contains("service=ark-test-registry")),
+        "ark asked the token service for a pull token with credentials: {requests:?}"
+    );
+}
+
+/// A fresh store trusting `keys` (armored files) for `prefix`.
+fn store_trusting(prefix: &str, keys: &[&Path]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for k in keys {
+        let o = ark(
+            dir.path(),
+            &["trust", "--prefix", prefix, k.to_str().unwrap()],
+            &[],
+        );
+        assert!(o.status.success(), "ark trust: {}", stderr(&o));
+    }
+    dir
+}
+
+#[test]
+fn signed_image_is_verified_against_trusted_key() {
+    let f = fixture_or_skip!();
+    let sigdir = f.lookaside.to_str().unwrap();
+    let image = format!("docker://{}/signed/busybox:v1", f.addr);
+
+    // No key at all: refused before any traffic, saying how to trust one.
+    let dir = tempfile::tempdir().unwrap();
+    let o = fetch(dir.path(), &["--signature-dir", sigdir, &image], &[]);
+    let name = format!("{}/signed/busybox", f.addr);
+    assert_refused(
+        &o,
+        dir.path(),
+        &[
+            &format!("no key is trusted for {name}"),
+            "ark trust --prefix",
+        ],
+    );
+
+    // Trusted for the prefix (whole path components above the repository): accepted.
+    let dir = store_trusting(&format!("{}/signed", f.addr), &[&f.signer_key]);
+    let o = fetch(dir.path(), &["--signature-dir", sigdir, &image], &[]);
+    assert_fetched(&o, &f.amd64_digest);
+}
+
+#[test]
+fn signature_from_untrusted_key_is_refused() {
+    let f = fixture_or_skip!();
+    let dir = store_trusting(&format!("{}/signed", f.addr), &[&f.stranger_key]);
+    let image = format!("docker://{}/signed/busybox:v1", f.addr);
+    let o = fetch(
+        dir.path(),
+        &["--signature-dir", f.lookaside.to_str().unwrap(), &image],
+        &[],
+    );
+    assert_refused(
+        &o,
+        dir.path(),
+        &[&f.signer_fpr, "not trusted", "ark trust --prefix"],
+    );
+    // A key trusted for a sibling prefix does not count either.
+    let dir = store_trusting(&format!("{}/signed-not", f.addr), &[&f.signer_key]);
+    let o = fetch(
+        dir.path(),
+        &["--signature-dir", f.lookaside.to_str().unwrap(), &image],
+        &[],
+    );
+    assert_refused(&o, dir.path(), &["no key is trusted"]);
+}
+
+#[test]
+fn unsigned_image_is_refused_unless_insecure_image() {
+    let f = fixture_or_skip!();
+    let dir = store_trusting(&format!("{}/signed", f.addr), &[&f.signer_key]);
+    let image = format!("docker://{}/signed/other:latest", f.addr);
+    let sigdir = f.lookaside.to_str().unwrap();
+    let o = fetch(dir.path(), &["--signature-dir", sigdir, &image], &[]);
+    assert_refused(&o, dir.path(), &["is not signed", &f.other_digest]);
+    let o = fetch(dir.path(), &["--insecure-options=image", &image], &[]);
+    assert_fetched(&o, &f.other_digest);
+}
+
+#[test]
+fn signature_naming_another_digest_or_tag_is_refused() {
+    let f = fixture_or_skip!();
+    let dir = store_trusting(&format!("{}/signed", f.addr), &[&f.signer_key]);
+    // signed/busybox:v1's signature, planted as if it were signed/other's.
+    let sigs = tempfile::tempdir().unwrap();
+    let planted = sig_path(sigs.path(), "signed/other", &f.other_digest);
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::copy(
+        sig_path(&f.lookaside, "signed/busybox", &f.amd64_digest),
+        &planted,
+    )
+    .unwrap();
+    let image = format!("docker://{}/signed/other:latest", f.addr);
+    let o = fetch(
+        dir.path(),
+        &["--signature-dir", sigs.path().to_str().unwrap(), &image],
+        &[],
+    );
+    assert_refused(
+        &o,
+        dir.path(),
+        &[&format!(
+            "signs manifest {}, not the fetched {}",
+            f.amd64_digest, f.other_digest
+        )],
+    );
+    // Same manifest under another tag: the signature names :v1, so :v2 is not vouched for.
+    let image = format!("docker://{}/signed/busybox:v2", f.addr);
+    let o = fetch(
+        dir.path(),
+        &["--signature-dir", f.lookaside.to_str().unwrap(), &image],
+        &[],
+    );
+    assert_refused(&o, dir.path(), &["signed/busybox:v1", "not"]);
+}
+
+#[test]
+fn plain_http_to_non_loopback_needs_insecure_option() {
+    if let Err(why) = fixture() {
+        skip!("{why}");
+    }
+    let Some(rec) = Recorder::start() else {
+        skip!("this host has no non-loopback IPv4 address");
+    };
+    let image = format!("docker://{}/test/busybox:oci", rec.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let o = fetch(
+        dir.path(),
+        &["--insecure-options=image", &image],
+        &[("ARK_REGISTRY_TIMEOUT", "5")],
+    );
+    assert_refused(&o, dir.path(), &["https", "--insecure-options=http"]);
+    let seen = rec.first_bytes.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "ark did try the registry");
+    assert!(
+        seen.iter().all(|b| b.first() == Some(&0x16)),
+        "without --insecure-options=http only TLS handshakes reach a non-loopback registry: {seen:?}"
+    );
+    let o = fetch(
+        dir.path(),
+        &["--insecure-options=image,http", &image],
+        &[("ARK_REGISTRY_TIMEOUT", "5")],
+    );
+    assert!(!o.status.success(), "the recorder serves no image");
+    let seen = rec.first_bytes.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|b| b.starts_with(b"GET /v2/")),
+        "with --insecure-options=http ark falls back to plain http: {seen:?}"
+    );
+}
+
+fn lying(lie: Lie) -> (FakeRegistry, tempfile::TempDir, Output, Duration) {
+    let fake = FakeRegistry::start(lie);
+    let dir = tempfile::tempdir().unwrap();
+    let image = if lie == Lie::WrongManifest {
+        format!("docker://{}/test/lies@{}", fake.addr, fake.manifest_digest)
+    } else {
+        format!("docker://{}/test/lies:latest", fake.addr)
+    };
+    let start = Instant::now();
+    let o = fetch(
+        dir.path(),
+        &["--insecure-options=image", &image],
+        &[("ARK_REGISTRY_TIMEOUT", "1")],
+    );
+    (fake, dir, o, start.elapsed())
+}
+
+#[test]
+fn registry_serving_a_blob_with_the_wrong_digest_is_refused() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let (fake, dir, o, _) = lying(Lie::WrongDigest);
+    assert_refused(&o, dir.path(), &["digest", "refusing"]);
+    assert!(fake
+        .hits
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h.contains("/blobs/")));
+}
+
+#[test]
+fn registry_serving_an_oversized_blob_is_refused() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let (_fake, dir, o, _) = lying(Lie::Oversized);
+    assert_refused(&o, dir.path(), &["more than the declared"]);
+}
+
+#[test]
+fn registry_serving_another_manifest_for_a_digest_is_refused() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let (_fake, dir, o, _) = lying(Lie::WrongManifest);
+    assert_refused(&o, dir.path(), &["not the requested", "refusing"]);
+}
+
+#[test]
+fn stalling_registry_times_out() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    for lie in [Lie::StallAtStart, Lie::StallMidBlob] {
+        let (_fake, dir, o, took) = lying(lie);
+        assert_refused(&o, dir.path(), &["stalled", "1s"]);
+        // A generous bound: the point is that ark gives up instead of hanging.
+        assert!(
+            took < Duration::from_secs(60),
+            "{lie:?}: gave up after {took:?}"
+        );
+    }
+}
+
+#[test]
+fn fetch_as_root_runs_network_and_verification_unprivileged() {
+    let f = fixture_or_skip!();
+    if !ark_tests::is_root() {
+        skip!("privilege separation applies when ark runs as root");
+    }
+    let dir = store_trusting(&format!("{}/signed", f.addr), &[&f.signer_key]);
+    let image = format!("docker://{}/signed/busybox:v1", f.addr);
+    let o = fetch(
+        dir.path(),
+        &[
+            "--debug",
+            "--signature-dir",
+            f.lookaside.to_str().unwrap(),
+            &image,
+        ],
+        &[("ARK_LOG", "ark=debug")],
+    );
+    assert_fetched(&o, &f.amd64_digest);
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "registry fetch child: uid=65534/65534/65534 gid=65534/65534/65534 groups=[] no_new_privs=1 \
+             effective=[] permitted=[] inheritable=[] ambient=[] bounding=[]"
+        ),
+        "the fetch child reports an unprivileged identity: {err}"
+    );
+    // The signature was checked in that child (its log line comes from the same process).
+    assert!(
+        err.lines().any(|l| l.contains("signature of")
+            && l.contains("verified with key")
+            && l.contains("by uid 65534")),
+        "the signature was verified by the unprivileged child: {err}"
+    );
+    assert_exported_manifest(dir.path(), &f.amd64_digest);
+    let _ = &f.dir;
+}
