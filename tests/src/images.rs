@@ -187,6 +187,8 @@ pub struct LayoutBuilder {
     pub corrupt_first_layer: bool,
     /// Store layers as plain tar instead of gzip.
     pub uncompressed: bool,
+    /// Media type for the config descriptor (default OCI config).
+    pub config_media_type: Option<String>,
 }
 
 impl LayoutBuilder {
@@ -252,7 +254,8 @@ impl LayoutBuilder {
                 "schemaVersion": 2,
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {
-                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "mediaType": self.config_media_type.clone()
+                        .unwrap_or_else(|| "application/vnd.oci.image.config.v1+json".into()),
                     "digest": config_digest,
                     "size": config.len(),
                 },

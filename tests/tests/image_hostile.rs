@@ -1,0 +1,332 @@
+//! Hostile images: each must fail with one clear error line and a non-zero exit, leave the
+//! store as it was (no blob, render or temp entry kept), and leave the host untouched.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ark_tests::images::{ark_err, ark_ok, snapshot, tar_bytes, Entry, LayoutBuilder};
+use ark_tests::{ark_bin, is_root, skip};
+
+/// A test area: a store holding one good image, and a host directory with a sentinel file
+/// that hostile images try to reach.
+struct Area {
+    tmp: tempfile::TempDir,
+    store: PathBuf,
+    host: PathBuf,
+}
+
+const SENTINEL: &[u8] = b"host data, not to be touched";
+
+impl Area {
+    fn new() -> Area {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let host = tmp.path().join("host");
+        fs::create_dir(&host).unwrap();
+        fs::write(host.join("sentinel"), SENTINEL).unwrap();
+        let good = tmp.path().join("good");
+        LayoutBuilder::new(vec![tar_bytes(&[Entry::file("ok", b"ok")])]).write(&good, "good");
+        ark_ok(
+            &store,
+            &[
+                "--insecure-options=image",
+                "fetch",
+                &format!("oci-layout:{}:good", good.display()),
+            ],
+        );
+        Area { tmp, store, host }
+    }
+
+    /// Host path as an absolute string, for hostile entry names and link targets.
+    fn host_str(&self) -> String {
+        self.host.to_str().unwrap().to_string()
+    }
+
+    fn layout(&self, builder: &LayoutBuilder) -> (String, String) {
+        let dir = self.tmp.path().join(format!(
+            "layout{}",
+            fs::read_dir(self.tmp.path()).unwrap().count()
+        ));
+        let digest = builder.write(&dir, "t");
+        (format!("oci-layout:{}:t", dir.display()), digest)
+    }
+
+    /// The fetch must fail, naming `want`, with the store unchanged.
+    fn fetch_refused(&self, builder: &LayoutBuilder, want: &str) {
+        let (reference, _) = self.layout(builder);
+        let before = snapshot(&self.store);
+        let err = ark_err(
+            &self.store,
+            &["--insecure-options=image", "fetch", &reference],
+        );
+        assert!(err.contains(want), "want {want:?} in: {err}");
+        assert_eq!(snapshot(&self.store), before, "the store changed");
+        self.assert_host_untouched();
+    }
+
+    /// The (valid) image is fetched; rendering it must fail naming `want`, store unchanged.
+    fn render_refused(&self, layers: Vec<Vec<u8>>, want: &str) {
+        let (reference, digest) = self.layout(&LayoutBuilder::new(layers));
+        ark_ok(
+            &self.store,
+            &["--insecure-options=image", "fetch", &reference],
+        );
+        let before = snapshot(&self.store);
+        let err = ark_err(&self.store, &["image", "render", &digest]);
+        assert!(err.contains(want), "want {want:?} in: {err}");
+        assert_eq!(snapshot(&self.store), before, "the store changed");
+        self.assert_host_untouched();
+    }
+
+    fn assert_host_untouched(&self) {
+        let names: Vec<_> = fs::read_dir(&self.host)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["sentinel"],
+            "something was written to the host directory"
+        );
+        assert_eq!(fs::read(self.host.join("sentinel")).unwrap(), SENTINEL);
+        assert_eq!(fs::metadata(self.host.join("sentinel")).unwrap().nlink(), 1);
+        assert!(!self.tmp.path().join("pwned").exists());
+    }
+}
+
+/// From the rootfs being rendered (`store/images/tmp/render-X/rootfs`) up to the test dir.
+const UP: &str = "../../../../..";
+
+#[test]
+fn entry_with_dotdot_is_refused() {
+    let a = Area::new();
+    a.render_refused(
+        vec![tar_bytes(&[Entry::file(&format!("{UP}/host/pwned"), b"x")])],
+        "'..'",
+    );
+    a.render_refused(
+        vec![tar_bytes(&[Entry::file("a/../../pwned", b"x")])],
+        "'..'",
+    );
+}
+
+#[test]
+fn entry_with_absolute_path_is_refused() {
+    let a = Area::new();
+    let name = format!("{}/pwned", a.host_str());
+    a.render_refused(
+        vec![tar_bytes(&[Entry::file(&name, b"x")])],
+        "absolute path",
+    );
+}
+
+#[test]
+fn write_through_a_symlink_within_a_layer_is_refused() {
+    let a = Area::new();
+    let abs: &'static str = Box::leak(a.host_str().into_boxed_str());
+    a.render_refused(
+        vec![tar_bytes(&[
+            Entry::Symlink("evil", abs),
+            Entry::file("evil/pwned", b"x"),
+        ])],
+        "leads outside the rootfs",
+    );
+    let rel: &'static str = Box::leak(format!("{UP}/host").into_boxed_str());
+    a.render_refused(
+        vec![tar_bytes(&[
+            Entry::Dir("d/", 0o755),
+            Entry::Symlink("d/evil", rel),
+            Entry::file("d/evil/pwned", b"x"),
+        ])],
+        "leads outside the rootfs",
+    );
+}
+
+#[test]
+fn write_through_a_symlink_from_a_lower_layer_is_refused() {
+    let a = Area::new();
+    let abs: &'static str = Box::leak(a.host_str().into_boxed_str());
+    a.render_refused(
+        vec![
+            tar_bytes(&[Entry::Symlink("evil", abs)]),
+            tar_bytes(&[Entry::file("evil/pwned", b"x")]),
+        ],
+        "leads outside the rootfs",
+    );
+    // Whiteouts and directories through the link are refused just the same.
+    a.render_refused(
+        vec![
+            tar_bytes(&[Entry::Symlink("evil", abs)]),
+            tar_bytes(&[Entry::file("evil/.wh.sentinel", b"")]),
+        ],
+        "leads outside the rootfs",
+    );
+}
+
+#[test]
+fn a_symlink_as_last_component_is_replaced_not_followed() {
+    // Not an error: tar semantics replace the link itself; the host file stays as it was.
+    let a = Area::new();
+    let target: &'static str = Box::leak(format!("{}/sentinel", a.host_str()).into_boxed_str());
+    let (reference, digest) = a.layout(&LayoutBuilder::new(vec![
+        tar_bytes(&[Entry::Symlink("victim", target)]),
+        tar_bytes(&[Entry::file("victim", b"overwritten?")]),
+    ]));
+    ark_ok(&a.store, &["--insecure-options=image", "fetch", &reference]);
+    let rootfs = ark_ok(&a.store, &["image", "render", &digest]);
+    let victim = Path::new(rootfs.trim()).join("victim");
+    assert_eq!(fs::read(&victim).unwrap(), b"overwritten?");
+    assert!(!fs::symlink_metadata(&victim)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    a.assert_host_untouched();
+}
+
+#[test]
+fn hardlink_to_outside_the_rootfs_is_refused() {
+    let a = Area::new();
+    let rel: &'static str = Box::leak(format!("{UP}/host/sentinel").into_boxed_str());
+    a.render_refused(vec![tar_bytes(&[Entry::Hardlink("hl", rel)])], "'..'");
+    let abs: &'static str = Box::leak(format!("{}/sentinel", a.host_str()).into_boxed_str());
+    a.render_refused(
+        vec![tar_bytes(&[Entry::Hardlink("hl", abs)])],
+        "absolute path",
+    );
+    let dir: &'static str = Box::leak(a.host_str().into_boxed_str());
+    a.render_refused(
+        vec![tar_bytes(&[
+            Entry::Symlink("d", dir),
+            Entry::Hardlink("hl", "d/sentinel"),
+        ])],
+        "leads outside the rootfs",
+    );
+}
+
+#[test]
+fn device_node_needs_root() {
+    let layer = tar_bytes(&[Entry::Dir("dev/", 0o755), Entry::CharDev("dev/evil", 1, 3)]);
+    if !is_root() {
+        let a = Area::new();
+        a.render_refused(vec![layer], "creating device nodes needs root");
+        return;
+    }
+    // As root: the node is made, with its numbers.
+    let a = Area::new();
+    let (reference, digest) = a.layout(&LayoutBuilder::new(vec![layer.clone()]));
+    ark_ok(&a.store, &["--insecure-options=image", "fetch", &reference]);
+    let rootfs = ark_ok(&a.store, &["image", "render", &digest]);
+    let meta = fs::metadata(Path::new(rootfs.trim()).join("dev/evil")).unwrap();
+    assert_eq!(meta.rdev(), libc::makedev(1, 3));
+
+    // As an unprivileged user (ark run with setuid in the child): refused.
+    let nobody = 65534;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let layout = root.join("layout");
+    let digest = LayoutBuilder::new(vec![layer]).write(&layout, "t");
+    let store = root.join("store");
+    fs::create_dir(&store).unwrap();
+    if let Err(e) = nix::unistd::chown(&store, Some(nobody.into()), Some(nobody.into())) {
+        skip!("cannot hand a store to uid {nobody}: {e}");
+    }
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new(ark_bin());
+        cmd.arg("--dir").arg(&store).args(args);
+        // SAFETY: setgid/setuid only, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(nobody) != 0
+                    || libc::setuid(nobody) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let fetch = as_nobody(&[
+        "--insecure-options=image",
+        "fetch",
+        &format!("oci-layout:{}:t", layout.display()),
+    ]);
+    assert!(
+        fetch.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetch.stderr)
+    );
+    let before = snapshot(&store);
+    let out = as_nobody(&["image", "render", &digest]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("creating device nodes needs root"), "{stderr}");
+    assert_eq!(snapshot(&store), before);
+}
+
+#[test]
+fn layer_larger_than_declared_is_refused() {
+    let a = Area::new();
+    let mut b = LayoutBuilder::new(vec![tar_bytes(&[Entry::file("big", &[7u8; 4096])])]);
+    b.understate_layer_size = 10;
+    a.fetch_refused(&b, "larger than its declared size");
+}
+
+#[test]
+fn manifest_or_config_not_json_is_refused() {
+    let a = Area::new();
+    let mut b = LayoutBuilder::new(vec![tar_bytes(&[Entry::file("f", b"x")])]);
+    b.manifest_override = Some(b"{\"schemaVersion\": 2, \"layers\": [".to_vec());
+    a.fetch_refused(&b, "manifest is not a valid image manifest");
+    let mut b = LayoutBuilder::new(vec![tar_bytes(&[Entry::file("f", b"x")])]);
+    b.config_override = Some(b"not json at all".to_vec());
+    a.fetch_refused(&b, "config is not a valid image config");
+}
+
+#[test]
+fn unknown_media_types_are_refused() {
+    let a = Area::new();
+    let mut b = LayoutBuilder::new(vec![tar_bytes(&[Entry::file("f", b"x")])]);
+    b.layer_media_type = Some("application/x-evil".into());
+    a.fetch_refused(&b, "unknown layer media type \"application/x-evil\"");
+    let mut b = LayoutBuilder::new(vec![tar_bytes(&[Entry::file("f", b"x")])]);
+    b.config_media_type = Some("application/x-evil-config".into());
+    a.fetch_refused(
+        &b,
+        "unknown config media type \"application/x-evil-config\"",
+    );
+}
+
+#[test]
+fn blob_whose_digest_does_not_match_is_refused() {
+    let a = Area::new();
+    let mut b = LayoutBuilder::new(vec![tar_bytes(&[Entry::file("f", &[1u8; 10000])])]);
+    b.corrupt_first_layer = true;
+    a.fetch_refused(&b, "not the declared");
+}
+
+#[test]
+fn layer_content_not_matching_its_diff_id_is_refused() {
+    let a = Area::new();
+    let layer = tar_bytes(&[Entry::file("f", b"x")]);
+    let mut b = LayoutBuilder::new(vec![layer]);
+    // A config whose diff_id names other content: the blob is intact, the image is not.
+    b.config_override = Some(
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "ab".repeat(32))]},
+        }))
+        .unwrap(),
+    );
+    let (reference, digest) = a.layout(&b);
+    ark_ok(&a.store, &["--insecure-options=image", "fetch", &reference]);
+    let before = snapshot(&a.store);
+    let err = ark_err(&a.store, &["image", "render", &digest]);
+    assert!(err.contains("the config says"), "{err}");
+    assert_eq!(snapshot(&a.store), before);
+}
