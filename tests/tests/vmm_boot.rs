@@ -158,6 +158,7 @@ fn linux_boots_from_virtio_blk_and_writes_its_root() {
         echo \"ark-init: read [$line]\"\n\
         echo \"written by the guest\" > /root/out.txt\n\
         echo ARK_INIT_MARKER_OK\n\
+        mount -t proc proc /proc\n\
         mount -o remount,ro /\n\
         reboot -f\n";
     vm::busybox_root(&root, init).unwrap();
@@ -165,7 +166,7 @@ fn linux_boots_from_virtio_blk_and_writes_its_root() {
     let image = dir.path().join("root.ext4");
     vm::make_ext4(&root, &image, 64).unwrap();
 
-    let cmdline = vm::kernel_cmdline("root=/dev/vda rw rootfstype=ext4 init=/init loglevel=6");
+    let cmdline = vm::kernel_cmdline("root=/dev/vda rw rootfstype=ext4 init=/init loglevel=7");
     let serial = dir.path().join("serial.log");
     let run: VmRun = vm::run_vmm(
         &args(&[
@@ -266,7 +267,7 @@ fn linux_boots_from_virtio_fs_and_talks_vsock() {
         line
     });
 
-    let cmdline = vm::kernel_cmdline("rootfstype=virtiofs root=rootfs rw init=/init loglevel=6");
+    let cmdline = vm::kernel_cmdline("rootfstype=virtiofs root=rootfs rw init=/init");
     let serial = dir.path().join("serial.log");
     let run = vm::run_vmm(
         &args(&[
