@@ -108,6 +108,9 @@ pub fn user_ids(key: &SignedPublicKey) -> Vec<String> {
 /// Parses one or more public keys (ASCII-armored or binary, as `gpg --export [--armor]` writes)
 /// and checks their self-signatures.
 pub fn parse_keys(data: &[u8]) -> Result<Vec<SignedPublicKey>> {
+    if is_secret_key(data) {
+        bail!("this is a secret key: give the public key (`gpg --export [--armor] KEYID`)");
+    }
     let (iter, _) = SignedPublicKey::from_reader_many(data)
         .map_err(|e| anyhow!("not an OpenPGP public key: {e}"))?;
     let mut keys = Vec::new();
@@ -125,6 +128,25 @@ pub fn parse_keys(data: &[u8]) -> Result<Vec<SignedPublicKey>> {
         bail!("no OpenPGP public key found");
     }
     Ok(keys)
+}
+
+/// Whether `data` starts with an OpenPGP secret key (armored block or binary packet tag 5).
+fn is_secret_key(data: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&data[..data.len().min(4096)]);
+    if text.contains("-----BEGIN PGP PRIVATE KEY BLOCK-----") {
+        return true;
+    }
+    match data.first() {
+        Some(&b) if b & 0x80 != 0 => {
+            let tag = if b & 0x40 != 0 {
+                b & 0x3f
+            } else {
+                (b >> 2) & 0x0f
+            };
+            tag == 5
+        }
+        _ => false,
+    }
 }
 
 /// Normalizes a user-given prefix: no trailing '/', not empty, no empty components.

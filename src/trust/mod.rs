@@ -8,9 +8,6 @@
 //! `example.com/app` and `example.com/app/db`, not `example.com/application`); a root key is
 //! trusted for every name.
 
-// Until the ACI and OCI-layout importers call verify_detached / verify_simple_signing.
-#![allow(dead_code)]
-
 pub mod cli;
 pub mod keys;
 pub mod signing;

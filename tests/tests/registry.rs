@@ -44,6 +44,14 @@ fn fixture() -> Result<&'static Fixture, String> {
         .map_err(Clone::clone)
 }
 
+static FIXTURE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_fixture_dir() {
+    if let Some(d) = FIXTURE_DIR.get() {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 fn build_fixture() -> Fixture {
     // Fixture files outlive every test; those of dead test processes are removed here.
     let base = std::env::temp_dir();
@@ -60,6 +68,9 @@ fn build_fixture() -> Fixture {
     let dir = base.join(format!("ark-registry-fixture-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    FIXTURE_DIR.set(dir.clone()).unwrap();
+    // SAFETY: registering a plain extern "C" fn; it runs once when the test binary exits.
+    unsafe { libc::atexit(remove_fixture_dir) };
     let storage = dir.join("storage");
     let lookaside = dir.join("lookaside");
     let regd = dir.join("registries.d");
