@@ -110,7 +110,10 @@ pub fn rm(global: &GlobalOpts, a: &RmArgs) -> anyhow::Result<ExitCode> {
         match r {
             Ok(uuid) => println!("{uuid}"),
             Err(e) => {
-                eprintln!("ark: rm {id}: {e:#}");
+                // One pod: its error is the command's error (printed once, by main).
+                if a.uuids.len() > 1 {
+                    eprintln!("ark: rm {id}: {e:#}");
+                }
                 failed = Some(e);
             }
         }

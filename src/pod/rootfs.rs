@@ -312,7 +312,10 @@ mod tests {
         fs::write(target.join("new"), b"x").unwrap();
         assert!(!lower.path().join("new").exists());
         if mode == RootfsMode::Overlay {
-            assert_eq!(mounts_under(pod.path()).unwrap(), std::slice::from_ref(&target));
+            assert_eq!(
+                mounts_under(pod.path()).unwrap(),
+                std::slice::from_ref(&target)
+            );
         }
         remove_pod_dir(pod.path()).unwrap();
         assert!(mounts_under(pod.path()).unwrap().is_empty());

@@ -22,7 +22,10 @@ pub fn stop(global: &GlobalOpts, a: &StopArgs) -> anyhow::Result<ExitCode> {
         match stop_one(&store, id, a.force, a.timeout) {
             Ok(uuid) => println!("{uuid}"),
             Err(e) => {
-                eprintln!("ark: stop {id}: {e:#}");
+                // One pod: its error is the command's error (printed once, by main).
+                if a.uuids.len() > 1 {
+                    eprintln!("ark: stop {id}: {e:#}");
+                }
                 failed = Some(e);
             }
         }

@@ -18,7 +18,11 @@ pub fn busybox_image() -> String {
             .expect("file name")
             .to_string_lossy()
             .into_owned();
-        let dir = crate::target_dir().join("pods-test-images").join(name);
+        // Named `busybox` so apps get the name `busybox`.
+        let dir = crate::target_dir()
+            .join("pods-test-images")
+            .join(name)
+            .join("busybox");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.parent().expect("parent")).expect("create image dir");
         crate::images::busybox_oci_layout(&dir)
