@@ -130,8 +130,17 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Serves `storage` (filesystem driver; several registries may share one).
+    /// Serves `storage` (filesystem driver; several registries may share one) over plain http.
     pub fn start(storage: &Path, auth: RegistryAuth) -> Registry {
+        Self::start_with(storage, auth, None)
+    }
+
+    /// Serves `storage` over https with this certificate and key (PEM files).
+    pub fn start_tls(storage: &Path, cert: &Path, key: &Path) -> Registry {
+        Self::start_with(storage, RegistryAuth::None, Some((cert, key)))
+    }
+
+    fn start_with(storage: &Path, auth: RegistryAuth, tls: Option<(&Path, &Path)>) -> Registry {
         let config = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -155,8 +164,16 @@ impl Registry {
                 cert.display()
             ),
         };
+        let tls_yaml = match tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let yml = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_yaml}",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
             storage.display()
         );
         let path = config.path().join("config.yml");
@@ -211,6 +228,27 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key: (cert.pem, key.pem) in `dir`.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("tls-cert.pem");
+    let key = dir.join("tls-key.pem");
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    (cert, key)
 }
 
 /// Builds a one-layer busybox image into the OCI layout `layout` under `tag`: `/bin/busybox`,

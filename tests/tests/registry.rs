@@ -543,6 +543,20 @@ fn plain_http_to_non_loopback_needs_insecure_option() {
     );
 }
 
+#[test]
+fn tls_registry_needs_a_trusted_certificate_or_insecure_tls() {
+    let f = fixture_or_skip!();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_cert(certs.path());
+    let reg = Registry::start_tls(&f.storage, &cert, &key);
+    let image = format!("docker://{}/test/busybox:oci", reg.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let o = fetch(dir.path(), &["--insecure-options=image", &image], &[]);
+    assert_refused(&o, dir.path(), &["over https", "certificate"]);
+    let o = fetch(dir.path(), &["--insecure-options=image,tls", &image], &[]);
+    assert_fetched(&o, &f.oci_digest);
+}
+
 fn lying(lie: Lie) -> (FakeRegistry, tempfile::TempDir, Output, Duration) {
     let fake = FakeRegistry::start(lie);
     let dir = tempfile::tempdir().unwrap();

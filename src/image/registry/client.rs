@@ -47,12 +47,10 @@ fn api_host(host: &str) -> &str {
     }
 }
 
-/// Which schemes to try for a host, decided before any connection: loopback speaks plain http;
-/// others https, falling back to plain http only with `--insecure-options=http`.
+/// Which schemes to try for a host, decided before any connection: https, falling back to plain
+/// http only on loopback (traffic that never leaves the host) or with `--insecure-options=http`.
 pub fn schemes(host: &str, insecure_http: bool) -> &'static [&'static str] {
-    if is_loopback(host) {
-        &["http"]
-    } else if insecure_http {
+    if is_loopback(host) || insecure_http {
         &["https", "http"]
     } else {
         &["https"]
@@ -204,7 +202,7 @@ impl Client {
     /// Finds how to talk to `host` (scheme, credentials) with a `GET /v2/` and answers its
     /// authentication challenge for pulling `repo`.
     pub fn connect(host: &str, repo: &str, settings: &ClientSettings) -> Result<Self> {
-        let mut last_err = None;
+        let mut failures = Vec::new();
         for scheme in schemes(host, settings.insecure_http) {
             let client = Client {
                 agent: agent(settings, *scheme == "https"),
@@ -216,26 +214,35 @@ impl Client {
             };
             let url = format!("{}/v2/", client.base);
             match client.agent.get(&url).call() {
+                // The v2 API answers its base endpoint with 200, or 401 until authenticated.
+                Ok(resp) if !matches!(resp.status().as_u16(), 200 | 401) => failures.push((
+                    *scheme,
+                    format!(
+                        "registry {host} answered HTTP {} to /v2/: not a Docker Registry v2 API",
+                        resp.status().as_u16()
+                    ),
+                )),
                 Ok(resp) => {
                     let mut client = client;
                     client.answer_challenge(&resp)?;
                     tracing::debug!(registry = %host, %scheme, "registry reachable");
                     return Ok(client);
                 }
-                Err(e @ ureq::Error::Timeout(_)) => {
-                    // A stalled registry is not a scheme problem; don't wait twice.
-                    bail!(describe(host, &e, settings.timeout));
-                }
-                Err(e) => last_err = Some((scheme, e)),
+                Err(e) => failures.push((*scheme, describe(host, &e, settings.timeout))),
             }
         }
-        let (scheme, e) = last_err.expect("at least one scheme");
-        let mut msg = describe(host, &e, settings.timeout);
-        if *scheme == "https" && !settings.insecure_http {
-            msg.push_str(
-                " (over https; if it serves plain http, allow that with --insecure-options=http)",
-            );
-        }
+        let msg = match failures.as_slice() {
+            [(scheme, msg)] if *scheme == "https" && !msg.contains("stalled") => format!(
+                "{msg} (over https; if it serves plain http, allow that with --insecure-options=http)"
+            ),
+            [(_, msg)] => msg.clone(),
+            [(_, first), rest @ ..] if rest.iter().all(|(_, m)| m == first) => first.clone(),
+            all => all
+                .iter()
+                .map(|(scheme, msg)| format!("over {scheme}: {msg}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
         Err(anyhow!(msg))
     }
 
@@ -450,7 +457,7 @@ mod tests {
         assert!(!is_loopback("localhost.example.com:5000"));
         assert_eq!(schemes("10.0.0.1:5000", false), &["https"]);
         assert_eq!(schemes("10.0.0.1:5000", true), &["https", "http"]);
-        assert_eq!(schemes("127.0.0.1:5000", false), &["http"]);
+        assert_eq!(schemes("127.0.0.1:5000", false), &["https", "http"]);
     }
 
     #[test]
