@@ -34,6 +34,9 @@ use sink::{ConsoleSink, FileSink, StatusSink, StreamSink};
 use supervisor::{Exit, StartError, Supervisor};
 
 fn main() {
+    if std::process::id() == 1 {
+        setup::ensure_console();
+    }
     let config_path =
         std::env::var("ARK_STAGE2_CONFIG").unwrap_or_else(|_| guest::STAGE2_CONFIG.into());
     let config = match std::fs::read(&config_path)

@@ -37,6 +37,40 @@ fn is_mountpoint(p: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
 }
 
+/// PID 1 of a VM whose root has no `/dev/console` starts without stdin/stdout/stderr: mount
+/// devtmpfs and attach them to the console, so guest-init's and the apps' output is seen.
+pub fn ensure_console() {
+    use nix::fcntl::{fcntl, FcntlArg};
+    if fcntl(1, FcntlArg::F_GETFD).is_ok() {
+        return;
+    }
+    let dev = Path::new("/dev");
+    if !dev.join("console").exists() {
+        let _ = mount_fs(
+            "devtmpfs",
+            dev,
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        );
+    }
+    if let Ok(c) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(c);
+        for target in 0..3 {
+            if fd != target {
+                let _ = unistd::dup2(fd, target);
+            }
+        }
+        if fd > 2 {
+            let _ = unistd::close(fd);
+        }
+    }
+}
+
 /// /proc, /sys, /dev, /dev/pts, /dev/shm and /run in guest-init's own root. `devtmpfs`: in a
 /// VM the kernel's device nodes are wanted; in a container a tmpfs with the basic nodes is.
 pub fn mount_pseudo_fs(devtmpfs: bool) -> Result<()> {
@@ -47,7 +81,9 @@ pub fn mount_pseudo_fs(devtmpfs: bool) -> Result<()> {
         let _ = mount_fs("sysfs", Path::new("/sys"), "sysfs", nodev, None);
     }
     let dev = Path::new("/dev");
-    if !devtmpfs
+    if devtmpfs && is_mountpoint(dev) {
+        // ensure_console() already mounted it.
+    } else if !devtmpfs
         || mount_fs(
             "devtmpfs",
             dev,
@@ -198,21 +234,30 @@ pub fn secure_join(root: &Path, path: &str) -> io::Result<PathBuf> {
 
 /// The files that tie an app to its pod: `/etc/hostname` and the hostname in `/etc/hosts`
 /// (when the pod has its own hostname), and `/etc/resolv.conf` when the stage1 provided one.
-fn write_etc(root: &Path, hostname: Option<&str>) -> Result<()> {
+/// Best effort: a read-only image root keeps its own files (with a warning), it is not an
+/// error.
+fn write_etc(root: &Path, hostname: Option<&str>) {
+    let write = |path: &str, bytes: &[u8]| {
+        let r = secure_join(root, path).and_then(|p| {
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(p, bytes)
+        });
+        if let Err(e) = r {
+            eprintln!("ark-init: warning: cannot write {path} in the app's root: {e}");
+        }
+    };
     if let Some(h) = hostname {
-        let etc = secure_join(root, "/etc")?;
-        std::fs::create_dir_all(&etc).context("mkdir /etc")?;
-        std::fs::write(secure_join(root, "/etc/hostname")?, format!("{h}\n"))
-            .context("write /etc/hostname")?;
-        let hosts = secure_join(root, "/etc/hosts")?;
-        let old = std::fs::read_to_string(&hosts).unwrap_or_default();
-        std::fs::write(&hosts, hosts_file(&old, h)).context("write /etc/hosts")?;
+        write("/etc/hostname", format!("{h}\n").as_bytes());
+        let old = secure_join(root, "/etc/hosts")
+            .and_then(std::fs::read_to_string)
+            .unwrap_or_default();
+        write("/etc/hosts", hosts_file(&old, h).as_bytes());
     }
     if let Ok(resolv) = std::fs::read(ark_pod_spec::guest::RESOLV_CONF) {
-        std::fs::write(secure_join(root, "/etc/resolv.conf")?, resolv)
-            .context("write /etc/resolv.conf")?;
+        write("/etc/resolv.conf", &resolv);
     }
-    Ok(())
 }
 
 /// `/etc/hosts` with localhost and the pod's hostname, keeping the image's other entries.
@@ -374,7 +419,7 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
         // Read-only, as runc does; best effort (see mount_pseudo_fs).
         let _ = mount_fs("sysfs", &sys, "sysfs", nodev | MsFlags::MS_RDONLY, None);
     }
-    write_etc(&root, ctx.hostname)?;
+    write_etc(&root, ctx.hostname);
 
     if !plan.interactive {
         let null = std::fs::File::open(dev.join("null")).context("open /dev/null")?;
