@@ -269,3 +269,18 @@ pub fn build_vsock_client(out: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Echoes COM1 input back to COM1 (polling the line status register) until a newline, then
+/// resets through the i8042: exercises host stdin → guest serial input.
+pub const CODE_SERIAL_ECHO_LINE: &[u8] = &[
+    0x66, 0xba, 0xfd, 0x03, // 0: mov dx, 0x3fd (LSR)
+    0xec, // 4: in al, dx
+    0xa8, 0x01, // test al, 1 (data ready)
+    0x74, 0xfb, // jz 4
+    0x66, 0xba, 0xf8, 0x03, // 9: mov dx, 0x3f8
+    0xec, // in al, dx
+    0xee, // out dx, al
+    0x3c, 0x0a, // cmp al, '\n'
+    0x75, 0xed, // jne 0
+    0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, // i8042 reset, then idle
+];

@@ -43,6 +43,39 @@ fn guest_i8042_reset_exits_0_and_serial_reaches_the_file() {
 }
 
 #[test]
+fn piped_stdin_reaches_the_guest_serial() {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        skip!("{why}");
+    }
+    let Some(bin) = vm::ark_vmm_bin() else {
+        skip!("ark-vmm not built: run ./build.sh")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = write_tiny(dir.path(), vm::CODE_SERIAL_ECHO_LINE);
+    let mut child = Command::new(bin)
+        .args([
+            "--kernel", &k, "--memory", "32", "--no-rng", "--serial", "stdout",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        // More than the 64-byte receive FIFO, so input must wait for the guest to drain it.
+        let line = format!("{}\n", "echo-me-".repeat(20));
+        stdin.write_all(line.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", "echo-me-".repeat(20))
+    );
+}
+
+#[test]
 fn sigterm_stops_a_running_guest_with_exit_3() {
     if let Some(why) = ark_tests::kvm_unavailable() {
         skip!("{why}");

@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, IsTerminal, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -256,12 +256,25 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
     pio.insert(serial.clone(), COM1_PORT, 8)
         .map_err(|e| Error::Runtime(e.to_string()))?;
     let interactive = config.serial == SerialConfig::Stdout && stdin_is_interactive();
-    let _raw_terminal = interactive.then(|| {
+    // Unbuffered reads from a duplicate of fd 0: std's Stdin buffers, which would hide input
+    // from epoll and overfill the 64-byte receive FIFO.
+    let stdin_dup = if interactive {
+        Some(
+            io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::Io("stdin".into(), e))?,
+        )
+    } else {
+        None
+    };
+    let _raw_terminal = stdin_dup.map(|fd| {
+        let input_fd = fd.as_raw_fd();
         b.events
             .add_subscriber(Arc::new(Mutex::new(SerialInput::new(
                 serial.clone(),
-                Box::new(io::stdin()),
-                io::stdin().as_raw_fd(),
+                Box::new(std::fs::File::from(fd)),
+                input_fd,
                 input_ready,
             ))));
         io::stdin().is_terminal().then(RawTerminal::new)

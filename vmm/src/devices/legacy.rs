@@ -84,6 +84,7 @@ impl SerialInput {
             return;
         }
         let ev = Events::new_raw(self.input_fd, EventSet::IN);
+        tracing::debug!("serial input: {}", if on { "resumed" } else { "paused" });
         let r = if on { ops.add(ev) } else { ops.remove(ev) };
         match r {
             Ok(()) => self.input_registered = on,
