@@ -284,3 +284,5 @@ pub const CODE_SERIAL_ECHO_LINE: &[u8] = &[
     0x75, 0xed, // jne 0
     0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, // i8042 reset, then idle
 ];
+/// `ud2` with an empty IDT: #UD → #DF → triple fault (KVM_EXIT_SHUTDOWN).
+pub const CODE_TRIPLE_FAULT: &[u8] = &[0x0f, 0x0b];

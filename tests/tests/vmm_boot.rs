@@ -76,6 +76,25 @@ fn piped_stdin_reaches_the_guest_serial() {
 }
 
 #[test]
+fn guest_triple_fault_exits_2() {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        skip!("{why}");
+    }
+    let Some(_) = vm::ark_vmm_bin() else {
+        skip!("ark-vmm not built: run ./build.sh")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = write_tiny(dir.path(), vm::CODE_TRIPLE_FAULT);
+    let run = vm::run_vmm(
+        &args(&["--kernel", &k, "--memory", "32", "--no-rng"]),
+        &dir.path().join("serial.log"),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(run.code(), Some(2), "{}", run.log());
+}
+
+#[test]
 fn sigterm_stops_a_running_guest_with_exit_3() {
     if let Some(why) = ark_tests::kvm_unavailable() {
         skip!("{why}");
