@@ -63,6 +63,9 @@ pub enum Command {
 /// code.
 pub fn main(iso: Isolation) -> i32 {
     use clap::Parser;
+    // From the first instruction on, a stop is a graceful stop: the signals wait (pending)
+    // until guest-init runs and are forwarded to it then (see `supervise`).
+    let _ = forwarded_signals().thread_block();
     let cli = Cli::parse();
     keep_lock_from_children();
     match cli.command {
@@ -256,7 +259,7 @@ fn run_pod(iso: Isolation, pod: &Pod, cgroups: &Cgroups, debug: bool) -> Result<
 
     let signals = forwarded_signals();
     signals.thread_block().context("block signals")?;
-    let child = spawn::spawn_stage2(iso, pod, &pod_cgroups, &signals)?;
+    let child = spawn::spawn_stage2(iso, pod, &pod_cgroups)?;
     ark_pod_spec::write_atomic(
         &pod.layout.stage2_pid_file(),
         child.as_raw().to_string().as_bytes(),

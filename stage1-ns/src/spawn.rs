@@ -10,19 +10,14 @@ use ark_pod_spec::cgroup::PodCgroups;
 use ark_pod_spec::{guest, NetMode};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::{Isolation, Pod};
 
-/// Forks guest-init. For ns the child is PID 1 of a new pid namespace (this process unshares
+/// Forks guest-init, with the caller's signal mask (see the end of [`child`]). For ns the child is PID 1 of a new pid namespace (this process unshares
 /// CLONE_NEWPID first, which affects only its children).
-pub fn spawn_stage2(
-    iso: Isolation,
-    pod: &Pod,
-    cgroups: &PodCgroups,
-    signals: &SigSet,
-) -> Result<Pid> {
+pub fn spawn_stage2(iso: Isolation, pod: &Pod, cgroups: &PodCgroups) -> Result<Pid> {
     if iso == Isolation::Ns {
         unshare(CloneFlags::CLONE_NEWPID).context("unshare pid namespace")?;
     }
@@ -32,7 +27,7 @@ pub fn spawn_stage2(
     match unsafe { fork() }.context("fork stage2")? {
         ForkResult::Child => {
             drop(rd);
-            let err = child(iso, pod, cgroups, signals, parent).unwrap_err();
+            let err = child(iso, pod, cgroups, parent).unwrap_err();
             let mut f = std::fs::File::from(wr);
             let _ = write!(f, "{err:#}");
             drop(f);
@@ -88,13 +83,7 @@ fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<()> {
 }
 
 /// Returns only on error.
-fn child(
-    iso: Isolation,
-    pod: &Pod,
-    cgroups: &PodCgroups,
-    signals: &SigSet,
-    parent: Pid,
-) -> Result<()> {
+fn child(iso: Isolation, pod: &Pod, cgroups: &PodCgroups, parent: Pid) -> Result<()> {
     // A SIGKILLed stage1 takes the pod down (for ns: PID 1 dies, so does the namespace).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("pdeathsig")?;
     if nix::unistd::getppid() != parent && iso == Isolation::Fly {
@@ -158,7 +147,9 @@ fn child(
     }
     nix::unistd::chdir("/").context("chdir /")?;
 
-    signals.thread_unblock().context("unblock signals")?;
+    // The blocked signal mask survives exec on purpose: a stop that arrives before
+    // guest-init has its signalfd stays pending instead of being dropped (PID 1 ignores
+    // default-action signals), and guest-init blocks the very same set.
     let init = CString::new(guest::INIT).expect("no NUL");
     let env = [CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("no NUL")];
     let e = nix::unistd::execve(&init, &[&init], &env).unwrap_err();

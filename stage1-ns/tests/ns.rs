@@ -266,3 +266,41 @@ fn bad_pods_fail_with_one_line_and_leave_nothing() {
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("does not exist"));
 }
+
+#[test]
+fn a_stop_right_at_start_is_not_lost() {
+    skip_unless_able!();
+    for delay_ms in [0, 5, 20] {
+        let p = pod(
+            "ns",
+            json!({ "apps": [{ "name": "s", "exec": ["sleep", "1000"] }] }),
+        );
+        let mut cmd = p.command(bin());
+        // As stage0 does: exec the stage1 with the stop signals blocked, so even a SIGTERM
+        // before its main() runs stays pending.
+        // SAFETY: only sigprocmask between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let mut set = nix::sys::signal::SigSet::empty();
+                set.add(nix::sys::signal::Signal::SIGTERM);
+                set.thread_block().map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let ended = wait_for(15, || child.try_wait().unwrap().is_some());
+        if !ended {
+            let _ = child.kill();
+        }
+        assert!(
+            ended,
+            "pod ignored a SIGTERM sent {delay_ms} ms after start"
+        );
+        let exit = p.status().read_pod().unwrap();
+        assert_ne!(exit.exit_code, 0);
+        assert_eq!(p.status().read_app("s").unwrap().state, AppState::Exited);
+        assert!(p.cgroups_left().is_empty());
+    }
+}
