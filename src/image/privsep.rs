@@ -124,9 +124,10 @@ fn spawn_child() -> Result<Child> {
             cmd.env(k, v);
         }
     }
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec only async-signal-safe syscalls are made; no allocation.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let check = |r: libc::c_int| {
                 if r == 0 {
                     Ok(())
@@ -134,7 +135,6 @@ fn spawn_child() -> Result<Child> {
                     Err(std::io::Error::last_os_error())
                 }
             };
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setresgid(FETCH_GID, FETCH_GID, FETCH_GID))?;
             // Empty the bounding set (needs CAP_SETPCAP, so before setuid); EINVAL past the last cap.
@@ -155,6 +155,12 @@ fn spawn_child() -> Result<Child> {
             // Leaving uid 0 clears the permitted and effective sets (no SECBIT_KEEP_CAPS).
             check(libc::setresuid(FETCH_UID, FETCH_UID, FETCH_UID))?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            // Only now: credential changes clear the parent-death signal. If the parent is
+            // already gone, don't run at all.
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
             Ok(())
         });
     }

@@ -690,6 +690,12 @@ pub enum Lie {
     StallAtStart,
     /// Serves, for a by-digest request, a manifest other than the one asked for.
     WrongManifest,
+    /// Serves a manifest that is not JSON.
+    InvalidManifestJson,
+    /// Serves a manifest whose layer has a media type no runtime knows.
+    UnknownLayerType,
+    /// Not a lie: serves blobs through a 307 redirect, as registries backed by a CDN do.
+    RedirectBlobs,
 }
 
 /// A tiny registry in the test process serving one image (`test/lies:latest`) with one lie.
@@ -703,19 +709,33 @@ pub struct FakeRegistry {
 
 impl FakeRegistry {
     pub fn start(lie: Lie) -> FakeRegistry {
-        let layer: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#.to_vec();
+        // A real (uncompressed) layer, so an honest fake serves an image ark can import.
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let layer = crate::images::tar_bytes(&[crate::images::Entry::file("data", &data)]);
         let layer_digest = sha256_bytes(&layer);
-        let config_digest = sha256_bytes(&config);
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": config_digest, "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": layer_digest, "size": layer.len()}],
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/data"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         }))
         .expect("JSON");
+        let config_digest = sha256_bytes(&config);
+        let layer_type = if lie == Lie::UnknownLayerType {
+            "application/x-evil-layer"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar"
+        };
+        let manifest = if lie == Lie::InvalidManifestJson {
+            br#"{"schemaVersion": 2, "config": "#.to_vec()
+        } else {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": config_digest, "size": config.len()},
+                "layers": [{"mediaType": layer_type, "digest": layer_digest, "size": layer.len()}],
+            }))
+            .expect("JSON")
+        };
         let manifest_digest = sha256_bytes(&manifest);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake registry");
         let addr = listener.local_addr().expect("addr").to_string();
@@ -778,6 +798,23 @@ impl FakeState {
                         m.extend_from_slice(b"\n");
                     }
                     ("200 OK", "application/vnd.oci.image.manifest.v1+json", m)
+                } else {
+                    ("404 Not Found", "application/json", b"{}".to_vec())
+                }
+            } else if let Some(blob) = path
+                .strip_prefix("/v2/test/lies/blobs/")
+                .filter(|_| self.lie == Lie::RedirectBlobs)
+            {
+                write!(
+                    stream,
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: /cdn/{blob}\r\nContent-Length: 0\r\n\r\n"
+                )?;
+                continue;
+            } else if let Some(blob) = path.strip_prefix("/cdn/") {
+                if blob == self.config_digest {
+                    ("200 OK", "application/octet-stream", self.config.clone())
+                } else if blob == self.layer_digest {
+                    ("200 OK", "application/octet-stream", self.layer.clone())
                 } else {
                     ("404 Not Found", "application/json", b"{}".to_vec())
                 }

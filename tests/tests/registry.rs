@@ -608,6 +608,49 @@ fn registry_serving_another_manifest_for_a_digest_is_refused() {
 }
 
 #[test]
+fn registry_serving_a_manifest_that_is_not_json_is_refused() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let (_fake, dir, o, _) = lying(Lie::InvalidManifestJson);
+    assert_refused(&o, dir.path(), &["manifest is not valid JSON"]);
+}
+
+#[test]
+fn manifest_naming_an_unknown_layer_media_type_is_refused() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let (fake, dir, o, _) = lying(Lie::UnknownLayerType);
+    assert_refused(
+        &o,
+        dir.path(),
+        &["unknown media type", "application/x-evil-layer"],
+    );
+    // Refused from the manifest alone: no blob was asked for.
+    assert!(!fake
+        .hits
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h.contains("/blobs/")));
+}
+
+#[test]
+fn blobs_behind_redirects_are_followed_and_verified() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let (fake, _dir, o, _) = lying(Lie::RedirectBlobs);
+    assert_fetched(&o, &fake.manifest_digest);
+    let hits = fake.hits.lock().unwrap().clone();
+    assert!(
+        hits.iter().any(|h| h.starts_with("/cdn/sha256:")),
+        "{hits:?}"
+    );
+}
+
+#[test]
 fn stalling_registry_times_out() {
     if let Some(why) = missing_tool(&["sha256sum"]) {
         skip!("{why}");
@@ -659,4 +702,105 @@ fn fetch_as_root_runs_network_and_verification_unprivileged() {
     );
     assert_exported_manifest(dir.path(), &f.amd64_digest);
     let _ = &f.dir;
+}
+
+/// (pid, state) of the processes whose parent is `ppid`.
+fn children_of(ppid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+}
+
+#[test]
+fn kill_9_during_a_fetch_takes_the_child_along_and_gc_reclaims_the_rest() {
+    if !ark_tests::is_root() {
+        skip!("the unprivileged fetch child exists only when ark runs as root");
+    }
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let fake = FakeRegistry::start(Lie::StallMidBlob);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ark_proc = std::process::Command::new(ark_tests::ark_bin())
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--insecure-options=image", "fetch"])
+        .arg(format!("docker://{}/test/lies:latest", fake.addr))
+        .env("ARK_REGISTRY_TIMEOUT", "120")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the layer is half sent: the fetch is mid-blob.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake
+        .hits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("/v2/test/lies/blobs/"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "fetch never reached the layer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kids = children_of(ark_proc.id());
+    assert_eq!(kids.len(), 1, "one fetch child: {kids:?}");
+    let kid = kids[0].0;
+    assert_eq!(uid_of(kid), Some(65534), "the child runs as nobody");
+
+    ark_proc.kill().unwrap(); // SIGKILL
+    ark_proc.wait().unwrap();
+    // PDEATHSIG: the child dies with its parent (a zombie if nobody reaps it here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{kid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().chars().next())
+            })
+            .flatten();
+        if matches!(state, None | Some('Z') | Some('X')) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fetch child {kid} outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Nothing visible; the staging left behind is garbage that `ark image gc` reclaims.
+    let o = ark(dir.path(), &["image", "list", "--format", "json"], &[]);
+    assert_eq!(stdout(&o), "[]");
+    let o = ark(dir.path(), &["image", "gc"], &[]);
+    assert!(o.status.success(), "gc: {}", stderr(&o));
+    assert_store_empty(dir.path());
 }
