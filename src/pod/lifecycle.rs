@@ -90,7 +90,9 @@ fn fill(
     fs::copy(init_bin, layout.init_binary())
         .with_context(|| format!("copy {} into the pod", init_bin.display()))?;
     let json = manifest.to_json();
-    write_atomic(&layout.rootfs_manifest(), &json)?;
+    // The stage2 copy needs no fsync: the pod is valid only once its own manifest (below,
+    // fsynced) is in place and it has left prepare/.
+    fs::write(layout.rootfs_manifest(), &json)?;
     for v in &manifest.volumes {
         fs::create_dir_all(layout.volume_dir(&v.name))?;
     }
@@ -165,10 +167,8 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         }
         locked.move_to(&store, PodState::Run)?;
         let dir = &locked.pod.path;
-        write_atomic(
-            &dir.join("pid"),
-            format!("{}\n", std::process::id()).as_bytes(),
-        )?;
+        // No fsync: the pid means nothing after a reboot anyway.
+        fs::write(dir.join("pid"), format!("{}\n", std::process::id()))?;
         let mut cmd = Command::new(&stage1);
         cmd.arg("run").arg("--pod-dir").arg(dir);
         if global.debug {
