@@ -7,6 +7,21 @@
 //! equal to the prefix or below it by whole path components (`example.com/app` covers
 //! `example.com/app` and `example.com/app/db`, not `example.com/application`); a root key is
 //! trusted for every name.
+//!
+//! Making simple-signing signatures ark verifies, with Debian 12's skopeo 1.9: point a
+//! registries.d file at a lookaside directory (`sigstore-staging` is the key skopeo 1.9 reads for
+//! writing; `lookaside-staging` is its newer name), e.g. `DIR/registries.d/local.yaml`:
+//!
+//! ```yaml
+//! default-docker:
+//!   sigstore-staging: file:///srv/sigs
+//! ```
+//!
+//! then `skopeo --registries.d DIR/registries.d copy --sign-by FINGERPRINT SRC
+//! docker://HOST/REPO:TAG` writes `/srv/sigs/REPO@sha256=HEX/signature-1` (an OpenPGP-signed,
+//! compressed message whose JSON names `HOST/REPO:TAG` and the manifest digest). Fetch with
+//! `ark fetch --signature-dir /srv/sigs docker://HOST/REPO:TAG` after
+//! `ark trust --prefix HOST/REPO KEYFILE` (`gpg --export [--armor] FINGERPRINT > KEYFILE`).
 
 pub mod cli;
 pub mod keys;

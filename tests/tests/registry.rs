@@ -357,6 +357,21 @@ fn basic_auth_with_htpasswd_registry() {
         &[("ARK_REGISTRY_AUTH", "ark:s3cret")],
     );
     assert_fetched(&o, &f.oci_digest);
+    // The same credentials from an auth file as `podman login` writes it.
+    let auth = tempfile::NamedTempFile::new().unwrap();
+    let entry = base64(b"ark:s3cret", false);
+    std::fs::write(
+        auth.path(),
+        serde_json::json!({"auths": {reg.addr.clone(): {"auth": entry}}}).to_string(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let o = fetch(
+        dir.path(),
+        &["--insecure-options=image", &image],
+        &[("REGISTRY_AUTH_FILE", auth.path().to_str().unwrap())],
+    );
+    assert_fetched(&o, &f.oci_digest);
 }
 
 #[test]

@@ -8,8 +8,12 @@
 //! process, which checks every blob again.
 //!
 //! Settings from the environment: `ARK_REGISTRY_AUTH=USER:PASSWORD` (credentials for basic
-//! auth or for the bearer token service), `ARK_REGISTRY_TIMEOUT=SECONDS` (how long a registry
-//! may stay silent; default 30).
+//! auth or for the bearer token service, for every registry), `ARK_REGISTRY_TIMEOUT=SECONDS`
+//! (how long a registry may stay silent; default 30). Without `ARK_REGISTRY_AUTH`, credentials
+//! for the image's registry host come from the first auth file that has them, in the format
+//! `podman login` / `skopeo login` / `docker login` write (`{"auths": {"HOST[:PORT]": {"auth":
+//! base64("USER:PASSWORD")}}}`): `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+//! `~/.docker/config.json`.
 
 pub mod client;
 pub mod sink;
@@ -116,6 +120,52 @@ pub fn credentials_from_env() -> Result<Option<(String, String)>> {
     }
 }
 
+/// Credentials for `host` from the auth files `podman login` / `docker login` write.
+pub fn credentials_from_auth_files(host: &str) -> Result<Option<(String, String)>> {
+    use base64::Engine as _;
+    let mut files = Vec::new();
+    if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE") {
+        files.push(PathBuf::from(f));
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        files.push(PathBuf::from(d).join("containers/auth.json"));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(h).join(".docker/config.json"));
+    }
+    // Docker Hub's entry is keyed by its legacy URL.
+    let keys = if host == "docker.io" {
+        vec![host.to_string(), "https://index.docker.io/v1/".to_string()]
+    } else {
+        vec![host.to_string(), format!("https://{host}")]
+    };
+    for file in files {
+        let data = match std::fs::read(&file) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
+        let doc: serde_json::Value = serde_json::from_slice(&data)
+            .with_context(|| format!("{} is not valid JSON", file.display()))?;
+        for key in &keys {
+            let Some(auth) = doc["auths"][key]["auth"].as_str() else {
+                continue;
+            };
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| anyhow!("{}: auth for {key} is not base64", file.display()))?;
+            let (u, p) = decoded.split_once(':').ok_or_else(|| {
+                anyhow!("{}: auth for {key} is not USER:PASSWORD", file.display())
+            })?;
+            tracing::debug!("credentials for {host} from {}", file.display());
+            return Ok(Some((u.to_string(), p.to_string())));
+        }
+    }
+    Ok(None)
+}
+
 /// What was fetched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fetched {
@@ -164,7 +214,10 @@ pub fn fetch(reference: &str, opts: &FetchOptions, dest: &Path) -> Result<Fetche
             insecure_http: opts.insecure_http,
             insecure_tls: opts.insecure_tls,
             timeout: opts.timeout,
-            credentials: opts.credentials.clone(),
+            credentials: match &opts.credentials {
+                Some(c) => Some(c.clone()),
+                None => credentials_from_auth_files(&parsed.host)?,
+            },
         },
         platform: opts.platform.clone(),
         keys,
