@@ -105,6 +105,11 @@ pub fn parse_volume(spec: &str) -> Result<Volume, String> {
     let source = source.ok_or_else(|| format!("--volume {name}: source=PATH is required"))?;
     let abs =
         fs::canonicalize(&source).map_err(|e| format!("--volume {name}: source {source}: {e}"))?;
+    if !abs.is_dir() {
+        return Err(format!(
+            "--volume {name}: source {source} is not a directory"
+        ));
+    }
     let source = abs
         .to_str()
         .ok_or_else(|| format!("--volume {name}: source {source} is not UTF-8"))?
