@@ -39,10 +39,17 @@ fn main() {
     }
     let config_path =
         std::env::var("ARK_STAGE2_CONFIG").unwrap_or_else(|_| guest::STAGE2_CONFIG.into());
-    let config = match std::fs::read(&config_path)
-        .map_err(|e| format!("{config_path}: {e}"))
-        .and_then(|b| Stage2Config::from_json(&b))
-    {
+    // A read-only root (kvm on an erofs image) gets the config on the kernel command line,
+    // which the kernel passes to init as an environment variable.
+    let from_cmdline = std::env::var(ark_pod_spec::STAGE2_CMDLINE_KEY).ok();
+    let config = match from_cmdline.map_or_else(
+        || {
+            std::fs::read(&config_path)
+                .map_err(|e| format!("{config_path}: {e}"))
+                .and_then(|b| Stage2Config::from_json(&b))
+        },
+        |v| Stage2Config::from_cmdline_value(&v),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ark-init: {e}");

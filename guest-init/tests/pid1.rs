@@ -14,10 +14,15 @@ use common::{pod, skip_unless_able, stdout};
 use serde_json::json;
 
 fn run_as_pid1(p: &common::TestPod, cfg: &Stage2Config) -> std::process::Output {
+    std::fs::write(p.layout.stage2_config(), cfg.to_json()).unwrap();
+    run_as_pid1_with(p, &[])
+}
+
+fn run_as_pid1_with(p: &common::TestPod, env: &[(&str, String)]) -> std::process::Output {
     let root = p.layout.stage1_rootfs();
     std::fs::create_dir_all(root.join("ark/status")).unwrap();
-    std::fs::write(p.layout.stage2_config(), cfg.to_json()).unwrap();
     let out = Command::new("timeout")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args([
             "60", "unshare", "--pid", "--mount", "--uts", "--ipc", "--fork", "chroot",
         ])
@@ -86,4 +91,24 @@ fn a_broken_manifest_is_reported_not_hung() {
         Some(1)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("pod manifest"));
+}
+
+#[test]
+fn config_from_the_kernel_command_line() {
+    skip_unless_able!();
+    let p = pod(
+        "kvm",
+        json!({ "apps": [{ "name": "a", "exec": ["sh", "-c", "cat /etc/hostname; exit 4"] }] }),
+    );
+    // No /ark/stage2.json (a read-only root): the config comes as the kernel passes
+    // `ark_stage2=<hex>` to init, in its environment.
+    assert!(!p.layout.stage2_config().exists());
+    let cfg = vm_config(&p.manifest.uuid);
+    let out = run_as_pid1_with(
+        &p,
+        &[(ark_pod_spec::STAGE2_CMDLINE_KEY, cfg.to_cmdline_value())],
+    );
+    assert_eq!(stdout(&out), "vmhost\n");
+    let status = StatusDir::new(p.layout.in_root("/ark/status"));
+    assert_eq!(status.read_app("a").unwrap().exit_code, Some(4));
 }

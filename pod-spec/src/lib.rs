@@ -17,7 +17,7 @@ pub use manifest::{
 };
 pub use stage2::{
     AppCgroup, ControlCommand, ControlTransport, OnExit, Stage2Config, Stage2Mount,
-    StatusTransport, STAGE2_CONFIG_VERSION,
+    StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
 };
 pub use status::{
     pod_exit_code, AppState, AppStatus, PodExit, StatusDir, StatusMessage, EXIT_STAGE1_ERROR,

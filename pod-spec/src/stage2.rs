@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 
 pub const STAGE2_CONFIG_VERSION: u32 = 1;
 
+/// Kernel command-line key carrying the stage2 config when the pod root cannot hold
+/// `/ark/stage2.json` (a read-only block image): `ark_stage2=<hex of the JSON>`. The kernel
+/// hands unknown `key=value` parameters to init as environment variables; guest-init reads
+/// this variable before looking for the file.
+pub const STAGE2_CMDLINE_KEY: &str = "ark_stage2";
+
 /// The vsock CID of the host, where guest-init sends statuses in a VM.
 pub const VSOCK_HOST_CID: u32 = 2;
 
@@ -87,6 +93,27 @@ impl Stage2Config {
         let mut v = serde_json::to_vec_pretty(self).expect("stage2 config serializes");
         v.push(b'\n');
         v
+    }
+
+    /// The value for [`STAGE2_CMDLINE_KEY`]: compact JSON, hex-encoded (no spaces, quotes or
+    /// commas for the kernel's parser to trip on).
+    pub fn to_cmdline_value(&self) -> String {
+        let json = serde_json::to_vec(self).expect("stage2 config serializes");
+        json.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_cmdline_value(hex: &str) -> Result<Self, String> {
+        let hex = hex.trim().as_bytes();
+        if hex.len() & 1 == 1 {
+            return Err(format!("{STAGE2_CMDLINE_KEY}: odd number of hex digits"));
+        }
+        let digit = |c: u8| (c as char).to_digit(16);
+        let bytes = hex
+            .chunks(2)
+            .map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| format!("{STAGE2_CMDLINE_KEY}: not hex"))?;
+        Self::from_json(&bytes)
     }
 }
 
@@ -219,6 +246,21 @@ mod tests {
         );
         let v: StatusTransport = serde_json::from_str(r#"{"type":"vsock","port":9}"#).unwrap();
         assert_eq!(v, StatusTransport::Vsock { port: 9, cid: 2 });
+    }
+
+    #[test]
+    fn cmdline_value_round_trips() {
+        let mut c = Stage2Config::new(
+            "u",
+            StatusTransport::Vsock { port: 7, cid: 2 },
+            OnExit::Reboot,
+        );
+        c.hostname = Some("h".into());
+        let v = c.to_cmdline_value();
+        assert!(v.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(Stage2Config::from_cmdline_value(&v).unwrap(), c);
+        assert!(Stage2Config::from_cmdline_value("7g").is_err());
+        assert!(Stage2Config::from_cmdline_value("7").is_err());
     }
 
     #[test]
