@@ -147,7 +147,17 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
 
     let mut cfg = cfg.clone();
     if cfg.create_app_cgroups {
-        cfg.app_cgroups = create_cgroups(&manifest)?;
+        let wants_limits = manifest.limits != Default::default()
+            || manifest.apps.iter().any(|a| a.limits != Default::default());
+        cfg.app_cgroups = match create_cgroups(&manifest) {
+            Ok(c) => c,
+            // Without limits, cgroups only add OOM attribution: not worth failing the pod.
+            Err(e) if !wants_limits => {
+                eprintln!("ark-init: warning: no app cgroups: {e:#}");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
     }
 
     let listener = match &cfg.control {
