@@ -430,8 +430,19 @@ pub mod scenarios {
             s.get("app-busybox").map(String::as_str) == Some("running")
         });
         assert_eq!(env.status(&uuid)["state"], "running");
+        // `status --wait` blocks while the pod runs and returns once it has exited.
+        let mut waiter = env.spawn(&["status", "--wait", &uuid]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            waiter.try_wait().unwrap().is_none(),
+            "status --wait returned early"
+        );
         env.ok(&["stop", "--timeout=20s", &uuid]);
         let st = wait_child(&mut run, SLOW);
+        assert!(wait_child(&mut waiter, SLOW).success());
+        let mut waited = String::new();
+        std::io::Read::read_to_string(waiter.stdout.as_mut().unwrap(), &mut waited).unwrap();
+        assert!(waited.lines().any(|l| l == "state=exited"), "{waited}");
         // sleep dies of SIGTERM: 128 + 15.
         assert_eq!(st.code(), Some(143), "{st:?}");
         let s = env.status(&uuid);
@@ -451,6 +462,12 @@ pub mod scenarios {
             "sh",
             "-c",
             "echo marker > /tmp/marker; exec sleep 600",
+            "---",
+            &env.image,
+            "--name=side",
+            "--",
+            "sleep",
+            "600",
         ]);
         let uuid = env.wait_pod(SLOW);
         env.wait_status(&uuid, SLOW, "the app running", |s| {
@@ -468,8 +485,11 @@ pub mod scenarios {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Two apps: which one must be said.
+        super::assert_one_line_error(&env.output(&["enter", &uuid, "true"]), "--app");
         let out = env.ok(&[
             "enter",
+            "--app=busybox",
             &uuid,
             "sh",
             "-c",
@@ -483,7 +503,7 @@ pub mod scenarios {
         assert_eq!(lines[2], "busybox", "{out}");
         // Exit codes pass through.
         assert_eq!(
-            env.output(&["enter", &uuid, "sh", "-c", "exit 7"])
+            env.output(&["enter", "--app=side", &uuid, "sh", "-c", "exit 7"])
                 .status
                 .code(),
             Some(7)
@@ -588,5 +608,44 @@ pub mod scenarios {
         );
         let again = env.output(&["run-prepared", &uuid]);
         super::assert_one_line_error(&again, "not prepared");
+    }
+
+    /// `--interactive` gives the app ark's stdin; without it the app's stdin is empty.
+    pub fn interactive_stdin(flavor: &str) {
+        use std::io::Write;
+        let env = PodEnv::new();
+        for (interactive, want) in [(true, "typed-in\n"), (false, "")] {
+            let mut args = vec!["run".to_string(), flag(flavor)];
+            if interactive {
+                args.push("--interactive".into());
+            }
+            args.extend([env.image.clone(), "--".into(), "cat".into()]);
+            let mut child = env
+                .ark()
+                .args(&args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"typed-in\n")
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                want,
+                "interactive={interactive}"
+            );
+        }
     }
 }

@@ -68,3 +68,9 @@ fn prepare_then_run_prepared() {
     need_pods!();
     scenarios::prepare_then_run_prepared(FLAVOR);
 }
+
+#[test]
+fn interactive_stdin() {
+    need_pods!();
+    scenarios::interactive_stdin(FLAVOR);
+}

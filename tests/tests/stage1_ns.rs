@@ -138,3 +138,9 @@ fn namespaces_hostname_pid1_and_net_none() {
         .collect();
     assert_eq!(ifaces, ["lo"], "{stdout}");
 }
+
+#[test]
+fn interactive_stdin() {
+    need_pods!();
+    scenarios::interactive_stdin(FLAVOR);
+}
