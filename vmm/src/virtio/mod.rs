@@ -53,10 +53,16 @@ pub trait Interrupt: Send + Sync {
 }
 
 /// Everything a device needs once the driver has set DRIVER_OK.
+///
+/// The transport (`mmio.rs`) activates a device only when every one of its queues is ready; a
+/// failed activation sets DEVICE_NEEDS_RESET. It calls `activate`, `reset`, `read_config` and
+/// `write_config` on a vCPU thread (which runs under a seccomp filter: no new fds, no
+/// sockets, no thread spawns there; do such work in the event loop after `activate_evt`).
 pub struct ActivateContext {
     pub mem: GuestMemory,
     /// One per queue, in queue-index order, already validated by the transport (size, alignment,
-    /// areas inside guest memory) and marked ready.
+    /// areas inside guest memory), marked ready, and with event_idx enabled when the driver
+    /// accepted VIRTIO_RING_F_EVENT_IDX.
     pub queues: Vec<Queue>,
     /// The eventfd the guest's QueueNotify write for queue `i` signals.
     pub queue_events: Vec<EventFd>,
