@@ -128,6 +128,45 @@ pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// The overlay lower directories (render-cache entries) of the overlay mounts under `dir`:
+/// what the image store must not delete while pods use them.
+#[allow(dead_code)] // until src/image calls crate::pod::render_paths_in_use
+pub fn overlay_lowerdirs_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_lowerdirs(&info, dir))
+}
+
+#[allow(dead_code)]
+fn parse_lowerdirs(info: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let under = pre
+            .split(' ')
+            .nth(4)
+            .is_some_and(|m| Path::new(&unescape_mountinfo(m)).starts_with(dir));
+        let mut post = post.split(' ');
+        if !under || post.next() != Some("overlay") {
+            continue;
+        }
+        let opts = post.nth(1).unwrap_or("");
+        for opt in opts.split(',') {
+            if let Some(lower) = opt.strip_prefix("lowerdir=") {
+                out.extend(
+                    lower
+                        .split(':')
+                        .map(|l| PathBuf::from(unescape_mountinfo(l))),
+                );
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
@@ -268,6 +307,19 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert_eq!(unescape_mountinfo(r"/trail\04"), r"/trail\04");
+    }
+
+    #[test]
+    fn lowerdirs_of_pod_overlays() {
+        let info = "\
+44 27 0:39 / /d/pods/run/u1/stage1/rootfs/apps/a/rootfs rw,relatime - overlay overlay rw,lowerdir=/d/images/render/x,upperdir=/d/pods/run/u1/overlay/a/upper,workdir=/d/pods/run/u1/overlay/a/work
+45 27 0:40 / /elsewhere rw,relatime - overlay overlay rw,lowerdir=/d/images/render/y,upperdir=/u,workdir=/w
+46 27 0:41 / /d/pods/run/u2/x rw,relatime - tmpfs tmpfs rw
+";
+        assert_eq!(
+            parse_lowerdirs(info, Path::new("/d/pods")),
+            [PathBuf::from("/d/images/render/x")]
+        );
     }
 
     #[test]
