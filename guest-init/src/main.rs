@@ -466,28 +466,39 @@ fn accept_control(listener: &OwnedFd) -> Option<ControlCommand> {
     }
 }
 
-/// SIGKILLs and reaps every remaining child (fly, after the apps ended).
+/// SIGKILLs and reaps every remaining child (fly, after the apps ended). Killing one can
+/// hand its own children to us (we are their subreaper), so repeat until none is left.
 fn kill_children() {
-    let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        // The ppid is the 2nd field after the parenthesised command name.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
-        if ppid == Some(me.as_str()) {
+    loop {
+        for pid in children() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-    }
-    while let Ok(s) = waitpid(None, None) {
-        if matches!(s, WaitStatus::StillAlive) {
-            break;
+        match waitpid(None, None) {
+            Err(nix::errno::Errno::ECHILD) => break,
+            Err(nix::errno::Errno::EINTR) | Ok(_) => {}
+            Err(e) => {
+                eprintln!("ark-init: waitpid: {e}");
+                break;
+            }
         }
     }
+}
+
+/// Pids whose parent is this process, from /proc.
+fn children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // The ppid is the 2nd field after the parenthesised command name.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))?;
+            (ppid == me).then_some(pid)
+        })
+        .collect()
 }

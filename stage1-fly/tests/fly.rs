@@ -58,7 +58,9 @@ fn runs_in_host_namespaces_with_statuses_and_volumes() {
 fn sigterm_stops_apps_and_orphans_do_not_outlive_the_pod() {
     skip_unless_able!();
     // The app leaves a background sleep behind (an orphan guest-init adopts as subreaper).
-    let script = "sleep 1000 & echo $! > /tmp/orphan; exec sleep 999";
+    // ...and a subshell whose own child is handed to guest-init only once the subshell dies.
+    let script = "sleep 1000 & echo $! > /tmp/orphan; \
+                  (sleep 1002 & echo $! > /tmp/grandchild; wait) & exec sleep 999";
     let p = pod(
         "fly",
         json!({ "apps": [{ "name": "a", "exec": ["sh", "-c", script] }] }),
@@ -74,6 +76,14 @@ fn sigterm_stops_apps_and_orphans_do_not_outlive_the_pod() {
         .parse()
         .unwrap();
     assert!(Path::new(&format!("/proc/{orphan}")).exists());
+    let grandchild_file = p.layout.app_rootfs("a").join("tmp/grandchild");
+    assert!(wait_for(5, || grandchild_file.exists()));
+    std::thread::sleep(Duration::from_millis(100));
+    let grandchild: i32 = std::fs::read_to_string(&grandchild_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -85,6 +95,10 @@ fn sigterm_stops_apps_and_orphans_do_not_outlive_the_pod() {
     assert!(
         wait_for(5, || !Path::new(&format!("/proc/{orphan}")).exists()),
         "orphan {orphan} outlived the pod"
+    );
+    assert!(
+        wait_for(5, || !Path::new(&format!("/proc/{grandchild}")).exists()),
+        "grandchild {grandchild} outlived the pod"
     );
 }
 
