@@ -38,6 +38,22 @@ pub struct AppFlags {
     /// CPU limit, e.g. 1.5 or 500m.
     #[arg(long)]
     pub cpus: Option<String>,
+    /// Most processes the app may have.
+    #[arg(long = "pids-limit")]
+    pub pids_limit: Option<u64>,
+    /// Keep only these capabilities, comma-separated (e.g. CAP_NET_BIND_SERVICE,CAP_CHOWN).
+    #[arg(
+        long = "caps-retain",
+        value_delimiter = ',',
+        conflicts_with = "caps_remove"
+    )]
+    pub caps_retain: Option<Vec<String>>,
+    /// Drop these capabilities from the default set, comma-separated.
+    #[arg(long = "caps-remove", value_delimiter = ',')]
+    pub caps_remove: Option<Vec<String>>,
+    /// Extra group IDs for the app, comma-separated.
+    #[arg(long = "supplementary-gids", value_delimiter = ',')]
+    pub supplementary_gids: Option<Vec<u32>>,
 }
 
 impl AppFlags {
@@ -53,6 +69,22 @@ impl AppFlags {
             mount: self.mount.iter().chain(&app.mount).cloned().collect(),
             memory: app.memory.clone().or_else(|| self.memory.clone()),
             cpus: app.cpus.clone().or_else(|| self.cpus.clone()),
+            pids_limit: app.pids_limit.or(self.pids_limit),
+            // A per-app capability choice replaces the default one as a whole.
+            caps_retain: if app.caps_retain.is_some() || app.caps_remove.is_some() {
+                app.caps_retain.clone()
+            } else {
+                self.caps_retain.clone()
+            },
+            caps_remove: if app.caps_retain.is_some() || app.caps_remove.is_some() {
+                app.caps_remove.clone()
+            } else {
+                self.caps_remove.clone()
+            },
+            supplementary_gids: app
+                .supplementary_gids
+                .clone()
+                .or_else(|| self.supplementary_gids.clone()),
         }
     }
 }

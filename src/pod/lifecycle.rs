@@ -53,7 +53,14 @@ pub fn prepare(global: &GlobalOpts, a: &PrepareArgs) -> anyhow::Result<Prepared>
         interactive: a.interactive,
         kvm_root: a.stage1_kvm_root,
         blk_fstype,
-        annotations: Default::default(),
+        annotations: a
+            .annotation
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => Err(anyhow!("--annotation {kv:?} is not KEY=VALUE")),
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     let manifest =
         build_manifest(&uuid.to_string(), &req, &apps, &images).map_err(|e| anyhow!(e))?;

@@ -254,6 +254,38 @@ pub fn app_argv(image: &ImageInfo, exec: Option<&str>, args: Option<&[String]>) 
     }
 }
 
+/// The capabilities an app keeps: `--caps-retain` exactly, or the defaults minus
+/// `--caps-remove`, or the defaults. Names are normalized (`net_admin` → `CAP_NET_ADMIN`).
+fn app_capabilities(app: &str, f: &super::args::AppFlags) -> Result<Vec<String>, String> {
+    let norm = |list: &[String], flag: &str| -> Result<Vec<String>, String> {
+        list.iter()
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| {
+                ark_pod_spec::manifest::normalize_capability(c)
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("app {app}: {flag}: unknown capability {c:?}"))
+            })
+            .collect()
+    };
+    let defaults = || {
+        ark_pod_spec::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+    };
+    if let Some(keep) = &f.caps_retain {
+        return norm(keep, "--caps-retain");
+    }
+    if let Some(remove) = &f.caps_remove {
+        let remove = norm(remove, "--caps-remove")?;
+        return Ok(defaults()
+            .into_iter()
+            .filter(|c| !remove.contains(c))
+            .collect());
+    }
+    Ok(defaults())
+}
+
 /// Builds and validates the manifest for `apps` (one [`ImageInfo`] per app, same order).
 pub fn build_manifest(
     uuid: &str,
@@ -342,8 +374,9 @@ pub fn build_manifest(
                 .transpose()
                 .map_err(|e| format!("app {name}: --cpus {e}"))?
                 .map(u64::from),
-            pids: None,
+            pids: f.pids_limit,
         };
+        let capabilities_keep = app_capabilities(&name, f)?;
         out_apps.push(App {
             name,
             image: ImageRef {
@@ -354,14 +387,11 @@ pub fn build_manifest(
             env,
             user,
             group,
-            supplementary_groups: Vec::new(),
+            supplementary_groups: f.supplementary_gids.clone().unwrap_or_default(),
             working_dir,
             mounts,
             limits,
-            capabilities_keep: ark_pod_spec::DEFAULT_CAPABILITIES
-                .iter()
-                .map(|c| c.to_string())
-                .collect(),
+            capabilities_keep,
             rlimits: Vec::new(),
             // The terminal goes to the first app.
             interactive: req.interactive && i == 0,
@@ -628,6 +658,42 @@ mod tests {
         assert_eq!(m.stage1.options[options::KVM_ROOT], "blk");
         assert_eq!(m.stage1.options[options::KVM_ROOT_IMAGE], "rootfs.erofs");
         assert_eq!(m.stage1.options[options::KVM_ROOT_FSTYPE], "erofs");
+    }
+
+    #[test]
+    fn capabilities_pids_and_groups() {
+        let r = rootfs();
+        let img = image(r.path());
+        let apps = split_apps(
+            &words(&[
+                "busybox",
+                "--caps-retain=net_bind_service,CAP_CHOWN",
+                "--pids-limit=50",
+                "--supplementary-gids=10,20",
+                "---",
+                "busybox",
+                "--caps-remove=CAP_KILL",
+            ]),
+            &AppFlags::default(),
+        )
+        .unwrap();
+        let m = build_manifest(UUID, &req(Flavor::Ns), &apps, &[img.clone(), img.clone()]).unwrap();
+        assert_eq!(
+            m.apps[0].capabilities_keep,
+            ["CAP_NET_BIND_SERVICE", "CAP_CHOWN"]
+        );
+        assert_eq!(m.apps[0].limits.pids, Some(50));
+        assert_eq!(m.apps[0].supplementary_groups, [10, 20]);
+        let b = &m.apps[1].capabilities_keep;
+        assert_eq!(b.len(), ark_pod_spec::DEFAULT_CAPABILITIES.len() - 1);
+        assert!(!b.iter().any(|c| c == "CAP_KILL"));
+        let apps = split_apps(
+            &words(&["busybox", "--caps-retain=CAP_FLY"]),
+            &AppFlags::default(),
+        )
+        .unwrap();
+        let e = build_manifest(UUID, &req(Flavor::Ns), &apps, &[img]).unwrap_err();
+        assert!(e.contains("unknown capability \"CAP_FLY\""), "{e}");
     }
 
     #[test]
