@@ -144,3 +144,38 @@ fn interactive_stdin() {
     need_pods!();
     scenarios::interactive_stdin(FLAVOR);
 }
+
+/// --caps-retain keeps exactly the named capabilities; the default set is Docker's.
+#[test]
+fn capabilities_follow_the_flags() {
+    need_pods!();
+    let env = PodEnv::new();
+    let cap_eff = |flags: &[&str]| -> u64 {
+        let mut args = vec!["run", "--stage1=ns", &env.image];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "cat", "/proc/self/status"]);
+        let out = env.output(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("CapEff:"))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        u64::from_str_radix(line["CapEff:".len()..].trim(), 16).unwrap()
+    };
+    // CAP_CHOWN = 0, CAP_NET_BIND_SERVICE = 10.
+    assert_eq!(
+        cap_eff(&["--caps-retain=CAP_CHOWN,net_bind_service"]),
+        1 | 1 << 10
+    );
+    let default = cap_eff(&[]);
+    assert_eq!(default.count_ones(), 14, "{default:x}");
+    assert_eq!(default & (1 << 21), 0, "no CAP_SYS_ADMIN by default");
+    // CAP_KILL = 5.
+    assert_eq!(cap_eff(&["--caps-remove=CAP_KILL"]), default & !(1 << 5));
+}
