@@ -989,3 +989,81 @@ fn credit_request_and_receive_shutdown() {
     assert_eq!(pkts[0].0.op, op::RST);
     assert_eq!(vm.conns(), 0);
 }
+
+/// Guest data still buffered for a slow host when the guest closes: delivered if the host reads
+/// it in time, the connection then ends with RST; a host that never reads is cut off after the
+/// close timeout instead of pinning the connection forever.
+#[test]
+fn guest_close_flushes_buffered_data_or_times_out() {
+    let mem = memory();
+    let mut vm = Vm::new(&mem, None);
+    let listener = host_listener(&vm, 52);
+    vm.give_rx(128);
+    let chunk = vec![3u8; 64 * 1024];
+    let mut shut = ghdr(op::SHUTDOWN, 0, 52);
+    shut.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+
+    // Reading host: everything arrives, then EOF, then the guest gets its RST.
+    let mut host = vm.guest_connect(&listener, 1000, 52);
+    let sent = fill_until_buffered(&mut vm, 1000, &chunk);
+    shut.src_port = 1000;
+    vm.send(shut, &[]);
+    assert_eq!(vm.conns(), 1);
+    host.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert_eq!(vm.conns(), 1, "the close waits for buffered data");
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut eof = false;
+    for _ in 0..200 {
+        match host.read(&mut buf) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(n) => got += n,
+            Err(_) => {}
+        }
+        vm.run();
+    }
+    assert!(eof);
+    assert_eq!(got, sent);
+    assert!(vm.recv().iter().any(|(h, _)| h.op == op::RST));
+    assert_eq!(vm.conns(), 0);
+
+    // Host that never reads: the connection is dropped after the close timeout.
+    let _stuck = vm.guest_connect(&listener, 1001, 52);
+    fill_until_buffered(&mut vm, 1001, &chunk);
+    assert_eq!(vm.conns(), 1);
+    shut.src_port = 1001;
+    vm.send(shut, &[]);
+    let until = Instant::now() + connection::CLOSE_TIMEOUT + Duration::from_secs(2);
+    while vm.conns() > 0 && Instant::now() < until {
+        vm.mgr.run_with_timeout(100).unwrap();
+    }
+    assert_eq!(vm.conns(), 0);
+    let pkts = vm.recv();
+    assert!(
+        pkts.iter()
+            .any(|(h, _)| h.op == op::RST && h.dst_port == 1001),
+        "{pkts:?}"
+    );
+}
+
+/// Sends guest data (within credit, as a driver would) until the host socket is full and the
+/// device holds some in its buffer. Returns the bytes sent.
+fn fill_until_buffered(vm: &mut Vm, port: u32, chunk: &[u8]) -> usize {
+    let mut sent = 0usize;
+    let mut fwd = 0u32;
+    loop {
+        for (h, _) in vm.recv() {
+            fwd = fwd.max(h.fwd_cnt);
+        }
+        if TX_BUF_SIZE as usize - (sent - fwd as usize) < chunk.len() {
+            return sent;
+        }
+        vm.send(ghdr(op::RW, port, 52), chunk);
+        sent += chunk.len();
+        assert!(sent < 64 << 20, "host socket never filled");
+    }
+}
