@@ -166,7 +166,12 @@ fn spawn_child() -> Result<Child> {
     }
     let child = cmd
         .spawn()
-        .with_context(|| format!("starting the unprivileged fetch child ({})", exe.display()))?;
+        .with_context(|| {
+            format!(
+                "starting the unprivileged fetch child ({} as uid {FETCH_UID}; in a user namespace, that uid must be mapped)",
+                exe.display()
+            )
+        })?;
     drop(exe_file);
     Ok(child)
 }

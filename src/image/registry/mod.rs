@@ -488,9 +488,12 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
         .collect::<Result<Vec<_>>>()?;
 
     sink.blob_bytes(&manifest_digest, &manifest)?;
-    copy_blob(&mut client, sink, &config.0, config.1)?;
-    for (digest, size) in &layers {
-        copy_blob(&mut client, sink, digest, *size)?;
+    // Images may list one blob several times (Docker's empty layers): fetch each once.
+    let mut fetched = std::collections::HashSet::new();
+    for (digest, size) in std::iter::once(&config).chain(&layers) {
+        if fetched.insert(digest.clone()) {
+            copy_blob(&mut client, sink, digest, *size)?;
+        }
     }
     let tag = reference.tag_or_latest().map(str::to_string);
     let mut annotations = serde_json::Map::new();
