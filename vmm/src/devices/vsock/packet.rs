@@ -534,4 +534,97 @@ mod tests {
             Err(PacketError::Memory(_))
         ));
     }
+
+    /// Random chains over memory seeded with random and near-valid headers: the parsers never
+    /// panic, and whatever `parse_tx` accepts satisfies every documented invariant.
+    #[test]
+    fn random_chains_never_panic_and_accepted_packets_are_valid() {
+        let seed = getrandom::u64().unwrap() | 1;
+        let mut x = seed;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x2_0000)]).unwrap();
+        let mut accepted = 0;
+        for _ in 0..3000 {
+            let mut junk = vec![0u8; 0x4000];
+            for b in junk.iter_mut() {
+                *b = rnd() as u8;
+            }
+            mem.write_slice(&junk, GuestAddress(0x8000)).unwrap();
+            // Often a plausible header, so the checks past the CIDs get exercised too.
+            if rnd() % 2 == 0 {
+                let mut h = hdr((rnd() % 9) as u16, (rnd() % 96) as u32);
+                if rnd() % 4 == 0 {
+                    h.type_ = (rnd() % 3) as u16;
+                }
+                put_hdr(&mem, 0x8000, h);
+            }
+            let n = 1 + rnd() % 4;
+            let vq = MockSplitQueue::new(&mem, 16);
+            let descs: Vec<RawDescriptor> = (0..n)
+                .map(|i| {
+                    let addr = match rnd() % 8 {
+                        0 => rnd(),
+                        1 => 0x2_0000 - rnd() % 64,
+                        2..=4 if i == 0 => 0x8000,
+                        _ => 0x8000 + rnd() % 0x4000,
+                    };
+                    let len = match rnd() % 8 {
+                        0 => rnd() as u32,
+                        1..=3 => (HDR_SIZE as u64 + rnd() % 100) as u32,
+                        _ => (rnd() % 160) as u32,
+                    };
+                    let mut flags = if rnd() % 4 == 0 {
+                        (rnd() % 8) as u16 & !(VRING_DESC_F_NEXT as u16)
+                    } else {
+                        0
+                    };
+                    if i + 1 < n {
+                        flags |= VRING_DESC_F_NEXT as u16;
+                    }
+                    let next = if rnd() % 8 == 0 {
+                        (rnd() % 16) as u16
+                    } else {
+                        i as u16 + 1
+                    };
+                    SplitDescriptor::new(addr, len, flags, next).into()
+                })
+                .collect();
+            vq.add_desc_chains(&descs, 0).unwrap();
+            let mut q: Queue = vq.create_queue().unwrap();
+            let Some(chain) = q.pop_descriptor_chain(&mem) else {
+                continue;
+            };
+            let mut payload = Vec::new();
+            if let Ok(h) = parse_tx(&mem, chain.clone(), CID, &mut payload) {
+                accepted += 1;
+                assert_eq!(
+                    (h.src_cid, h.dst_cid, h.type_),
+                    (CID, HOST_CID, TYPE_STREAM),
+                    "seed {seed}"
+                );
+                assert!(
+                    (op::REQUEST..=op::CREDIT_REQUEST).contains(&h.op),
+                    "seed {seed}"
+                );
+                assert_eq!(
+                    payload.len(),
+                    if h.op == op::RW { h.len as usize } else { 0 }
+                );
+                assert!(h.len <= MAX_PKT_PAYLOAD, "seed {seed}");
+            }
+            if let Ok(mut buf) = RxBuffer::new(&mem, chain) {
+                let cap = buf.payload_capacity();
+                assert!(
+                    buf.write(hdr(op::RW, 0), &vec![0; cap]).is_ok(),
+                    "seed {seed}"
+                );
+            }
+        }
+        assert!(accepted > 0, "no chain was ever accepted (seed {seed})");
+    }
 }
