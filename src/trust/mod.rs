@@ -197,6 +197,34 @@ mod tests {
             assert!(msg.contains("bad signature"), "{msg}");
             keys::remove(&trust, &fp.0).unwrap();
         }
+        // A key that has expired since it signed vouches for nothing.
+        let uid = "short-lived <short@example.com>";
+        gpg(
+            &home,
+            &["--quick-gen-key", uid, "ed25519", "sign", "seconds=2"],
+        );
+        let sig = tmp.path().join("short.asc");
+        gpg(
+            &home,
+            &[
+                "--local-user",
+                uid,
+                "--armor",
+                "--output",
+                sig.to_str().unwrap(),
+                "--detach-sign",
+                data.to_str().unwrap(),
+            ],
+        );
+        let key = gpg(&home, &["--export", uid]);
+        keys::add(&trust, keys::Scope::Root, &key).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let msg = format!(
+            "{:#}",
+            verify_detached(&trust, "example.com/app", &data, &sig).unwrap_err()
+        );
+        assert!(msg.contains("expired"), "{msg}");
+
         // gpg started an agent for this home; it would outlive the test.
         let _ = Command::new("gpgconf")
             .env("GNUPGHOME", &home)

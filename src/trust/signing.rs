@@ -221,6 +221,23 @@ fn verifiers(keys: &KeySet) -> Result<Vec<(Fingerprint, SignedPublicKey)>> {
         .collect()
 }
 
+/// When the key expired (seconds since the epoch), per its newest self-signature, if it has.
+fn expired_at(key: &SignedPublicKey) -> Option<u64> {
+    let created = u64::from(key.primary_key.created_at().as_secs());
+    let newest = key
+        .details
+        .users
+        .iter()
+        .flat_map(|u| u.signatures.iter())
+        .chain(key.details.direct_signatures.iter())
+        .filter(|s| names_key(s, key))
+        .filter_map(|s| s.created().map(|c| (c.as_secs(), s.key_expiration_time())))
+        .max_by_key(|(created, _)| *created)?;
+    let lifetime = u64::from(newest.1?.as_secs());
+    let now = u64::from(pgp::types::Timestamp::now().as_secs());
+    (lifetime != 0 && created + lifetime <= now).then_some(created + lifetime)
+}
+
 /// Tries the primary key and each subkey bound for signing.
 fn verify_with_key(
     key: &SignedPublicKey,
@@ -301,6 +318,9 @@ pub fn verify_detached_with(
             "bad signature for {image_name} from key {fp}: {}",
             err.unwrap_or_else(|| "no signing key matches".into())
         );
+    }
+    if let Some(at) = expired_at(key) {
+        bail!("signature for {image_name} is from key {fp}, which expired (at {at} s since the epoch)");
     }
     Ok(fp.clone())
 }
@@ -386,6 +406,11 @@ fn open_signed_message(
             continue;
         }
         if verify_with_key(key, |vk| names_key_part(&sig, vk) && msg.verify(vk).is_ok()) {
+            if let Some(at) = expired_at(key) {
+                return Err(format!(
+                    "made by key {fp}, which expired (at {at} s since the epoch)"
+                ));
+            }
             return Ok((fp.clone(), payload));
         }
         return Err(format!("bad signature from key {fp}"));
