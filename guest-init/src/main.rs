@@ -137,6 +137,12 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
         nix::sys::prctl::set_child_subreaper(true).context("become a subreaper")?;
     }
 
+    if cfg.on_exit == OnExit::Reboot {
+        // Only in a VM: there the root is ours alone (ns/fly roots are host directories).
+        setup::make_root_writable().context("writable root")?;
+        // A read-only root without /dev/console could not give us stdio before.
+        setup::ensure_console();
+    }
     if cfg.mount_pseudo_fs {
         setup::mount_pseudo_fs(cfg.on_exit == OnExit::Reboot).context("pseudo filesystems")?;
     }

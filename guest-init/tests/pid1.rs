@@ -112,3 +112,42 @@ fn config_from_the_kernel_command_line() {
     let status = StatusDir::new(p.layout.in_root("/ark/status"));
     assert_eq!(status.read_app("a").unwrap().exit_code, Some(4));
 }
+
+#[test]
+fn a_read_only_root_is_made_writable() {
+    skip_unless_able!();
+    let p = pod(
+        "kvm",
+        json!({ "apps": [{ "name": "a", "exec": ["sh", "-c",
+            "echo written > /tmp/x && cat /tmp/x; cat /etc/hostname; exit 5"] }] }),
+    );
+    let root = p.layout.stage1_rootfs();
+    std::fs::create_dir_all(root.join("ark/status")).unwrap();
+    std::fs::write(
+        p.layout.stage2_config(),
+        vm_config(&p.manifest.uuid).to_json(),
+    )
+    .unwrap();
+    // The root as a read-only mount, like an erofs image: guest-init has to overlay it.
+    let script = format!(
+        "mount --bind {r} {r} && mount -o remount,bind,ro {r} && exec chroot {r} /init",
+        r = root.display()
+    );
+    let out = Command::new("timeout")
+        .args([
+            "60", "unshare", "--pid", "--mount", "--fork", "sh", "-c", &script,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!("{out:?}");
+    assert_eq!(
+        stdout(&out),
+        "written\nvmhost\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing reached the image itself.
+    assert!(!p.layout.app_rootfs("a").join("tmp/x").exists());
+    assert!(!root.join("proc").exists());
+}

@@ -81,6 +81,8 @@ impl PodLayout {
 /// Paths inside the stage1 root, as guest-init sees them.
 pub mod guest {
     pub const INIT: &str = "/init";
+    /// ark's own directory in the stage1 root (always present).
+    pub const ARK_DIR: &str = "/ark";
     pub const STAGE2_CONFIG: &str = "/ark/stage2.json";
     pub const MANIFEST: &str = "/ark/pod-manifest.json";
     /// Where ns/fly bind-mount the pod's status directory (file transport).
