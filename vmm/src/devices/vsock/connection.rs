@@ -67,7 +67,6 @@ pub struct Connection {
     // Control packets owed to the guest.
     pending_request: bool,
     pending_response: bool,
-    pending_shutdown: u32,
     pending_credit_update: bool,
     pending_credit_request: bool,
 
@@ -101,7 +100,6 @@ impl Connection {
             state,
             pending_request: false,
             pending_response: false,
-            pending_shutdown: 0,
             pending_credit_update: false,
             pending_credit_request: false,
             host_readable: false,
@@ -190,7 +188,6 @@ impl Connection {
             State::LocalInit => self.pending_request,
             State::Established => {
                 self.pending_response
-                    || self.pending_shutdown != 0
                     || self.pending_credit_update
                     || self.pending_credit_request
                     || (self.host_readable && self.can_send_data() && self.peer_credit() > 0)
@@ -399,10 +396,6 @@ impl Connection {
             State::Established if self.pending_response => {
                 self.pending_response = false;
                 Some((op::RESPONSE, 0))
-            }
-            State::Established if self.pending_shutdown != 0 => {
-                let flags = std::mem::take(&mut self.pending_shutdown);
-                Some((op::SHUTDOWN, flags))
             }
             State::Established if self.pending_credit_request => {
                 self.pending_credit_request = false;
