@@ -123,15 +123,16 @@ pub fn credentials_from_env() -> Result<Option<(String, String)>> {
 /// Credentials for `host` from the auth files `podman login` / `docker login` write.
 pub fn credentials_from_auth_files(host: &str) -> Result<Option<(String, String)>> {
     use base64::Engine as _;
+    // (path, explicitly named): only a file the user named must be readable.
     let mut files = Vec::new();
     if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE") {
-        files.push(PathBuf::from(f));
+        files.push((PathBuf::from(f), true));
     }
     if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        files.push(PathBuf::from(d).join("containers/auth.json"));
+        files.push((PathBuf::from(d).join("containers/auth.json"), false));
     }
     if let Some(h) = std::env::var_os("HOME") {
-        files.push(PathBuf::from(h).join(".docker/config.json"));
+        files.push((PathBuf::from(h).join(".docker/config.json"), false));
     }
     // Docker Hub's entry is keyed by its legacy URL.
     let keys = if host == "docker.io" {
@@ -139,11 +140,16 @@ pub fn credentials_from_auth_files(host: &str) -> Result<Option<(String, String)
     } else {
         vec![host.to_string(), format!("https://{host}")]
     };
-    for file in files {
+    for (file, explicit) in files {
         let data = match std::fs::read(&file) {
             Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+            Err(e) if explicit => {
+                return Err(e).with_context(|| format!("reading {}", file.display()))
+            }
+            Err(e) => {
+                tracing::debug!("skipping auth file {}: {e}", file.display());
+                continue;
+            }
         };
         let doc: serde_json::Value = serde_json::from_slice(&data)
             .with_context(|| format!("{} is not valid JSON", file.display()))?;
