@@ -723,3 +723,98 @@ fn malformed_requests_get_errors_or_are_dropped() {
     let entry: EntryOut = h.lookup(ROOT, b"hello.txt").ok();
     assert_eq!(entry.attr.size, 20);
 }
+
+#[test]
+fn event_loop_dispatches_both_queues() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+
+    let dir = share();
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let fs = Arc::new(Mutex::new(Fs::new("rootfs", dir.path(), false).unwrap()));
+    let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+    manager.add_subscriber(fs.clone());
+    let hiprio = MockSplitQueue::create(&mem, GuestAddress(HIPRIO_BASE), Q);
+    let request = MockSplitQueue::create(&mem, GuestAddress(REQUEST_BASE), Q);
+    let events = [
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    ];
+    let interrupt = Arc::new(CountingInterrupt::default());
+    fs.lock()
+        .unwrap()
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![
+                hiprio.create_queue().unwrap(),
+                request.create_queue().unwrap(),
+            ],
+            queue_events: vec![
+                events[0].try_clone().unwrap(),
+                events[1].try_clone().unwrap(),
+            ],
+            interrupt: interrupt.clone(),
+        })
+        .unwrap();
+    manager.run_with_timeout(100).unwrap();
+
+    // INIT on the request queue, signalled through its eventfd.
+    let init = InitIn {
+        major: 7,
+        minor: 33,
+        ..Default::default()
+    };
+    let header = InHeader {
+        len: 56,
+        opcode: Opcode::Init as u32,
+        unique: 9,
+        ..Default::default()
+    };
+    mem.write_slice(header.as_slice(), GuestAddress(REQ))
+        .unwrap();
+    mem.write_slice(init.as_slice(), GuestAddress(REQ + 40))
+        .unwrap();
+    let chain = [
+        RawDescriptor::from(SplitDescriptor::new(REQ, 56, VRING_DESC_F_NEXT as u16, 1)),
+        RawDescriptor::from(SplitDescriptor::new(
+            RESP,
+            4096,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        )),
+    ];
+    request.add_desc_chains(&chain, 0).unwrap();
+    events[1].write(1).unwrap();
+    manager.run_with_timeout(100).unwrap();
+    let used: u16 = mem.read_obj(request.used_addr().unchecked_add(2)).unwrap();
+    assert_eq!(used, 1);
+    let out: OutHeader = mem.read_obj(GuestAddress(RESP)).unwrap();
+    assert_eq!((out.error, out.unique), (0, 9));
+    assert_eq!(interrupt.0.load(Ordering::SeqCst), 1);
+
+    // FORGET on the hiprio queue: consumed without a reply.
+    let forget = InHeader {
+        len: 48,
+        opcode: Opcode::Forget as u32,
+        unique: 10,
+        nodeid: 12345,
+        ..Default::default()
+    };
+    mem.write_slice(forget.as_slice(), GuestAddress(REQ))
+        .unwrap();
+    mem.write_obj(1u64, GuestAddress(REQ + 40)).unwrap();
+    hiprio
+        .add_desc_chains(
+            &[RawDescriptor::from(SplitDescriptor::new(REQ, 48, 0, 0))],
+            0,
+        )
+        .unwrap();
+    events[0].write(1).unwrap();
+    manager.run_with_timeout(100).unwrap();
+    let used: u16 = mem.read_obj(hiprio.used_addr().unchecked_add(2)).unwrap();
+    assert_eq!(used, 1);
+    let len: u32 = mem
+        .read_obj(hiprio.used_addr().unchecked_add(4 + 4))
+        .unwrap();
+    assert_eq!(len, 0);
+}
