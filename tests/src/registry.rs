@@ -141,6 +141,22 @@ impl Registry {
     }
 
     fn start_with(storage: &Path, auth: RegistryAuth, tls: Option<(&Path, &Path)>) -> Registry {
+        // The port is free when picked but may be taken before the registry binds it: retry.
+        for _ in 0..5 {
+            match Self::try_start(storage, &auth, tls) {
+                Ok(reg) => return reg,
+                Err(log) if log.contains("address already in use") => continue,
+                Err(log) => panic!("docker-registry exited: {log}"),
+            }
+        }
+        panic!("docker-registry found no free port");
+    }
+
+    fn try_start(
+        storage: &Path,
+        auth: &RegistryAuth,
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Registry, String> {
         let config = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -198,23 +214,24 @@ impl Registry {
             addr,
             _config: config,
         };
-        reg.wait_ready();
-        reg
+        reg.wait_ready()?;
+        Ok(reg)
     }
 
-    fn wait_ready(&mut self) {
+    /// Err(its log) if the registry exited instead of coming up.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log = std::fs::read_to_string(self._config.path().join("registry.log"))
                     .unwrap_or_default();
-                panic!("docker-registry exited ({status}): {log}");
+                return Err(format!("({status}) {log}"));
             }
             if let Ok(mut s) = TcpStream::connect(&self.addr) {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
                 let mut line = String::new();
                 if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("HTTP/") {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(Instant::now() < deadline, "docker-registry did not come up");
