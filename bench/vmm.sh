@@ -98,16 +98,17 @@ if [ -n "${ARK_KERNEL:-}" ] && [ -f "$ARK_KERNEL" ]; then
     echo "$e - $s" | bc -l
   }
   d_runs=$(( runs < 3 ? runs : 3 ))
-  d_ark=$(for _ in $(seq "$d_runs"); do
-      mkfs.ext4 -q -F -d "$root" "$work/root.ext4" 64M
-      marker_time "$work/ark.log" "$VMM" --kernel "$ARK_KERNEL" --memory 128 --no-rng --cmdline "$cmd" --blk "$work/root.ext4"
-    done | median)
-  d_q=$(for _ in $(seq "$d_runs"); do
-      mkfs.ext4 -q -F -d "$root" "$work/root.ext4" 64M
-      marker_time "$work/q.log" qemu-system-x86_64 -machine microvm,acpi=off,rtc=off -enable-kvm -cpu host -m 128 \
-        -nographic -nodefaults -no-reboot -serial stdio -kernel "$ARK_KERNEL" -append "$cmd" \
-        -drive id=root,file="$work/root.ext4",format=raw,if=none -device virtio-blk-device,drive=root
-    done | median)
+  # Interleaved, so load from anything else on the host hits both VMMs alike.
+  for _ in $(seq "$d_runs"); do
+    mkfs.ext4 -q -F -d "$root" "$work/root.ext4" 64M
+    marker_time "$work/ark.log" "$VMM" --kernel "$ARK_KERNEL" --memory 128 --no-rng --cmdline "$cmd" \
+      --blk "$work/root.ext4" >> "$work/d_ark"
+    mkfs.ext4 -q -F -d "$root" "$work/root.ext4" 64M
+    marker_time "$work/q.log" qemu-system-x86_64 -machine microvm,acpi=off,rtc=off -enable-kvm -cpu host -m 128 \
+      -nographic -nodefaults -no-reboot -serial stdio -kernel "$ARK_KERNEL" -append "$cmd" \
+      -drive id=root,file="$work/root.ext4",format=raw,if=none -device virtio-blk-device,drive=root >> "$work/d_q"
+  done
+  d_ark=$(median < "$work/d_ark"); d_q=$(median < "$work/d_q")
   row "(d) time to /init marker (s)" "$d_ark" "$d_q" "$(ratio "$d_ark" "$d_q")"
 else
   echo "(d) skipped: set ARK_KERNEL to a guest kernel"
