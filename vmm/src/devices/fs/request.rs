@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader, WriteIn};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
@@ -40,6 +40,8 @@ pub enum RequestError {
     ShortHeader,
     #[error("FUSE header length {len} does not fit the {readable}-byte request")]
     BadLength { len: u32, readable: usize },
+    #[error("FUSE WRITE of {size} bytes in a {len}-byte request")]
+    BadWriteSize { len: u32, size: u32 },
 }
 
 /// Checks the chain's shape and the FUSE header. Returns the header.
@@ -74,7 +76,28 @@ pub fn validate(
             readable,
         });
     }
+    // WRITE carries its payload inline: its `size` must be exactly what follows the WriteIn
+    // (the server would otherwise write whatever shorter amount the chain holds).
+    if header.opcode == Opcode::Write as u32 {
+        let write: WriteIn = reader.read_obj().map_err(|_| RequestError::ShortHeader)?;
+        let expected =
+            (IN_HEADER_LEN + std::mem::size_of::<WriteIn>()) as u64 + u64::from(write.size);
+        if u64::from(header.len) != expected {
+            return Err(RequestError::BadWriteSize {
+                len: header.len,
+                size: write.size,
+            });
+        }
+    }
     Ok(header)
+}
+
+/// The `unique` of a request whose header was readable (for error replies).
+fn unique_of(mem: &GuestMemory, chain: &DescriptorChain<&GuestMemory>) -> u64 {
+    Reader::from_descriptor_chain(mem, chain.clone())
+        .ok()
+        .and_then(|mut r| r.read_obj::<InHeader>().ok())
+        .map_or(0, |h| h.unique)
 }
 
 /// Writes a bare error reply; returns the used length (0 if the chain has no room for it).
@@ -111,9 +134,17 @@ pub fn handle_chain<F: FileSystem + Sync>(
 ) -> u32 {
     let header = match validate(mem, &chain) {
         Ok(h) => h,
-        Err(e @ (RequestError::ShortHeader | RequestError::BadLength { .. })) => {
+        Err(
+            e @ (RequestError::ShortHeader
+            | RequestError::BadLength { .. }
+            | RequestError::BadWriteSize { .. }),
+        ) => {
             tracing::debug!(error = %e, "virtio-fs: malformed FUSE request");
-            return reply_error(mem, chain, 0, libc::EINVAL);
+            let unique = match &e {
+                RequestError::BadWriteSize { .. } => unique_of(mem, &chain),
+                _ => 0,
+            };
+            return reply_error(mem, chain, unique, libc::EINVAL);
         }
         Err(e) => {
             tracing::debug!(error = %e, "virtio-fs: dropping malformed chain");

@@ -433,6 +433,23 @@ fn writes_in_rw_mode_reach_the_host() {
     assert_eq!(read.header.error, 0);
     assert_eq!(read.body, &big[..60 * 1024]);
     std::fs::write(dir.path().join("new.txt"), data).unwrap();
+
+    // WRITE claiming more bytes than the request carries: refused, nothing beyond the request
+    // (other guest memory) reaches the file.
+    let write = WriteIn {
+        fh: open.fh,
+        offset: 0,
+        size: 1 << 20,
+        ..Default::default()
+    };
+    let mut body = write.as_slice().to_vec();
+    body.extend_from_slice(b"tiny");
+    let r = h.call(Opcode::Write, entry.nodeid, &body);
+    assert_eq!(r.errno(), libc::EINVAL);
+    assert_eq!(std::fs::read(dir.path().join("new.txt")).unwrap(), data);
+    // READ asking for more than the reply buffer holds: an error, not an overflow.
+    let read = h.read(entry.nodeid, reader.fh, 1 << 20);
+    assert_ne!(read.header.error, 0);
     // umask applied by the guest is honoured: 0644 stays 0644.
     let mode = std::fs::metadata(dir.path().join("new.txt"))
         .unwrap()
