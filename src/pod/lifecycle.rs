@@ -93,6 +93,11 @@ fn fill(
     let layout = PodLayout::new(dir);
     let root = layout.stage1_rootfs();
     fs::create_dir_all(root.join("ark"))?;
+    // Mount points guest-init needs in its own root: a read-only root (kvm on an erofs image)
+    // cannot have them made later, and the kernel's devtmpfs automount needs /dev.
+    for d in ["dev", "proc", "sys", "run", "tmp"] {
+        fs::create_dir_all(root.join(d))?;
+    }
     fs::create_dir_all(layout.status_dir())?;
     fs::copy(init_bin, layout.init_binary())
         .with_context(|| format!("copy {} into the pod", init_bin.display()))?;

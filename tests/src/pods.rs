@@ -430,6 +430,10 @@ pub mod scenarios {
             s.get("app-busybox").map(String::as_str) == Some("running")
         });
         assert_eq!(env.status(&uuid)["state"], "running");
+        // A running pod is neither removable nor garbage.
+        super::assert_one_line_error(&env.output(&["rm", &uuid]), "running");
+        env.ok(&["gc", "--grace-period=0s", "--expire-prepared=0s"]);
+        assert_eq!(env.status(&uuid)["state"], "running");
         // `status --wait` blocks while the pod runs and returns once it has exited.
         let mut waiter = env.spawn(&["status", "--wait", &uuid]);
         std::thread::sleep(Duration::from_millis(300));

@@ -73,6 +73,12 @@ fn prepare_then_cat_manifest_list_and_rm() {
     let pod = env.path().join("pods/prepared").join(&uuid);
     let root = pod.join("stage1/rootfs");
     assert!(root.join("init").is_file());
+    for d in ["dev", "proc", "sys", "run", "tmp"] {
+        assert!(
+            root.join(d).is_dir(),
+            "no /{d} mount point in the stage1 root"
+        );
+    }
     assert_eq!(
         fs::read(root.join("ark/pod-manifest.json")).unwrap(),
         fs::read(pod.join("pod-manifest.json")).unwrap()
