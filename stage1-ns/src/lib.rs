@@ -298,3 +298,76 @@ fn supervise(child: Pid, signals: &SigSet) -> Result<WaitStatus> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ark_pod_spec::cgroup::Hierarchy;
+
+    fn manifest() -> PodManifest {
+        PodManifest::from_json(
+            br#"{"version":1,"uuid":"ab12","hostname":"h1","stage1":{"flavor":"ns"},
+                 "apps":[{"name":"web","image":{"id":"sha256:x"},"exec":["true"]}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn stage2_config_per_flavor() {
+        let v1 = PodCgroups {
+            pod_dirs: vec![
+                (
+                    Hierarchy::V1 {
+                        controller: "cpu".into(),
+                        root: "/sys/fs/cgroup/cpu".into(),
+                    },
+                    "/sys/fs/cgroup/cpu/ark/ab12".into(),
+                ),
+                (
+                    Hierarchy::V1 {
+                        controller: "memory".into(),
+                        root: "/sys/fs/cgroup/memory".into(),
+                    },
+                    "/sys/fs/cgroup/memory/ark/ab12".into(),
+                ),
+            ],
+        };
+        let c = stage2_config(Isolation::Ns, &manifest(), &v1, false);
+        assert_eq!(c.hostname.as_deref(), Some("h1"));
+        assert_eq!(c.on_exit, OnExit::Exit);
+        assert!(c.mount_pseudo_fs);
+        assert_eq!(
+            c.status,
+            StatusTransport::File {
+                dir: "/ark/status".into()
+            }
+        );
+        assert_eq!(
+            c.app_cgroups[0].dirs,
+            ["/ark/cgroup/cpu/app.web", "/ark/cgroup/memory/app.web"]
+        );
+        assert_eq!(
+            c.app_cgroups[0].oom_file.as_deref(),
+            Some("/ark/cgroup/memory/app.web/memory.oom_control")
+        );
+
+        let v2 = PodCgroups {
+            pod_dirs: vec![(
+                Hierarchy::V2 {
+                    root: "/sys/fs/cgroup".into(),
+                },
+                "/sys/fs/cgroup/ark/ab12".into(),
+            )],
+        };
+        let c = stage2_config(Isolation::Fly, &manifest(), &v2, true);
+        // fly shares the host's UTS namespace: no hostname to set.
+        assert_eq!(c.hostname, None);
+        assert!(c.debug);
+        assert_eq!(
+            c.app_cgroups[0].oom_file.as_deref(),
+            Some("/ark/cgroup/unified/app.web/memory.events")
+        );
+        let none = stage2_config(Isolation::Ns, &manifest(), &PodCgroups::default(), false);
+        assert!(none.app_cgroups.is_empty());
+    }
+}
