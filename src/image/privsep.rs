@@ -7,8 +7,10 @@
 //! signature bytes: HTTP, TLS, authentication, manifests, and the OpenPGP verification (with the
 //! trusted keys handed to it, so it never reads the key store). It owns no file: it streams the
 //! layout back over its stdout in frames, and the parent writes `dest` itself, re-checking every
-//! blob's size and digest, so only verified blobs reach the store. The parent answers its
-//! requests for lookaside signatures (the signature directory may not be readable by nobody).
+//! blob's size and digest, so only verified blobs reach the store. Before reading anything, the
+//! child also denies itself, with seccomp, the syscalls it never needs (exec, namespaces, mounts,
+//! ptrace, BPF, io_uring, keyrings, modules). The parent answers its requests for lookaside
+//! signatures (the signature directory may not be readable by nobody).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -351,11 +353,88 @@ fn check_unprivileged() -> Result<String> {
     Ok(desc)
 }
 
+/// Syscalls the fetch child never needs, denied with EPERM: what a compromised parser would use
+/// to reach more of the kernel (namespaces, mounts, tracing, keyrings, BPF, io_uring, modules)
+/// or to run another program.
+const DENIED_SYSCALLS: &[i64] = &[
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_fsconfig,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_acct,
+    libc::SYS_syslog,
+];
+
+/// Installs the deny-list filter on this (still single-threaded) process; threads made later
+/// inherit it. `no_new_privs` is already set, so no privilege is needed.
+fn install_seccomp() -> Result<String> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+    let rules = DENIED_SYSCALLS.iter().map(|nr| (*nr, vec![])).collect();
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| anyhow!("seccomp: {e}"))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(|e| anyhow!("seccomp: {e}"))?;
+    let program: BpfProgram = filter.try_into().map_err(|e| anyhow!("seccomp: {e:?}"))?;
+    seccompiler::apply_filter(&program).map_err(|e| anyhow!("seccomp: {e}"))?;
+    // unshare(0) changes nothing; under the filter it must be refused.
+    // SAFETY: a no-op syscall.
+    if unsafe { libc::unshare(0) } != -1
+        || std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+    {
+        bail!("seccomp filter is not in effect");
+    }
+    // The kernel's word for it: 2 = filter mode.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| "?".into()))
+}
+
 /// `ark __registry-fetch-child`: reads a [`PullRequest`] line on stdin, streams the layout as
 /// frames on stdout, ends with a result or an error frame.
 pub fn child_main() -> Result<ExitCode> {
     let identity = check_unprivileged()?;
-    tracing::debug!("registry fetch child: {identity}");
+    let seccomp = install_seccomp()?;
+    tracing::debug!("registry fetch child: {identity} seccomp={seccomp}");
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = String::new();

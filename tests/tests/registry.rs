@@ -704,7 +704,7 @@ fn fetch_as_root_runs_network_and_verification_unprivileged() {
     assert!(
         err.contains(
             "registry fetch child: uid=65534/65534/65534 gid=65534/65534/65534 groups=[] no_new_privs=1 \
-             effective=[] permitted=[] inheritable=[] ambient=[] bounding=[]"
+             effective=[] permitted=[] inheritable=[] ambient=[] bounding=[] seccomp=2"
         ),
         "the fetch child reports an unprivileged identity: {err}"
     );
