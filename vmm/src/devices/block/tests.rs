@@ -561,3 +561,48 @@ fn event_loop_activation_and_queue_notify() {
     let used_idx: u16 = mem2.read_obj(mock2.used_addr().unchecked_add(2)).unwrap();
     assert_eq!(used_idx, 1);
 }
+
+#[test]
+fn parser_refuses_out_on_read_only_before_any_io() {
+    // The file being O_RDONLY would also fail the write; the parser must refuse first.
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    mem.write_obj(VIRTIO_BLK_T_OUT, GuestAddress(HDR)).unwrap();
+    let mock = MockSplitQueue::new(&mem, Q);
+    let chain = mock
+        .build_desc_chain(&[
+            RawDescriptor::from(SplitDescriptor::new(HDR, 16, 0, 0)),
+            RawDescriptor::from(SplitDescriptor::new(DATA, 512, 0, 0)),
+            RawDescriptor::from(SplitDescriptor::new(
+                STATUS,
+                1,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            )),
+        ])
+        .unwrap();
+    let limits = request::Limits {
+        capacity_sectors: DISK_SECTORS,
+        read_only: true,
+        flush: false,
+        discard: false,
+        write_zeroes: false,
+    };
+    let err = request::parse(&mem, chain.clone(), &limits).unwrap_err();
+    assert_eq!(
+        err,
+        (Some(GuestAddress(STATUS)), request::ParseError::ReadOnly)
+    );
+    let rw = request::Limits {
+        read_only: false,
+        ..limits
+    };
+    let req = request::parse(&mem, chain, &rw).unwrap();
+    assert_eq!(req.request_type, request::RequestType::Out);
+    assert_eq!(
+        req.data,
+        vec![request::Segment {
+            addr: GuestAddress(DATA),
+            len: 512
+        }]
+    );
+}
