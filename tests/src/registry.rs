@@ -397,6 +397,17 @@ pub fn remote_digest(reference: &str) -> String {
     sha256_bytes(&out.stdout)
 }
 
+/// The manifest (or index) a registry serves for `reference` (`HOST/REPO:TAG`), parsed.
+pub fn remote_manifest(reference: &str) -> serde_json::Value {
+    let out = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]));
+    serde_json::from_slice(&out.stdout).expect("manifest JSON")
+}
+
 /// A throw-away GnuPG home with real keys.
 pub struct Gpg {
     pub home: tempfile::TempDir,

@@ -28,6 +28,9 @@ struct Fixture {
     v2s2_digest: String,
     amd64_digest: String,
     arm64_digest: String,
+    /// The per-platform manifests of `test/multi:v2s2` (a Docker manifest list).
+    list_amd64_digest: String,
+    list_arm64_digest: String,
     other_digest: String,
 }
 
@@ -110,6 +113,29 @@ fn build_fixture() -> Fixture {
         &[],
     );
     skopeo_copy(&src("multi"), &dst("test/multi:latest"), &["--all"], &[]);
+    skopeo_copy(
+        &src("multi"),
+        &dst("test/multi:v2s2"),
+        &["--all", "--format", "v2s2"],
+        &[],
+    );
+    let list = remote_manifest(&format!("{addr}/test/multi:v2s2"));
+    assert_eq!(
+        list["mediaType"], "application/vnd.docker.distribution.manifest.list.v2+json",
+        "skopeo wrote a Docker manifest list"
+    );
+    let list_digest = |arch: &str| {
+        list["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["platform"]["architecture"] == arch)
+            .and_then(|m| m["digest"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let list_amd64_digest = list_digest("amd64");
+    let list_arm64_digest = list_digest("arm64");
     let oci_digest = remote_digest(&format!("{addr}/test/busybox:oci"));
     assert_eq!(
         oci_digest, amd64_digest,
@@ -163,6 +189,8 @@ fn build_fixture() -> Fixture {
         v2s2_digest,
         amd64_digest,
         arm64_digest,
+        list_amd64_digest,
+        list_arm64_digest,
         other_digest,
     }
 }
@@ -294,6 +322,18 @@ fn fetches_oci_and_schema2_manifests_by_tag_and_by_digest() {
 #[test]
 fn image_index_resolves_to_amd64_unless_platform_says_otherwise() {
     let f = fixture_or_skip!();
+    // A Docker manifest list resolves the same way as an OCI index.
+    let list = format!("docker://{}/test/multi:v2s2", f.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let o = fetch(dir.path(), &["--insecure-options=image", &list], &[]);
+    assert_fetched(&o, &f.list_amd64_digest);
+    let o = fetch(
+        dir.path(),
+        &["--insecure-options=image", "--platform=linux/arm64", &list],
+        &[],
+    );
+    assert_fetched(&o, &f.list_arm64_digest);
+
     let image = format!("docker://{}/test/multi:latest", f.addr);
     let dir = tempfile::tempdir().unwrap();
     let o = fetch(dir.path(), &["--insecure-options=image", &image], &[]);
