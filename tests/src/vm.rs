@@ -286,3 +286,21 @@ pub const CODE_SERIAL_ECHO_LINE: &[u8] = &[
 ];
 /// `ud2` with an empty IDT: #UD → #DF → triple fault (KVM_EXIT_SHUTDOWN).
 pub const CODE_TRIPLE_FAULT: &[u8] = &[0x0f, 0x0b];
+
+/// A copy of the ELF `kernel` in `dir` without its `.notes` section, hence without the PVH
+/// (Xen) entry note: ark-vmm then boots it through the 64-bit Linux boot protocol instead.
+pub fn kernel_without_pvh_note(kernel: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let out = dir.join("vmlinux-no-pvh");
+    let res = Command::new("objcopy")
+        .args(["-R", ".notes"])
+        .arg(kernel)
+        .arg(&out)
+        .output()
+        .map_err(|e| anyhow::anyhow!("objcopy (binutils): {e}"))?;
+    anyhow::ensure!(
+        res.status.success(),
+        "objcopy: {}",
+        String::from_utf8_lossy(&res.stderr).trim()
+    );
+    Ok(out)
+}
