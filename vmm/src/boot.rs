@@ -218,3 +218,145 @@ pub fn load_linux(
         boot_info,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ELF64 with one PT_LOAD at 2 MiB and, optionally, a PVH note pointing at `pvh_entry`.
+    fn elf(pvh_entry: Option<u32>) -> Vec<u8> {
+        let load: u64 = 0x20_0000;
+        let code = [0xf4u8; 16];
+        let note = pvh_entry.map(|entry| {
+            let mut n = Vec::new();
+            for v in [4u32, 4, 18] {
+                n.extend_from_slice(&v.to_le_bytes());
+            }
+            n.extend_from_slice(b"Xen\0");
+            n.extend_from_slice(&entry.to_le_bytes());
+            n
+        });
+        let phnum: u16 = if note.is_some() { 2 } else { 1 };
+        let notes_off = 64 + 56 * u64::from(phnum);
+        let code_off = notes_off + note.as_ref().map_or(0, |n| n.len() as u64);
+        let mut e = b"\x7fELF\x02\x01\x01\x00".to_vec();
+        e.extend_from_slice(&[0; 8]);
+        e.extend_from_slice(&2u16.to_le_bytes());
+        e.extend_from_slice(&0x3eu16.to_le_bytes());
+        e.extend_from_slice(&1u32.to_le_bytes());
+        for v in [load, 64, 0] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+        e.extend_from_slice(&0u32.to_le_bytes());
+        for v in [64u16, 56, phnum, 0, 0, 0] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+        e.extend_from_slice(&1u32.to_le_bytes());
+        e.extend_from_slice(&5u32.to_le_bytes());
+        for v in [code_off, load, load, 16, 16, 0x1000] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+        if let Some(n) = &note {
+            e.extend_from_slice(&4u32.to_le_bytes());
+            e.extend_from_slice(&4u32.to_le_bytes());
+            for v in [notes_off, 0, 0, n.len() as u64, n.len() as u64, 4] {
+                e.extend_from_slice(&v.to_le_bytes());
+            }
+            e.extend_from_slice(n);
+        }
+        e.extend_from_slice(&code);
+        e
+    }
+
+    fn setup(image: &[u8], mem_size: usize) -> (Mem, tempfile::TempDir, std::path::PathBuf) {
+        let mem = Mem::from_ranges(&crate::arch::ram_ranges(mem_size as u64)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("kernel");
+        std::fs::write(&k, image).unwrap();
+        (mem, dir, k)
+    }
+
+    #[test]
+    fn linux64_boot_params_carry_cmdline_e820_and_initrd() {
+        let size = 64 << 20;
+        let (mem, dir, k) = setup(&elf(None), size);
+        let initrd = dir.path().join("initrd");
+        std::fs::write(&initrd, vec![7u8; 5000]).unwrap();
+        let cmdline = Cmdline::try_from("console=ttyS0", CMDLINE_MAX_SIZE).unwrap();
+        let entry = load_linux(&mem, &k, Some(&initrd), &cmdline, size as u64).unwrap();
+        assert_eq!(entry.protocol, BootProtocol::Linux64);
+        assert_eq!(entry.entry, GuestAddress(0x20_0000));
+        assert_eq!(entry.boot_info, GuestAddress(ZERO_PAGE_START));
+        let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!({ p.hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
+        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!({ p.hdr.cmdline_size }, "console=ttyS0".len() as u32 + 1);
+        let mut c = [0u8; 14];
+        mem.read_slice(&mut c, GuestAddress(CMDLINE_START)).unwrap();
+        assert_eq!(&c, b"console=ttyS0\0");
+        // The initrd sits page-aligned at the top of RAM.
+        let (addr, len) = ({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size });
+        assert_eq!(len, 5000);
+        assert_eq!(addr % 4096, 0);
+        assert!(u64::from(addr) + 5000 <= size as u64);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(u64::from(addr))).unwrap(),
+            7
+        );
+        // e820: RAM below the EBDA, reserved up to 1 MiB, RAM from 1 MiB to the end.
+        assert_eq!(p.e820_entries, 3);
+        let e = p.e820_table;
+        assert_eq!(
+            ({ e[0].addr }, { e[0].size }, { e[0].type_ }),
+            (0, EBDA_START, 1)
+        );
+        assert_eq!({ e[1].type_ }, 2);
+        assert_eq!(
+            ({ e[2].addr }, { e[2].size }),
+            (HIMEM_START, size as u64 - HIMEM_START)
+        );
+    }
+
+    #[test]
+    fn pvh_start_info_when_the_note_is_there() {
+        let size = 64 << 20;
+        let (mem, dir, k) = setup(&elf(Some(0x20_0008)), size);
+        let initrd = dir.path().join("initrd");
+        std::fs::write(&initrd, b"cpio").unwrap();
+        let cmdline = Cmdline::try_from("x", CMDLINE_MAX_SIZE).unwrap();
+        let entry = load_linux(&mem, &k, Some(&initrd), &cmdline, size as u64).unwrap();
+        assert_eq!(entry.protocol, BootProtocol::Pvh);
+        assert_eq!(entry.entry, GuestAddress(0x20_0008));
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC);
+        assert_eq!(info.cmdline_paddr, CMDLINE_START);
+        assert_eq!(info.nr_modules, 1);
+        assert_eq!(info.memmap_entries, 3);
+        let m: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!(m.size, 4);
+        let last: hvm_memmap_table_entry = mem
+            .read_obj(GuestAddress(info.memmap_paddr + 2 * 24))
+            .unwrap();
+        assert_eq!(
+            (last.addr, last.size),
+            (HIMEM_START, size as u64 - HIMEM_START)
+        );
+    }
+
+    #[test]
+    fn bad_kernels_and_initrds_are_named() {
+        let size = 16 << 20;
+        let (mem, dir, k) = setup(&[0x42; 4096], size);
+        let cmdline = Cmdline::try_from("", CMDLINE_MAX_SIZE).unwrap();
+        let e = load_linux(&mem, &k, None, &cmdline, size as u64).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("kernel {}: not an ELF or bzImage", k.display())
+        );
+        std::fs::write(&k, elf(None)).unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![0u8; size]).unwrap();
+        let e = load_linux(&mem, &k, Some(&big), &cmdline, size as u64).unwrap_err();
+        assert!(e.to_string().contains("do not fit"), "{e}");
+    }
+}
