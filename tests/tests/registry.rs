@@ -607,7 +607,15 @@ fn tls_registry_needs_a_trusted_certificate_or_insecure_tls() {
     let image = format!("docker://{}/test/busybox:oci", reg.addr);
     let dir = tempfile::tempdir().unwrap();
     let o = fetch(dir.path(), &["--insecure-options=image", &image], &[]);
-    assert_refused(&o, dir.path(), &["over https", "certificate"]);
+    assert_refused(
+        &o,
+        dir.path(),
+        &[
+            "over https",
+            "certificate not trusted",
+            "--insecure-options=tls",
+        ],
+    );
     let o = fetch(dir.path(), &["--insecure-options=image,tls", &image], &[]);
     assert_fetched(&o, &f.oci_digest);
 }

@@ -113,6 +113,9 @@ pub fn describe(host: &str, e: &ureq::Error, timeout: Duration) -> String {
         ),
         ureq::Error::HostNotFound => format!("registry host {host} not found"),
         ureq::Error::ConnectionFailed => format!("cannot connect to registry {host}"),
+        other if other.to_string().contains("invalid peer certificate") => format!(
+            "registry {host}: TLS certificate not trusted ({other}); to accept it anyway, use --insecure-options=tls"
+        ),
         other => format!("registry {host}: {other}"),
     }
 }
