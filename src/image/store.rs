@@ -135,9 +135,15 @@ impl ImageStore {
     }
 
     /// Fetches or imports `reference` into the store and returns its ID. Idempotent: blobs the
-    /// store has already are not copied again; names move to the image just fetched.
+    /// store has already are not copied again; names move to the image just fetched. A
+    /// reference without a transport (`sha256:...`, a short ID, `name[:tag]`) names an image
+    /// already in the store.
     pub fn fetch(&self, reference: &str, opts: &FetchOptions) -> anyhow::Result<ImageId> {
-        let source = Source::parse(reference)?;
+        let source = match Source::parse(reference) {
+            Ok(source) => source,
+            // Not a transport reference: an image already in the store, by ID or name.
+            Err(e) => return self.resolve(reference).map_err(|_| e),
+        };
         let _shared = self.lock("store.lock", false)?;
         let mut staging = Staging::new(self)?;
         let imported = match &source {

@@ -100,6 +100,8 @@ pub enum Entry {
     Symlink(&'static str, &'static str),
     Hardlink(&'static str, &'static str),
     CharDev(&'static str, u32, u32),
+    /// A file with one extended attribute (a PAX `SCHILY.xattr.*` record before it).
+    XattrFile(&'static str, &'static str, &'static [u8]),
 }
 
 impl Entry {
@@ -113,6 +115,10 @@ impl Entry {
 pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
+        if let Entry::XattrFile(_, key, value) = e {
+            b.append_pax_extensions([(format!("SCHILY.xattr.{key}").as_str(), *value)])
+                .unwrap();
+        }
         let mut h = tar::Header::new_ustar();
         let (name, data): (&str, &[u8]) = match e {
             Entry::Dir(n, mode) => {
@@ -136,6 +142,11 @@ pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
                 h.set_mode(0o644);
                 set_raw(&mut h.as_old_mut().linkname, target);
                 (n, &[])
+            }
+            Entry::XattrFile(n, _, _) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                (n, b"xattr")
             }
             Entry::CharDev(n, major, minor) => {
                 h.set_entry_type(tar::EntryType::Char);

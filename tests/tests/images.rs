@@ -13,6 +13,21 @@ use ark_tests::images::{
 };
 use ark_tests::{ark_bin, is_root};
 
+fn xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length passed.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
 fn layout_ref(layout: &Path, tag: &str) -> String {
     format!("oci-layout:{}:{tag}", layout.display())
 }
@@ -52,6 +67,9 @@ fn busybox_layout_fetch_inspect_render() {
         ark_ok(&store, &["--insecure-options=image", "fetch", &reference]).trim(),
         id
     );
+    // A stored image can be "fetched" by name or short ID: nothing to verify or copy again.
+    assert_eq!(ark_ok(&store, &["fetch", "busybox"]).trim(), id);
+    assert_eq!(ark_ok(&store, &["fetch", &id[7..19]]).trim(), id);
 
     let list: serde_json::Value =
         serde_json::from_str(&ark_ok(&store, &["image", "list", "--format=json"])).unwrap();
@@ -131,6 +149,7 @@ fn layers_whiteouts_links_modes_and_owners() {
         Entry::Hardlink("hl", "keep"),
         Entry::Symlink("s", "keep"),
         Entry::file("deep/er/file", b"parents made on the way"),
+        Entry::XattrFile("with-xattr", "user.ark", b"kept"),
     ]);
     let layer2 = tar_bytes(&[
         Entry::file("a/.wh.f1", b""),
@@ -187,6 +206,14 @@ fn layers_whiteouts_links_modes_and_owners() {
     assert_eq!(keep.mtime(), 1_700_000_000);
     if is_root() {
         assert_eq!((keep.uid(), keep.gid()), (0, 0));
+    }
+    match xattr(&r.join("with-xattr"), "user.ark") {
+        Ok(value) => assert_eq!(value, b"kept"),
+        // Filesystems without user xattrs get a warning from ark, not a failure.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+            eprintln!("xattr not checked: this filesystem has no user xattrs")
+        }
+        Err(e) => panic!("xattr user.ark missing on the rendered file: {e}"),
     }
 }
 
@@ -661,4 +688,93 @@ fn signed_aci_and_oci_layout_verify_against_trusted_keys() {
     );
     assert!(err.contains("signature"), "{err}");
     assert_eq!(snapshot(&store.join("images")), before);
+}
+
+/// A `docker-registry` on a free loopback port, with filesystem storage in `dir`.
+struct LocalRegistry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl LocalRegistry {
+    fn start(dir: &Path) -> LocalRegistry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("storage").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LocalRegistry { child, addr }
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn docker_fetch_lands_in_the_store_like_any_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = LocalRegistry::start(tmp.path());
+    let layout = busybox_oci_layout(&tmp.path().join("bb"));
+    let out = Command::new("skopeo")
+        .args(["copy", "--insecure-policy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{}/tools/busybox:1", registry.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tmp.path().join("store");
+    let reference = format!("docker://{}/tools/busybox:1", registry.addr);
+    let id = ark_ok(&store, &["--insecure-options=image", "fetch", &reference]);
+    assert_eq!(id.trim(), layout_digest(&layout, "latest"));
+    // Again, and concurrently with a render: same ID, one image.
+    assert_eq!(
+        ark_ok(&store, &["--insecure-options=image", "fetch", &reference]),
+        id
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ark_ok(&store, &["image", "list", "--format=json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(
+        list[0]["names"][0],
+        format!("{}/tools/busybox:1", registry.addr)
+    );
+    let rootfs = ark_ok(&store, &["image", "render", "tools/busybox:1"]);
+    assert_eq!(
+        fs::read(Path::new(rootfs.trim()).join("bin/busybox")).unwrap(),
+        fs::read("/bin/busybox").unwrap()
+    );
+    // The download was moved in, nothing left behind.
+    assert_eq!(fs::read_dir(store.join("images/tmp")).unwrap().count(), 0);
+    let gc = ark_ok(&store, &["image", "gc"]);
+    assert!(gc.contains("removed 0 temporary entries, 0 blobs"), "{gc}");
 }
