@@ -27,6 +27,17 @@ pub use status::{
 /// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename), so a
 /// reader never sees half a file and an interruption leaves the old version or the new one.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, true)
+}
+
+/// [`write_atomic`] without the fsync, for state that only matters while the pod runs (the
+/// stage2 config, pids, "running" statuses): a reader still never sees half a file, and a
+/// crash of the host loses nothing that is not rewritten anyway.
+pub fn write_atomic_volatile(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, false)
+}
+
+fn write_atomic_with(path: &std::path::Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     let name = path
@@ -36,7 +47,9 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     drop(f);
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);

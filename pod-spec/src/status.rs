@@ -167,10 +167,15 @@ impl StatusDir {
         self.dir.join("pod.json")
     }
 
+    /// Writes `<app>.json`; durably (fsync) once the app has exited.
     pub fn write_app(&self, status: &AppStatus) -> std::io::Result<()> {
         let mut json = serde_json::to_vec_pretty(status).expect("status serializes");
         json.push(b'\n');
-        crate::write_atomic(&self.app_file(&status.app), &json)
+        let path = self.app_file(&status.app);
+        match status.state {
+            AppState::Exited => crate::write_atomic(&path, &json),
+            AppState::Running => crate::write_atomic_volatile(&path, &json),
+        }
     }
 
     /// Records one message (pod_done needs nothing: `finish` writes pod.json).

@@ -250,17 +250,17 @@ fn run_pod(iso: Isolation, pod: &Pod, cgroups: &Cgroups, debug: bool) -> Result<
     if pod.manifest.net == ark_pod_spec::NetMode::Host {
         // Apps on the host's network resolve names as the host does (a missing file is fine).
         if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
-            ark_pod_spec::write_atomic(&pod.layout.in_root(guest::RESOLV_CONF), &resolv)
+            ark_pod_spec::write_atomic_volatile(&pod.layout.in_root(guest::RESOLV_CONF), &resolv)
                 .context("write resolv.conf")?;
         }
     }
-    ark_pod_spec::write_atomic(&pod.layout.stage2_config(), &cfg.to_json())
+    ark_pod_spec::write_atomic_volatile(&pod.layout.stage2_config(), &cfg.to_json())
         .context("write stage2 config")?;
 
     let signals = forwarded_signals();
     signals.thread_block().context("block signals")?;
     let child = spawn::spawn_stage2(iso, pod, &pod_cgroups)?;
-    ark_pod_spec::write_atomic(
+    ark_pod_spec::write_atomic_volatile(
         &pod.layout.stage2_pid_file(),
         child.as_raw().to_string().as_bytes(),
     )
