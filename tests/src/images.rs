@@ -102,6 +102,8 @@ pub enum Entry {
     CharDev(&'static str, u32, u32),
     /// A file with one extended attribute (a PAX `SCHILY.xattr.*` record before it).
     XattrFile(&'static str, &'static str, &'static [u8]),
+    /// A file owned by uid:gid.
+    OwnedFile(&'static str, u32, u32),
 }
 
 impl Entry {
@@ -143,6 +145,11 @@ pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
                 set_raw(&mut h.as_old_mut().linkname, target);
                 (n, &[])
             }
+            Entry::OwnedFile(n, _, _) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o640);
+                (n, b"owned")
+            }
             Entry::XattrFile(n, _, _) => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(0o644);
@@ -158,8 +165,12 @@ pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
         };
         set_raw(&mut h.as_old_mut().name, name);
         h.set_size(data.len() as u64);
-        h.set_uid(0);
-        h.set_gid(0);
+        let (uid, gid) = match e {
+            Entry::OwnedFile(_, uid, gid) => (*uid, *gid),
+            _ => (0, 0),
+        };
+        h.set_uid(uid.into());
+        h.set_gid(gid.into());
         h.set_mtime(1_700_000_000);
         h.set_cksum();
         b.append(&h, data).unwrap();
@@ -182,6 +193,24 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+/// `TOOL -c` of `bytes` (zstd, xz, bzip2: the real tools, as image builders use them).
+pub fn compress_with(tool: &str, bytes: &[u8]) -> Vec<u8> {
+    use std::process::Stdio;
+    let mut child = Command::new(tool)
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "{tool} failed");
+    out.stdout
+}
+
 /// A hand-made OCI layout: layers (tar bytes, gzipped here) and knobs to make it lie.
 #[derive(Default)]
 pub struct LayoutBuilder {
@@ -200,6 +229,8 @@ pub struct LayoutBuilder {
     pub uncompressed: bool,
     /// Media type for the config descriptor (default OCI config).
     pub config_media_type: Option<String>,
+    /// Compress layers with zstd (the `zstd` tool) instead of gzip.
+    pub zstd: bool,
 }
 
 impl LayoutBuilder {
@@ -243,7 +274,11 @@ impl LayoutBuilder {
             }
             layer_descs.push(serde_json::json!({
                 "mediaType": self.layer_media_type.clone().unwrap_or_else(|| {
-                    let suffix = if self.uncompressed { "" } else { "+gzip" };
+                    let suffix = match (self.uncompressed, self.zstd) {
+                        (true, _) => "",
+                        (false, true) => "+zstd",
+                        (false, false) => "+gzip",
+                    };
                     format!("application/vnd.oci.image.layer.v1.tar{suffix}")
                 }),
                 "digest": digest,

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ark_tests::images::{
-    ark, ark_err, ark_ok, busybox_oci_layout, busybox_oci_layout_tagged, gzip, sha256_hex,
-    snapshot, tar_bytes, Entry, LayoutBuilder,
+    ark, ark_err, ark_ok, busybox_oci_layout, busybox_oci_layout_tagged, compress_with, gzip,
+    sha256_hex, snapshot, tar_bytes, Entry, LayoutBuilder,
 };
 use ark_tests::{ark_bin, is_root};
 
@@ -150,6 +150,7 @@ fn layers_whiteouts_links_modes_and_owners() {
         Entry::Symlink("s", "keep"),
         Entry::file("deep/er/file", b"parents made on the way"),
         Entry::XattrFile("with-xattr", "user.ark", b"kept"),
+        Entry::OwnedFile("owned", 1000, 1001),
     ]);
     let layer2 = tar_bytes(&[
         Entry::file("a/.wh.f1", b""),
@@ -164,7 +165,10 @@ fn layers_whiteouts_links_modes_and_owners() {
         Entry::Symlink("s2", "a/f2"),
     ]);
     let layout = tmp.path().join("layout");
-    let digest = LayoutBuilder::new(vec![layer1, layer2, layer3]).write(&layout, "v1");
+    // zstd layers (sniffed like gzip and plain ones).
+    let mut builder = LayoutBuilder::new(vec![layer1, layer2, layer3]);
+    builder.zstd = true;
+    let digest = builder.write(&layout, "v1");
     let id = ark_ok(
         &store,
         &[
@@ -206,6 +210,11 @@ fn layers_whiteouts_links_modes_and_owners() {
     assert_eq!(keep.mtime(), 1_700_000_000);
     if is_root() {
         assert_eq!((keep.uid(), keep.gid()), (0, 0));
+        let owned = fs::metadata(r.join("owned")).unwrap();
+        assert_eq!(
+            (owned.uid(), owned.gid(), owned.mode() & 0o777),
+            (1000, 1001, 0o640)
+        );
     }
     match xattr(&r.join("with-xattr"), "user.ark") {
         Ok(value) => assert_eq!(value, b"kept"),
@@ -392,6 +401,21 @@ fn aci_import_render_and_signature_policy() {
         ],
     );
     assert!(err.contains("ACI"), "{err}");
+
+    // Every ACI compression renders the same tree.
+    for tool in ["xz", "bzip2"] {
+        let other = tmp.path().join(format!("hello-{tool}.aci"));
+        fs::write(&other, compress_with(tool, &aci_bytes("example.com/hello"))).unwrap();
+        let id = ark_ok(
+            &store,
+            &["--insecure-options=image", "fetch", other.to_str().unwrap()],
+        );
+        let rootfs = ark_ok(&store, &["image", "render", id.trim()]);
+        assert_eq!(
+            fs::read(Path::new(rootfs.trim()).join("work/hello")).unwrap(),
+            b"hello from an ACI"
+        );
+    }
 
     // A manifest that is not an image manifest is refused.
     let bad = tmp.path().join("bad.aci");
@@ -777,4 +801,88 @@ fn docker_fetch_lands_in_the_store_like_any_image() {
     assert_eq!(fs::read_dir(store.join("images/tmp")).unwrap().count(), 0);
     let gc = ark_ok(&store, &["image", "gc"]);
     assert!(gc.contains("removed 0 temporary entries, 0 blobs"), "{gc}");
+}
+
+#[test]
+fn image_index_in_a_layout_resolves_by_platform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layout = tmp.path().join("multi");
+    let mut manifests = Vec::new();
+    for arch in ["arm64", "amd64"] {
+        let one = tmp.path().join(arch);
+        let digest = LayoutBuilder::new(vec![tar_bytes(&[Entry::file("arch", arch.as_bytes())])])
+            .write(&one, arch);
+        let size = fs::metadata(one.join("blobs/sha256").join(&digest[7..]))
+            .unwrap()
+            .len();
+        fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+        for blob in fs::read_dir(one.join("blobs/sha256")).unwrap() {
+            let blob = blob.unwrap();
+            fs::copy(
+                blob.path(),
+                layout.join("blobs/sha256").join(blob.file_name()),
+            )
+            .unwrap();
+        }
+        manifests.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size,
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))
+    .unwrap();
+    let nested_hex = sha256_hex(&nested);
+    fs::write(layout.join("blobs/sha256").join(&nested_hex), &nested).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{nested_hex}"), "size": nested.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+
+    let reference = layout_ref(&layout, "multi");
+    for (flags, want) in [
+        (vec![], "amd64"),
+        (vec!["--platform", "linux/arm64"], "arm64"),
+    ] {
+        let mut args = vec!["--insecure-options=image", "fetch"];
+        args.extend(flags);
+        args.push(&reference);
+        let id = ark_ok(&store, &args);
+        assert_eq!(id.trim(), manifests[usize::from(want == "amd64")]["digest"]);
+        let rootfs = ark_ok(&store, &["image", "render", id.trim()]);
+        assert_eq!(
+            fs::read(Path::new(rootfs.trim()).join("arch")).unwrap(),
+            want.as_bytes()
+        );
+    }
+    let err = ark_err(
+        &store,
+        &[
+            "--insecure-options=image",
+            "fetch",
+            "--platform",
+            "linux/s390x",
+            &reference,
+        ],
+    );
+    assert!(err.contains("no manifest for linux/s390x"), "{err}");
 }
