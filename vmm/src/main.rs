@@ -207,6 +207,13 @@ fn main() {
         // SAFETY: installs a handler that only does an async-signal-safe write.
         unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
     }
+    if config.seccomp {
+        // Before any thread exists, so every VMM thread inherits it.
+        if let Err(e) = vmm::seccomp::vmm_denylist().and_then(|f| vmm::seccomp::apply(&f)) {
+            eprintln!("ark-vmm: seccomp: {e}");
+            std::process::exit(vmm::EXIT_CODE_VMM_ERROR);
+        }
+    }
     match vmm::run_with_stop(config, stop) {
         Ok(exit) => {
             tracing::info!("VM ended: {exit:?}");

@@ -2,8 +2,10 @@
 //! exits to device registers, so it gets a tight allowlist; anything else kills the VMM
 //! (Firecracker's policy: a syscall outside the list means something is already wrong).
 //!
-//! The event-loop thread is not filtered yet: device backends (virtio-fs above all) need a broad
-//! and device-specific syscall set.
+//! The event-loop thread is not allowlisted yet: device backends (virtio-fs above all) need a
+//! broad and device-specific syscall set. `ark-vmm` puts the whole process under
+//! [`vmm_denylist`] instead: calls a VMM never makes (exec, ptrace, mounts, namespaces, module
+//! and kexec loading, bpf, open_by_handle_at, ...) fail with EPERM.
 
 use std::collections::BTreeMap;
 
@@ -73,6 +75,65 @@ pub fn vcpu_filter() -> Result<BpfProgram, String> {
     BpfProgram::try_from(filter).map_err(|e| e.to_string())
 }
 
+/// Syscalls no VMM thread needs, and that a compromised VMM would want for escaping or
+/// attacking the host.
+const DENIED: &[i64] = &[
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_userfaultfd,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_syslog,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_adjtimex,
+    libc::SYS_sethostname,
+    libc::SYS_setdomainname,
+    libc::SYS_quotactl,
+    libc::SYS_personality,
+];
+
+/// The process-wide denylist (EPERM), for `ark-vmm`'s main thread before it starts the VM:
+/// every thread created later inherits it.
+pub fn vmm_denylist() -> Result<BpfProgram, String> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|nr| (*nr, vec![])).collect();
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(|e| e.to_string())?;
+    BpfProgram::try_from(filter).map_err(|e| e.to_string())
+}
+
 /// Applies `filter` to the calling thread.
 pub fn apply(filter: &BpfProgram) -> Result<(), String> {
     seccompiler::apply_filter(filter).map_err(|e| e.to_string())
@@ -95,6 +156,30 @@ mod tests {
             assert_eq!(c.read().unwrap(), 1);
             let v: Vec<u8> = vec![0; 1 << 20];
             drop(v);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn denylist_refuses_escape_syscalls_with_eperm() {
+        let filter = vmm_denylist().unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: unshare(0) changes nothing; it only probes whether the call is allowed.
+            assert_eq!(unsafe { libc::unshare(0) }, 0, "allowed before the filter");
+            apply(&filter).unwrap();
+            assert_eq!(unsafe { libc::unshare(0) }, -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EPERM)
+            );
+            let err = std::process::Command::new("/bin/true")
+                .status()
+                .unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM), "exec must fail");
+            // Ordinary work still runs.
+            let f = tempfile::tempfile().unwrap();
+            drop(f);
         })
         .join()
         .unwrap();
