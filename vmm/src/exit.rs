@@ -96,7 +96,9 @@ impl ExitSignal {
 }
 
 /// Requests an orderly stop of a running VM from any thread (vCPUs are kicked out of KVM_RUN,
-/// devices dropped, `run` returns [`VmExit::HostStop`]). Cheap to clone.
+/// devices dropped, `run` returns [`VmExit::HostStop`]). Cheap to clone. One handle per VM: once
+/// stopped it stays stopped, and a stop requested before `run_with_stop` starts the VM ends it
+/// as soon as it is built.
 #[derive(Clone)]
 pub struct StopHandle(pub(crate) Arc<ExitSignal>);
 
