@@ -57,7 +57,16 @@ impl Vcpu {
     pub fn spawn(mut self) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
-            .spawn(move || self.run_loop())
+            .spawn(move || {
+                // A panic (say, a poisoned device lock) must end the VM, not leave it hanging.
+                let exit = self.exit.clone();
+                let id = self.id;
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()))
+                    .is_err()
+                {
+                    exit.request(Err(format!("vcpu{id}: thread panicked")));
+                }
+            })
     }
 
     fn run_loop(&mut self) {
