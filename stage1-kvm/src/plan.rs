@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use ark_pod_spec::layout::guest;
 use ark_pod_spec::manifest::{Flavor, PodManifest};
-use ark_pod_spec::stage2::{ControlTransport, OnExit, Stage2Config, Stage2Mount, StatusTransport};
+use ark_pod_spec::stage2::{
+    ControlTransport, OnExit, Stage2Config, Stage2Mount, StatusTransport, STAGE2_CMDLINE_KEY,
+};
 use ark_pod_spec::PodLayout;
 use kernel_config::Profile;
 use vmm::{BlockConfig, FsConfig, SerialConfig, VmConfig, VsockConfig};
@@ -22,9 +24,6 @@ pub const ROOT_TAG: &str = "arkroot";
 pub const BASE_MEMORY_MIB: u64 = 128;
 /// Host memory the VMM process may use beyond guest RAM (its cgroup limit).
 pub const VMM_OVERHEAD_MIB: u64 = 64;
-/// Env var (from a kernel cmdline `key=value`) carrying the stage2 config when the pod root is a
-/// read-only block image that cannot hold `/ark/stage2.json`.
-pub const STAGE2_CMDLINE_KEY: &str = "ark_stage2";
 /// Longest Unix socket path (sun_path minus NUL, minus the `_<port>` suffix the vsock device adds).
 const MAX_UDS_PATH: usize = 107 - 6;
 
@@ -165,8 +164,10 @@ pub fn plan(
                 if read_only { "ro" } else { "rw" }
             ));
             // A read-only image cannot hold the stage2 config: hand it over on the command line.
-            let json = serde_json::to_vec(&stage2).expect("stage2 config serializes");
-            cmdline.push_str(&format!(" {STAGE2_CMDLINE_KEY}={}", hex::encode(json)));
+            cmdline.push_str(&format!(
+                " {STAGE2_CMDLINE_KEY}={}",
+                stage2.to_cmdline_value()
+            ));
         }
     }
     cmdline.push_str(&format!(" init={}", guest::INIT));
@@ -356,7 +357,7 @@ mod tests {
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("ark_stage2="))
                 .expect("stage2 on the cmdline");
-        let decoded = Stage2Config::from_json(&hex::decode(hexed).unwrap()).unwrap();
+        let decoded = Stage2Config::from_cmdline_value(hexed).unwrap();
         assert_eq!(decoded, p.stage2);
         assert!(p.vm.fs.is_empty(), "no virtio-fs root with a block root");
     }

@@ -279,7 +279,21 @@ pub mod scenarios {
 
     use super::{pod_cgroups, wait_child, PodEnv};
 
-    const SLOW: Duration = Duration::from_secs(60);
+    /// How long a pod may take to start, stop or report. A kvm pod boots a guest kernel, which on
+    /// a kvm_pvm host runs in KVM's instruction emulator (tens of seconds per boot, more under
+    /// load); the other flavors start in well under a second.
+    fn slow(flavor: &str) -> Duration {
+        Duration::from_secs(if flavor == "kvm" { 300 } else { 60 })
+    }
+
+    /// `ark stop --timeout` for `flavor`: long enough for stage2 to stop the apps and report.
+    fn stop_timeout(flavor: &str) -> &'static str {
+        if flavor == "kvm" {
+            "--timeout=180s"
+        } else {
+            "--timeout=20s"
+        }
+    }
 
     fn flag(flavor: &str) -> String {
         format!("--stage1={flavor}")
@@ -425,8 +439,8 @@ pub mod scenarios {
     pub fn stop_a_sleeping_pod(flavor: &str) {
         let env = PodEnv::new();
         let mut run = env.spawn(&["run", &flag(flavor), &env.image, "--", "sleep", "600"]);
-        let uuid = env.wait_pod(SLOW);
-        env.wait_status(&uuid, SLOW, "the app running", |s| {
+        let uuid = env.wait_pod(slow(flavor));
+        env.wait_status(&uuid, slow(flavor), "the app running", |s| {
             s.get("app-busybox").map(String::as_str) == Some("running")
         });
         assert_eq!(env.status(&uuid)["state"], "running");
@@ -441,9 +455,9 @@ pub mod scenarios {
             waiter.try_wait().unwrap().is_none(),
             "status --wait returned early"
         );
-        env.ok(&["stop", "--timeout=20s", &uuid]);
-        let st = wait_child(&mut run, SLOW);
-        assert!(wait_child(&mut waiter, SLOW).success());
+        env.ok(&["stop", stop_timeout(flavor), &uuid]);
+        let st = wait_child(&mut run, slow(flavor));
+        assert!(wait_child(&mut waiter, slow(flavor)).success());
         let mut waited = String::new();
         std::io::Read::read_to_string(waiter.stdout.as_mut().unwrap(), &mut waited).unwrap();
         assert!(waited.lines().any(|l| l == "state=exited"), "{waited}");
@@ -473,8 +487,8 @@ pub mod scenarios {
             "sleep",
             "600",
         ]);
-        let uuid = env.wait_pod(SLOW);
-        env.wait_status(&uuid, SLOW, "the app running", |s| {
+        let uuid = env.wait_pod(slow(flavor));
+        env.wait_status(&uuid, slow(flavor), "the app running", |s| {
             s.get("app-busybox").map(String::as_str) == Some("running")
         });
         let pod_root = env
@@ -513,7 +527,7 @@ pub mod scenarios {
             Some(7)
         );
         env.ok(&["stop", "--force", &uuid]);
-        wait_child(&mut run, SLOW);
+        wait_child(&mut run, slow(flavor));
     }
 
     /// `kill -9` of `ark run` (= of the stage1, which ark exec'd): the pod shows exited, the
@@ -521,14 +535,14 @@ pub mod scenarios {
     pub fn kill9_then_gc(flavor: &str) {
         let env = PodEnv::new();
         let mut run = env.spawn(&["run", &flag(flavor), &env.image, "--", "sleep", "600"]);
-        let uuid = env.wait_pod(SLOW);
-        env.wait_status(&uuid, SLOW, "the app running", |s| {
+        let uuid = env.wait_pod(slow(flavor));
+        env.wait_status(&uuid, slow(flavor), "the app running", |s| {
             s.get("app-busybox").map(String::as_str) == Some("running")
         });
         run.kill().unwrap(); // SIGKILL
         run.wait().unwrap();
         // Apps are killed with it (pdeathsig / pid namespace), the lock goes with them.
-        let s = env.wait_status(&uuid, SLOW, "exited after kill -9", |s| {
+        let s = env.wait_status(&uuid, slow(flavor), "exited after kill -9", |s| {
             s["state"] == "exited"
         });
         assert!(

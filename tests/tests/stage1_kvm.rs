@@ -44,6 +44,7 @@ fn kvm_run_prints_and_exits_with_the_apps_code() {
     let out = env.output(&[
         "run",
         "--stage1=kvm",
+        "--hostname=kvmpod",
         &env.image,
         "--",
         "sh",
@@ -57,10 +58,10 @@ fn kvm_run_prints_and_exits_with_the_apps_code() {
         "stdout: {stdout}\nstderr: {}",
         stderr_of(&out)
     );
-    // The image's /etc/hostname, read inside the guest, then the app's own line.
+    // The pod's hostname as the app sees /etc/hostname inside the guest, then the app's line.
     let lines: Vec<&str> = stdout.lines().map(str::trim_end).collect();
     let hi = lines.iter().position(|l| *l == "hi").expect("hi printed");
-    assert!(hi >= 1 && lines[hi - 1] == "busybox", "stdout: {stdout}");
+    assert!(hi >= 1 && lines[hi - 1] == "kvmpod", "stdout: {stdout}");
     // Without --debug the guest kernel keeps quiet.
     assert!(
         !stdout.contains("Linux version"),
