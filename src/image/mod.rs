@@ -8,6 +8,8 @@
 //! let id = store.fetch("oci-layout:/tmp/img:latest", &FetchOptions::from_global(&global))?;
 //! let config = store.image_config(&id)?;               // entrypoint, cmd, env, user, ...
 //! let rootfs = store.render(&id)?;                     // cached, read-only: copy or overlay it
+//! let hold = store.hold(&id)?;                         // rm/gc keep the tree while held
+//! hold.keep_across_exec()?;                            // ... for the pod's whole life
 //! ```
 
 mod aci;
@@ -31,7 +33,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
-pub use store::{ImageInfo, ImageKind, ImageStore};
+#[allow(unused_imports)] // for the pod half, which holds renders across exec
+pub use store::{ImageInfo, ImageKind, ImageStore, RenderHold};
 
 /// An image's identity: the sha256 of its manifest (OCI/Docker) or of the ACI file itself.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -104,6 +104,8 @@ impl ImageStore {
             bail!("{} exists and is not empty", dest.display());
         }
         let rootfs = self.render(id)?;
+        // A concurrent `ark image rm` must not pull the tree away mid-copy.
+        let _hold = self.hold(id)?;
         fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
         // cp -a keeps modes, owners, times, links, devices and xattrs, and is what users
         // would do by hand; the source is ark's own tree.

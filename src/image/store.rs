@@ -375,13 +375,20 @@ impl ImageStore {
             index.names.retain(|_, v| *v != id);
             Ok(())
         })?;
-        self.remove_render(&id)?;
+        self.remove_render(id.0.hex())?;
         self.sweep_blobs()?;
         Ok(id)
     }
 
-    fn remove_render(&self, id: &ImageId) -> anyhow::Result<()> {
-        let dir = self.renders_dir().join(id.0.hex());
+    /// Removes an image's render unless a pod holds it (see [`ImageStore::hold`]); a held
+    /// render stays until a later `gc` finds it free. Returns whether it was removed.
+    fn remove_render(&self, hex: &str) -> anyhow::Result<bool> {
+        let use_path = self.renders_dir().join(format!("{hex}.use"));
+        let _free = match try_flock_exclusive(&use_path)? {
+            Some(lock) => lock,
+            None => return Ok(false),
+        };
+        let dir = self.renders_dir().join(hex);
         if dir.exists() {
             // Out of sight first (one rename), then the slow delete.
             let trash = self
@@ -390,8 +397,17 @@ impl ImageStore {
             fs::rename(&dir, &trash)?;
             remove_tree(&trash)?;
         }
-        let _ = fs::remove_file(self.renders_dir().join(format!("{}.lock", id.0.hex())));
-        Ok(())
+        let _ = fs::remove_file(self.renders_dir().join(format!("{hex}.lock")));
+        let _ = fs::remove_file(&use_path);
+        Ok(true)
+    }
+
+    /// Marks the image's render as in use for as long as the returned hold (an open file with a
+    /// shared flock) lives — across `exec` too, if [`RenderHold::keep_across_exec`] is called —
+    /// so `ark image rm`/`gc` leave the tree alone while a pod runs on it.
+    pub fn hold(&self, id: &ImageId) -> anyhow::Result<RenderHold> {
+        let path = self.renders_dir().join(format!("{}.use", id.0.hex()));
+        Ok(RenderHold(flock(&path, false)?))
     }
 
     /// Deletes blobs no image references; the caller holds store.lock exclusively.
@@ -436,13 +452,18 @@ impl ImageStore {
             .map(|id| id.0.hex().to_string())
             .collect();
         for entry in fs::read_dir(self.renders_dir())? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let hex = name.strip_suffix(".lock").unwrap_or(&name);
-            if !live.contains(hex) {
-                remove_tree(&entry.path())?;
-                if !name.ends_with(".lock") {
-                    report.renders += 1;
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.get(..64).filter(|h| !live.contains(*h)) else {
+                continue;
+            };
+            if name.len() == 64 && self.remove_render(hex)? {
+                report.renders += 1;
+            } else if name.len() > 64 && !self.renders_dir().join(hex).exists() {
+                // A lock file whose render is gone (or never finished).
+                if let Some(_free) =
+                    try_flock_exclusive(&self.renders_dir().join(format!("{hex}.use")))?
+                {
+                    let _ = fs::remove_file(self.renders_dir().join(&name));
                 }
             }
         }
@@ -594,7 +615,7 @@ impl<'a> Staging<'a> {
         let bar = self
             .progress
             .bytes(format!("verify {}", digest.short()), size);
-        let mut reader = super::digest::HashingReader::new(bar.wrap_read(file).take(size + 1));
+        let mut reader = super::digest::HashingReader::new(bar.wrap_read(&file).take(size + 1));
         let (actual, len) = reader
             .finish_read()
             .with_context(|| format!("{what}: reading"))?;
@@ -605,6 +626,8 @@ impl<'a> Staging<'a> {
         if actual != *digest {
             bail!("{what}: content has digest {actual}, not the declared {digest}");
         }
+        // The downloader need not have synced it; the store's blobs are durable before they count.
+        file.sync_all()?;
         let dest = self.dir.join(format!("blob-{}", self.blobs.len()));
         fs::rename(path, &dest).with_context(|| format!("{what}: moving into the store"))?;
         self.blobs.push((digest.clone(), dest));
@@ -638,6 +661,36 @@ pub(crate) fn flock(path: &Path, exclusive: bool) -> anyhow::Result<Lock> {
     };
     rustix::fs::flock(&file, op).with_context(|| format!("locking {}", path.display()))?;
     Ok(Lock(file))
+}
+
+/// A pod's claim on a rendered rootfs; see [`ImageStore::hold`].
+pub struct RenderHold(Lock);
+
+impl RenderHold {
+    /// Lets the claim outlive an `exec` (stage0 ends by exec'ing stage1): clears FD_CLOEXEC.
+    #[allow(dead_code)] // for the pod half's `ark run`
+    pub fn keep_across_exec(&self) -> anyhow::Result<()> {
+        let fd = &(self.0).0;
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).context("clearing FD_CLOEXEC")?;
+        Ok(())
+    }
+}
+
+/// An exclusive flock if nobody holds the file, else None.
+fn try_flock_exclusive(path: &Path) -> anyhow::Result<Option<Lock>> {
+    use rustix::fs::FlockOperation;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening lock {}", path.display()))?;
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(Lock(file))),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> anyhow::Result<()> {

@@ -276,6 +276,34 @@ fn export_reimports_to_the_same_id_and_rm_gc_reclaim() {
     assert!(ark_ok(&store, &["image", "list", "--format=json"]).trim() == "[]");
     let err = ark_err(&store, &["image", "rm", id]);
     assert!(err.contains("could not remove"), "{err}");
+
+    // A render a pod holds (shared flock on renders/<hex>.use, what ImageStore::hold takes)
+    // survives rm; gc takes it once released.
+    let id2 = ark_ok(
+        &store,
+        &[
+            "--insecure-options=image",
+            "fetch",
+            &layout_ref(&layout, "1.0"),
+        ],
+    );
+    let rootfs = ark_ok(&store, &["image", "render", id2.trim()]);
+    let use_file =
+        fs::File::create(images.join("renders").join(format!("{}.use", &id[7..]))).unwrap();
+    let hold = nix::fcntl::Flock::lock(use_file, nix::fcntl::FlockArg::LockSharedNonblock).unwrap();
+    ark_ok(&store, &["image", "rm", id]);
+    assert!(
+        Path::new(rootfs.trim()).join("bin/busybox").exists(),
+        "held render removed"
+    );
+    let gc = ark_ok(&store, &["image", "gc"]);
+    assert!(gc.ends_with("0 renders\n"), "{gc}");
+    drop(hold);
+    let gc = ark_ok(&store, &["image", "gc"]);
+    assert!(gc.ends_with("1 renders\n"), "{gc}");
+    assert!(!Path::new(rootfs.trim()).exists());
+    let err = ark_err(&store, &["image", "rm", id]);
+    assert!(err.contains("could not remove"), "{err}");
 }
 
 #[test]
