@@ -914,3 +914,62 @@ fn image_index_in_a_layout_resolves_by_platform() {
     );
     assert!(err.contains("no manifest for linux/s390x"), "{err}");
 }
+
+#[test]
+fn kill_9_at_random_moments_never_leaves_a_broken_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layout = tmp.path().join("big");
+    let digest = big_layout(&layout);
+    let reference = layout_ref(&layout, "big");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    for round in 0..6 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(seed % 1500);
+        // Fetch then render in one shell, killed (the whole process group) after `delay`.
+        let script = format!(
+            "{ark} --dir {s} --insecure-options=image fetch {r} >/dev/null && {ark} --dir {s} image render {d} >/dev/null",
+            ark = ark_bin().display(),
+            s = store.display(),
+            r = reference,
+            d = digest
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(&script);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(delay);
+        // SAFETY: plain kill(2) of the process group we just made.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        child.wait().unwrap();
+
+        ark_ok(&store, &["image", "gc"]);
+        let list: serde_json::Value =
+            serde_json::from_str(&ark_ok(&store, &["image", "list", "--format=json"])).unwrap();
+        eprintln!(
+            "round {round}: killed after {delay:?}, {} image(s) after gc",
+            list.as_array().unwrap().len()
+        );
+        match list.as_array().unwrap().as_slice() {
+            [] => {}
+            [image] => {
+                assert_eq!(image["id"], digest, "round {round}");
+                let rootfs = ark_ok(&store, &["image", "render", &digest]);
+                let files = fs::read_dir(Path::new(rootfs.trim()).join("data"))
+                    .unwrap()
+                    .count();
+                assert_eq!(files, 32, "round {round}: incomplete render visible");
+                assert_eq!(ark_ok(&store, &["image", "rm", &digest]).trim(), digest);
+            }
+            more => panic!("round {round}: unexpected images {more:?}"),
+        }
+        assert_eq!(fs::read_dir(store.join("images/tmp")).unwrap().count(), 0);
+    }
+}
