@@ -195,7 +195,70 @@ pub fn pull_in_child(
     if !status.success() {
         bail!("the fetch child failed ({status})");
     }
+    check_child_result(request, &reference, dir, signature_dir, &fetched)?;
     Ok(fetched)
+}
+
+/// Trusts nothing the child says that this process can check from what it wrote itself: the
+/// name and tag must be the requested ones, the manifest (and index) must be blobs this process
+/// hashed, an index must name the manifest, and the signature is verified again here (from
+/// local files and the store's keys only, so no registry bytes are parsed for it) so a child
+/// subverted by a hostile registry cannot wave an unsigned image through.
+fn check_child_result(
+    request: &PullRequest,
+    reference: &DockerReference,
+    dir: &DirSink,
+    signature_dir: Option<&Path>,
+    fetched: &Fetched,
+) -> Result<()> {
+    let tag = reference.tag_or_latest().map(str::to_string);
+    if fetched.name != reference.name() || fetched.tag != tag {
+        bail!(
+            "fetch child reported {}:{:?}, not the requested {reference}",
+            fetched.name,
+            fetched.tag
+        );
+    }
+    if dir.verified_blob(&fetched.manifest_digest).is_none() {
+        bail!(
+            "fetch child reported manifest {}, which it did not send",
+            fetched.manifest_digest
+        );
+    }
+    let signed = match &fetched.index_digest {
+        Some(index_digest) => {
+            let index = dir.verified_blob(index_digest).ok_or_else(|| {
+                anyhow!("fetch child reported index {index_digest}, which it did not send")
+            })?;
+            let index: serde_json::Value =
+                serde_json::from_slice(&index).context("image index is not JSON")?;
+            let names_manifest = index["manifests"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|d| d["digest"].as_str() == Some(fetched.manifest_digest.as_str()))
+            });
+            if !names_manifest {
+                bail!(
+                    "image index {index_digest} does not name manifest {}",
+                    fetched.manifest_digest
+                );
+            }
+            index_digest
+        }
+        None => &fetched.manifest_digest,
+    };
+    if let Some(d) = &reference.digest {
+        if d != signed {
+            bail!("fetch child reported {signed}, not the requested {d}");
+        }
+    }
+    if let Some(keys) = &request.keys {
+        let sigs = match signature_dir {
+            Some(d) => signing::read_lookaside(d, reference, signed)?,
+            None => Vec::new(),
+        };
+        signing::verify_simple_signing_with(keys, reference, signed, &sigs)?;
+    }
+    Ok(())
 }
 
 fn drive_child(
@@ -452,4 +515,75 @@ pub fn child_main() -> Result<ExitCode> {
     sink.frame(tag, &payload)?;
     sink.out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::registry::client::ClientSettings;
+    use crate::trust::keys::KeySet;
+
+    fn request(keys: Option<KeySet>) -> PullRequest {
+        PullRequest {
+            reference: "127.0.0.1:5000/a/b:v1".into(),
+            client: ClientSettings {
+                insecure_http: false,
+                insecure_tls: false,
+                timeout: std::time::Duration::from_secs(1),
+                credentials: None,
+            },
+            platform: None,
+            keys,
+        }
+    }
+
+    /// What a subverted child could claim is checked against what the parent wrote itself.
+    #[test]
+    fn parent_rechecks_what_the_child_reports() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = DirSink::new(tmp.path(), false).unwrap();
+        let manifest = br#"{"schemaVersion":2}"#;
+        let digest = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest))
+        );
+        dir.blob_bytes(&digest, manifest).unwrap();
+        let reference = DockerReference::parse("127.0.0.1:5000/a/b:v1").unwrap();
+        let good = Fetched {
+            manifest_digest: digest.clone(),
+            name: "127.0.0.1:5000/a/b".into(),
+            tag: Some("v1".into()),
+            index_digest: None,
+        };
+        check_child_result(&request(None), &reference, &dir, None, &good).unwrap();
+
+        let renamed = Fetched {
+            name: "127.0.0.1:5000/other".into(),
+            ..good.clone()
+        };
+        let e = check_child_result(&request(None), &reference, &dir, None, &renamed);
+        assert!(format!("{:#}", e.unwrap_err()).contains("not the requested"));
+
+        let unsent = Fetched {
+            manifest_digest: format!("sha256:{}", "0".repeat(64)),
+            ..good.clone()
+        };
+        let e = check_child_result(&request(None), &reference, &dir, None, &unsent);
+        assert!(format!("{:#}", e.unwrap_err()).contains("did not send"));
+
+        // Verification on: with no signature, the parent refuses even if the child said yes.
+        let keys = KeySet {
+            name: "127.0.0.1:5000/a/b".into(),
+            keys: Vec::new(),
+        };
+        let sigdir = tempfile::tempdir().unwrap();
+        let e = check_child_result(
+            &request(Some(keys)),
+            &reference,
+            &dir,
+            Some(sigdir.path()),
+            &good,
+        );
+        assert!(format!("{:#}", e.unwrap_err()).contains("is not signed"));
+    }
 }

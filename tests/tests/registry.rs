@@ -158,6 +158,13 @@ fn build_fixture() -> Fixture {
         &[&regd_arg, "--format", "oci", "--sign-by", &signer_fpr],
         &[("GNUPGHOME", gpg.home.path())],
     );
+    // An image index, signed (skopeo signs the index and each platform's manifest).
+    skopeo_copy(
+        &src("multi"),
+        &dst("signed/multi:latest"),
+        &[&regd_arg, "--all", "--sign-by", &signer_fpr],
+        &[("GNUPGHOME", gpg.home.path())],
+    );
     // The same manifest under another tag, unsigned: its only signature names :v1.
     skopeo_copy(
         &src("amd64"),
@@ -487,6 +494,24 @@ fn signed_image_is_verified_against_trusted_key() {
     let dir = store_trusting(&format!("{}/signed", f.addr), &[&f.signer_key]);
     let o = fetch(dir.path(), &["--signature-dir", sigdir, &image], &[]);
     assert_fetched(&o, &f.amd64_digest);
+}
+
+#[test]
+fn signed_image_index_is_verified_then_resolved_to_a_platform() {
+    let f = fixture_or_skip!();
+    let dir = store_trusting(&format!("{}/signed", f.addr), &[&f.signer_key]);
+    let image = format!("docker://{}/signed/multi:latest", f.addr);
+    let o = fetch(
+        dir.path(),
+        &[
+            "--signature-dir",
+            f.lookaside.to_str().unwrap(),
+            "--platform=linux/arm64",
+            &image,
+        ],
+        &[],
+    );
+    assert_fetched(&o, &f.arm64_digest);
 }
 
 #[test]

@@ -181,6 +181,10 @@ pub struct Fetched {
     pub name: String,
     /// The tag asked for (`latest` if neither tag nor digest was given).
     pub tag: Option<String>,
+    /// When the reference named an image index / manifest list: its digest (what signatures
+    /// cover). The index is kept as a blob of the layout too.
+    #[serde(default)]
+    pub index_digest: Option<String>,
 }
 
 /// Everything the network half needs; what the parent hands the unprivileged child.
@@ -400,6 +404,7 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
         );
     }
 
+    let mut index_digest = None;
     let (manifest, manifest_digest, manifest_type) = match top_type.as_str() {
         OCI_MANIFEST | DOCKER_MANIFEST => (top, top_digest, top_type),
         OCI_INDEX | DOCKER_LIST => {
@@ -453,6 +458,9 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
                     chosen.media_type
                 );
             }
+            // Kept so whoever reads the layout can check the signed index names this manifest.
+            sink.blob_bytes(&top_digest, &top)?;
+            index_digest = Some(top_digest);
             (body, digest, mt)
         }
         DOCKER_SCHEMA1 => {
@@ -522,6 +530,7 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
         manifest_digest,
         name: reference.name(),
         tag,
+        index_digest,
     })
 }
 

@@ -57,6 +57,8 @@ pub struct DirSink {
     dest: PathBuf,
     open: Option<OpenBlob>,
     progress: Option<Progress>,
+    /// Digests of the blobs this sink wrote and verified.
+    complete: std::collections::HashSet<String>,
 }
 
 impl DirSink {
@@ -67,7 +69,16 @@ impl DirSink {
             dest: dest.to_path_buf(),
             open: None,
             progress: progress.then(Progress::new),
+            complete: Default::default(),
         })
+    }
+
+    /// The contents of a blob this sink wrote and verified, if it did.
+    pub fn verified_blob(&self, digest: &str) -> Option<Vec<u8>> {
+        if !self.complete.contains(digest) {
+            return None;
+        }
+        fs::read(self.dest.join("blobs/sha256").join(blob_hex(digest).ok()?)).ok()
     }
 }
 
@@ -145,7 +156,9 @@ impl LayoutSink for DirSink {
         }
         blob.file
             .sync_all()
-            .with_context(|| format!("writing {}", blob.path.display()))
+            .with_context(|| format!("writing {}", blob.path.display()))?;
+        self.complete.insert(blob.digest);
+        Ok(())
     }
 
     fn file(&mut self, name: &str, data: &[u8]) -> Result<()> {
