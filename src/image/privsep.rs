@@ -11,6 +11,12 @@
 //! child also denies itself, with seccomp, the syscalls it never needs (exec, namespaces, mounts,
 //! ptrace, BPF, io_uring, keyrings, modules). The parent answers its requests for lookaside
 //! signatures (the signature directory may not be readable by nobody).
+//!
+//! The parent believes nothing the child reports that it can check itself: it verifies the
+//! signature a second time over the digests it computed (signatures and keys are local files,
+//! so this parses no registry bytes), and checks the reported name, tag and index against what
+//! was asked and what it wrote. A child subverted by a hostile registry can make a fetch fail,
+//! not let an unverified image in.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
