@@ -10,7 +10,11 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 pub const EXIT_ARK_ERROR: u8 = 125;
 
 #[derive(Debug, Parser)]
-#[command(name = "ark", version, about = "Daemonless pod runtime; a KVM microVM per pod")]
+#[command(
+    name = "ark",
+    version,
+    about = "Daemonless pod runtime; a KVM microVM per pod"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
@@ -25,7 +29,12 @@ pub struct GlobalOpts {
     #[arg(long, global = true, env = "ARK_DIR", default_value = "/var/lib/ark")]
     pub dir: PathBuf,
     /// Checks to skip, comma-separated: none, image (signatures), tls, http (plain http to non-loopback), all.
-    #[arg(long = "insecure-options", global = true, value_delimiter = ',', default_value = "none")]
+    #[arg(
+        long = "insecure-options",
+        global = true,
+        value_delimiter = ',',
+        default_value = "none"
+    )]
     pub insecure_options: Vec<InsecureOption>,
     /// Verbose logs (and, for kvm pods, the guest kernel's messages).
     #[arg(long, global = true)]
