@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, Read, Write};
+
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -33,6 +34,19 @@ pub struct Extractor {
     dir_meta: BTreeMap<PathBuf, (u32, i64)>,
     /// The rootfs's own mode from a `./` entry.
     root_meta: Option<(u32, i64)>,
+    /// Reused for file contents: large writes without an allocation per file.
+    buf: Vec<u8>,
+}
+
+fn copy_with(buf: &mut [u8], from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
+    loop {
+        match from.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Decompresses by sniffing the stream's magic bytes (gzip, zstd, bzip2, xz, or plain tar).
@@ -101,6 +115,7 @@ impl Extractor {
             layer_paths: HashSet::new(),
             dir_meta: BTreeMap::new(),
             root_meta: None,
+            buf: vec![0; 256 << 10],
         })
     }
 
@@ -223,7 +238,7 @@ impl Extractor {
                     Mode::from_raw_mode(0o600),
                 )?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).context("writing file")?;
+                copy_with(&mut self.buf, entry, &mut file).context("writing file")?;
                 if let Some((u, g)) = owner {
                     rustix::fs::fchown(&file, u, g)?;
                 }

@@ -571,7 +571,8 @@ impl<'a> Staging<'a> {
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         let bar = self.progress.bytes(what, expect.map_or(0, |e| e.1));
         let mut w = HashingWriter::new(bar.wrap_write(&file), expect.map(|e| e.1));
-        let copied = io::copy(src, &mut w);
+        // io::copy reads straight into a BufReader's buffer: 1 MiB writes, not 8 KiB.
+        let copied = io::copy(&mut io::BufReader::with_capacity(1 << 20, src), &mut w);
         bar.finish_and_clear();
         if let Err(e) = copied {
             let _ = fs::remove_file(&tmp);
