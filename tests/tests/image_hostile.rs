@@ -265,7 +265,10 @@ fn device_node_needs_root() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("creating device nodes needs root"), "{stderr}");
+    assert!(
+        stderr.contains("creating device nodes needs root"),
+        "{stderr}"
+    );
     assert_eq!(snapshot(&store), before);
 }
 
