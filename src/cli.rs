@@ -94,7 +94,8 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(debug: bool) {
-    let filter = if debug { "debug" } else { "warn" };
+    // rPGP warns about odd packets it then handles; those lines would break one-line errors.
+    let filter = if debug { "debug" } else { "warn,pgp=error" };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ARK_LOG")

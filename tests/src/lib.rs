@@ -49,7 +49,11 @@ pub fn libexec_bin(name: &str) -> PathBuf {
         .expect("ark is in <prefix>/bin")
         .join("libexec/ark")
         .join(name);
-    assert!(bin.exists(), "{} missing: run ./build.sh first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run ./build.sh first",
+        bin.display()
+    );
     bin
 }
 
