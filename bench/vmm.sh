@@ -7,7 +7,8 @@
 #   (c) port-I/O exits per second (a guest doing N `out` instructions)
 #   (d) time to an /init marker: same kernel, root on virtio-blk (needs ARK_KERNEL)
 #
-# Usage: bench/vmm.sh [runs]      env: ARK_VMM (default: the build.sh install tree), ARK_KERNEL
+# Usage: bench/vmm.sh [runs]      env: ARK_VMM (default: the build.sh install tree; a --release
+# build is the fair comparison), ARK_KERNEL
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
@@ -100,10 +101,10 @@ if [ -n "${ARK_KERNEL:-}" ] && [ -f "$ARK_KERNEL" ]; then
   d_runs=$(( runs < 3 ? runs : 3 ))
   # Interleaved, so load from anything else on the host hits both VMMs alike.
   for _ in $(seq "$d_runs"); do
-    mkfs.ext4 -q -F -d "$root" "$work/root.ext4" 64M
+    mkfs.ext4 -q -F -d "$root" "$work/root.ext4" 64M >/dev/null
     marker_time "$work/ark.log" "$VMM" --kernel "$ARK_KERNEL" --memory 128 --no-rng --cmdline "$cmd" \
       --blk "$work/root.ext4" >> "$work/d_ark"
-    mkfs.ext4 -q -F -d "$root" "$work/root.ext4" 64M
+    mkfs.ext4 -q -F -d "$root" "$work/root.ext4" 64M >/dev/null
     marker_time "$work/q.log" qemu-system-x86_64 -machine microvm,acpi=off,rtc=off -enable-kvm -cpu host -m 128 \
       -nographic -nodefaults -no-reboot -serial stdio -kernel "$ARK_KERNEL" -append "$cmd" \
       -drive id=root,file="$work/root.ext4",format=raw,if=none -device virtio-blk-device,drive=root >> "$work/d_q"
