@@ -108,6 +108,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
+find "$cache" -maxdepth 1 -name '.trash-*' -mmin +60 -exec rm -rf {} + 2>/dev/null || true
 start=$(date +%s)
 say "building $profile kernel $hash from $(basename "$source") in $work (jobs=$jobs; log: $work/build.log)"
 say "extracting source"
@@ -178,5 +179,12 @@ sync -f "$stage/vmlinux" 2>/dev/null || true
 rm -rf "$entry"
 mv -T "$stage" "$entry"
 publish_current
+# Deleting the ~1.5 GB build tree takes minutes on a busy machine: do it detached, so the caller
+# has its path now. A deletion cut short leaves a .trash-* dir that the next build removes.
+trash=$cache/.trash-$hash.$$
+if mv -T "$work" "$trash" 2>/dev/null; then
+  work=$trash/.gone
+  setsid rm -rf "$trash" </dev/null >/dev/null 2>&1 &
+fi
 say "built $profile kernel in $(( $(date +%s) - start ))s: $entry"
 echo "$entry/vmlinux"
