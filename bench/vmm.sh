@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ark-vmm against QEMU's microvm machine on this host, same guests, same kernel. Not a test:
-# prints numbers and ratios (ark / qemu; lower is better for times and memory).
+# prints numbers and ratios (ark / qemu; lower is better for times and memory, higher for (c)).
 #
 #   (a) process start to guest exit, for a guest whose first instructions end the VM
 #   (b) VMM RSS for a 128 MiB guest that never touches its RAM (so RSS ~ VMM overhead)

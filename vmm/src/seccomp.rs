@@ -54,6 +54,15 @@ pub fn vcpu_filter() -> Result<BpfProgram, String> {
         libc::SYS_sched_yield,
         libc::SYS_clock_gettime,
         libc::SYS_getrandom,
+        // What log writers (the embedding program's tracing subscriber) and panics/aborts use.
+        libc::SYS_fstat,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+        libc::SYS_lseek,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_tgkill,
+        libc::SYS_rt_sigaction,
     ]
     .into_iter()
     .map(|nr| (nr, vec![]))
