@@ -28,6 +28,10 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub serial: SerialConfig,
+    /// A virtio-console (`/dev/hvc0` in the guest) and where its output goes; with `stdout`,
+    /// a terminal or pipe on stdin feeds it (unless the serial console already reads stdin).
+    #[serde(default)]
+    pub console: Option<SerialConfig>,
     /// Attach a virtio-rng device.
     #[serde(default = "default_true")]
     pub rng: bool,
@@ -100,6 +104,7 @@ impl VmConfig {
             fs: Vec::new(),
             vsock: None,
             serial: SerialConfig::default(),
+            console: None,
             rng: true,
             seccomp: true,
         }

@@ -50,6 +50,8 @@ pub enum Error {
     Fs(String, String),
     #[error("vsock device: {0}")]
     Vsock(String),
+    #[error("console device: {0}")]
+    Console(String),
     #[error("rng device: {0}")]
     Rng(String),
     #[error("too many virtio devices (at most {0})")]

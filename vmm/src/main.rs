@@ -46,6 +46,9 @@ struct Args {
     /// Guest serial console output.
     #[arg(long, value_name = "stdout|none|file=PATH")]
     serial: Option<String>,
+    /// virtio-console device (guest /dev/hvc0) and where its output goes.
+    #[arg(long, value_name = "stdout|none|file=PATH")]
+    console: Option<String>,
     /// No virtio-rng device.
     #[arg(long)]
     no_rng: bool,
@@ -154,6 +157,9 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
     }
     if let Some(v) = args.serial {
         c.serial = parse_serial(&v)?;
+    }
+    if let Some(v) = args.console {
+        c.console = Some(parse_serial(&v).map_err(|e| e.replace("--serial", "--console"))?);
     }
     if args.no_rng {
         c.rng = false;

@@ -195,7 +195,7 @@ fn create_memory(vm: &VmFd, memory_mib: u32) -> Result<GuestMemory, Error> {
     Ok(mem)
 }
 
-fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, Error> {
+fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, String> {
     Ok(match cfg {
         SerialConfig::Stdout => Box::new(io::stdout()),
         SerialConfig::None => Box::new(io::sink()),
@@ -204,7 +204,7 @@ fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, Error> {
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(|e| Error::Serial(format!("{}: {e}", p.display())))?,
+                .map_err(|e| format!("{}: {e}", p.display()))?,
         ),
     })
 }
@@ -251,7 +251,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
                 .try_clone()
                 .map_err(|e| Error::Io("eventfd".into(), e))?,
         ),
-        serial_output(&config.serial)?,
+        serial_output(&config.serial).map_err(Error::Serial)?,
     ))));
     pio.insert(serial.clone(), COM1_PORT, 8)
         .map_err(|e| Error::Runtime(e.to_string()))?;
@@ -386,6 +386,26 @@ fn attach_devices(b: &mut Builder, config: &VmConfig) -> Result<(), Error> {
     if let Some(v) = &config.vsock {
         let dev = devices::vsock::Vsock::new(v.guest_cid, &v.uds_path)
             .map_err(|e| Error::Vsock(e.to_string()))?;
+        b.attach_virtio(dev)?;
+    }
+    if let Some(out) = &config.console {
+        // stdin goes to the serial console when that is on stdout, else to this one.
+        let input = if *out == SerialConfig::Stdout
+            && config.serial != SerialConfig::Stdout
+            && stdin_is_interactive()
+        {
+            Some(
+                io::stdin()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| Error::Io("stdin".into(), e))?,
+            )
+        } else {
+            None
+        };
+        let output = serial_output(out).map_err(Error::Console)?;
+        let dev = devices::console::Console::new(output, input)
+            .map_err(|e| Error::Console(e.to_string()))?;
         b.attach_virtio(dev)?;
     }
     if config.rng {
