@@ -43,6 +43,8 @@ pub fn prepare(global: &GlobalOpts, a: &PrepareArgs) -> anyhow::Result<Prepared>
         _ => "erofs",
     };
 
+    // Cheap checks first: a typo should not wait for an image download.
+    super::plan::precheck(&a.volume, &apps).map_err(|e| anyhow!(e))?;
     let images = super::images::resolve(global, &apps)?;
     let uuid = Uuid::new_v4();
     let req = PodRequest {
@@ -67,7 +69,14 @@ pub fn prepare(global: &GlobalOpts, a: &PrepareArgs) -> anyhow::Result<Prepared>
 
     let store = super::open_store(global)?;
     let mut pod = store.create(uuid)?;
-    let filled = fill(&pod.pod.path, &manifest, &images, &init_bin, rootfs_mode, a);
+    let filled =
+        fill(&pod.pod.path, &manifest, &images, &init_bin, rootfs_mode, a).and_then(|()| match &a
+            .uuid_file_save
+        {
+            Some(path) => fs::write(path, format!("{uuid}\n"))
+                .with_context(|| format!("--uuid-file-save {}", path.display())),
+            None => Ok(()),
+        });
     if let Err(e) = filled {
         if let Err(ce) = rootfs::remove_pod_dir(&pod.pod.path) {
             tracing::warn!("cleaning up pod {uuid}: {ce:#} (ark gc will retry)");
@@ -75,10 +84,6 @@ pub fn prepare(global: &GlobalOpts, a: &PrepareArgs) -> anyhow::Result<Prepared>
         return Err(e);
     }
     pod.move_to(&store, PodState::Prepared)?;
-    if let Some(path) = &a.uuid_file_save {
-        fs::write(path, format!("{uuid}\n"))
-            .with_context(|| format!("--uuid-file-save {}", path.display()))?;
-    }
     Ok(Prepared { pod })
 }
 

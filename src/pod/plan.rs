@@ -286,6 +286,34 @@ fn app_capabilities(app: &str, f: &super::args::AppFlags) -> Result<Vec<String>,
     Ok(defaults())
 }
 
+/// The checks that need no image: volume specs and sources, mount specs and the volumes they
+/// name, sizes and CPU counts. `build_manifest` repeats them; this runs before any fetch.
+pub fn precheck(volumes: &[String], apps: &[AppSpec]) -> Result<(), String> {
+    let mut names = Vec::new();
+    for v in volumes {
+        names.push(parse_volume(v)?.name);
+    }
+    for app in apps {
+        let f = &app.flags;
+        for m in &f.mount {
+            let m = parse_mount(m)?;
+            if !names.contains(&m.volume) {
+                return Err(format!(
+                    "app {}: --mount names volume {:?}, which no --volume defines",
+                    app.image, m.volume
+                ));
+            }
+        }
+        if let Some(m) = &f.memory {
+            parse_size(m).map_err(|e| format!("app {}: --memory {e}", app.image))?;
+        }
+        if let Some(c) = &f.cpus {
+            parse_cpus(c).map_err(|e| format!("app {}: --cpus {e}", app.image))?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds and validates the manifest for `apps` (one [`ImageInfo`] per app, same order).
 pub fn build_manifest(
     uuid: &str,
@@ -694,6 +722,35 @@ mod tests {
         .unwrap();
         let e = build_manifest(UUID, &req(Flavor::Ns), &apps, &[img]).unwrap_err();
         assert!(e.contains("unknown capability \"CAP_FLY\""), "{e}");
+    }
+
+    #[test]
+    fn precheck_needs_no_image() {
+        let vol = tempfile::tempdir().unwrap();
+        let v = vec![format!("data,kind=host,source={}", vol.path().display())];
+        let ok = split_apps(
+            &words(&[
+                "img",
+                "--mount=volume=data,target=/d",
+                "--memory=1G",
+                "--cpus=2",
+            ]),
+            &AppFlags::default(),
+        )
+        .unwrap();
+        precheck(&v, &ok).unwrap();
+        let bad_mount = split_apps(
+            &words(&["img", "--mount=volume=other,target=/d"]),
+            &AppFlags::default(),
+        )
+        .unwrap();
+        assert!(precheck(&v, &bad_mount).unwrap_err().contains("\"other\""));
+        let bad_cpus = split_apps(&words(&["img", "--cpus=lots"]), &AppFlags::default()).unwrap();
+        assert!(precheck(&v, &bad_cpus).unwrap_err().contains("--cpus"));
+        let missing = vec!["data,kind=host,source=/no/such/dir".to_string()];
+        assert!(precheck(&missing, &ok)
+            .unwrap_err()
+            .contains("/no/such/dir"));
     }
 
     #[test]
