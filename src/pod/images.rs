@@ -6,11 +6,19 @@ use anyhow::Context;
 use super::args::AppSpec;
 use super::plan::ImageInfo;
 use crate::cli::GlobalOpts;
-use crate::image::{FetchOptions, ImageStore};
+use crate::image::{FetchOptions, ImageStore, RenderHold};
 
-pub fn resolve(global: &GlobalOpts, apps: &[AppSpec]) -> anyhow::Result<Vec<ImageInfo>> {
+/// The images of `apps`, and a hold on each render: kept until the pod's overlays are mounted
+/// (from then on the mounts themselves say the render is in use, see
+/// [`super::render_paths_in_use`]), so `ark image rm`/`gc` cannot delete a render between
+/// `render()` and the mount. Holds are close-on-exec: nothing reaches the stage1 or the apps.
+pub fn resolve(
+    global: &GlobalOpts,
+    apps: &[AppSpec],
+) -> anyhow::Result<(Vec<ImageInfo>, Vec<RenderHold>)> {
     let store = ImageStore::open(&global.dir).context("open the image store")?;
     let opts = FetchOptions::from_global(global);
+    let mut holds = Vec::new();
     let mut out: Vec<ImageInfo> = Vec::with_capacity(apps.len());
     for app in apps {
         // The same image twice in one pod: one fetch, one render.
@@ -24,6 +32,11 @@ pub fn resolve(global: &GlobalOpts, apps: &[AppSpec]) -> anyhow::Result<Vec<Imag
         let config = store
             .image_config(&id)
             .with_context(|| format!("image {}: config", app.image))?;
+        holds.push(
+            store
+                .hold(&id)
+                .with_context(|| format!("image {}: hold its render", app.image))?,
+        );
         let rootfs = store
             .render(&id)
             .with_context(|| format!("image {}: render", app.image))?;
@@ -38,5 +51,5 @@ pub fn resolve(global: &GlobalOpts, apps: &[AppSpec]) -> anyhow::Result<Vec<Imag
             rootfs,
         });
     }
-    Ok(out)
+    Ok((out, holds))
 }

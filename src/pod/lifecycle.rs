@@ -45,7 +45,7 @@ pub fn prepare(global: &GlobalOpts, a: &PrepareArgs) -> anyhow::Result<Prepared>
 
     // Cheap checks first: a typo should not wait for an image download.
     super::plan::precheck(&a.volume, &apps).map_err(|e| anyhow!(e))?;
-    let images = super::images::resolve(global, &apps)?;
+    let (images, render_holds) = super::images::resolve(global, &apps)?;
     let uuid = Uuid::new_v4();
     let req = PodRequest {
         flavor,
@@ -83,6 +83,7 @@ pub fn prepare(global: &GlobalOpts, a: &PrepareArgs) -> anyhow::Result<Prepared>
         }
         return Err(e);
     }
+    drop(render_holds);
     pod.move_to(&store, PodState::Prepared)?;
     Ok(Prepared { pod })
 }
