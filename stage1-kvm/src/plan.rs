@@ -130,6 +130,8 @@ pub fn plan(
             tag: tag.clone(),
             dir: PathBuf::from(&v.source),
             read_only: v.read_only,
+            // Host-side changes to a volume must reach the app.
+            shared: true,
         });
         stage2.mounts.push(Stage2Mount {
             source: tag,
@@ -149,6 +151,7 @@ pub fn plan(
                     tag: ROOT_TAG.into(),
                     dir: layout.stage1_rootfs(),
                     read_only: false,
+                    shared: false,
                 },
             );
             cmdline.push_str(&format!(" rootfstype=virtiofs root={ROOT_TAG} rw"));
@@ -403,6 +406,7 @@ mod tests {
         assert_eq!(p.vm.fs.len(), 2);
         assert_eq!(p.vm.fs[1].dir, PathBuf::from("/srv/data"));
         assert!(p.vm.fs[1].read_only);
+        assert!(p.vm.fs[1].shared && !p.vm.fs[0].shared);
         assert_eq!(p.stage2.mounts[0].source, p.vm.fs[1].tag);
         assert_eq!(p.stage2.mounts[0].target, "/ark/volumes/data");
         assert!(p.stage2.mounts[0].read_only);

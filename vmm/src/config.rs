@@ -56,6 +56,11 @@ pub struct FsConfig {
     pub dir: PathBuf,
     #[serde(default)]
     pub read_only: bool,
+    /// The host (or another guest) may change `dir` while this guest runs, e.g. a pod volume:
+    /// short cache timeouts instead of the long ones that suit a directory only this guest
+    /// changes (a pod root).
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,7 @@ fn parse_fs(s: &str) -> Result<FsConfig, String> {
             tag: tag.into(),
             dir: dir.into(),
             read_only: ro,
+            shared: false,
         }),
         _ => Err(format!("--fs {s:?}: expected TAG=DIR[,ro]")),
     }

@@ -379,7 +379,12 @@ fn attach_devices(b: &mut Builder, config: &VmConfig) -> Result<(), Error> {
         b.attach_virtio(dev)?;
     }
     for fs in &config.fs {
-        let dev = devices::fs::Fs::new(&fs.tag, &fs.dir, fs.read_only)
+        let cache = if fs.shared {
+            devices::fs::CacheMode::Shared
+        } else {
+            devices::fs::CacheMode::Exclusive
+        };
+        let dev = devices::fs::Fs::with_cache(&fs.tag, &fs.dir, fs.read_only, cache)
             .map_err(|e| Error::Fs(fs.tag.clone(), e.to_string()))?;
         b.attach_virtio(dev)?;
     }
