@@ -9,6 +9,7 @@ use ark_pod_spec::{Flavor, NetMode};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::args::AppFlags;
+use super::lifecycle::Durability;
 use super::plan::KvmRoot;
 use crate::cli::GlobalOpts;
 
@@ -203,12 +204,12 @@ fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
 pub fn run(global: &GlobalOpts, cmd: PodCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PodCommand::Prepare(a) => {
-            let prepared = super::lifecycle::prepare(global, &a)?;
+            let prepared = super::lifecycle::prepare(global, &a, Durability::Synced)?;
             println!("{}", prepared.pod.pod.uuid);
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Run(a) => {
-            let prepared = super::lifecycle::prepare(global, &a)?;
+            let prepared = super::lifecycle::prepare(global, &a, Durability::Process)?;
             let e = super::lifecycle::exec_stage1(global, prepared, a.interactive);
             Err(e)
         }

@@ -21,9 +21,23 @@ pub struct Prepared {
     pub pod: LockedPod,
 }
 
+/// How hard prepare works to keep the pod's manifest across a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the manifest: `ark prepare` leaves a pod to be run later, maybe after a reboot.
+    Synced,
+    /// Atomic against a crash of ark, not of the machine: `ark run` runs the pod at once, and
+    /// a power loss ends it anyway (then a torn manifest only makes `status` show no apps).
+    Process,
+}
+
 /// Builds the manifest, creates the pod directory in `prepare/`, fills it, and moves it to
 /// `prepared/`. Any failure removes what was made: a bad request leaves nothing behind.
-pub fn prepare(global: &GlobalOpts, a: &PrepareArgs) -> anyhow::Result<Prepared> {
+pub fn prepare(
+    global: &GlobalOpts,
+    a: &PrepareArgs,
+    durability: Durability,
+) -> anyhow::Result<Prepared> {
     let apps = split_apps(&a.images, &a.app_defaults).map_err(|e| anyhow!(e))?;
     let flavor = Flavor::from(a.stage1);
     let libexec = super::libexec_dir()?;
@@ -69,14 +83,19 @@ pub fn prepare(global: &GlobalOpts, a: &PrepareArgs) -> anyhow::Result<Prepared>
 
     let store = super::open_store(global)?;
     let mut pod = store.create(uuid)?;
-    let filled =
-        fill(&pod.pod.path, &manifest, &images, &init_bin, rootfs_mode, a).and_then(|()| match &a
-            .uuid_file_save
-        {
-            Some(path) => fs::write(path, format!("{uuid}\n"))
-                .with_context(|| format!("--uuid-file-save {}", path.display())),
-            None => Ok(()),
-        });
+    let filled = fill(
+        &pod.pod.path,
+        &manifest,
+        &images,
+        &init_bin,
+        rootfs_mode,
+        durability,
+    )
+    .and_then(|()| match &a.uuid_file_save {
+        Some(path) => fs::write(path, format!("{uuid}\n"))
+            .with_context(|| format!("--uuid-file-save {}", path.display())),
+        None => Ok(()),
+    });
     if let Err(e) = filled {
         if let Err(ce) = rootfs::remove_pod_dir(&pod.pod.path) {
             tracing::warn!("cleaning up pod {uuid}: {ce:#} (ark gc will retry)");
@@ -94,7 +113,7 @@ fn fill(
     images: &[super::plan::ImageInfo],
     init_bin: &Path,
     mode: RootfsMode,
-    a: &PrepareArgs,
+    durability: Durability,
 ) -> anyhow::Result<()> {
     let layout = PodLayout::new(dir);
     let root = layout.stage1_rootfs();
@@ -134,14 +153,16 @@ fn fill(
         let fstype = &manifest.stage1.options[super::plan::options::KVM_ROOT_FSTYPE];
         rootfs::pack_block_image(fstype, &root, &dir.join(img))?;
     }
-    tracing::debug!(
-        "pod {}: app roots by {:?}, interactive={}",
-        manifest.uuid,
-        used,
-        a.interactive
-    );
+    tracing::debug!("pod {}: app roots by {:?}", manifest.uuid, used);
     // Last: a pod with a manifest is complete (cat-manifest, status read it).
-    write_atomic(&layout.manifest(), &json)?;
+    match durability {
+        Durability::Synced => write_atomic(&layout.manifest(), &json)?,
+        Durability::Process => {
+            let tmp = dir.join(".pod-manifest.json.tmp");
+            fs::write(&tmp, &json)?;
+            fs::rename(&tmp, layout.manifest())?;
+        }
+    }
     Ok(())
 }
 
