@@ -121,6 +121,16 @@ fn kvm_two_apps_on_a_block_root() {
     scenarios::gc_cleans_everything(&env, &uuid);
 }
 
+/// --set-env, --user, --working-dir and a host volume (a virtio-fs device mounted by guest-init)
+/// reach the app in the VM; the app's write to the volume shows up on the host.
+#[test]
+fn kvm_env_user_cwd_volume() {
+    if let Some(why) = unavailable() {
+        skip!("{why}");
+    }
+    scenarios::env_user_cwd_volume("kvm");
+}
+
 /// `ark stop` of a sleeping kvm pod: guest-init SIGTERMs the app, reports, powers off.
 #[test]
 fn kvm_stop_a_sleeping_pod() {
