@@ -10,9 +10,9 @@ profile=$(kernel-config/host-profile.sh)
 ARK_KERNEL=$(kernel-config/build.sh --profile "$profile" | tail -n 1)
 export ARK_KERNEL ARK_KERNEL_PROFILE="$profile"
 
-./build.sh >/dev/null
-export ARK_BIN="$PWD/target/ark/bin/ark"
+ARK_BIN=$(./build.sh | tail -n 1)
+export ARK_BIN
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace -- --test-threads=2
+cargo test --workspace --no-fail-fast -- --test-threads=2
