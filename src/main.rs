@@ -3,6 +3,7 @@
 
 mod cli;
 mod image;
+mod mountinfo;
 mod pod;
 mod trust;
 

@@ -104,6 +104,14 @@ pub struct ImageStore {
     root: PathBuf,
 }
 
+/// Whether `dir` (or something in it) is the lower layer of an overlay mounted anywhere.
+fn mounted_as_overlay_lower(dir: &Path) -> io::Result<bool> {
+    let dir = fs::canonicalize(dir)?;
+    Ok(crate::mountinfo::overlay_lowerdirs_under(Path::new("/"))?
+        .iter()
+        .any(|lower| lower.starts_with(&dir)))
+}
+
 /// A held flock; released on drop.
 pub(crate) struct Lock(#[allow(dead_code)] File);
 
@@ -389,6 +397,11 @@ impl ImageStore {
             None => return Ok(false),
         };
         let dir = self.renders_dir().join(hex);
+        if dir.exists() && mounted_as_overlay_lower(&dir)? {
+            // A prepared or exited pod keeps the render as its overlay's lower layer with no
+            // process holding it; deleting it would pull the files out from under that pod.
+            return Ok(false);
+        }
         if dir.exists() {
             // Out of sight first (one rename), then the slow delete.
             let trash = self

@@ -9,9 +9,8 @@ use crate::cli::GlobalOpts;
 use crate::image::{FetchOptions, ImageStore, RenderHold};
 
 /// The images of `apps`, and a hold on each render: kept until the pod's overlays are mounted
-/// (from then on the mounts themselves say the render is in use, see
-/// [`super::render_paths_in_use`]), so `ark image rm`/`gc` cannot delete a render between
-/// `render()` and the mount. Holds are close-on-exec: nothing reaches the stage1 or the apps.
+/// (from then on the image store sees the render in the host's overlay mounts), so
+/// `ark image rm`/`gc` cannot delete a render between `render()` and the mount. Holds are close-on-exec: nothing reaches the stage1 or the apps.
 pub fn resolve(
     global: &GlobalOpts,
     apps: &[AppSpec],

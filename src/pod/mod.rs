@@ -44,13 +44,3 @@ pub fn libexec_dir() -> anyhow::Result<PathBuf> {
     let bin_dir = exe.parent().context("ark executable has no directory")?;
     Ok(bin_dir.join("../libexec/ark"))
 }
-
-/// Render-cache directories that pods of `data_dir` use as overlay lower layers right now: the
-/// image store must keep them until those pods are removed (`ark rm`/`ark gc` unmount them).
-/// For `ark image rm`/`ark image gc` (src/image) to consult before deleting a render.
-#[allow(dead_code)]
-pub fn render_paths_in_use(data_dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
-    let pods =
-        std::fs::canonicalize(data_dir.join("pods")).unwrap_or_else(|_| data_dir.join("pods"));
-    rootfs::overlay_lowerdirs_under(&pods)
-}

@@ -281,3 +281,41 @@ fn completion_scripts_include_pod_commands() {
         }
     }
 }
+
+/// `ark image rm` of an image a prepared pod still uses (its render is the lower layer of the
+/// pod's overlay, with no process holding it) removes the image but keeps the render until the
+/// pod is gone; `ark image gc` then reclaims it.
+#[test]
+fn image_rm_keeps_the_render_a_prepared_pod_uses() {
+    need_pods!();
+    let env = PodEnv::new();
+    let uuid = env
+        .ok(&["prepare", "--stage1=ns", &env.image, "--", "true"])
+        .trim()
+        .to_string();
+    let images: serde_json::Value =
+        serde_json::from_str(&env.ok(&["image", "list", "--format=json"])).unwrap();
+    let id = images[0]["id"].as_str().expect("image id").to_string();
+    let renders = env.path().join("images/renders");
+    let render = renders.join(id.trim_start_matches("sha256:"));
+    assert!(render.is_dir(), "no render at {}", render.display());
+
+    env.ok(&["image", "rm", &id]);
+    assert!(render.is_dir(), "image rm deleted a render a pod uses");
+    let app_root = env
+        .path()
+        .join("pods/prepared")
+        .join(&uuid)
+        .join("stage1/rootfs/apps/busybox/rootfs");
+    assert!(
+        app_root.join("bin/busybox").exists(),
+        "the prepared pod lost its root"
+    );
+
+    env.ok(&["rm", &uuid]);
+    env.ok(&["image", "gc"]);
+    assert!(
+        !render.exists(),
+        "image gc left the render of a removed image"
+    );
+}
