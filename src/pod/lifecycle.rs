@@ -224,7 +224,13 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         Ok(c) => c,
         Err(e) => return e,
     };
+    // A stop (SIGTERM/SIGINT/SIGHUP) that arrives between exec and the stage1's own signal
+    // setup must not kill a half-started pod: the mask survives exec, so it stays pending until
+    // the stage1 takes it through sigwait/signalfd.
+    let stop_signals = stop_signals();
+    let _ = stop_signals.thread_block();
     let err = cmd.exec();
+    let _ = stop_signals.thread_unblock();
     // Still here: the stage1 never started. Say so in the pod's status before the lock drops.
     let why = format!("exec {:?}: {err}", cmd.get_program());
     let layout = PodLayout::new(&locked.pod.path);
@@ -232,4 +238,13 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
     }
     anyhow!(why)
+}
+
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
 }
