@@ -9,4 +9,4 @@ kernel=$(kernel-config/build.sh --profile "$profile" | tail -n 1)
 ark=$(./build.sh --release | tail -n 1)
 image=$(demo/build-image.sh | tail -n 1)
 ARK_KERNEL="$kernel" exec python3 bench/kvm.py --ark "$ark" --image "docker-archive:$image" \
-  --kernel "$kernel" --cmdline "$(cat "kernel-config/$profile.cmdline")" --runs "${1:-3}"
+  --kernel "$kernel" --profile "$profile" --runs "${1:-3}"

@@ -58,6 +58,8 @@ fn main() -> ExitCode {
         debug,
         interactive,
     } = Cli::parse().command;
+    // Absolute: run() works from inside the pod dir (the vsock sockets are relative to it).
+    let pod_dir = std::fs::canonicalize(&pod_dir).unwrap_or(pod_dir);
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(if debug { "debug" } else { "warn" })
@@ -74,6 +76,9 @@ fn main() -> ExitCode {
 }
 
 fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
+    // Work from inside the pod dir: the vsock sockets are relative to it (see
+    // plan::VSOCK_SOCKET); every other path here is absolute.
+    std::env::set_current_dir(pod_dir).with_context(|| format!("{}", pod_dir.display()))?;
     let layout = PodLayout::new(pod_dir);
     let manifest = PodManifest::load(&layout.manifest())
         .map_err(|e| anyhow::anyhow!("{}: {e}", layout.manifest().display()))?;
@@ -159,7 +164,9 @@ fn record_failure(pod_dir: &Path, msg: &str) {
 
 fn host() -> anyhow::Result<Host> {
     let profile = Profile::for_host();
+    // Absolute: stage1-kvm works from inside the pod dir, and $ARK_KERNEL may be relative.
     let kernel = kernel_config::locate_kernel(profile)?;
+    let kernel = std::fs::canonicalize(&kernel).with_context(|| format!("{}", kernel.display()))?;
     // A kernel built for the other profile boots nowhere useful: on kvm_pvm a stock kernel dies in
     // the instruction emulator, so say so now rather than hang or crash later.
     if let Some(built_for) = kernel_config::profile_beside(&kernel) {

@@ -24,8 +24,9 @@ pub const ROOT_TAG: &str = "arkroot";
 pub const BASE_MEMORY_MIB: u64 = 128;
 /// Host memory the VMM process may use beyond guest RAM (its cgroup limit).
 pub const VMM_OVERHEAD_MIB: u64 = 64;
-/// Longest Unix socket path (sun_path minus NUL, minus the `_<port>` suffix the vsock device adds).
-const MAX_UDS_PATH: usize = 107 - 6;
+/// The hybrid vsock socket, relative to the pod directory, which is stage1-kvm's working
+/// directory: a Unix socket path is limited to 107 bytes, and pod directories can be longer.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
 
 /// Option keys stage0 sets in `manifest.stage1.options` (see src/pod/plan.rs).
 pub mod options {
@@ -47,8 +48,6 @@ pub enum PlanError {
     NoRootImage,
     #[error("root image {0}: {1}")]
     RootImage(PathBuf, std::io::Error),
-    #[error("vsock socket path {0} is too long for a Unix socket: use a shorter --dir")]
-    SocketPathTooLong(PathBuf),
     #[error("pod needs {0} MiB of guest memory, more than the VMM allows")]
     TooMuchMemory(u64),
 }
@@ -68,9 +67,10 @@ pub struct VmPlan {
     pub vm: VmConfig,
     pub stage2: Stage2Config,
     pub root: Root,
-    /// Host socket the vsock device listens on (`CONNECT <port>` for host→guest).
+    /// Host socket the vsock device listens on (`CONNECT <port>` for host→guest), relative to
+    /// the pod directory (stage1-kvm's working directory).
     pub vsock_uds: PathBuf,
-    /// Host socket guest-init's status connection lands on.
+    /// Host socket guest-init's status connection lands on, relative likewise.
     pub status_uds: PathBuf,
     /// Limit for the VMM process's cgroup.
     pub vmm_memory_bytes: u64,
@@ -176,10 +176,7 @@ pub fn plan(
     cmdline.push_str(&format!(" init={}", guest::INIT));
     vm.cmdline = cmdline;
 
-    let vsock_uds = layout.dir().join("vsock.sock");
-    if vsock_uds.as_os_str().len() > MAX_UDS_PATH {
-        return Err(PlanError::SocketPathTooLong(vsock_uds));
-    }
+    let vsock_uds = PathBuf::from(VSOCK_SOCKET);
     let status_uds = PathBuf::from(format!("{}_{STATUS_PORT}", vsock_uds.display()));
     vm.vsock = Some(VsockConfig {
         guest_cid: GUEST_CID,
@@ -413,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn wrong_flavor_and_long_socket_paths_are_refused() {
+    fn wrong_flavor_is_refused_and_long_pod_dirs_are_fine() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = manifest("");
         m.stage1.flavor = Flavor::Ns;
@@ -426,15 +423,17 @@ mod tests {
             ),
             Err(PlanError::WrongFlavor(..))
         ));
-        let long = dir.path().join("x".repeat(120));
-        let e = plan(
+        // Sockets are relative to the pod dir, so its length does not matter.
+        let long = dir.path().join("x".repeat(200));
+        let p = plan(
             &PodLayout::new(long),
             &manifest(""),
             &host(Profile::Microvm),
             false,
         )
-        .unwrap_err();
-        assert!(matches!(e, PlanError::SocketPathTooLong(_)), "{e}");
+        .unwrap();
+        assert_eq!(p.vsock_uds, Path::new(VSOCK_SOCKET));
+        assert_eq!(p.status_uds, Path::new("vsock.sock_1024"));
     }
 
     #[test]
