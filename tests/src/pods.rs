@@ -272,6 +272,24 @@ pub fn assert_one_line_error(out: &Output, needle: &str) {
     assert!(lines[0].contains(needle), "want {needle:?} in: {err}");
 }
 
+/// One `#[test]` per named [`scenarios`] function for a stage1 flavor, each skipped (with the
+/// reason) where pods cannot run here: `flavor_scenarios!("ns"; run_then_gc, kill9_then_gc);`.
+#[macro_export]
+macro_rules! flavor_scenarios {
+    ($flavor:expr; $($scenario:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $scenario() {
+                if let Some(why) = $crate::pods::pods_unavailable() {
+                    $crate::skip!("{why}");
+                }
+                $crate::pods::scenarios::stage1_installed($flavor);
+                $crate::pods::scenarios::$scenario($flavor);
+            }
+        )+
+    };
+}
+
 /// Pod scenarios shared by the stage1 flavors' tests (`stage1_ns.rs`, `stage1_fly.rs`).
 pub mod scenarios {
     use std::fs;

@@ -15,59 +15,18 @@ macro_rules! need_pods {
     };
 }
 
-#[test]
-fn run_prints_and_exits_with_the_apps_code() {
-    need_pods!();
-    scenarios::run_prints_and_exits_with_the_apps_code(FLAVOR);
-}
-
-#[test]
-fn two_apps_both_statuses() {
-    need_pods!();
-    scenarios::two_apps_both_statuses(FLAVOR);
-}
-
-#[test]
-fn env_user_cwd_volume() {
-    need_pods!();
-    scenarios::env_user_cwd_volume(FLAVOR);
-}
-
-#[test]
-fn read_only_volume() {
-    need_pods!();
-    scenarios::read_only_volume(FLAVOR);
-}
-
-#[test]
-fn stop_a_sleeping_pod() {
-    need_pods!();
-    scenarios::stop_a_sleeping_pod(FLAVOR);
-}
-
-#[test]
-fn enter_runs_inside() {
-    need_pods!();
-    scenarios::enter_runs_inside(FLAVOR);
-}
-
-#[test]
-fn kill9_then_gc() {
-    need_pods!();
-    scenarios::kill9_then_gc(FLAVOR);
-}
-
-#[test]
-fn run_then_gc() {
-    need_pods!();
-    scenarios::run_then_gc(FLAVOR);
-}
-
-#[test]
-fn prepare_then_run_prepared() {
-    need_pods!();
-    scenarios::prepare_then_run_prepared(FLAVOR);
-}
+ark_tests::flavor_scenarios!(FLAVOR;
+    run_prints_and_exits_with_the_apps_code,
+    two_apps_both_statuses,
+    env_user_cwd_volume,
+    read_only_volume,
+    stop_a_sleeping_pod,
+    enter_runs_inside,
+    kill9_then_gc,
+    run_then_gc,
+    prepare_then_run_prepared,
+    interactive_stdin,
+);
 
 /// An app over its memory limit is OOM-killed and its status says so.
 #[test]
@@ -137,12 +96,6 @@ fn namespaces_hostname_pid1_and_net_none() {
         .map(|l| l.split(':').next().unwrap().trim())
         .collect();
     assert_eq!(ifaces, ["lo"], "{stdout}");
-}
-
-#[test]
-fn interactive_stdin() {
-    need_pods!();
-    scenarios::interactive_stdin(FLAVOR);
 }
 
 /// --caps-retain keeps exactly the named capabilities; the default set is Docker's.
