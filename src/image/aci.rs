@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use super::extract::decompress;
+use super::limits::{Metered, RenderLimits, StreamMeter};
 use super::store::{now, ImageKind, ImageRecord, Imported, Layer, Staging, MAX_JSON};
 use super::{FetchOptions, ImageConfig, ImageId};
 
@@ -147,9 +148,15 @@ fn verify_signature(
 /// Reads the `manifest` entry out of the ACI (which may come anywhere in the tar).
 fn read_manifest(path: &Path) -> anyhow::Result<Vec<u8>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut archive = tar::Archive::new(decompress(BufReader::new(file))?);
+    // A bomb must not keep the fetch decompressing (or a long name filling memory) forever.
+    let meter = StreamMeter::new(RenderLimits::from_env()?.max_bytes);
+    let stream = Metered::new(decompress(BufReader::new(file))?, meter.clone());
+    let mut archive = tar::Archive::new(stream);
+    meter.headers_begin();
     for entry in archive.entries().context("ACI is not a tar archive")? {
-        let entry = entry.context("reading the ACI")?;
+        let entry = entry.map_err(|e| meter.hit().map_or(e.into(), anyhow::Error::msg));
+        let mut entry = entry.context("reading the ACI")?;
+        meter.headers_end();
         let p = entry.path()?.into_owned();
         if p == Path::new("manifest") || p == Path::new("./manifest") {
             if entry.size() > MAX_JSON {
@@ -159,6 +166,11 @@ fn read_manifest(path: &Path) -> anyhow::Result<Vec<u8>> {
             entry.take(MAX_JSON).read_to_end(&mut buf)?;
             return Ok(buf);
         }
+        // Skip the data here, so the next entry's headers are measured alone.
+        std::io::copy(&mut entry, &mut std::io::sink())
+            .map_err(|e| meter.hit().map_or(e.into(), anyhow::Error::msg))
+            .context("reading the ACI")?;
+        meter.headers_begin();
     }
     bail!("{} is not an ACI: no manifest in it", path.display())
 }

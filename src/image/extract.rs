@@ -17,8 +17,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
+use std::rc::Rc;
+
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
 use rustix::io::Errno;
+
+use super::limits::{Budget, Metered, RenderLimits, StreamMeter};
 
 /// Maps an archive path to its rootfs path; None = not part of the rootfs (an ACI's `manifest`).
 pub type PathMap<'a> = &'a dyn Fn(&Path) -> Option<PathBuf>;
@@ -36,15 +40,29 @@ pub struct Extractor {
     root_meta: Option<(u32, i64)>,
     /// Reused for file contents: large writes without an allocation per file.
     buf: Vec<u8>,
+    /// What this render (all its layers) has written, against its limits.
+    budget: Budget,
+    /// The decompressed tar streams, read through [`Extractor::metered`].
+    meter: Rc<StreamMeter>,
 }
 
-fn copy_with(buf: &mut [u8], from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
+/// Copies a file's content, charging every chunk to the budget before writing it.
+fn copy_with(
+    buf: &mut [u8],
+    from: &mut impl Read,
+    to: &mut impl Write,
+    budget: &mut Budget,
+    fs: &OwnedFd,
+) -> anyhow::Result<()> {
     loop {
         match from.read(buf) {
             Ok(0) => return Ok(()),
-            Ok(n) => to.write_all(&buf[..n])?,
+            Ok(n) => {
+                budget.bytes(n as u64, fs)?;
+                to.write_all(&buf[..n])?;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -102,21 +120,42 @@ fn errno_context(e: Errno, path: &Path) -> anyhow::Error {
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
 impl Extractor {
-    pub fn new(rootfs: &Path) -> anyhow::Result<Self> {
+    /// An extractor into `rootfs` bounded by `limits` (see [`super::limits`]); refuses at once
+    /// if the filesystem is already down to its reserve.
+    pub fn new(rootfs: &Path, limits: RenderLimits) -> anyhow::Result<Self> {
         let root = rustix::fs::open(
             rootfs,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .with_context(|| format!("opening {}", rootfs.display()))?;
-        Ok(Extractor {
+        let mut extractor = Extractor {
             root,
             privileged: rustix::process::geteuid().is_root(),
             layer_paths: HashSet::new(),
             dir_meta: BTreeMap::new(),
             root_meta: None,
             buf: vec![0; 256 << 10],
-        })
+            budget: Budget::new(limits),
+            meter: StreamMeter::new(limits.max_bytes),
+        };
+        extractor.budget.check_space(&extractor.root)?;
+        Ok(extractor)
+    }
+
+    /// Wraps a decompressed layer so its size counts against this render's byte limit and its
+    /// entries' headers against theirs. Every layer given to [`Extractor::apply_layer`] should be.
+    pub fn metered<R: Read>(&self, stream: R) -> Metered<R> {
+        Metered::new(stream, self.meter.clone())
+    }
+
+    /// The render limit that stopped the extraction, if one did: the error to report instead of
+    /// the I/O error it surfaced as deep in the tar reader.
+    pub fn limit_hit(&self) -> Option<String> {
+        self.budget
+            .hit()
+            .map(str::to_string)
+            .or_else(|| self.meter.hit())
     }
 
     /// Opens directory `rel` beneath the rootfs (O_PATH), creating missing ones if `create`.
@@ -151,13 +190,29 @@ impl Extractor {
     /// Applies one layer (a tar stream) on top of what is there, OCI whiteouts included.
     pub fn apply_layer<R: Read>(&mut self, reader: R, map: PathMap) -> anyhow::Result<()> {
         self.layer_paths.clear();
+        let result = self.apply_entries(reader, map);
+        self.meter.headers_end();
+        match self.limit_hit() {
+            Some(limit) if result.is_err() => Err(anyhow!(limit)),
+            _ => result,
+        }
+    }
+
+    fn apply_entries<R: Read>(&mut self, reader: R, map: PathMap) -> anyhow::Result<()> {
         let mut archive = tar::Archive::new(reader);
+        self.meter.headers_begin();
         for entry in archive.entries().context("reading layer")? {
             let mut entry = entry.context("reading layer")?;
+            self.meter.headers_end();
+            self.budget.entry(&self.root)?;
             let raw = entry.path().context("entry path")?.into_owned();
-            let Some(mapped) = map(&raw) else { continue };
-            self.apply_entry(&mut entry, &mapped)
-                .with_context(|| format!("entry {}", raw.display()))?;
+            if let Some(mapped) = map(&raw) {
+                self.apply_entry(&mut entry, &mapped)
+                    .with_context(|| format!("entry {}", raw.display()))?;
+            }
+            // Skip what was not read here, so the next entry's headers are measured alone.
+            io::copy(&mut entry, &mut io::sink()).context("reading layer")?;
+            self.meter.headers_begin();
         }
         Ok(())
     }
@@ -238,7 +293,14 @@ impl Extractor {
                     Mode::from_raw_mode(0o600),
                 )?;
                 let mut file = File::from(fd);
-                copy_with(&mut self.buf, entry, &mut file).context("writing file")?;
+                copy_with(
+                    &mut self.buf,
+                    entry,
+                    &mut file,
+                    &mut self.budget,
+                    &self.root,
+                )
+                .context("writing file")?;
                 if let Some((u, g)) = owner {
                     rustix::fs::fchown(&file, u, g)?;
                 }

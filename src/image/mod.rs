@@ -17,6 +17,7 @@ pub mod cli;
 mod digest;
 mod docker_archive;
 mod extract;
+mod limits;
 mod oci_layout;
 pub mod privsep;
 mod progress;

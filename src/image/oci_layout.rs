@@ -110,6 +110,16 @@ pub fn platform_matches(desc: &Descriptor, platform: Option<&str>) -> bool {
         && variant.is_none_or(|v| p.variant().as_deref() == Some(v))
 }
 
+/// Reads a layout's own JSON file (`oci-layout`, `index.json`), refusing one over [`MAX_JSON`].
+fn read_capped(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    File::open(path)?.take(MAX_JSON + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_JSON {
+        bail!("{} is larger than {MAX_JSON} bytes", path.display());
+    }
+    Ok(buf)
+}
+
 /// Reads a blob of a layout, verifying digest and size against its descriptor.
 fn read_layout_json(layout: &Path, desc: &Descriptor, what: &str) -> anyhow::Result<Vec<u8>> {
     let digest = descriptor_digest(desc)?;
@@ -150,7 +160,7 @@ pub fn import(
     tag: Option<&str>,
     origin: Origin,
 ) -> anyhow::Result<Imported> {
-    let marker = fs::read(layout.join("oci-layout")).with_context(|| {
+    let marker = read_capped(&layout.join("oci-layout")).with_context(|| {
         format!(
             "{} is not an OCI image layout (no oci-layout file)",
             layout.display()
@@ -164,7 +174,7 @@ pub fn import(
             marker["imageLayoutVersion"]
         );
     }
-    let index_bytes = fs::read(layout.join("index.json")).context("reading index.json")?;
+    let index_bytes = read_capped(&layout.join("index.json")).context("reading index.json")?;
     let index = ImageIndex::from_reader(&index_bytes[..])
         .map_err(|e| anyhow::anyhow!("index.json is not a valid image index: {e}"))?;
     let ref_of = |d: &Descriptor| {

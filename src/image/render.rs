@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 
 use super::digest::HashingReader;
 use super::extract::{decompress, Extractor};
+use super::limits::RenderLimits;
 use super::progress::Progress;
 use super::store::{flock, fsync_dir, remove_tree, ImageKind, ImageRecord, ImageStore};
 use super::ImageId;
@@ -49,7 +50,7 @@ impl ImageStore {
     fn render_into(&self, record: &ImageRecord, dir: &Path) -> anyhow::Result<()> {
         let rootfs = dir.join("rootfs");
         fs::create_dir_all(&rootfs)?;
-        let mut extractor = Extractor::new(&rootfs)?;
+        let mut extractor = Extractor::new(&rootfs, RenderLimits::from_env()?)?;
         let progress = Progress::new();
         match record.kind {
             ImageKind::Oci => {
@@ -62,11 +63,15 @@ impl ImageStore {
                         progress.bytes(format!("render {}", layer.digest.short()), layer.size);
                     let stream =
                         decompress(BufReader::with_capacity(1 << 20, bar.wrap_read(file)))?;
-                    let mut hashing = HashingReader::new(stream);
+                    let mut hashing = HashingReader::new(extractor.metered(stream));
                     extractor
                         .apply_layer(&mut hashing, &identity)
                         .with_context(|| what.clone())?;
-                    let (diff_id, _) = hashing.finish().with_context(|| what.clone())?;
+                    // Draining what follows the tar counts against the limit too.
+                    let (diff_id, _) = hashing
+                        .finish()
+                        .map_err(|e| extractor.limit_hit().map_or(e.into(), anyhow::Error::msg))
+                        .with_context(|| what.clone())?;
                     bar.finish_and_clear();
                     if let Some(want) = &layer.diff_id {
                         if *want != diff_id {
@@ -86,6 +91,7 @@ impl ImageStore {
                 let bar = progress.bytes(format!("render {}", layer.digest.short()), layer.size);
                 let stream = decompress(BufReader::with_capacity(1 << 20, bar.wrap_read(file)))?;
                 let strip = |p: &Path| super::aci::rootfs_path(p);
+                let stream = extractor.metered(stream);
                 extractor.apply_layer(stream, &strip)?;
                 bar.finish_and_clear();
             }

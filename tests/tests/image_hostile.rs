@@ -6,7 +6,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ark_tests::images::{ark_err, ark_ok, snapshot, tar_bytes, Entry, LayoutBuilder};
+use ark_tests::images::{
+    ark_env, ark_err, ark_err_env, ark_ok, gzip, snapshot, tar_bytes, Entry, LayoutBuilder,
+};
 use ark_tests::{ark_bin, is_root, skip};
 
 /// A test area: a store holding one good image, and a host directory with a sentinel file
@@ -68,16 +70,29 @@ impl Area {
 
     /// The (valid) image is fetched; rendering it must fail naming `want`, store unchanged.
     fn render_refused(&self, layers: Vec<Vec<u8>>, want: &str) {
+        self.render_refused_with(&[], layers, want);
+    }
+
+    /// [`Area::render_refused`] with extra environment variables for the render; returns the
+    /// image's digest (`sha256:...`).
+    fn render_refused_with(
+        &self,
+        env: &[(&str, &str)],
+        layers: Vec<Vec<u8>>,
+        want: &str,
+    ) -> String {
         let (reference, digest) = self.layout(&LayoutBuilder::new(layers));
         ark_ok(
             &self.store,
             &["--insecure-options=image", "fetch", &reference],
         );
         let before = snapshot(&self.store);
-        let err = ark_err(&self.store, &["image", "render", &digest]);
+        let err = ark_err_env(&self.store, env, &["image", "render", &digest]);
+        eprintln!("refused as expected: {err}");
         assert!(err.contains(want), "want {want:?} in: {err}");
         assert_eq!(snapshot(&self.store), before, "the store changed");
         self.assert_host_untouched();
+        digest
     }
 
     fn assert_host_untouched(&self) {
@@ -332,4 +347,141 @@ fn layer_content_not_matching_its_diff_id_is_refused() {
     let err = ark_err(&a.store, &["image", "render", &digest]);
     assert!(err.contains("the config says"), "{err}");
     assert_eq!(snapshot(&a.store), before);
+}
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn a_layer_unpacking_past_the_byte_limit_is_refused() {
+    let a = Area::new();
+    let zeros = vec![0u8; 4 * MIB];
+    let bomb = tar_bytes(&[Entry::file("zeros", &zeros)]);
+    // What makes it a bomb: a few KiB on the wire, 4 MiB on disk.
+    assert!(gzip(&bomb).len() < 64 << 10);
+    let limit = [("ARK_MAX_RENDER_BYTES", "1M")];
+    let digest = a.render_refused_with(&limit, vec![bomb.clone()], "unpacks to more than 1 MiB");
+    let err = ark_err_env(&a.store, &limit, &["image", "render", &digest]);
+    assert!(err.contains("ARK_MAX_RENDER_BYTES"), "{err}");
+    assert!(err.contains(&digest), "the error names the image: {err}");
+
+    // The limit holds across layers: two layers under it, together over it.
+    let half = vec![0u8; 600 << 10];
+    let layer = |name: &str| tar_bytes(&[Entry::file(name, &half)]);
+    a.render_refused_with(
+        &limit,
+        vec![layer("a"), layer("b")],
+        "unpacks to more than 1 MiB",
+    );
+
+    // Data that is never written counts too: 4 MiB of zeros after the tar's end.
+    let mut trailing = tar_bytes(&[Entry::file("small", b"x")]);
+    trailing.extend_from_slice(&zeros);
+    a.render_refused_with(&limit, vec![trailing], "unpacks to more than 1 MiB");
+
+    // Under a limit it fits, the same image renders whole.
+    let out = ark_env(
+        &a.store,
+        &[("ARK_MAX_RENDER_BYTES", "8M")],
+        &["image", "render", &digest],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rootfs = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        fs::metadata(Path::new(rootfs.trim()).join("zeros"))
+            .unwrap()
+            .len(),
+        4 * MIB as u64
+    );
+}
+
+#[test]
+fn a_layer_with_too_many_entries_is_refused() {
+    let a = Area::new();
+    let names: Vec<String> = (0..300).map(|i| format!("f{i}")).collect();
+    let entries: Vec<Entry> = names.iter().map(|n| Entry::file(n, b"")).collect();
+    let layer = tar_bytes(&entries);
+    let digest = a.render_refused_with(
+        &[("ARK_MAX_RENDER_ENTRIES", "100")],
+        vec![layer],
+        "more than 100 entries",
+    );
+    // The default limit lets it through.
+    ark_ok(&a.store, &["image", "render", &digest]);
+}
+
+#[test]
+fn a_bad_render_limit_is_refused() {
+    let a = Area::new();
+    let (reference, digest) = a.layout(&LayoutBuilder::new(vec![tar_bytes(&[Entry::file(
+        "f", b"x",
+    )])]));
+    ark_ok(&a.store, &["--insecure-options=image", "fetch", &reference]);
+    let before = snapshot(&a.store);
+    let err = ark_err_env(
+        &a.store,
+        &[("ARK_MAX_RENDER_BYTES", "lots")],
+        &["image", "render", &digest],
+    );
+    assert!(
+        err.contains("ARK_MAX_RENDER_BYTES=\"lots\" is not a number"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&a.store), before);
+}
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_render_stops_before_the_store_filesystem_fills() {
+    if !is_root() {
+        skip!("mounting a small tmpfs for the store needs root");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+    if let Err(e) = nix::mount::mount(
+        Some("tmpfs"),
+        &store,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=48m"),
+    ) {
+        skip!("cannot mount a tmpfs: {e}");
+    }
+    let _mount = Tmpfs(store.clone());
+    // 64 MiB of zeros: under the byte limit, over what the filesystem holds.
+    let bomb = tar_bytes(&[Entry::file("zeros", &vec![0u8; 64 * MIB])]);
+    let layout = tmp.path().join("layout");
+    let digest = LayoutBuilder::new(vec![bomb]).write(&layout, "t");
+    ark_ok(
+        &store,
+        &[
+            "--insecure-options=image",
+            "fetch",
+            &format!("oci-layout:{}:t", layout.display()),
+        ],
+    );
+    let before = snapshot(&store);
+    let err = ark_err(&store, &["image", "render", &digest]);
+    assert!(
+        err.contains("the image store's filesystem is nearly full"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&store), before, "the store changed");
+    let st = nix::sys::statvfs::statvfs(&store).unwrap();
+    assert!(
+        st.blocks_available() * st.fragment_size() > 40 * MIB as u64,
+        "the failed render's files were not removed"
+    );
 }
