@@ -353,10 +353,17 @@ pub mod scenarios {
 
     /// Two apps: both statuses recorded; `ark run` exits with the first non-zero.
     pub fn two_apps_both_statuses(flavor: &str) {
+        two_apps_both_statuses_with(flavor, &[]);
+    }
+
+    /// [`two_apps_both_statuses`] with extra pod flags (before the first image); returns the
+    /// test's env and the pod's UUID for more assertions.
+    pub fn two_apps_both_statuses_with(flavor: &str, pod_flags: &[&str]) -> (PodEnv, String) {
         let env = PodEnv::new();
-        let out = env.output(&[
-            "run",
-            &flag(flavor),
+        let flavor_flag = flag(flavor);
+        let mut args = vec!["run", flavor_flag.as_str()];
+        args.extend_from_slice(pod_flags);
+        args.extend_from_slice(&[
             &env.image,
             "--name=ok",
             "--",
@@ -371,6 +378,7 @@ pub mod scenarios {
             "-c",
             "sleep 0.3; echo from-bad; exit 4",
         ]);
+        let out = env.output(&args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             out.status.code(),
@@ -390,6 +398,7 @@ pub mod scenarios {
         let json: serde_json::Value =
             serde_json::from_str(&env.ok(&["status", "--format=json", &uuid])).unwrap();
         assert_eq!(json["apps"].as_array().unwrap().len(), 2);
+        (env, uuid)
     }
 
     /// --set-env, --user, --working-dir and a host volume reach the app.
