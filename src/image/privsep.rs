@@ -540,6 +540,7 @@ mod tests {
             },
             platform: None,
             keys,
+            have_blobs: Default::default(),
         }
     }
 

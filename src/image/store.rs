@@ -184,6 +184,9 @@ impl ImageStore {
         ropts.insecure_image = opts.insecure_image;
         ropts.platform = opts.platform.clone();
         ropts.signature_dir = opts.signature_dir.clone();
+        // Blobs in the store were verified when they came in, and stay while this fetch holds
+        // store.lock (rm and gc need it exclusively): no need to download those layers again.
+        ropts.have_blobs = self.blob_digests()?;
         let layout = staging.dir.join("layout");
         let fetched = super::registry::fetch(reference, &ropts, &layout)?;
         let mut imported = super::oci_layout::import(
@@ -207,6 +210,18 @@ impl ImageStore {
             .into_iter()
             .collect();
         Ok(imported)
+    }
+
+    /// `sha256:HEX` of every blob in the store.
+    fn blob_digests(&self) -> anyhow::Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        for entry in fs::read_dir(self.root.join("blobs/sha256"))? {
+            let name = entry?.file_name();
+            if let Ok(d) = format!("sha256:{}", name.to_string_lossy()).parse::<Digest>() {
+                out.insert(d.to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// Moves staged blobs into place and records the image and its names.

@@ -892,3 +892,69 @@ fn kill_9_during_a_fetch_takes_the_child_along_and_gc_reclaims_the_rest() {
     assert!(o.status.success(), "gc: {}", stderr(&o));
     assert_store_empty(dir.path());
 }
+
+#[test]
+fn layers_the_store_has_are_not_downloaded_again() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    use ark_tests::images::{tar_bytes, Entry, LayoutBuilder};
+    let fake = FakeRegistry::start(Lie::RedirectBlobs);
+    let image = format!("docker://{}/test/lies:latest", fake.addr);
+    // The fake's layer (see FakeRegistry::start), in another image imported from a layout.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let layer = tar_bytes(&[Entry::file("data", &data)]);
+    let layer_digest = sha256_bytes(&layer);
+    let blob_hits = |layer_only: bool| -> Vec<String> {
+        fake.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.starts_with("/cdn/"))
+            .filter(|h| !layer_only || h.ends_with(&layer_digest))
+            .cloned()
+            .collect()
+    };
+
+    // A store without the layer downloads it (so the fake does serve it).
+    let fresh = tempfile::tempdir().unwrap();
+    assert_fetched(
+        &fetch(fresh.path(), &["--insecure-options=image", &image], &[]),
+        &fake.manifest_digest,
+    );
+    assert_eq!(blob_hits(true).len(), 1, "{:?}", blob_hits(false));
+    fake.hits.lock().unwrap().clear();
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let other = LayoutBuilder {
+        uncompressed: true,
+        ..LayoutBuilder::new(vec![layer])
+    }
+    .write(&layout, "other");
+    assert_ne!(other, fake.manifest_digest, "a different image");
+    let store = dir.path().join("store");
+    let o = fetch(
+        &store,
+        &[
+            "--insecure-options=image",
+            &format!("oci-layout:{}:other", layout.display()),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = fetch(&store, &["--insecure-options=image", &image], &[]);
+    assert_fetched(&o, &fake.manifest_digest);
+    // Only the config came over; the layer was taken from the store.
+    assert!(blob_hits(true).is_empty(), "{:?}", blob_hits(false));
+    assert_eq!(blob_hits(false).len(), 1, "{:?}", blob_hits(false));
+    // And the image is whole: its render checks the layer against the config's diff_id.
+    let o = ark(&store, &["image", "render", &fake.manifest_digest], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rootfs = stdout(&o);
+    assert_eq!(
+        std::fs::read(Path::new(rootfs.trim()).join("data")).unwrap(),
+        data
+    );
+}

@@ -18,6 +18,7 @@
 pub mod client;
 pub mod sink;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,6 +74,10 @@ pub struct FetchOptions {
     pub credentials: Option<(String, String)>,
     /// Progress bars on stderr (drawn only if it is a terminal).
     pub progress: bool,
+    /// Digests (`sha256:HEX`) of blobs the caller's store already holds, verified: layers among
+    /// them are not downloaded (the layout written then lacks them; the importer takes them
+    /// from the store). Configs and manifests are always fetched, as they are checked here.
+    pub have_blobs: BTreeSet<String>,
 }
 
 impl FetchOptions {
@@ -88,6 +93,7 @@ impl FetchOptions {
             timeout: timeout_from_env()?,
             credentials: credentials_from_env()?,
             progress: true,
+            have_blobs: BTreeSet::new(),
         })
     }
 }
@@ -195,6 +201,9 @@ pub struct PullRequest {
     pub platform: Option<String>,
     /// Keys trusted for the image name; None = don't verify (`--insecure-options=image`).
     pub keys: Option<KeySet>,
+    /// Layer digests not to download: see [`FetchOptions::have_blobs`].
+    #[serde(default)]
+    pub have_blobs: BTreeSet<String>,
 }
 
 /// Downloads `reference` (`HOST[:PORT]/REPO[:TAG|@DIGEST]`) into `dest`, an empty directory,
@@ -231,6 +240,7 @@ pub fn fetch(reference: &str, opts: &FetchOptions, dest: &Path) -> Result<Fetche
         },
         platform: opts.platform.clone(),
         keys,
+        have_blobs: opts.have_blobs.clone(),
     };
     let mut dir = DirSink::new(dest, opts.progress)?;
     if crate::image::privsep::should_separate() {
@@ -504,8 +514,12 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
     sink.blob_bytes(&manifest_digest, &manifest)?;
     // Images may list one blob several times (Docker's empty layers): fetch each once.
     let mut fetched = std::collections::HashSet::new();
-    for (digest, size) in std::iter::once(&config).chain(&layers) {
-        if fetched.insert(digest.clone()) {
+    copy_blob(&mut client, sink, &config.0, config.1)?;
+    fetched.insert(config.0.clone());
+    for (digest, size) in &layers {
+        if req.have_blobs.contains(digest) {
+            tracing::debug!("layer {digest} is in the store already; not downloading it");
+        } else if fetched.insert(digest.clone()) {
             copy_blob(&mut client, sink, digest, *size)?;
         }
     }
