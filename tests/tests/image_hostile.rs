@@ -485,3 +485,24 @@ fn a_render_stops_before_the_store_filesystem_fills() {
         "the failed render's files were not removed"
     );
 }
+
+#[test]
+fn a_huge_long_name_header_is_refused() {
+    // A GNU long name of 20 MiB (the tar reader would hold it in memory), then its file.
+    let name_len = 20 * MIB;
+    let mut h = tar::Header::new_gnu();
+    h.set_path("././@LongLink").unwrap();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(name_len as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut layer = h.as_bytes().to_vec();
+    layer.extend(std::iter::repeat_n(b'a', name_len));
+    layer.resize(layer.len().next_multiple_of(512), 0);
+    layer.extend(tar_bytes(&[Entry::file("f", b"x")]));
+    let a = Area::new();
+    a.render_refused(
+        vec![layer],
+        "headers (long name, pax extensions) exceed 16 MiB",
+    );
+}
