@@ -1,7 +1,8 @@
 //! `ark-vmm`: boots one microVM and exits with the guest's outcome.
 //!
 //! Exit status: 0 the guest requested a stop (poweroff/reboot/panic with `reboot=k panic=-1`),
-//! 1 VMM error, 2 guest triple fault, 3 stopped by the host (SIGTERM/SIGINT).
+//! 1 VMM error (a seccomp violation too: one line naming the syscall), 2 guest triple fault,
+//! 3 stopped by the host (SIGTERM/SIGINT).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -52,7 +53,8 @@ struct Args {
     /// No virtio-rng device.
     #[arg(long)]
     no_rng: bool,
-    /// Do not confine vCPU threads with seccomp (debugging only).
+    /// No seccomp filters: neither the vCPU and event-loop allowlists nor the process denylist
+    /// (debugging only).
     #[arg(long)]
     no_seccomp: bool,
 }

@@ -310,12 +310,17 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
 
     let pio = Arc::new(pio);
     let mmio = Arc::new(std::mem::take(&mut b.mmio));
-    let seccomp = if config.seccomp {
-        Some(Arc::new(
-            crate::seccomp::vcpu_filter().map_err(Error::Seccomp)?,
-        ))
+    let (seccomp, event_loop_filter) = if config.seccomp {
+        crate::seccomp::install_violation_handler()
+            .map_err(|e| Error::Seccomp(format!("SIGSYS handler: {e}")))?;
+        (
+            Some(Arc::new(
+                crate::seccomp::vcpu_filter().map_err(Error::Seccomp)?,
+            )),
+            Some(crate::seccomp::event_loop_filter().map_err(Error::Seccomp)?),
+        )
     } else {
-        None
+        (None, None)
     };
     let mut vcpus = Vec::new();
     for id in 0..config.vcpus {
@@ -357,12 +362,42 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
         }
     }
 
-    while !exit.stopping() {
-        if let Err(e) = b.events.run() {
-            exit.request(Err(format!("event loop: {e:?}")));
+    // The loop runs on its own thread so that its seccomp filter (which cannot be lifted)
+    // confines only the loop, not the caller: stage1-kvm keeps using its main thread after the
+    // VM ends. Every device fd is open by now; the loop hands the devices back to be dropped
+    // here, outside the filter.
+    let mut events = b.events;
+    let loop_exit = exit.clone();
+    let event_loop = std::thread::Builder::new()
+        .name("event-loop".into())
+        .spawn(move || {
+            if let Some(filter) = &event_loop_filter {
+                if let Err(e) = crate::seccomp::apply(filter) {
+                    loop_exit.request(Err(format!("event loop: seccomp: {e}")));
+                }
+            }
+            while !loop_exit.stopping() {
+                if let Err(e) = events.run() {
+                    loop_exit.request(Err(format!("event loop: {e:?}")));
+                }
+            }
+            events
+        });
+    let devices = match event_loop {
+        Ok(h) => match h.join() {
+            Ok(events) => Some(events),
+            Err(_) => {
+                exit.request(Err("event loop: thread panicked".into()));
+                None
+            }
+        },
+        Err(e) => {
+            exit.request(Err(format!("spawning the event-loop thread: {e}")));
+            None
         }
-    }
+    };
     vcpu::stop_all(handles);
+    drop(devices);
 
     match exit.reason() {
         Some(Ok(x)) => Ok(x),
