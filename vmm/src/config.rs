@@ -35,7 +35,8 @@ pub struct VmConfig {
     /// Attach a virtio-rng device.
     #[serde(default = "default_true")]
     pub rng: bool,
-    /// Confine vCPU threads with a seccomp filter.
+    /// Confine the vCPU threads and the event-loop thread with seccomp allowlists (`ark-vmm` also
+    /// puts the whole process under a denylist).
     #[serde(default = "default_true")]
     pub seccomp: bool,
 }

@@ -4,7 +4,7 @@
 //! The machine: guest RAM split around a 768 MiB MMIO hole below 4 GiB, KVM's in-kernel irqchip
 //! (PIC, IOAPIC, LAPICs) and PIT, one thread per vCPU, an 8250 UART on COM1, an i8042 stub for
 //! `reboot=k`, and virtio-mmio devices announced on the kernel command line. Devices and host
-//! input are served by one epoll event loop (event-manager) on the calling thread.
+//! input are served by one epoll event loop (event-manager) on its own `event-loop` thread.
 
 pub mod arch;
 pub mod boot;
