@@ -56,6 +56,11 @@ fn config(dir: &std::path::Path, code: &[u8]) -> VmConfig {
     c
 }
 
+/// A tiny guest: prints "up" on COM1, then halts forever (until the host stops it).
+const PRINT_UP_THEN_HLT: [u8; 13] = [
+    0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xf4, 0xeb, 0xfd,
+];
+
 #[test]
 fn stop_handle_stops_a_running_vm_from_another_thread() {
     if let Some(why) = kvm_missing() {
@@ -63,10 +68,7 @@ fn stop_handle_stops_a_running_vm_from_another_thread() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // Print "up", then hlt forever.
-    let code = [
-        0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xf4, 0xeb, 0xfd,
-    ];
+    let code = PRINT_UP_THEN_HLT;
     let mut c = config(dir.path(), &code);
     c.vcpus = 2;
     let stop = StopHandle::new().unwrap();
@@ -160,10 +162,7 @@ fn seccomp_confines_the_event_loop_and_vcpus_but_not_the_caller() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // Print "up", then hlt forever.
-    let code = [
-        0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xf4, 0xeb, 0xfd,
-    ];
+    let code = PRINT_UP_THEN_HLT;
     let c = config(dir.path(), &code);
     assert!(c.seccomp, "seccomp is on by default");
     let stop = StopHandle::new().unwrap();
@@ -233,10 +232,7 @@ fn ark_vmm_runs_its_event_loop_under_the_allowlist_and_the_denylist() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // Print "up", then hlt forever.
-    let code = [
-        0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xf4, 0xeb, 0xfd,
-    ];
+    let code = PRINT_UP_THEN_HLT;
     let kernel = dir.path().join("guest.elf");
     std::fs::write(&kernel, tiny_elf(&code)).unwrap();
     let log = dir.path().join("serial.log");
