@@ -189,6 +189,7 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
     };
     let grace = Duration::from_secs(cfg.stop_grace_secs);
 
+    let mut outputs: Vec<OutputPipe> = Vec::new();
     for p in &plans {
         // A stop that arrived while earlier apps were starting: later ones never start.
         handle_signals(&sfd, &mut sup, grace, sink, &oom_base)?;
@@ -210,7 +211,7 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
                 read_oom_kills(Path::new(f)).unwrap_or(0),
             ));
         }
-        match start_app(p, &ctx, &signals) {
+        match start_app(p, &ctx, &signals, &mut outputs) {
             Ok((pid, start_err)) => {
                 report(sink, sup.started(&p.name, pid.as_raw(), now_unix_ms()));
                 if let Some(e) = start_err {
@@ -229,6 +230,12 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
         if let Some(l) = &listener {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
+        let first_output = fds.len();
+        fds.extend(
+            outputs
+                .iter()
+                .map(|o| PollFd::new(o.file.as_fd(), PollFlags::POLLIN)),
+        );
         let timeout = match sup.timeout(Instant::now()) {
             Some(d) => PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1)
                 .unwrap_or(PollTimeout::MAX),
@@ -238,11 +245,17 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
-        let control_ready = fds
-            .get(1)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        let control_ready = listener.is_some()
+            && fds
+                .get(1)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        let outputs_ready: Vec<bool> = fds[first_output..]
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
         drop(fds);
+        relay_outputs(&mut outputs, Some(&outputs_ready));
         handle_signals(&sfd, &mut sup, grace, sink, &oom_base)?;
         if control_ready {
             if let Some(l) = &listener {
@@ -254,6 +267,10 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
         }
         signal_all(&sup.kill_due(Instant::now()), Signal::SIGKILL);
     }
+    // The apps are gone, but what they wrote last may still sit in the pipes: pass it on before
+    // the pod is reported done. (A leftover background process keeps its pipe open; whatever it
+    // has not written by now is not waited for.)
+    relay_outputs(&mut outputs, None);
 
     if std::process::id() != 1 {
         // fly: processes the apps left behind would outlive the pod; as their subreaper we
@@ -349,16 +366,105 @@ fn handle_signals(
 
 /// Forks the app's process. The child reports a failure before exec over a close-on-exec
 /// pipe, so the parent knows at once whether the program started (EOF) or why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The read end of an app's stdout or stderr: guest-init copies it to its own stdout or stderr
+/// (the terminal of `ark run`, or the VM's console) and appends it to the app's log.
+struct OutputPipe {
+    file: std::fs::File,
+    stream: Stream,
+    log: Option<std::fs::File>,
+}
+
+impl OutputPipe {
+    fn new(fd: OwnedFd, stream: Stream, log: Option<&std::fs::File>) -> Result<Self> {
+        // Non-blocking: a relay takes what is there and returns to the PID 1 loop.
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(OutputPipe {
+            file: std::fs::File::from(fd),
+            stream,
+            log: log.and_then(|f| f.try_clone().ok()),
+        })
+    }
+
+    /// Copies what the pipe holds; false once the app's end is closed (or the pipe broke).
+    fn relay(&mut self) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match std::io::Read::read(&mut self.file, &mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    let data = &buf[..n];
+                    // The terminal or console may be gone; the log still gets the output.
+                    let _ = match self.stream {
+                        Stream::Stdout => {
+                            let mut o = std::io::stdout().lock();
+                            o.write_all(data).and_then(|()| o.flush())
+                        }
+                        Stream::Stderr => std::io::stderr().write_all(data),
+                    };
+                    if let Some(log) = &mut self.log {
+                        let _ = log.write_all(data);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+            }
+        }
+    }
+}
+
+/// Relays the pipes marked ready (all of them when `ready` is None); drops the closed ones.
+fn relay_outputs(outputs: &mut Vec<OutputPipe>, ready: Option<&[bool]>) {
+    let mut i = 0;
+    outputs.retain_mut(|o| {
+        let go = ready.is_none_or(|r| r.get(i).copied().unwrap_or(false));
+        i += 1;
+        !go || o.relay()
+    });
+}
+
+/// `/ark/logs/<app>.log`, appended to; None where the stage1 root is read-only.
+fn open_app_log(app: &str) -> Option<std::fs::File> {
+    std::fs::create_dir_all(guest::LOG_DIR).ok()?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(guest::app_log(app))
+        .ok()
+}
+
 fn start_app(
     p: &AppPlan,
     ctx: &setup::ChildContext,
     signals: &SigSet,
+    logs: &mut Vec<OutputPipe>,
 ) -> Result<(Pid, Option<StartError>)> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // An interactive app keeps the terminal itself; the others write into pipes guest-init
+    // relays (and logs).
+    let outputs = if p.interactive {
+        None
+    } else {
+        let out = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        let err = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        Some((out, err))
+    };
     // SAFETY: guest-init is single-threaded, so the child may run ordinary code after fork.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             drop(rd);
+            if let Some(((_, out_w), (_, err_w))) = &outputs {
+                // dup2 drops close-on-exec on the copies: the app inherits them as 1 and 2.
+                let _ = nix::unistd::dup2(out_w.as_raw_fd(), 1);
+                let _ = nix::unistd::dup2(err_w.as_raw_fd(), 2);
+            }
             let _ = signals.thread_unblock();
             let err = setup::app_child(p, ctx);
             let code = err.exit_code.unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR);
@@ -371,6 +477,11 @@ fn start_app(
         }
         ForkResult::Parent { child } => {
             drop(wr);
+            if let Some(((out_r, _), (err_r, _))) = outputs {
+                let log = open_app_log(&p.name);
+                logs.push(OutputPipe::new(out_r, Stream::Stdout, log.as_ref())?);
+                logs.push(OutputPipe::new(err_r, Stream::Stderr, log.as_ref())?);
+            }
             let mut msg = String::new();
             let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
             let err = msg.split_once(' ').map(|(code, m)| StartError {

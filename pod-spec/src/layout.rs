@@ -9,6 +9,7 @@
 //!     ark/pod-manifest.json    copy of the manifest (stage0, at prepare)
 //!     ark/stage2.json          Stage2Config (the stage1, before starting init)
 //!     ark/status/              ns/fly: the pod's status/ dir, bind-mounted by the stage1
+//!     ark/logs/<app>.log       each non-interactive app's stdout and stderr (guest-init)
 //!     ark/volumes/<name>/      each volume (ns/fly: bind of the host source; kvm: virtio-fs)
 //!     apps/<app>/rootfs/       each app's root (stage0, from the render cache)
 //!   status/<app>.json          AppStatus per app (guest-init via the stage1's transport)
@@ -59,6 +60,10 @@ impl PodLayout {
     pub fn app_rootfs(&self, app: &str) -> PathBuf {
         self.in_root(&guest::app_rootfs(app))
     }
+    /// The app's output as guest-init logged it (see [`guest::LOG_DIR`]).
+    pub fn app_log(&self, app: &str) -> PathBuf {
+        self.in_root(&guest::app_log(app))
+    }
     pub fn status_dir(&self) -> PathBuf {
         self.dir.join("status")
     }
@@ -89,6 +94,13 @@ pub mod guest {
     pub const STATUS_DIR: &str = "/ark/status";
     /// Where ns bind-mounts the pod's cgroup directories for guest-init to place apps.
     pub const CGROUP_DIR: &str = "/ark/cgroup";
+    /// Where guest-init appends each non-interactive app's output (`<app>.log`); absent when
+    /// the stage1 root is read-only (a kvm erofs root).
+    pub const LOG_DIR: &str = "/ark/logs";
+
+    pub fn app_log(app: &str) -> String {
+        format!("{LOG_DIR}/{app}.log")
+    }
     /// The resolver config a stage1 gives apps on the host network (guest-init copies it to
     /// each app's `/etc/resolv.conf`).
     pub const RESOLV_CONF: &str = "/ark/resolv.conf";

@@ -160,6 +160,17 @@ impl PodEnv {
         mounts_under(self.dir.path())
     }
 
+    /// The app's output as guest-init logged it in the pod directory.
+    pub fn app_log(&self, uuid: &str, app: &str) -> String {
+        let dir = self
+            .pod_dirs()
+            .into_iter()
+            .find(|d| d.file_name().is_some_and(|n| n == uuid))
+            .unwrap_or_else(|| panic!("no directory for pod {uuid}"));
+        let log = ark_pod_spec::PodLayout::new(dir).app_log(app);
+        std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+    }
+
     /// Pod directories in any state.
     pub fn pod_dirs(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
@@ -349,6 +360,7 @@ pub mod scenarios {
         assert_eq!(s["exit-code"], "3", "{s:?}");
         assert_eq!(s.get("app-busybox").map(String::as_str), Some("3"), "{s:?}");
         assert!(s.contains_key("finished"), "{s:?}");
+        assert_eq!(env.app_log(&uuid, "busybox"), "hi\n");
     }
 
     /// Two apps: both statuses recorded; `ark run` exits with the first non-zero.
