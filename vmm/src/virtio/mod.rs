@@ -98,3 +98,16 @@ pub trait VirtioDevice: Send {
     /// in which case the transport marks it DEVICE_NEEDS_RESET.
     fn reset(&mut self) -> bool;
 }
+
+/// Copies the in-range part of `config` at `offset` into `data`; the rest stays zeroed.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(offset) = usize::try_from(offset) else {
+        return;
+    };
+    if offset >= config.len() {
+        return;
+    }
+    let n = data.len().min(config.len() - offset);
+    data[..n].copy_from_slice(&config[offset..offset + n]);
+}

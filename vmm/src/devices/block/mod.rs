@@ -220,7 +220,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        crate::virtio::read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -299,17 +299,4 @@ impl MutEventSubscriber for Block {
             tracing::error!(error = ?e, "virtio-blk: cannot register activate eventfd");
         }
     }
-}
-
-/// Copies the in-range part of `config` at `offset` into `data`; the rest stays zeroed.
-pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
-    data.fill(0);
-    let Ok(offset) = usize::try_from(offset) else {
-        return;
-    };
-    if offset >= config.len() {
-        return;
-    }
-    let n = data.len().min(config.len() - offset);
-    data[..n].copy_from_slice(&config[offset..offset + n]);
 }
