@@ -116,7 +116,8 @@ pub fn plan(
     // Bounded by MAX_MEMORY_MIB (a u32) in guest_memory_mib.
     vm.memory_mib = guest_memory_mib(manifest)? as u32;
     // The pvm-compat kernel is built without SMP; elsewhere one vCPU per started CPU of --cpus.
-    vm.vcpus = match (host.profile, cpu_millis(manifest)) {
+    let cpu_millis = cpu_millis(manifest);
+    vm.vcpus = match (host.profile, cpu_millis) {
         (Profile::PvmCompat, _) | (_, None) => 1,
         (_, Some(m)) => m.div_ceil(1000).clamp(1, u64::from(vmm::config::MAX_VCPUS)) as u8,
     };
@@ -185,7 +186,7 @@ pub fn plan(
 
     Ok(VmPlan {
         vmm_memory_bytes: (u64::from(vm.memory_mib) + VMM_OVERHEAD_MIB) << 20,
-        cpu_millis: cpu_millis(manifest),
+        cpu_millis,
         vm,
         stage2,
         root,
