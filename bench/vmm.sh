@@ -41,7 +41,7 @@ PY
 }
 EXIT_SEQ="e6f4b0fee664f4ebfd"            # out 0xf4,al; mov al,0xfe; out 0x64,al; hlt; jmp
 mkelf exit.elf "$EXIT_SEQ"
-mkelf idle.elf "f4ebfd"                  # hlt; jmp
+mkelf idle.elf "fbf4ebfd"                # sti; hlt; jmp (cli; hlt would be a power-off)
 N=200000
 # mov ecx, N; loop: out 0x80, al; dec ecx; jnz loop; then the exit sequence.
 mkelf pio.elf "b9$(python3 -c "import struct;print(struct.pack('<I',$N).hex())")e6804975fb${EXIT_SEQ}"

@@ -247,8 +247,11 @@ pub fn serial_print_then(msg: &[u8], tail: &[u8]) -> Vec<u8> {
     c
 }
 
-/// `hlt; jmp back`: idles forever (until the host stops the VM).
-pub const CODE_HALT_LOOP: &[u8] = &[0xf4, 0xeb, 0xfd];
+/// `sti; hlt; jmp back`: idles forever (until the host stops the VM). Interrupts stay on, as in
+/// an idle kernel; `hlt` with them off is a power-off ([`CODE_POWER_OFF`]).
+pub const CODE_HALT_LOOP: &[u8] = &[0xfb, 0xf4, 0xeb, 0xfd];
+/// `cli; hlt`: what Linux does on `poweroff` without ACPI; ark-vmm takes it as a power-off.
+pub const CODE_POWER_OFF: &[u8] = &[0xfa, 0xf4, 0xeb, 0xfd];
 /// i8042 CPU reset: `mov al, 0xfe; out 0x64, al`, then idle.
 pub const CODE_I8042_RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
 

@@ -94,6 +94,32 @@ fn guest_triple_fault_exits_2() {
     assert_eq!(run.code(), Some(2), "{}", run.log());
 }
 
+/// No ACPI power-off: every vCPU halted with interrupts off (vCPU 1 never started by the
+/// guest) ends ark-vmm with 0, like Linux's `poweroff` on a machine without a power-off driver.
+#[test]
+fn guest_halting_with_interrupts_off_exits_0() {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        skip!("{why}");
+    }
+    let Some(_) = vm::ark_vmm_bin() else {
+        skip!("ark-vmm not built: run ./build.sh")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = write_tiny(
+        dir.path(),
+        &vm::serial_print_then(b"off\n", vm::CODE_POWER_OFF),
+    );
+    let serial = dir.path().join("serial.log");
+    let run = vm::run_vmm(
+        &args(&["--kernel", &k, "--memory", "32", "--vcpus", "2", "--no-rng"]),
+        &serial,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(run.serial, "off\n", "{}", run.log());
+    assert_eq!(run.code(), Some(0), "{}", run.log());
+}
+
 #[test]
 fn sigterm_stops_a_running_guest_with_exit_3() {
     if let Some(why) = ark_tests::kvm_unavailable() {
@@ -285,7 +311,8 @@ fn linux_boots_from_virtio_blk_and_writes_its_root() {
 }
 
 /// Linux with its root on virtio-fs (a host directory) and a vsock device: /init reads and
-/// writes the shared root, then a static client talks to a host Unix socket over vsock.
+/// writes the shared root, then a static client talks to a host Unix socket over vsock, then
+/// it powers off (`poweroff -f`, no ACPI in the guest).
 #[test]
 fn linux_boots_from_virtio_fs_and_talks_vsock() {
     if let Some(why) = vm::vm_unavailable() {
@@ -302,7 +329,7 @@ fn linux_boots_from_virtio_fs_and_talks_vsock() {
          echo \"written through virtio-fs\" > /root/out.txt\n\
          /bin/vsock-client {PORT} ping-from-guest\n\
          echo ARK_INIT_MARKER_OK\n\
-         reboot -f\n"
+         poweroff -f\n"
     );
     vm::busybox_root(&root, &init).unwrap();
     if let Err(e) = vm::build_vsock_client(&root.join("bin/vsock-client")) {
@@ -359,10 +386,16 @@ fn linux_boots_from_virtio_fs_and_talks_vsock() {
         run.serial.contains("ARK_INIT_MARKER_OK"),
         "/init did not finish:\n{log}"
     );
+    // No ACPI: the kernel turns the power-off into a halt with interrupts off on every CPU,
+    // which ark-vmm takes as the guest's power-off.
+    assert!(
+        run.serial.contains("reboot: System halted"),
+        "the guest did not halt:\n{log}"
+    );
     assert_eq!(
         run.code(),
         Some(0),
-        "reboot -f must end ark-vmm with 0:\n{log}"
+        "poweroff -f (no ACPI) must end ark-vmm with 0:\n{log}"
     );
     assert_eq!(host.join().unwrap(), "ping-from-guest\n");
     assert_eq!(

@@ -12,6 +12,7 @@ pub mod bus;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod poweroff;
 pub mod seccomp;
 pub mod vcpu;
 pub mod virtio;

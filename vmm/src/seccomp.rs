@@ -24,6 +24,11 @@ use seccompiler::{
 
 /// KVM_RUN = _IO(KVMIO, 0x80).
 const KVM_RUN: u64 = 0xae80;
+/// KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, struct kvm_mp_state) and KVM_GET_REGS =
+/// _IOR(KVMIO, 0x81, struct kvm_regs): a kicked vCPU reports whether it halted for good
+/// (crate::poweroff).
+const KVM_GET_MP_STATE: u64 = 0x8004_ae98;
+const KVM_GET_REGS: u64 = 0x8090_ae81;
 
 fn ioctl_rule(request: u64) -> Result<SeccompRule, seccompiler::BackendError> {
     SeccompRule::new(vec![SeccompCondition::new(
@@ -89,7 +94,11 @@ pub fn vcpu_filter() -> Result<BpfProgram, String> {
     .collect();
     rules.insert(
         libc::SYS_ioctl,
-        vec![ioctl_rule(KVM_RUN).map_err(|e| e.to_string())?],
+        [KVM_RUN, KVM_GET_MP_STATE, KVM_GET_REGS]
+            .into_iter()
+            .map(ioctl_rule)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?,
     );
     build(rules, SeccompAction::Trap, SeccompAction::Allow)
 }

@@ -1,5 +1,6 @@
 //! vCPU threads: run KVM_RUN, dispatch port I/O and MMIO exits to the buses, report how the
-//! guest ended. The host stops them with a signal plus `immediate_exit` (no polling).
+//! guest ended. The host stops them with a signal plus `immediate_exit` (no polling); the same
+//! kick makes a vCPU report its state to the power-off watch ([`crate::poweroff`]).
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::bus::Bus;
 use crate::exit::{ExitSignal, VmExit};
+use crate::poweroff::{HaltProbe, VcpuActivity};
 
 thread_local! {
     /// This thread's kvm_run page, for the kick signal handler.
@@ -45,6 +47,8 @@ pub struct Vcpu {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
+    /// Answered after every kick, for the power-off watch.
+    pub probe: Arc<HaltProbe>,
     /// seccomp filter the thread applies to itself before its first KVM_RUN.
     pub seccomp: Option<Arc<seccompiler::BpfProgram>>,
 }
@@ -86,6 +90,10 @@ impl Vcpu {
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
+                    if !self.exit.stopping() {
+                        self.probe
+                            .report(usize::from(self.id), VcpuActivity::of(&self.fd));
+                    }
                 }
                 Err(e) => self
                     .exit

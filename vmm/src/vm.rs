@@ -322,6 +322,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
     } else {
         (None, None)
     };
+    let probe = Arc::new(crate::poweroff::HaltProbe::new(usize::from(config.vcpus)));
     let mut vcpus = Vec::new();
     for id in 0..config.vcpus {
         let fd =
@@ -346,6 +347,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
             pio: pio.clone(),
             mmio: mmio.clone(),
             exit: exit.clone(),
+            probe: probe.clone(),
             seccomp: seccomp.clone(),
         });
     }
@@ -367,6 +369,12 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
     // VM ends. Every device fd is open by now; the loop hands the devices back to be dropped
     // here, outside the filter.
     let mut events = b.events;
+    match crate::poweroff::PowerOffWatch::new(probe, &handles, exit.clone(), vcpu::kick_signal()) {
+        Ok(watch) => {
+            events.add_subscriber(Arc::new(Mutex::new(watch)));
+        }
+        Err(e) => exit.request(Err(format!("power-off watch: timerfd: {e}"))),
+    }
     let loop_exit = exit.clone();
     let event_loop = std::thread::Builder::new()
         .name("event-loop".into())

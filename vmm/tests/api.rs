@@ -56,9 +56,10 @@ fn config(dir: &std::path::Path, code: &[u8]) -> VmConfig {
     c
 }
 
-/// A tiny guest: prints "up" on COM1, then halts forever (until the host stops it).
-const PRINT_UP_THEN_HLT: [u8; 13] = [
-    0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xf4, 0xeb, 0xfd,
+/// A tiny guest: prints "up" on COM1, then idles with interrupts on (`sti; hlt`) forever,
+/// until the host stops it.
+const PRINT_UP_THEN_HLT: [u8; 14] = [
+    0x66, 0xba, 0xf8, 0x03, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xfb, 0xf4, 0xeb, 0xfd,
 ];
 
 #[test]
@@ -83,6 +84,8 @@ fn stop_handle_stops_a_running_vm_from_another_thread() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Idle (halted with interrupts on) for several power-off probe rounds: still running.
+        std::thread::sleep(vmm::poweroff::PROBE_INTERVAL * 6);
         remote.stop();
     });
     assert_eq!(vmm::run_with_stop(c, stop).unwrap(), VmExit::HostStop);
@@ -103,6 +106,19 @@ fn guest_reset_and_triple_fault_are_told_apart() {
     // The same process can run VMs again and again (stage1-kvm runs in-process).
     let again = config(dir.path(), &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]);
     assert_eq!(vmm::run(again).unwrap(), VmExit::GuestStop);
+}
+
+#[test]
+fn halt_with_interrupts_off_is_a_guest_power_off() {
+    if let Some(why) = kvm_missing() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // cli; hlt on the BSP, the AP never started: Linux's `poweroff` without ACPI.
+    let mut c = config(dir.path(), &[0xfa, 0xf4, 0xeb, 0xfd]);
+    c.vcpus = 2;
+    assert_eq!(vmm::run(c).unwrap(), VmExit::GuestStop);
 }
 
 #[test]
