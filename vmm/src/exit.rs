@@ -9,8 +9,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// Why a VM stopped without a VMM error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmExit {
-    /// The guest powered off, rebooted or panicked (with `reboot=k panic=-1` all of these reach
-    /// the i8042 reset), or KVM reported a guest shutdown/reset system event.
+    /// The guest rebooted or panicked (with `reboot=k panic=-1` both reach the i8042 reset),
+    /// powered off (every vCPU halted with interrupts off, [`crate::poweroff`]), or KVM
+    /// reported a guest shutdown/reset system event.
     GuestStop,
     /// The vCPU triple-faulted (KVM_EXIT_SHUTDOWN): the guest kernel crashed hard.
     TripleFault,

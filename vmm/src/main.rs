@@ -1,6 +1,6 @@
 //! `ark-vmm`: boots one microVM and exits with the guest's outcome.
 //!
-//! Exit status: 0 the guest requested a stop (poweroff/reboot/panic with `reboot=k panic=-1`),
+//! Exit status: 0 the guest requested a stop (poweroff; reboot and panic with `reboot=k panic=-1`),
 //! 1 VMM error (a seccomp violation too: one line naming the syscall), 2 guest triple fault,
 //! 3 stopped by the host (SIGTERM/SIGINT).
 
