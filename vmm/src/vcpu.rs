@@ -81,9 +81,19 @@ impl Vcpu {
                     .request(Err(format!("vcpu{}: seccomp: {e}", self.id)));
             }
         }
+        let mut first_exit = self.id == 0;
         while !self.exit.stopping() {
             match self.fd.run() {
                 Ok(exit) => {
+                    if first_exit {
+                        // For bench/vmm.sh: process start to the guest's first instruction
+                        // (its first exit), against a timestamp the launcher took.
+                        first_exit = false;
+                        tracing::info!(
+                            "vcpu0: first guest exit at CLOCK_MONOTONIC {} ns",
+                            monotonic_ns()
+                        );
+                    }
                     if let Some(reason) = handle_exit(self.id, exit, &self.pio, &self.mmio) {
                         self.exit.request(reason);
                     }
@@ -102,6 +112,16 @@ impl Vcpu {
         }
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     }
+}
+
+pub fn monotonic_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
 /// Handles one exit; `Some` when the VM must stop.

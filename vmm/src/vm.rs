@@ -164,6 +164,12 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
     if let Err(e) = vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS) {
         tracing::debug!("KVM_SET_IDENTITY_MAP_ADDR: {e} (only needed on some hosts)");
     }
+    Ok(vm)
+}
+
+/// The in-kernel PIC, IOAPIC, LAPICs and PIT. Created after guest memory: with an irqchip in
+/// place every memslot change waits for an SRCU grace period, 5-10 ms per slot on some hosts.
+fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
     vm.create_irq_chip()
         .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
     let pit = kvm_pit_config {
@@ -171,8 +177,7 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
         ..Default::default()
     };
     vm.create_pit2(pit)
-        .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
-    Ok(vm)
+        .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))
 }
 
 fn create_memory(vm: &VmFd, memory_mib: u32) -> Result<GuestMemory, Error> {
@@ -222,6 +227,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
     let kvm = Kvm::new().map_err(Error::KvmOpen)?;
     let vm = create_vm(&kvm)?;
     let mem = create_memory(&vm, config.memory_mib)?;
+    create_irqchip(&vm)?;
     let mut pio = Bus::default();
 
     let cmdline = Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE)
