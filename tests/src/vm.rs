@@ -237,6 +237,45 @@ pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
     e
 }
 
+/// A minimal bzImage (boot protocol 2.15, 64-bit entry, one setup sector) whose protected-mode
+/// "kernel" at 1 MiB is 0x200 bytes of padding (the 32-bit entry, unused), then `code64`, which a
+/// VMM enters in 64-bit mode at `code32_start + 0x200` with `rsi` = boot_params.
+pub fn tiny_bzimage(code64: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 1024];
+    b[0x1f1] = 1; // setup_sects: the boot sector plus one
+    b[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes()); // boot_flag
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version
+    b[0x211] = 0x01; // loadflags: LOADED_HIGH
+    b[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    b[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes()); // initrd_addr_max
+    b[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+    b[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
+    b[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes()); // cmdline_size
+    b.extend_from_slice(&[0xf4; 0x200]);
+    b.extend_from_slice(code64);
+    b
+}
+
+/// 64-bit guest code for [`tiny_bzimage`]: prints boot_params' e820 entry count as a digit, then
+/// the command line boot_params points to, then a newline on COM1, then resets via the i8042.
+pub const CODE_PRINT_BOOT_PARAMS: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0x8a, 0x86, 0xe8, 0x01, 0x00, 0x00, // mov al, [rsi + 0x1e8] (e820_entries)
+    0x04, 0x30, // add al, '0'
+    0xee, // out dx, al
+    0x8b, 0xbe, 0x28, 0x02, 0x00, 0x00, // mov edi, [rsi + 0x228] (hdr.cmd_line_ptr)
+    0x8a, 0x07, // next: mov al, [rdi]
+    0x84, 0xc0, // test al, al
+    0x74, 0x06, // jz done
+    0xee, // out dx, al
+    0x48, 0xff, 0xc7, // inc rdi
+    0xeb, 0xf4, // jmp next
+    0xb0, 0x0a, // done: mov al, '\n'
+    0xee, // out dx, al
+    0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, // i8042 reset, then idle
+];
+
 /// Guest code for [`tiny_elf`]: writes `msg` to COM1, then runs `tail`.
 pub fn serial_print_then(msg: &[u8], tail: &[u8]) -> Vec<u8> {
     let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8

@@ -94,6 +94,39 @@ fn guest_triple_fault_exits_2() {
     assert_eq!(run.code(), Some(2), "{}", run.log());
 }
 
+/// A bzImage goes through linux-loader's bzImage path and the 64-bit boot protocol: the guest
+/// finds boot_params in rsi, with the e820 map and the command line ark-vmm wrote.
+#[test]
+fn bzimage_boots_through_the_64_bit_boot_protocol() {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        skip!("{why}");
+    }
+    let Some(_) = vm::ark_vmm_bin() else {
+        skip!("ark-vmm not built: run ./build.sh")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("bzImage");
+    std::fs::write(&k, vm::tiny_bzimage(vm::CODE_PRINT_BOOT_PARAMS)).unwrap();
+    let serial = dir.path().join("serial.log");
+    let run = vm::run_vmm(
+        &args(&[
+            "--kernel",
+            &k.display().to_string(),
+            "--cmdline",
+            "hello bzimage",
+            "--memory",
+            "64",
+            "--no-rng",
+        ]),
+        &serial,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(run.code(), Some(0), "{}", run.log());
+    // e820: RAM below the EBDA, reserved to 1 MiB, RAM above.
+    assert_eq!(run.serial, "3hello bzimage\n", "{}", run.log());
+}
+
 /// No ACPI power-off: every vCPU halted with interrupts off (vCPU 1 never started by the
 /// guest) ends ark-vmm with 0, like Linux's `poweroff` on a machine without a power-off driver.
 #[test]

@@ -344,6 +344,38 @@ mod tests {
     }
 
     #[test]
+    fn bzimage_setup_header_reaches_boot_params_and_entry_is_the_64_bit_one() {
+        let mut image = vec![0u8; 1024 + 0x400];
+        image[0x1f1] = 1; // setup_sects
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        image[0x211] = 0x01; // LOADED_HIGH
+        image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        image[0x22c..0x230].copy_from_slice(&0x0fff_ffffu32.to_le_bytes()); // initrd_addr_max
+        image[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
+        image[1024 + 0x200] = 0xf4;
+        let size = 512 << 20;
+        let (mem, dir, k) = setup(&image, size);
+        let initrd = dir.path().join("initrd");
+        std::fs::write(&initrd, b"cpio").unwrap();
+        let cmdline = Cmdline::try_from("bz", CMDLINE_MAX_SIZE).unwrap();
+        let entry = load_linux(&mem, &k, Some(&initrd), &cmdline, size as u64).unwrap();
+        assert_eq!(entry.protocol, BootProtocol::Linux64);
+        assert_eq!(entry.entry, GuestAddress(0x10_0200));
+        assert_eq!(mem.read_obj::<u8>(entry.entry).unwrap(), 0xf4);
+        let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        // The kernel's own header fields survive; the loader's are filled in.
+        assert_eq!({ p.hdr.version }, 0x020f);
+        assert_eq!({ p.hdr.xloadflags }, 1);
+        assert_eq!({ p.hdr.kernel_alignment }, KERNEL_MIN_ALIGNMENT);
+        assert_eq!({ p.hdr.type_of_loader }, KERNEL_LOADER_OTHER);
+        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        // The kernel's initrd_addr_max (256 MiB) caps where the initrd goes.
+        assert!({ p.hdr.ramdisk_image } + 4 <= 0x1000_0000);
+        assert_eq!({ p.hdr.ramdisk_size }, 4);
+    }
+
+    #[test]
     fn bad_kernels_and_initrds_are_named() {
         let size = 16 << 20;
         let (mem, dir, k) = setup(&[0x42; 4096], size);
