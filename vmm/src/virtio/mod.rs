@@ -5,16 +5,19 @@
 //!   driver, validates every value the guest writes, and on DRIVER_OK calls
 //!   [`VirtioDevice::activate`] with the ready queues, the queue-notify eventfds (registered as
 //!   KVM ioeventfds) and an [`Interrupt`] to signal used buffers;
-//! - each device also implements `event_manager::MutEventSubscriber`; because `activate` has no
-//!   access to the event loop, a device keeps an `activate_evt` EventFd registered from `init`,
-//!   writes it in `activate`, and on that event registers its queue eventfds (and any backend fds,
-//!   e.g. vsock Unix sockets) with the `EventOps` it is given;
+//! - each device also implements `event_manager::MutEventSubscriber`; because `activate` and
+//!   `reset` have no access to the event loop, a device hands its queue eventfds to a
+//!   [`QueueEvents`], which wakes the loop through an activate eventfd and there (de)registers
+//!   them; the device registers any backend fds (e.g. vsock Unix sockets) itself;
 //! - devices never trust guest memory: every descriptor address and length is checked through
 //!   vm-memory (`GuestMemory::checked_*`, `read_obj`, `write_slice`), chains are walked through
 //!   virtio-queue's iterators (which bound chain length and loops), and a malformed request is
 //!   answered with an error status or dropped, never a panic.
 
 pub mod mmio;
+mod queue_events;
+
+pub use queue_events::{Event, QueueEvents, Turn};
 
 use std::sync::Arc;
 
@@ -73,6 +76,12 @@ pub struct ActivateContext {
 pub enum ActivateError {
     #[error("device needs {expected} queues, driver set up {actual}")]
     QueueCount { expected: usize, actual: usize },
+    #[error("{device}: waking the event loop: {source}")]
+    Kick {
+        device: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("device activation: {0}")]
     Other(String),
 }
