@@ -8,25 +8,23 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::EventFd;
 
 pub use disk::Disk;
 use request::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, SECTOR_SIZE, SEG_MAX};
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemory, Interrupt, InterruptKind,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
+    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Queue size offered to the driver.
@@ -58,7 +56,6 @@ pub enum Error {
 struct Active {
     mem: GuestMemory,
     queue: Queue,
-    queue_evt: EventFd,
     interrupt: Arc<dyn Interrupt>,
 }
 
@@ -68,13 +65,8 @@ pub struct Block {
     acked_features: u64,
     config: [u8; CONFIG_LEN],
     queue_max_sizes: [u16; 1],
-    /// Written by `activate`, which cannot reach the event loop, so that `process` registers
-    /// the queue eventfd.
-    activate_evt: EventFd,
+    queue_events: QueueEvents,
     active: Option<Active>,
-    /// Queue eventfds of a previous activation, unregistered on the next activation event (they
-    /// must stay open until removed from epoll).
-    stale_events: Vec<EventFd>,
 }
 
 impl std::fmt::Debug for Block {
@@ -116,9 +108,8 @@ impl Block {
             acked_features: 0,
             config,
             queue_max_sizes: [QUEUE_SIZE],
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
+            queue_events: QueueEvents::new("virtio-blk").map_err(Error::EventFd)?,
             active: None,
-            stale_events: Vec::new(),
         })
     }
 
@@ -162,22 +153,6 @@ impl Block {
                 tracing::warn!(error = %e, "virtio-blk: interrupt failed");
             }
         }
-    }
-
-    fn on_activate(&mut self, ops: &mut EventOps) {
-        let _ = self.activate_evt.read();
-        for evt in self.stale_events.drain(..) {
-            // Fails harmlessly for eventfds that were never registered.
-            let _ = ops.remove(Events::empty(&evt));
-        }
-        if let Some(active) = &self.active {
-            if let Err(e) = ops.add(Events::new(&active.queue_evt, EventSet::IN)) {
-                tracing::error!(error = ?e, "virtio-blk: cannot register queue eventfd");
-                return;
-            }
-        }
-        // The driver may have queued requests before we were listening.
-        self.process_queue();
     }
 }
 
@@ -240,33 +215,24 @@ impl VirtioDevice for Block {
                 actual: queues.len(),
             });
         }
-        let (Some(mut queue), Some(queue_evt)) =
-            (queues.into_iter().next(), queue_events.into_iter().next())
-        else {
+        let Some(mut queue) = queues.into_iter().next() else {
             return Err(ActivateError::QueueCount {
                 expected: 1,
                 actual: 0,
             });
         };
         queue.set_event_idx(self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        if let Some(old) = self.active.take() {
-            self.stale_events.push(old.queue_evt);
-        }
         self.active = Some(Active {
             mem,
             queue,
-            queue_evt,
             interrupt,
         });
-        self.activate_evt
-            .write(1)
-            .map_err(|e| ActivateError::Other(format!("virtio-blk activate eventfd: {e}")))
+        self.queue_events.activate(queue_events)
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(old) = self.active.take() {
-            self.stale_events.push(old.queue_evt);
-        }
+        self.active = None;
+        self.queue_events.reset();
         self.acked_features = 0;
         true
     }
@@ -274,29 +240,14 @@ impl VirtioDevice for Block {
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            self.on_activate(ops);
-            return;
-        }
-        match &self.active {
-            Some(active) if active.queue_evt.as_raw_fd() == fd => {
-                let _ = active.queue_evt.read();
-                self.process_queue();
-            }
-            _ => {
-                // A queue eventfd of a previous activation: drain it, it is unregistered on the
-                // next activation.
-                if let Some(evt) = self.stale_events.iter().find(|e| e.as_raw_fd() == fd) {
-                    let _ = evt.read();
-                }
-            }
+        match self.queue_events.process(&events, ops).event {
+            // On activation too: the driver may have queued requests before we were listening.
+            Event::Activate | Event::Queue(_) => self.process_queue(),
+            Event::Stale | Event::Other => {}
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            tracing::error!(error = ?e, "virtio-blk: cannot register activate eventfd");
-        }
+        self.queue_events.init(ops);
     }
 }

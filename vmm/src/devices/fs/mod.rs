@@ -23,21 +23,19 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemory, Interrupt, InterruptKind,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
+    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 pub use filter::GuestFs;
 
@@ -87,7 +85,6 @@ pub enum CacheMode {
 struct Active {
     mem: GuestMemory,
     queues: Vec<Queue>,
-    queue_events: Vec<EventFd>,
     interrupt: Arc<dyn Interrupt>,
 }
 
@@ -99,10 +96,8 @@ pub struct Fs {
     acked_features: u64,
     config: [u8; CONFIG_LEN],
     queue_max_sizes: [u16; NUM_QUEUES],
-    /// See `block::Block::activate_evt`.
-    activate_evt: EventFd,
+    queue_events: QueueEvents,
     active: Option<Active>,
-    stale_events: Vec<EventFd>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -209,9 +204,8 @@ impl Fs {
             acked_features: 0,
             config,
             queue_max_sizes: [QUEUE_SIZE; NUM_QUEUES],
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
+            queue_events: QueueEvents::new("virtio-fs").map_err(Error::EventFd)?,
             active: None,
-            stale_events: Vec::new(),
         })
     }
 
@@ -262,29 +256,6 @@ impl Fs {
             }
         }
     }
-
-    fn on_activate(&mut self, ops: &mut EventOps) {
-        let _ = self.activate_evt.read();
-        for evt in self.stale_events.drain(..) {
-            let _ = ops.remove(Events::empty(&evt));
-        }
-        if let Some(active) = &self.active {
-            for (index, evt) in active.queue_events.iter().enumerate() {
-                if let Err(e) = ops.add(Events::with_data(evt, index as u32, EventSet::IN)) {
-                    tracing::error!(error = ?e, "virtio-fs: cannot register queue eventfd");
-                }
-            }
-        }
-        for index in 0..NUM_QUEUES {
-            self.process_queue(index);
-        }
-    }
-
-    fn retire_active(&mut self) {
-        if let Some(old) = self.active.take() {
-            self.stale_events.extend(old.queue_events);
-        }
-    }
 }
 
 impl VirtioDevice for Fs {
@@ -329,22 +300,19 @@ impl VirtioDevice for Fs {
         for q in &mut queues {
             q.set_event_idx(event_idx);
         }
-        self.retire_active();
         self.active = Some(Active {
             mem,
             queues,
-            queue_events,
             interrupt,
         });
-        self.activate_evt
-            .write(1)
-            .map_err(|e| ActivateError::Other(format!("virtio-fs activate eventfd: {e}")))
+        self.queue_events.activate(queue_events)
     }
 
     fn reset(&mut self) -> bool {
         // Open files and looked-up inodes stay until the next FUSE INIT/DESTROY from the new
         // driver instance; only queue state goes.
-        self.retire_active();
+        self.active = None;
+        self.queue_events.reset();
         self.acked_features = 0;
         true
     }
@@ -352,30 +320,15 @@ impl VirtioDevice for Fs {
 
 impl MutEventSubscriber for Fs {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            self.on_activate(ops);
-            return;
-        }
-        let index = events.data() as usize;
-        let is_current = self
-            .active
-            .as_ref()
-            .and_then(|a| a.queue_events.get(index))
-            .is_some_and(|evt| evt.as_raw_fd() == fd);
-        if is_current {
-            if let Some(evt) = self.active.as_ref().and_then(|a| a.queue_events.get(index)) {
-                let _ = evt.read();
-            }
-            self.process_queue(index);
-        } else if let Some(evt) = self.stale_events.iter().find(|e| e.as_raw_fd() == fd) {
-            let _ = evt.read();
+        match self.queue_events.process(&events, ops).event {
+            // The driver may have queued requests before we were listening.
+            Event::Activate => (0..NUM_QUEUES).for_each(|index| self.process_queue(index)),
+            Event::Queue(index) => self.process_queue(index),
+            Event::Stale | Event::Other => {}
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            tracing::error!(error = ?e, "virtio-fs: cannot register activate eventfd");
-        }
+        self.queue_events.init(ops);
     }
 }
