@@ -13,11 +13,10 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemory, Interrupt, InterruptKind,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
+    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 pub const RX_QUEUE: usize = 0;
@@ -54,9 +53,7 @@ enum ChainError {
 struct Active {
     mem: GuestMemory,
     queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
     interrupt: Arc<dyn Interrupt>,
-    registered: bool,
 }
 
 /// The virtio-console device.
@@ -68,11 +65,8 @@ pub struct Console {
     /// epoll reported input and we have not read it yet (waiting for an rx buffer).
     input_ready: bool,
     acked_features: u64,
-    activate_evt: EventFd,
+    queue_events: QueueEvents,
     active: Option<Active>,
-    /// Queue eventfds of a reset device, removed from the event loop on its next pass.
-    stale_queue_evts: Vec<EventFd>,
-    reset_pending: bool,
     buf: Vec<u8>,
 }
 
@@ -86,10 +80,8 @@ impl Console {
             input_registered: false,
             input_ready: false,
             acked_features: 0,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            queue_events: QueueEvents::new("virtio-console").map_err(Error::EventFd)?,
             active: None,
-            stale_queue_evts: Vec::new(),
-            reset_pending: false,
             buf: Vec::new(),
         })
     }
@@ -324,64 +316,38 @@ impl VirtioDevice for Console {
         self.active = Some(Active {
             mem: ctx.mem,
             queues: ctx.queues,
-            queue_evts: ctx.queue_events,
             interrupt: ctx.interrupt,
-            registered: false,
         });
-        self.activate_evt
-            .write(1)
-            .map_err(|e| ActivateError::Other(format!("virtio-console: kick activation: {e}")))
+        self.queue_events.activate(ctx.queue_events)
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(active) = self.active.take() {
-            if active.registered {
-                self.stale_queue_evts.extend(active.queue_evts);
-            }
-        }
         // Input already signalled stays signalled for the next session; only polling stops.
-        self.reset_pending = true;
-        let _ = self.activate_evt.write(1);
+        self.active = None;
+        self.queue_events.reset();
         true
     }
 }
 
 impl MutEventSubscriber for Console {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            tracing::error!("virtio-console: registering activation eventfd: {e}");
-        }
+        self.queue_events.init(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if self.reset_pending {
-            for evt in self.stale_queue_evts.drain(..) {
-                let _ = ops.remove(Events::new(&evt, EventSet::IN));
-            }
-            self.reset_pending = false;
-        }
-        let fd = events.fd();
         let mut notify = false;
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            if let Some(a) = self.active.as_mut() {
-                if !a.registered {
-                    for evt in &a.queue_evts {
-                        if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                            tracing::error!("virtio-console: registering queue eventfd: {e}");
-                        }
-                    }
-                    a.registered = true;
-                }
-            }
-            notify |= self.process_tx();
-        } else if self.input.as_ref().is_some_and(|i| i.as_raw_fd() == fd) {
-            self.input_ready = true;
-        } else if let Some(a) = self.active.as_ref() {
-            if let Some(index) = a.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
-                let _ = a.queue_evts[index].read();
-                if index == TX_QUEUE {
-                    notify |= self.process_tx();
+        match self.queue_events.process(&events, ops).event {
+            // On activation too: the driver may have queued output before we were listening.
+            Event::Activate | Event::Queue(TX_QUEUE) => notify |= self.process_tx(),
+            // RX: new buffers, served below.
+            Event::Queue(_) | Event::Stale => {}
+            Event::Other => {
+                if self
+                    .input
+                    .as_ref()
+                    .is_some_and(|i| i.as_raw_fd() == events.fd())
+                {
+                    self.input_ready = true;
                 }
             }
         }
@@ -414,6 +380,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;
 

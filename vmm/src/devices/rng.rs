@@ -2,16 +2,14 @@
 //! with bytes from the host's getrandom(2).
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{DescriptorChain, Queue, QueueT, Writer};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemory, Interrupt, InterruptKind,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
+    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Queue size offered to the driver.
@@ -42,19 +40,14 @@ enum RequestError {
 struct Active {
     mem: GuestMemory,
     queue: Queue,
-    queue_evt: EventFd,
     interrupt: Arc<dyn Interrupt>,
-    registered: bool,
 }
 
 /// The virtio-rng device.
 pub struct Rng {
     acked_features: u64,
-    activate_evt: EventFd,
+    queue_events: QueueEvents,
     active: Option<Active>,
-    /// Queue eventfds of a reset device, still registered with the event loop; the loop removes
-    /// them (reset has no `EventOps`) before they are closed.
-    teardown: Vec<EventFd>,
     buf: Vec<u8>,
 }
 
@@ -62,9 +55,8 @@ impl Rng {
     pub fn new() -> Result<Rng, Error> {
         Ok(Rng {
             acked_features: 0,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            queue_events: QueueEvents::new("virtio-rng").map_err(Error::EventFd)?,
             active: None,
-            teardown: Vec::new(),
             buf: Vec::new(),
         })
     }
@@ -152,65 +144,36 @@ impl VirtioDevice for Rng {
         if self.active.is_some() {
             return Err(ActivateError::Other("virtio-rng is already active".into()));
         }
-        let (Some(queue), Some(queue_evt)) = (
-            ctx.queues.into_iter().next(),
-            ctx.queue_events.into_iter().next(),
-        ) else {
-            unreachable!("lengths checked above");
+        let Some(queue) = ctx.queues.into_iter().next() else {
+            unreachable!("length checked above");
         };
         self.active = Some(Active {
             mem: ctx.mem,
             queue,
-            queue_evt,
             interrupt: ctx.interrupt,
-            registered: false,
         });
-        self.activate_evt
-            .write(1)
-            .map_err(|e| ActivateError::Other(format!("virtio-rng: kick activation: {e}")))
+        self.queue_events.activate(ctx.queue_events)
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(active) = self.active.take() {
-            if active.registered {
-                self.teardown.push(active.queue_evt);
-            }
-            // Let the event loop deregister the old queue eventfd.
-            let _ = self.activate_evt.write(1);
-        }
+        self.active = None;
+        self.queue_events.reset();
         true
     }
 }
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            tracing::error!("virtio-rng: registering activation eventfd: {e}");
-        }
+        self.queue_events.init(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            for evt in self.teardown.drain(..) {
-                let _ = ops.remove(Events::new(&evt, EventSet::IN));
-            }
-            if let Some(active) = self.active.as_mut() {
-                if !active.registered {
-                    match ops.add(Events::new(&active.queue_evt, EventSet::IN)) {
-                        Ok(()) => active.registered = true,
-                        Err(e) => tracing::error!("virtio-rng: registering queue eventfd: {e}"),
-                    }
-                }
-            }
-            // The driver may have queued requests before the eventfd was registered.
-            self.process_queue();
-        } else if let Some(active) = self.active.as_ref() {
-            if fd == active.queue_evt.as_raw_fd() {
-                let _ = active.queue_evt.read();
+        match self.queue_events.process(&events, ops).event {
+            // On activation too: the driver may have queued requests before we were listening.
+            Event::Activate | Event::Queue(_) => {
                 self.process_queue();
             }
+            Event::Stale | Event::Other => {}
         }
     }
 }
@@ -225,6 +188,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;
 
