@@ -16,7 +16,7 @@ pub mod packet;
 #[cfg(test)]
 mod tests;
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,12 +24,11 @@ use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, GuestMemory, Interrupt, InterruptKind,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
+    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use muxer::Muxer;
 use packet::RxBuffer;
@@ -68,9 +67,7 @@ pub enum Error {
 struct Active {
     mem: GuestMemory,
     queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
     interrupt: Arc<dyn Interrupt>,
-    registered: bool,
 }
 
 /// The virtio-vsock device.
@@ -78,15 +75,11 @@ pub struct Vsock {
     guest_cid: u64,
     uds_path: PathBuf,
     acked_features: u64,
-    activate_evt: EventFd,
+    queue_events: QueueEvents,
     timer: TimerFd,
     timer_armed: bool,
     muxer: Muxer,
     active: Option<Active>,
-    /// Set by `reset`; the next event-loop pass deregisters and drops every fd of the old
-    /// session (reset has no `EventOps`, and a closed fd must not stay in the loop's tables).
-    reset_pending: bool,
-    stale_queue_evts: Vec<EventFd>,
     tx_payload: Vec<u8>,
 }
 
@@ -119,13 +112,11 @@ impl Vsock {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
             acked_features: 0,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?,
+            queue_events: QueueEvents::new("vsock").map_err(Error::EventFd)?,
             timer,
             timer_armed: false,
             muxer: Muxer::new(guest_cid, uds_path, listener),
             active: None,
-            reset_pending: false,
-            stale_queue_evts: Vec::new(),
             tx_payload: Vec::new(),
         })
     }
@@ -149,35 +140,6 @@ impl Vsock {
     /// Live connections (for tests and metrics).
     pub fn connection_count(&self) -> usize {
         self.muxer.connection_count()
-    }
-
-    fn queue_index(&self, fd: RawFd) -> Option<usize> {
-        let active = self.active.as_ref()?;
-        active.queue_evts.iter().position(|e| e.as_raw_fd() == fd)
-    }
-
-    fn register_active(&mut self, ops: &mut EventOps) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if active.registered {
-            return;
-        }
-        for evt in &active.queue_evts {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                tracing::error!("vsock: registering queue eventfd: {e}");
-            }
-        }
-        active.registered = true;
-        self.muxer.register_listener(ops);
-    }
-
-    fn teardown(&mut self, ops: &mut EventOps) {
-        for evt in self.stale_queue_evts.drain(..) {
-            let _ = ops.remove(Events::new(&evt, EventSet::IN));
-        }
-        self.muxer.teardown(ops);
-        self.reset_pending = false;
     }
 
     /// Serves the tx queue: every chain is parsed, validated and handed to the muxer, then
@@ -317,64 +279,53 @@ impl VirtioDevice for Vsock {
         self.active = Some(Active {
             mem: ctx.mem,
             queues: ctx.queues,
-            queue_evts: ctx.queue_events,
             interrupt: ctx.interrupt,
-            registered: false,
         });
-        self.activate_evt
-            .write(1)
-            .map_err(|e| ActivateError::Other(format!("vsock: kick activation: {e}")))
+        self.queue_events.activate(ctx.queue_events)
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(active) = self.active.take() {
-            if active.registered {
-                self.stale_queue_evts.extend(active.queue_evts);
-            }
-        }
-        self.reset_pending = true;
-        let _ = self.activate_evt.write(1);
+        // Host connections go on the loop's next turn (see `process`).
+        self.active = None;
+        self.queue_events.reset();
         true
     }
 }
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            tracing::error!("vsock: registering activation eventfd: {e}");
-        }
+        self.queue_events.init(ops);
         if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
             tracing::error!("vsock: registering timerfd: {e}");
         }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if self.reset_pending {
-            self.teardown(ops);
+        let turn = self.queue_events.process(&events, ops);
+        if turn.reset {
+            // Every host stream of the old session goes, before any of its events is handled.
+            self.muxer.teardown(ops);
         }
         let fd = events.fd();
         let mut notify = false;
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            self.register_active(ops);
-            // The driver may have queued packets before its eventfds were registered.
-            notify |= self.process_tx();
-        } else if fd == self.timer.as_raw_fd() {
-            let _ = self.timer.wait();
-            self.muxer.on_timer(ops);
-        } else if fd == self.muxer.listener_fd() {
-            self.muxer.accept(ops);
-        } else if let Some(index) = self.queue_index(fd) {
-            if let Some(a) = self.active.as_ref() {
-                let _ = a.queue_evts[index].read();
-            }
-            if index == TX_QUEUE {
+        match turn.event {
+            Event::Activate => {
+                if self.active.is_some() {
+                    self.muxer.register_listener(ops);
+                }
+                // The driver may have queued packets before its eventfds were registered.
                 notify |= self.process_tx();
             }
+            Event::Queue(TX_QUEUE) => notify |= self.process_tx(),
             // RX: new buffers, served below. EVENT: the device never posts events (there is no
             // migration), so its buffers just stay with us.
-        } else {
-            self.muxer.on_host_event(fd, events.event_set(), ops);
+            Event::Queue(_) | Event::Stale => {}
+            Event::Other if fd == self.timer.as_raw_fd() => {
+                let _ = self.timer.wait();
+                self.muxer.on_timer(ops);
+            }
+            Event::Other if fd == self.muxer.listener_fd() => self.muxer.accept(ops),
+            Event::Other => self.muxer.on_host_event(fd, events.event_set(), ops),
         }
         notify |= self.process_rx();
         self.muxer.sync(ops);
