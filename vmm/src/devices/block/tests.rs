@@ -539,8 +539,16 @@ fn event_loop_activation_and_queue_notify() {
     assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA + 511)).unwrap(), 0x77);
     assert_eq!(interrupt.0.load(Ordering::SeqCst), 1);
 
-    // Reset, then re-activate with a fresh queue eventfd: the old one is unregistered.
+    // Reset: the old queue eventfd leaves the loop on its next turn, not at the next activation.
     assert!(blk.lock().unwrap().reset());
+    manager.run_with_timeout(100).unwrap();
+    queue_evt.write(1).unwrap();
+    assert_eq!(
+        manager.run_with_timeout(50).unwrap(),
+        0,
+        "reset queue eventfd polled"
+    );
+    // Re-activate with a fresh queue eventfd.
     let queue_evt2 = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mem2 = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let mock2 = MockSplitQueue::new(&mem2, Q);
