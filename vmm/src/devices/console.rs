@@ -302,12 +302,7 @@ impl VirtioDevice for Console {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != 2 || ctx.queue_events.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                actual: ctx.queues.len().min(ctx.queue_events.len()),
-            });
-        }
+        ctx.check_queue_count(2)?;
         if self.active.is_some() {
             return Err(ActivateError::Other(
                 "virtio-console is already active".into(),

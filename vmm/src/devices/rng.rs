@@ -135,12 +135,7 @@ impl VirtioDevice for Rng {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != 1 || ctx.queue_events.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                actual: ctx.queues.len().min(ctx.queue_events.len()),
-            });
-        }
+        ctx.check_queue_count(1)?;
         if self.active.is_some() {
             return Err(ActivateError::Other("virtio-rng is already active".into()));
         }

@@ -72,6 +72,18 @@ pub struct ActivateContext {
     pub interrupt: Arc<dyn Interrupt>,
 }
 
+impl ActivateContext {
+    /// Refuses a context without exactly `expected` queues and as many queue eventfds.
+    pub fn check_queue_count(&self, expected: usize) -> Result<(), ActivateError> {
+        for actual in [self.queues.len(), self.queue_events.len()] {
+            if actual != expected {
+                return Err(ActivateError::QueueCount { expected, actual });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
     #[error("device needs {expected} queues, driver set up {actual}")]

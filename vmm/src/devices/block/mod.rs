@@ -203,18 +203,13 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        ctx.check_queue_count(1)?;
         let ActivateContext {
             mem,
             queues,
             queue_events,
             interrupt,
         } = ctx;
-        if queues.len() != 1 || queue_events.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                actual: queues.len(),
-            });
-        }
         let Some(mut queue) = queues.into_iter().next() else {
             return Err(ActivateError::QueueCount {
                 expected: 1,

@@ -284,18 +284,13 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        ctx.check_queue_count(NUM_QUEUES)?;
         let ActivateContext {
             mem,
             mut queues,
             queue_events,
             interrupt,
         } = ctx;
-        if queues.len() != NUM_QUEUES || queue_events.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                actual: queues.len(),
-            });
-        }
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         for q in &mut queues {
             q.set_event_idx(event_idx);

@@ -267,12 +267,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != 3 || ctx.queue_events.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                actual: ctx.queues.len().min(ctx.queue_events.len()),
-            });
-        }
+        ctx.check_queue_count(3)?;
         if self.active.is_some() {
             return Err(ActivateError::Other("vsock is already active".into()));
         }
