@@ -329,6 +329,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
         (None, None)
     };
     let probe = Arc::new(crate::poweroff::HaltProbe::new(usize::from(config.vcpus)));
+    let host_kvm = arch::cpuid::HostKvm::detect();
     let mut vcpus = Vec::new();
     for id in 0..config.vcpus {
         let fd =
@@ -337,7 +338,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
         let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-        arch::cpuid::filter(&mut cpuid, id, config.vcpus);
+        arch::cpuid::filter(&mut cpuid, id, config.vcpus, host_kvm);
         fd.set_cpuid2(&cpuid)
             .map_err(|e| Error::Kvm("KVM_SET_CPUID2", e))?;
         regs::setup_msrs(&fd)?;

@@ -1,5 +1,6 @@
 //! CPUID for each vCPU: KVM's supported set, with per-vCPU APIC IDs, the hypervisor bit and a
 //! topology (leaf 0xb / 0x1f, leaf 4) that matches the vCPU count: one socket, one thread per core.
+//! On a kvm_pvm host the KVM PV send-IPI feature is hidden (see [`HostKvm`]).
 
 use kvm_bindings::CpuId;
 
@@ -9,7 +10,11 @@ const LEAF_PMU: u32 = 0xa;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 
+const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
+
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// KVM_FEATURE_PV_SEND_IPI (Documentation/virt/kvm/x86/cpuid.rst).
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
 const EDX_HTT: u32 = 1 << 28;
 
 /// Bits needed to number `n` things.
@@ -21,8 +26,29 @@ fn bits_for(n: u32) -> u32 {
     }
 }
 
+/// Which KVM serves /dev/kvm, for its quirks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKvm {
+    /// KVM on VMX/SVM.
+    Hardware,
+    /// `kvm_pvm` (software virtualization). Its KVM_HC_SEND_IPI hypercall livelocks an SMP
+    /// guest while it brings up its APs (measured: Linux 6.1 hangs after starting CPU 1, and
+    /// boots with cpus=2 once the feature is hidden), so guests use plain APIC IPIs there.
+    Pvm,
+}
+
+impl HostKvm {
+    pub fn detect() -> Self {
+        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+            HostKvm::Pvm
+        } else {
+            HostKvm::Hardware
+        }
+    }
+}
+
 /// Rewrites `cpuid` for vCPU `cpu_id` (= its APIC ID) of `cpu_count`.
-pub fn filter(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8) {
+pub fn filter(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8, host: HostKvm) {
     let (id, count) = (u32::from(cpu_id), u32::from(cpu_count));
     for e in cpuid.as_mut_slice() {
         match e.function {
@@ -71,6 +97,9 @@ pub fn filter(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8) {
                     }
                 }
             }
+            LEAF_KVM_FEATURES if host == HostKvm::Pvm => {
+                e.eax &= !KVM_FEATURE_PV_SEND_IPI;
+            }
             _ => {}
         }
     }
@@ -104,9 +133,21 @@ mod tests {
                 index: 2,
                 ..Default::default()
             },
+            kvm_cpuid_entry2 {
+                function: LEAF_KVM_FEATURES,
+                eax: 0xffff,
+                ..Default::default()
+            },
         ];
         let mut c = CpuId::from_entries(&entries).unwrap();
-        filter(&mut c, 2, 3);
+        filter(&mut c, 2, 3, HostKvm::Hardware);
+        assert_eq!(
+            c.as_slice()[4].eax,
+            0xffff,
+            "hardware KVM keeps its PV features"
+        );
+        filter(&mut c, 2, 3, HostKvm::Pvm);
+        assert_eq!(c.as_slice()[4].eax, 0xffff & !KVM_FEATURE_PV_SEND_IPI);
         let s = c.as_slice();
         assert_eq!(s[0].ebx >> 24, 2);
         assert_eq!((s[0].ebx >> 16) & 0xff, 3);
