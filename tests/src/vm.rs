@@ -207,10 +207,31 @@ pub fn run_vmm(args: &[String], serial_log: &Path, timeout: Duration) -> anyhow:
 /// A minimal ELF64 "kernel" whose one PT_LOAD segment at 2 MiB is `code`, entered in 64-bit
 /// mode (no PVH note): for tests and benchmarks that need a guest without Linux.
 pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    elf_image(code, false)
+}
+
+/// Like [`tiny_elf`], with a PVH entry note pointing at the start of `code`: entered in 32-bit
+/// protected mode with paging off, so the guest reaches any physical address (the LAPIC).
+pub fn tiny_pvh_elf(code: &[u8]) -> Vec<u8> {
+    elf_image(code, true)
+}
+
+fn elf_image(code: &[u8], pvh: bool) -> Vec<u8> {
     const LOAD: u64 = 0x20_0000;
     const EHDR: usize = 64;
     const PHDR: usize = 56;
-    let off = (EHDR + PHDR) as u64;
+    // XEN_ELFNOTE_PHYS32_ENTRY: namesz 4 ("Xen\0"), descsz 4, type 18, then the entry.
+    let mut note = Vec::new();
+    if pvh {
+        for word in [4u32, 4, 18] {
+            note.extend_from_slice(&word.to_le_bytes());
+        }
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&(LOAD as u32).to_le_bytes());
+    }
+    let phnum: u16 = if pvh { 2 } else { 1 };
+    let note_off = (EHDR + PHDR * usize::from(phnum)) as u64;
+    let off = note_off + note.len() as u64;
     let mut e = Vec::new();
     e.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
     e.extend_from_slice(&[0; 8]);
@@ -223,16 +244,20 @@ pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
     e.extend_from_slice(&0u32.to_le_bytes());
     e.extend_from_slice(&(EHDR as u16).to_le_bytes());
     e.extend_from_slice(&(PHDR as u16).to_le_bytes());
-    e.extend_from_slice(&1u16.to_le_bytes()); // phnum
+    e.extend_from_slice(&phnum.to_le_bytes());
     e.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
-    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
-    e.extend_from_slice(&off.to_le_bytes());
-    e.extend_from_slice(&LOAD.to_le_bytes()); // vaddr
-    e.extend_from_slice(&LOAD.to_le_bytes()); // paddr
-    e.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    e.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    e.extend_from_slice(&0x1000u64.to_le_bytes());
+    let mut phdr = |kind: u32, flags: u32, offset: u64, addr: u64, len: u64, align: u64| {
+        e.extend_from_slice(&kind.to_le_bytes());
+        e.extend_from_slice(&flags.to_le_bytes());
+        for v in [offset, addr, addr, len, len, align] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    phdr(1, 5, off, LOAD, code.len() as u64, 0x1000); // PT_LOAD, R+X
+    if pvh {
+        phdr(4, 4, note_off, 0, note.len() as u64, 4); // PT_NOTE
+    }
+    e.extend_from_slice(&note);
     e.extend_from_slice(code);
     e
 }
@@ -293,6 +318,32 @@ pub const CODE_HALT_LOOP: &[u8] = &[0xfb, 0xf4, 0xeb, 0xfd];
 pub const CODE_POWER_OFF: &[u8] = &[0xfa, 0xf4, 0xeb, 0xfd];
 /// i8042 CPU reset: `mov al, 0xfe; out 0x64, al`, then idle.
 pub const CODE_I8042_RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
+/// For [`tiny_pvh_elf`], two vCPUs: the BSP copies a real-mode trampoline to 0x10000, starts
+/// APIC ID 1 with INIT + STARTUP (vector 0x10) through its LAPIC, waits for the AP's flag,
+/// prints `B` and halts with interrupts off; the AP prints `A`, sets the flag, halts the same
+/// way. Serial `AB` and a power-off exit prove an AP ran. Source (GNU as):
+/// ```text
+/// .code32
+/// start: mov $(0x200000 + tramp - start), %esi; mov $0x10000, %edi
+///        mov $(tramp_end - tramp), %ecx; rep movsb
+///        movl $0x01000000, 0xfee00310; movl $0x00004500, 0xfee00300   # INIT to APIC ID 1
+///        movl $0x01000000, 0xfee00310; movl $0x00004610, 0xfee00300   # STARTUP 0x10
+/// wait:  pause; cmpb $1, 0x10100; jne wait
+///        mov $0x3f8, %dx; mov $'B', %al; out %al, %dx; cli; 1: hlt; jmp 1b
+/// .code16
+/// tramp: mov $0x3f8, %dx; mov $'A', %al; out %al, %dx; movb $1, %cs:0x100
+///        cli; 2: hlt; jmp 2b
+/// tramp_end:
+/// ```
+pub const CODE_START_AP: &[u8] = &[
+    0xbe, 0x4f, 0x00, 0x20, 0x00, 0xbf, 0x00, 0x00, 0x01, 0x00, 0xb9, 0x10, 0x00, 0x00, 0x00, 0xf3,
+    0xa4, 0xc7, 0x05, 0x10, 0x03, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x01, 0xc7, 0x05, 0x00, 0x03, 0xe0,
+    0xfe, 0x00, 0x45, 0x00, 0x00, 0xc7, 0x05, 0x10, 0x03, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x01, 0xc7,
+    0x05, 0x00, 0x03, 0xe0, 0xfe, 0x10, 0x46, 0x00, 0x00, 0xf3, 0x90, 0x80, 0x3d, 0x00, 0x01, 0x01,
+    0x00, 0x01, 0x75, 0xf5, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x42, 0xee, 0xfa, 0xf4, 0xeb, 0xfd, 0xba,
+    0xf8, 0x03, 0xb0, 0x41, 0xee, 0x2e, 0xc6, 0x06, 0x00, 0x01, 0x01, 0xfa, 0xf4, 0xeb, 0xfd,
+];
 
 /// Builds the static guest vsock client (`tests/fixtures/vm/vsock-client.c`) with musl-gcc
 /// into `out`. Usage in the guest: `vsock-client PORT MESSAGE` (connects to CID 2).

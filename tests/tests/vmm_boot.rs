@@ -127,6 +127,38 @@ fn bzimage_boots_through_the_64_bit_boot_protocol() {
     assert_eq!(run.serial, "3hello bzimage\n", "{}", run.log());
 }
 
+/// SMP: the guest's BSP starts vCPU 1 through its in-kernel LAPIC (INIT + STARTUP into a
+/// real-mode trampoline); both print, then both halt with interrupts off: a power-off.
+#[test]
+fn bsp_starts_an_ap_with_init_sipi_and_both_halting_is_a_power_off() {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        skip!("{why}");
+    }
+    let Some(_) = vm::ark_vmm_bin() else {
+        skip!("ark-vmm not built: run ./build.sh")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("smp.elf");
+    std::fs::write(&k, vm::tiny_pvh_elf(vm::CODE_START_AP)).unwrap();
+    let serial = dir.path().join("serial.log");
+    let run = vm::run_vmm(
+        &args(&[
+            "--kernel",
+            &k.display().to_string(),
+            "--memory",
+            "32",
+            "--vcpus",
+            "2",
+            "--no-rng",
+        ]),
+        &serial,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(run.serial, "AB", "{}", run.log());
+    assert_eq!(run.code(), Some(0), "{}", run.log());
+}
+
 /// No ACPI power-off: every vCPU halted with interrupts off (vCPU 1 never started by the
 /// guest) ends ark-vmm with 0, like Linux's `poweroff` on a machine without a power-off driver.
 #[test]
