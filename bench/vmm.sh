@@ -9,13 +9,17 @@
 #   (c) port-I/O exits per second (a guest doing N `out` instructions)
 #   (d) time to an /init marker: same kernel, root on virtio-blk (needs ARK_KERNEL)
 #
-# Usage: bench/vmm.sh [runs]      env: ARK_VMM (default: the build.sh install tree; a --release
-# build is the fair comparison), ARK_KERNEL
+# Usage: bench/vmm.sh [runs]      env: ARK_VMM (default: a release build of ark-vmm, made here;
+# the debug build in build.sh's tree is several times larger and slower), ARK_KERNEL
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
 tdir=${CARGO_TARGET_DIR:-target}
-VMM=${ARK_VMM:-$tdir/ark/libexec/ark/ark-vmm}
+if [ -z "${ARK_VMM:-}" ]; then
+  cargo build --release -q -p ark-vmm
+  ARK_VMM=$tdir/release/ark-vmm
+fi
+VMM=$ARK_VMM
 [ -x "$VMM" ] || { echo "bench: $VMM missing: run ./build.sh" >&2; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || { echo "bench: qemu-system-x86_64 missing (.ci/setup)" >&2; exit 1; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
