@@ -113,6 +113,25 @@ pub fn make_ext4(dir: &Path, image: &Path, size_mib: u32) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Packs the tree at `dir` into an uncompressed newc cpio archive at `out` (an initramfs).
+pub fn make_cpio(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let archive = std::fs::File::create(out)?;
+    // `find` in the tree feeds cpio relative names; -R 0:0 makes every file root's.
+    let res = Command::new("sh")
+        .arg("-c")
+        .arg("find . -print0 | cpio --null -o -H newc -R 0:0 --quiet")
+        .current_dir(dir)
+        .stdout(archive)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cpio: {e}"))?;
+    anyhow::ensure!(
+        res.status.success(),
+        "cpio: {}",
+        String::from_utf8_lossy(&res.stderr).trim()
+    );
+    Ok(())
+}
+
 /// A file's contents inside an ext4 image, read with debugfs (no mount needed).
 pub fn ext4_read(image: &Path, path: &str) -> anyhow::Result<String> {
     let out = Command::new("debugfs")

@@ -1,5 +1,6 @@
-//! ark-vmm end to end: tiny hand-made guests for the exit paths (fast), and one real Linux boot
-//! with its root on virtio-blk (slow on kvm_pvm hosts, so all its assertions share one boot).
+//! ark-vmm end to end: tiny hand-made guests for the exit paths, bzImage and SMP start-up
+//! (fast), and three real Linux boots, root on virtio-blk, root on virtio-fs with vsock, and an
+//! initramfs (slow on kvm_pvm hosts, so each boot carries many assertions).
 
 use std::path::Path;
 use std::process::Command;
@@ -373,6 +374,62 @@ fn linux_boots_from_virtio_blk_and_writes_its_root() {
     );
     let out = vm::ext4_read(&image, "/root/out.txt").unwrap();
     assert_eq!(out, "written by the guest\n");
+}
+
+/// Linux from an initramfs (`--initrd`), on a two-vCPU machine whose second vCPU the
+/// uniprocessor pvm-compat kernel never starts: /init reads a file from the initramfs and
+/// powers off, and the halted BSP next to the never-started AP ends ark-vmm with 0.
+#[test]
+fn linux_boots_from_an_initramfs_and_powers_off_with_an_unstarted_ap() {
+    if let Some(why) = vm::vm_unavailable() {
+        skip!("{why}");
+    }
+    let kernel = ark_tests::guest_kernel().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    vm::busybox_root(
+        &root,
+        "#!/bin/sh\n\
+         read line < /etc/ark-input\n\
+         echo \"ark-init: initramfs says [$line]\"\n\
+         poweroff -f\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/ark-input"), "packed by cpio\n").unwrap();
+    let initrd = dir.path().join("initramfs.cpio");
+    if let Err(e) = vm::make_cpio(&root, &initrd) {
+        skip!("{e}");
+    }
+    let serial = dir.path().join("serial.log");
+    let run = vm::run_vmm(
+        &args(&[
+            "--kernel",
+            &kernel.display().to_string(),
+            "--cmdline",
+            &vm::kernel_cmdline("rdinit=/init"),
+            "--memory",
+            "128",
+            "--vcpus",
+            "2",
+            "--initrd",
+            &initrd.display().to_string(),
+        ]),
+        &serial,
+        Duration::from_secs(240),
+    )
+    .unwrap();
+    let log = run.log();
+    eprintln!("boot took {:.1}s", run.elapsed.as_secs_f64());
+    assert!(
+        run.serial
+            .contains("ark-init: initramfs says [packed by cpio]"),
+        "/init did not run from the initramfs:\n{log}"
+    );
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "poweroff -f must end ark-vmm with 0:\n{log}"
+    );
 }
 
 /// Linux with its root on virtio-fs (a host directory) and a vsock device: /init reads and
