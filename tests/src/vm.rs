@@ -341,7 +341,8 @@ pub const CODE_I8042_RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
 /// For [`tiny_pvh_elf`], two vCPUs: the BSP copies a real-mode trampoline to 0x10000, starts
 /// APIC ID 1 with INIT + STARTUP (vector 0x10) through its LAPIC, waits for the AP's flag,
 /// prints `B` and halts with interrupts off; the AP prints `A`, sets the flag, halts the same
-/// way. Serial `AB` and a power-off exit prove an AP ran. Source (GNU as):
+/// way. Serial `AB` and a power-off exit prove an AP ran. [`code_start_ap_that_spins`] is the
+/// same with an AP that never halts. Source (GNU as):
 /// ```text
 /// .code32
 /// start: mov $(0x200000 + tramp - start), %esi; mov $0x10000, %edi
@@ -363,6 +364,15 @@ pub const CODE_START_AP: &[u8] = &[
     0x00, 0x01, 0x75, 0xf5, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x42, 0xee, 0xfa, 0xf4, 0xeb, 0xfd, 0xba,
     0xf8, 0x03, 0xb0, 0x41, 0xee, 0x2e, 0xc6, 0x06, 0x00, 0x01, 0x01, 0xfa, 0xf4, 0xeb, 0xfd,
 ];
+
+/// [`CODE_START_AP`] whose AP spins (`jmp .`) after setting the flag instead of halting: the
+/// BSP halts with interrupts off, the guest as a whole does not stop.
+pub fn code_start_ap_that_spins() -> Vec<u8> {
+    let mut code = CODE_START_AP.to_vec();
+    let tail = code.len() - 4; // the AP's `cli; hlt; jmp .-1`
+    code[tail..].copy_from_slice(&[0xeb, 0xfe, 0x90, 0x90]); // jmp .; nop; nop
+    code
+}
 
 /// Builds the static guest vsock client (`tests/fixtures/vm/vsock-client.c`) with musl-gcc
 /// into `out`. Usage in the guest: `vsock-client PORT MESSAGE` (connects to CID 2).

@@ -160,6 +160,49 @@ fn bsp_starts_an_ap_with_init_sipi_and_both_halting_is_a_power_off() {
     assert_eq!(run.code(), Some(0), "{}", run.log());
 }
 
+/// The power-off probe's other side: one vCPU halted with interrupts off while another still
+/// runs is not a power-off; the VM runs until the host stops it.
+#[test]
+fn a_running_ap_keeps_the_vm_alive_when_the_bsp_halts() {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        skip!("{why}");
+    }
+    let Some(bin) = vm::ark_vmm_bin() else {
+        skip!("ark-vmm not built: run ./build.sh")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("smp-spin.elf");
+    std::fs::write(&k, vm::tiny_pvh_elf(&vm::code_start_ap_that_spins())).unwrap();
+    let serial = dir.path().join("serial.log");
+    let mut child = Command::new(bin)
+        .args(["--memory", "32", "--vcpus", "2", "--no-rng", "--kernel"])
+        .arg(&k)
+        .arg("--serial")
+        .arg(format!("file={}", serial.display()))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&serial).unwrap_or_default() != "AB" {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the guest never printed AB");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Ten of ark-vmm's 200 ms power-off probe rounds, the BSP halted for good, the AP spinning.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ark-vmm took a halted BSP next to a running AP for a power-off"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(3), "stopped by the host");
+}
+
 /// No ACPI power-off: every vCPU halted with interrupts off (vCPU 1 never started by the
 /// guest) ends ark-vmm with 0, like Linux's `poweroff` on a machine without a power-off driver.
 #[test]
