@@ -150,8 +150,12 @@ pub enum Origin<'a> {
     /// The user's layout: verify its signature here, copy its blobs.
     User(&'a FetchOptions),
     /// A layout the registry client wrote into our staging dir after verifying the signature:
-    /// re-hash its blobs and move them in.
-    Registry { platform: Option<&'a str> },
+    /// move its blobs in, re-hashing those it did not verify itself while writing them.
+    Registry {
+        platform: Option<&'a str>,
+        /// Digests of the blobs this process hashed as it wrote them into the layout.
+        verified: &'a std::collections::HashSet<String>,
+    },
 }
 
 pub fn import(
@@ -207,7 +211,7 @@ pub fn import(
             .map_err(|e| anyhow::anyhow!("nested image index is not valid: {e}"))?;
         let platform = match &origin {
             Origin::User(opts) => opts.platform.as_deref(),
-            Origin::Registry { platform } => *platform,
+            Origin::Registry { platform, .. } => *platform,
         };
         desc = nested
             .manifests()
@@ -239,9 +243,9 @@ pub fn import(
             // Only a full reference in the layout (not a bare tag) says what was signed.
             let identity = tag_name.as_deref().filter(|t| t.contains('/'));
             super::verify_local_signature(name.as_deref(), identity, &manifest_digest, opts)?;
-            false
+            None
         }
-        Origin::Registry { .. } => true,
+        Origin::Registry { verified, .. } => Some(verified),
     };
 
     staging.put(
@@ -258,8 +262,9 @@ pub fn import(
     for (i, layer) in checked.layers.iter().enumerate() {
         let what = format!("layer {} {}", i + 1, layer.digest.short());
         let path = layout.join("blobs/sha256").join(layer.digest.hex());
-        if adopt {
-            staging.adopt(&path, &layer.digest, layer.size, &what)?;
+        if let Some(verified) = adopt {
+            let hashed = verified.contains(&layer.digest.to_string());
+            staging.adopt(&path, &layer.digest, layer.size, hashed, &what)?;
         } else if staging.path_of(&layer.digest).is_none() {
             let mut f =
                 File::open(&path).with_context(|| format!("{what}: missing from the layout"))?;

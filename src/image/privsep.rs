@@ -332,6 +332,7 @@ fn drive_child(
                     .write_all(&line)
                     .context("answering the fetch child")?;
             }
+            RESULT if dir.in_blob() => bail!("fetch child reported a result in mid-blob"),
             RESULT => return Ok(serde_json::from_slice(&payload)?),
             ERROR => bail!("{}", String::from_utf8_lossy(&payload)),
             other => bail!("fetch child sent an unknown frame {other:#x}"),

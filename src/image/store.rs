@@ -188,13 +188,14 @@ impl ImageStore {
         // store.lock (rm and gc need it exclusively): no need to download those layers again.
         ropts.have_blobs = self.blob_digests()?;
         let layout = staging.dir.join("layout");
-        let fetched = super::registry::fetch(reference, &ropts, &layout)?;
+        let (fetched, verified) = super::registry::fetch(reference, &ropts, &layout)?;
         let mut imported = super::oci_layout::import(
             staging,
             &layout,
             None,
             Origin::Registry {
                 platform: opts.platform.as_deref(),
+                verified: &verified,
             },
         )?;
         let want: Digest = fetched.manifest_digest.parse()?;
@@ -625,13 +626,17 @@ impl<'a> Staging<'a> {
         Ok((digest, size))
     }
 
-    /// Takes over a file already on the store's filesystem (the registry client's download):
-    /// hashes it again, then moves it instead of copying.
+    /// Takes over a file already on the store's filesystem (the registry client's download)
+    /// and moves it instead of copying. `hashed`: this process wrote the file itself and
+    /// verified its digest while writing it (the registry client's `DirSink`, never the fetch
+    /// child), so hashing it again would only repeat that; its size is still checked. Otherwise
+    /// it is hashed here.
     pub fn adopt(
         &mut self,
         path: &Path,
         digest: &Digest,
         size: u64,
+        hashed: bool,
         what: &str,
     ) -> anyhow::Result<()> {
         if self.path_of(digest).is_some() {
@@ -641,19 +646,29 @@ impl<'a> Staging<'a> {
         }
         let file =
             File::open(path).with_context(|| format!("{what}: missing from the download"))?;
-        let bar = self
-            .progress
-            .bytes(format!("verify {}", digest.short()), size);
-        let mut reader = super::digest::HashingReader::new(bar.wrap_read(&file).take(size + 1));
-        let (actual, len) = reader
-            .finish_read()
-            .with_context(|| format!("{what}: reading"))?;
-        bar.finish_and_clear();
-        if len != size {
-            bail!("{what}: blob is {len} bytes, its descriptor says {size}");
-        }
-        if actual != *digest {
-            bail!("{what}: content has digest {actual}, not the declared {digest}");
+        if hashed {
+            let len = file
+                .metadata()
+                .with_context(|| format!("{what}: reading"))?
+                .len();
+            if len != size {
+                bail!("{what}: blob is {len} bytes, its descriptor says {size}");
+            }
+        } else {
+            let bar = self
+                .progress
+                .bytes(format!("verify {}", digest.short()), size);
+            let mut reader = super::digest::HashingReader::new(bar.wrap_read(&file).take(size + 1));
+            let (actual, len) = reader
+                .finish_read()
+                .with_context(|| format!("{what}: reading"))?;
+            bar.finish_and_clear();
+            if len != size {
+                bail!("{what}: blob is {len} bytes, its descriptor says {size}");
+            }
+            if actual != *digest {
+                bail!("{what}: content has digest {actual}, not the declared {digest}");
+            }
         }
         // The downloader need not have synced it; the store's blobs are durable before they count.
         file.sync_all()?;

@@ -207,8 +207,14 @@ pub struct PullRequest {
 }
 
 /// Downloads `reference` (`HOST[:PORT]/REPO[:TAG|@DIGEST]`) into `dest`, an empty directory,
-/// as a complete OCI image layout. See the module docs.
-pub fn fetch(reference: &str, opts: &FetchOptions, dest: &Path) -> Result<Fetched> {
+/// as a complete OCI image layout. See the module docs. Also returns the digests of the blobs
+/// this process wrote into `dest` and verified itself while writing them (whatever the child
+/// said): their files need no second hash, but are not synced yet.
+pub fn fetch(
+    reference: &str,
+    opts: &FetchOptions,
+    dest: &Path,
+) -> Result<(Fetched, std::collections::HashSet<String>)> {
     let parsed = DockerReference::parse(reference)?;
     // Policy is decided before any traffic: a wrong platform string or an untrusted name fails here.
     if let Some(p) = &opts.platform {
@@ -243,16 +249,20 @@ pub fn fetch(reference: &str, opts: &FetchOptions, dest: &Path) -> Result<Fetche
         have_blobs: opts.have_blobs.clone(),
     };
     let mut dir = DirSink::new(dest, opts.progress)?;
-    if crate::image::privsep::should_separate() {
-        crate::image::privsep::pull_in_child(&request, &mut dir, opts.signature_dir.as_deref())
+    let fetched = if crate::image::privsep::should_separate() {
+        crate::image::privsep::pull_in_child(&request, &mut dir, opts.signature_dir.as_deref())?
     } else {
         let mut local = sink::LocalSink {
             dir: &mut dir,
             signature_dir: opts.signature_dir.clone(),
             reference: parsed,
         };
-        pull(&request, &mut local)
+        pull(&request, &mut local)?
+    };
+    if dir.in_blob() {
+        bail!("the fetch ended in the middle of a blob");
     }
+    Ok((fetched, dir.verified().clone()))
 }
 
 /// `os/arch[/variant]`.

@@ -52,7 +52,8 @@ struct OpenBlob {
 }
 
 /// Writes the layout into a directory, checking each blob's size and digest itself (in the
-/// privileged parent this is the second, independent check of what the child sent).
+/// privileged parent this is the second, independent check of what the child sent). Blobs are
+/// written but not fsynced: the store syncs what it adopts.
 pub struct DirSink {
     dest: PathBuf,
     open: Option<OpenBlob>,
@@ -73,6 +74,17 @@ impl DirSink {
         })
     }
 
+    /// Digests of the blobs this sink wrote into the layout and verified while writing them
+    /// (not synced: see [`LayoutSink::end_blob`] here).
+    pub fn verified(&self) -> &std::collections::HashSet<String> {
+        &self.complete
+    }
+
+    /// Whether a blob was begun and not ended.
+    pub fn in_blob(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// The contents of a blob this sink wrote and verified, if it did.
     pub fn verified_blob(&self, digest: &str) -> Option<Vec<u8>> {
         if !self.complete.contains(digest) {
@@ -89,7 +101,9 @@ impl LayoutSink for DirSink {
         }
         let path = self.dest.join("blobs/sha256").join(blob_hex(digest)?);
         // A blob may legitimately appear twice (config == a layer is impossible, but be lenient
-        // about identical content): overwrite with the new, re-verified copy.
+        // about identical content): overwrite with the new, re-verified copy, which counts only
+        // once it is verified in turn.
+        self.complete.remove(digest);
         let file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -154,9 +168,18 @@ impl LayoutSink for DirSink {
                 blob.size
             );
         }
-        blob.file
-            .sync_all()
-            .with_context(|| format!("writing {}", blob.path.display()))?;
+        // Not synced here: whoever takes the blob makes it durable before it counts (the store
+        // fsyncs it when adopting it). Starting the write-back now lets that fsync find the
+        // data on its way while the next blob streams in; best effort, a hint only.
+        // SAFETY: a plain syscall on an fd this sink owns.
+        unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&blob.file),
+                0,
+                0,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
         self.complete.insert(blob.digest);
         Ok(())
     }
@@ -208,5 +231,31 @@ impl LayoutSink for LocalSink<'_> {
             Some(dir) => signing::read_lookaside(dir, &self.reference, digest),
             None => Ok(Vec::new()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only blobs hashed in full by this sink count as verified (the store skips re-hashing
+    /// those): a blob begun again no longer counts, and a bad one never does.
+    #[test]
+    fn verified_means_hashed_here() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = DirSink::new(tmp.path(), false).unwrap();
+        let data = b"layer bytes";
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+        dir.blob_bytes(&digest, data).unwrap();
+        assert!(dir.verified().contains(&digest));
+
+        dir.begin_blob(&digest, data.len() as u64).unwrap();
+        dir.data(b"layer").unwrap();
+        assert!(dir.in_blob());
+        assert!(!dir.verified().contains(&digest));
+        dir.data(b" bytez").unwrap();
+        assert!(dir.end_blob().is_err());
+        assert!(!dir.verified().contains(&digest));
+        assert!(!tmp.path().join("blobs/sha256").join(&digest[7..]).exists());
     }
 }
