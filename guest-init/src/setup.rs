@@ -389,8 +389,8 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
 
     // Cgroups first, so everything the app does from here on is accounted to it.
     for dir in &plan.cgroup_dirs {
-        let procs = Path::new(dir).join("cgroup.procs");
-        std::fs::write(&procs, "0").with_context(|| format!("join cgroup {dir}"))?;
+        ark_pod_spec::cgroup::join_single_threaded(Path::new(dir))
+            .with_context(|| format!("join cgroup {dir}"))?;
     }
     let mut flags = CloneFlags::CLONE_NEWNS;
     if !plan.cgroup_dirs.is_empty() {

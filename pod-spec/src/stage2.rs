@@ -174,8 +174,9 @@ pub struct Stage2Mount {
 #[serde(deny_unknown_fields)]
 pub struct AppCgroup {
     pub app: String,
-    /// Cgroup directories as guest-init sees them; the app joins each (writes itself to
-    /// `cgroup.procs`) before exec. One with cgroup v2, one per controller with v1.
+    /// Cgroup directories as guest-init sees them; the app joins each
+    /// (`cgroup::join_single_threaded`) before exec. One with cgroup v2, one per controller
+    /// with v1.
     pub dirs: Vec<String>,
     /// File with an `oom_kill N` line: `memory.events` (v2) or `memory.oom_control` (v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]

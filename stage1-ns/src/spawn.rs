@@ -90,7 +90,7 @@ fn child(iso: Isolation, pod: &Pod, cgroups: &PodCgroups, parent: Pid) -> Result
         bail!("stage1 died while starting stage2");
     }
     for dir in cgroups.stage2_dirs() {
-        std::fs::write(dir.join("cgroup.procs"), "0")
+        ark_pod_spec::cgroup::join_single_threaded(&dir)
             .with_context(|| format!("join cgroup {}", dir.display()))?;
     }
     let mut flags = CloneFlags::CLONE_NEWNS;
