@@ -235,39 +235,67 @@ impl ImageStore {
             }
             fs::rename(path, &dest).with_context(|| format!("storing blob {digest}"))?;
         }
-        fsync_dir(&blobs_dir)?;
         let id = imported.record.id.clone();
-        self.update_index(|index| {
-            let mut record = imported.record;
-            if let Some(old) = index.images.get(&id) {
-                // Keep the first import time: it is the same image.
-                record.imported = old.imported;
-            }
-            index.images.insert(id.clone(), record);
-            for name in &imported.names {
-                index.names.insert(with_default_tag(name), id.clone());
-            }
-            Ok(())
-        })?;
+        // The blobs an index entry names must be durable before the entry is: fsync their
+        // directory first, but only when the index changes (a re-fetch of an image the store
+        // already has changes nothing, and its blobs were made durable when it was recorded).
+        self.update_index_after(
+            || fsync_dir(&blobs_dir),
+            |index| {
+                let mut record = imported.record;
+                if let Some(old) = index.images.get(&id) {
+                    // Keep the first import time: it is the same image.
+                    record.imported = old.imported;
+                }
+                index.images.insert(id.clone(), record);
+                for name in &imported.names {
+                    index.names.insert(with_default_tag(name), id.clone());
+                }
+                Ok(())
+            },
+        )?;
         drop(staging);
         Ok(id)
     }
 
     fn read_index(&self) -> anyhow::Result<Index> {
+        Ok(self.read_index_bytes()?.0)
+    }
+
+    /// The index and the bytes it was parsed from (None: no index yet).
+    fn read_index_bytes(&self) -> anyhow::Result<(Index, Option<Vec<u8>>)> {
         let path = self.root.join("index.json");
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("image store index {} is corrupt", path.display())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::default()),
+            Ok(bytes) => Ok((
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("image store index {} is corrupt", path.display()))?,
+                Some(bytes),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Index::default(), None)),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
 
     fn update_index(&self, f: impl FnOnce(&mut Index) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        self.update_index_after(|| Ok(()), f)
+    }
+
+    /// Applies `f` to the index under its lock and writes the result (after `before_write`),
+    /// unless it is byte for byte the index already stored: then nothing is written or
+    /// fsynced, and the store stays as durable as the write that stored those bytes.
+    fn update_index_after(
+        &self,
+        before_write: impl FnOnce() -> anyhow::Result<()>,
+        f: impl FnOnce(&mut Index) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let _lock = self.lock("index.lock", true)?;
-        let mut index = self.read_index()?;
+        let (mut index, stored) = self.read_index_bytes()?;
         f(&mut index)?;
         let bytes = serde_json::to_vec_pretty(&index)?;
+        if stored.as_deref() == Some(&bytes[..]) {
+            return Ok(());
+        }
+        before_write()?;
         self.write_atomic(&self.root.join("index.json"), &bytes)
     }
 
