@@ -94,7 +94,8 @@ fn main() {
     if let Err(e) = sink.done() {
         eprintln!("ark-init: status channel: {e}");
     }
-    nix::unistd::sync();
+    // No host-wide sync() for ns/fly: the statuses are fsynced as written, the logs as each
+    // app's output ends (`OutputPipe::sync_log`). A VM syncs its own disks in power_off.
     match config.on_exit {
         OnExit::Reboot => power_off(),
         OnExit::Exit => std::process::exit(if ok { 0 } else { 1 }),
@@ -271,6 +272,7 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
     // the pod is reported done. (A leftover background process keeps its pipe open; whatever it
     // has not written by now is not waited for.)
     relay_outputs(&mut outputs, None);
+    outputs.iter_mut().for_each(OutputPipe::sync_log);
 
     if std::process::id() != 1 {
         // fly: processes the apps left behind would outlive the pod; as their subreaper we
@@ -378,6 +380,8 @@ struct OutputPipe {
     file: std::fs::File,
     stream: Stream,
     log: Option<std::fs::File>,
+    /// Output went to the log since its last fdatasync.
+    log_unsynced: bool,
 }
 
 impl OutputPipe {
@@ -390,6 +394,7 @@ impl OutputPipe {
             file: std::fs::File::from(fd),
             stream,
             log: log.and_then(|f| f.try_clone().ok()),
+            log_unsynced: false,
         })
     }
 
@@ -398,7 +403,10 @@ impl OutputPipe {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match std::io::Read::read(&mut self.file, &mut buf) {
-                Ok(0) => return false,
+                Ok(0) => {
+                    self.sync_log();
+                    return false;
+                }
                 Ok(n) => {
                     let data = &buf[..n];
                     // The terminal or console may be gone; the log still gets the output.
@@ -411,11 +419,23 @@ impl OutputPipe {
                     };
                     if let Some(log) = &mut self.log {
                         let _ = log.write_all(data);
+                        self.log_unsynced = true;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
             }
+        }
+    }
+}
+
+impl OutputPipe {
+    /// Makes what the app logged durable (once its output ends, or at the pod's end): the
+    /// log outlives a host crash like the app's status does, without a host-wide sync.
+    fn sync_log(&mut self) {
+        if let (Some(log), true) = (&self.log, self.log_unsynced) {
+            let _ = log.sync_data();
+            self.log_unsynced = false;
         }
     }
 }
