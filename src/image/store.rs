@@ -228,32 +228,34 @@ impl ImageStore {
     /// Moves staged blobs into place and records the image and its names.
     fn commit(&self, staging: Staging, imported: Imported) -> anyhow::Result<ImageId> {
         let blobs_dir = self.root.join("blobs/sha256");
+        let mut stored_any = false;
         for (digest, path) in &staging.blobs {
             let dest = self.blob_path(digest);
             if dest.exists() {
                 continue;
             }
             fs::rename(path, &dest).with_context(|| format!("storing blob {digest}"))?;
+            stored_any = true;
+        }
+        // The blobs an index entry names must be durable before the entry is. Blobs already
+        // in the store were made durable when they were stored; a re-fetch of an image the
+        // store already has moves none and needs no sync.
+        if stored_any {
+            fsync_dir(&blobs_dir)?;
         }
         let id = imported.record.id.clone();
-        // The blobs an index entry names must be durable before the entry is: fsync their
-        // directory first, but only when the index changes (a re-fetch of an image the store
-        // already has changes nothing, and its blobs were made durable when it was recorded).
-        self.update_index_after(
-            || fsync_dir(&blobs_dir),
-            |index| {
-                let mut record = imported.record;
-                if let Some(old) = index.images.get(&id) {
-                    // Keep the first import time: it is the same image.
-                    record.imported = old.imported;
-                }
-                index.images.insert(id.clone(), record);
-                for name in &imported.names {
-                    index.names.insert(with_default_tag(name), id.clone());
-                }
-                Ok(())
-            },
-        )?;
+        self.update_index(|index| {
+            let mut record = imported.record;
+            if let Some(old) = index.images.get(&id) {
+                // Keep the first import time: it is the same image.
+                record.imported = old.imported;
+            }
+            index.images.insert(id.clone(), record);
+            for name in &imported.names {
+                index.names.insert(with_default_tag(name), id.clone());
+            }
+            Ok(())
+        })?;
         drop(staging);
         Ok(id)
     }
@@ -276,26 +278,18 @@ impl ImageStore {
         }
     }
 
+    /// Applies `f` to the index under its lock and writes the result, unless it is byte for
+    /// byte the index already stored. Then only the store's directory is synced: an earlier
+    /// writer killed between its rename and its directory fsync may have left those very bytes
+    /// not yet durable (on a clean directory the fsync returns at once).
     fn update_index(&self, f: impl FnOnce(&mut Index) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        self.update_index_after(|| Ok(()), f)
-    }
-
-    /// Applies `f` to the index under its lock and writes the result (after `before_write`),
-    /// unless it is byte for byte the index already stored: then nothing is written or
-    /// fsynced, and the store stays as durable as the write that stored those bytes.
-    fn update_index_after(
-        &self,
-        before_write: impl FnOnce() -> anyhow::Result<()>,
-        f: impl FnOnce(&mut Index) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
         let _lock = self.lock("index.lock", true)?;
         let (mut index, stored) = self.read_index_bytes()?;
         f(&mut index)?;
         let bytes = serde_json::to_vec_pretty(&index)?;
         if stored.as_deref() == Some(&bytes[..]) {
-            return Ok(());
+            return fsync_dir(&self.root);
         }
-        before_write()?;
         self.write_atomic(&self.root.join("index.json"), &bytes)
     }
 
