@@ -19,26 +19,35 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-#[test]
-fn guest_i8042_reset_exits_0_and_serial_reaches_the_file() {
+/// Boots a hand-made guest `image` with ark-vmm (`--kernel` plus `flags`), the serial console
+/// in a file, for at most 30 s. Err: why this host cannot, for the caller to skip.
+fn run_tiny(image: &[u8], flags: &[&str]) -> Result<VmRun, String> {
     if let Some(why) = ark_tests::kvm_unavailable() {
-        skip!("{why}");
+        return Err(why);
     }
-    let Some(_) = vm::ark_vmm_bin() else {
-        skip!("ark-vmm not built: run ./build.sh")
-    };
+    if vm::ark_vmm_bin().is_none() {
+        return Err("ark-vmm not built: run ./build.sh".into());
+    }
     let dir = tempfile::tempdir().unwrap();
-    let k = write_tiny(
-        dir.path(),
-        &vm::serial_print_then(b"ark-tiny\n", vm::CODE_I8042_RESET),
-    );
-    let serial = dir.path().join("serial.log");
-    let run = vm::run_vmm(
-        &args(&["--kernel", &k, "--memory", "32", "--no-rng"]),
-        &serial,
+    let kernel = dir.path().join("guest");
+    std::fs::write(&kernel, image).unwrap();
+    let mut all = args(&["--kernel", &kernel.display().to_string()]);
+    all.extend(args(flags));
+    Ok(vm::run_vmm(
+        &all,
+        &dir.path().join("serial.log"),
         Duration::from_secs(30),
     )
-    .unwrap();
+    .unwrap())
+}
+
+#[test]
+fn guest_i8042_reset_exits_0_and_serial_reaches_the_file() {
+    let image = vm::tiny_elf(&vm::serial_print_then(b"ark-tiny\n", vm::CODE_I8042_RESET));
+    let run = match run_tiny(&image, &["--memory", "32", "--no-rng"]) {
+        Ok(run) => run,
+        Err(why) => skip!("{why}"),
+    };
     assert_eq!(run.code(), Some(0), "{}", run.log());
     assert_eq!(run.serial, "ark-tiny\n", "{}", run.log());
 }
@@ -78,20 +87,11 @@ fn piped_stdin_reaches_the_guest_serial() {
 
 #[test]
 fn guest_triple_fault_exits_2() {
-    if let Some(why) = ark_tests::kvm_unavailable() {
-        skip!("{why}");
-    }
-    let Some(_) = vm::ark_vmm_bin() else {
-        skip!("ark-vmm not built: run ./build.sh")
+    let image = vm::tiny_elf(vm::CODE_TRIPLE_FAULT);
+    let run = match run_tiny(&image, &["--memory", "32", "--no-rng"]) {
+        Ok(run) => run,
+        Err(why) => skip!("{why}"),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let k = write_tiny(dir.path(), vm::CODE_TRIPLE_FAULT);
-    let run = vm::run_vmm(
-        &args(&["--kernel", &k, "--memory", "32", "--no-rng"]),
-        &dir.path().join("serial.log"),
-        Duration::from_secs(30),
-    )
-    .unwrap();
     assert_eq!(run.code(), Some(2), "{}", run.log());
 }
 
@@ -99,30 +99,12 @@ fn guest_triple_fault_exits_2() {
 /// finds boot_params in rsi, with the e820 map and the command line ark-vmm wrote.
 #[test]
 fn bzimage_boots_through_the_64_bit_boot_protocol() {
-    if let Some(why) = ark_tests::kvm_unavailable() {
-        skip!("{why}");
-    }
-    let Some(_) = vm::ark_vmm_bin() else {
-        skip!("ark-vmm not built: run ./build.sh")
+    let image = vm::tiny_bzimage(vm::CODE_PRINT_BOOT_PARAMS);
+    let flags = ["--cmdline", "hello bzimage", "--memory", "64", "--no-rng"];
+    let run = match run_tiny(&image, &flags) {
+        Ok(run) => run,
+        Err(why) => skip!("{why}"),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let k = dir.path().join("bzImage");
-    std::fs::write(&k, vm::tiny_bzimage(vm::CODE_PRINT_BOOT_PARAMS)).unwrap();
-    let serial = dir.path().join("serial.log");
-    let run = vm::run_vmm(
-        &args(&[
-            "--kernel",
-            &k.display().to_string(),
-            "--cmdline",
-            "hello bzimage",
-            "--memory",
-            "64",
-            "--no-rng",
-        ]),
-        &serial,
-        Duration::from_secs(30),
-    )
-    .unwrap();
     assert_eq!(run.code(), Some(0), "{}", run.log());
     // e820: RAM below the EBDA, reserved to 1 MiB, RAM above.
     assert_eq!(run.serial, "3hello bzimage\n", "{}", run.log());
@@ -132,30 +114,11 @@ fn bzimage_boots_through_the_64_bit_boot_protocol() {
 /// real-mode trampoline); both print, then both halt with interrupts off: a power-off.
 #[test]
 fn bsp_starts_an_ap_with_init_sipi_and_both_halting_is_a_power_off() {
-    if let Some(why) = ark_tests::kvm_unavailable() {
-        skip!("{why}");
-    }
-    let Some(_) = vm::ark_vmm_bin() else {
-        skip!("ark-vmm not built: run ./build.sh")
+    let image = vm::tiny_pvh_elf(vm::CODE_START_AP);
+    let run = match run_tiny(&image, &["--memory", "32", "--vcpus", "2", "--no-rng"]) {
+        Ok(run) => run,
+        Err(why) => skip!("{why}"),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let k = dir.path().join("smp.elf");
-    std::fs::write(&k, vm::tiny_pvh_elf(vm::CODE_START_AP)).unwrap();
-    let serial = dir.path().join("serial.log");
-    let run = vm::run_vmm(
-        &args(&[
-            "--kernel",
-            &k.display().to_string(),
-            "--memory",
-            "32",
-            "--vcpus",
-            "2",
-            "--no-rng",
-        ]),
-        &serial,
-        Duration::from_secs(30),
-    )
-    .unwrap();
     assert_eq!(run.serial, "AB", "{}", run.log());
     assert_eq!(run.code(), Some(0), "{}", run.log());
 }
@@ -207,24 +170,11 @@ fn a_running_ap_keeps_the_vm_alive_when_the_bsp_halts() {
 /// guest) ends ark-vmm with 0, like Linux's `poweroff` on a machine without a power-off driver.
 #[test]
 fn guest_halting_with_interrupts_off_exits_0() {
-    if let Some(why) = ark_tests::kvm_unavailable() {
-        skip!("{why}");
-    }
-    let Some(_) = vm::ark_vmm_bin() else {
-        skip!("ark-vmm not built: run ./build.sh")
+    let image = vm::tiny_elf(&vm::serial_print_then(b"off\n", vm::CODE_POWER_OFF));
+    let run = match run_tiny(&image, &["--memory", "32", "--vcpus", "2", "--no-rng"]) {
+        Ok(run) => run,
+        Err(why) => skip!("{why}"),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let k = write_tiny(
-        dir.path(),
-        &vm::serial_print_then(b"off\n", vm::CODE_POWER_OFF),
-    );
-    let serial = dir.path().join("serial.log");
-    let run = vm::run_vmm(
-        &args(&["--kernel", &k, "--memory", "32", "--vcpus", "2", "--no-rng"]),
-        &serial,
-        Duration::from_secs(30),
-    )
-    .unwrap();
     assert_eq!(run.serial, "off\n", "{}", run.log());
     assert_eq!(run.code(), Some(0), "{}", run.log());
 }
