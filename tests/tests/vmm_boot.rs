@@ -41,6 +41,71 @@ fn run_tiny(image: &[u8], flags: &[&str]) -> Result<VmRun, String> {
     .unwrap())
 }
 
+/// A hand-made guest left running in the background by [`spawn_tiny`].
+struct Background {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts ark-vmm on a hand-made guest `image` (`--kernel` plus `flags`), the serial console in
+/// a file, and waits (30 s at most) until the guest printed exactly `expected`. Err: why this
+/// host cannot, for the caller to skip.
+fn spawn_tiny(image: &[u8], flags: &[&str], expected: &str) -> Result<Background, String> {
+    if let Some(why) = ark_tests::kvm_unavailable() {
+        return Err(why);
+    }
+    let Some(bin) = vm::ark_vmm_bin() else {
+        return Err("ark-vmm not built: run ./build.sh".into());
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest");
+    std::fs::write(&kernel, image).unwrap();
+    let serial = dir.path().join("serial.log");
+    let mut child = Command::new(bin)
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(flags)
+        .arg("--serial")
+        .arg(format!("file={}", serial.display()))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&serial).unwrap_or_default() != expected {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the guest never printed {expected:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Background { child, _dir: dir })
+}
+
+impl Background {
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and returns ark-vmm's exit code (it must exit within 10 s).
+    fn sigterm(mut self) -> Option<i32> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let stopped = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if stopped.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                panic!("ark-vmm ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 #[test]
 fn guest_i8042_reset_exits_0_and_serial_reaches_the_file() {
     let image = vm::tiny_elf(&vm::serial_print_then(b"ark-tiny\n", vm::CODE_I8042_RESET));
@@ -127,43 +192,22 @@ fn bsp_starts_an_ap_with_init_sipi_and_both_halting_is_a_power_off() {
 /// runs is not a power-off; the VM runs until the host stops it.
 #[test]
 fn a_running_ap_keeps_the_vm_alive_when_the_bsp_halts() {
-    if let Some(why) = ark_tests::kvm_unavailable() {
-        skip!("{why}");
-    }
-    let Some(bin) = vm::ark_vmm_bin() else {
-        skip!("ark-vmm not built: run ./build.sh")
+    let image = vm::tiny_pvh_elf(&vm::code_start_ap_that_spins());
+    let mut guest = match spawn_tiny(
+        &image,
+        &["--memory", "32", "--vcpus", "2", "--no-rng"],
+        "AB",
+    ) {
+        Ok(guest) => guest,
+        Err(why) => skip!("{why}"),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let k = dir.path().join("smp-spin.elf");
-    std::fs::write(&k, vm::tiny_pvh_elf(&vm::code_start_ap_that_spins())).unwrap();
-    let serial = dir.path().join("serial.log");
-    let mut child = Command::new(bin)
-        .args(["--memory", "32", "--vcpus", "2", "--no-rng", "--kernel"])
-        .arg(&k)
-        .arg("--serial")
-        .arg(format!("file={}", serial.display()))
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::fs::read_to_string(&serial).unwrap_or_default() != "AB" {
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("the guest never printed AB");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // Ten of ark-vmm's 200 ms power-off probe rounds, the BSP halted for good, the AP spinning.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        guest.running(),
         "ark-vmm took a halted BSP next to a running AP for a power-off"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(3), "stopped by the host");
+    assert_eq!(guest.sigterm(), Some(3), "stopped by the host");
 }
 
 /// No ACPI power-off: every vCPU halted with interrupts off (vCPU 1 never started by the
@@ -181,48 +225,12 @@ fn guest_halting_with_interrupts_off_exits_0() {
 
 #[test]
 fn sigterm_stops_a_running_guest_with_exit_3() {
-    if let Some(why) = ark_tests::kvm_unavailable() {
-        skip!("{why}");
-    }
-    let Some(bin) = vm::ark_vmm_bin() else {
-        skip!("ark-vmm not built: run ./build.sh")
+    let image = vm::tiny_elf(&vm::serial_print_then(b"up\n", vm::CODE_HALT_LOOP));
+    let guest = match spawn_tiny(&image, &["--memory", "32", "--vcpus", "2"], "up\n") {
+        Ok(guest) => guest,
+        Err(why) => skip!("{why}"),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let k = write_tiny(
-        dir.path(),
-        &vm::serial_print_then(b"up\n", vm::CODE_HALT_LOOP),
-    );
-    let serial = dir.path().join("serial.log");
-    let mut child = Command::new(bin)
-        .args(["--kernel", &k, "--memory", "32", "--vcpus", "2", "--serial"])
-        .arg(format!("file={}", serial.display()))
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::fs::read_to_string(&serial).unwrap_or_default() != "up\n" {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "guest never printed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if stopped.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("ark-vmm ignored SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(3), "stopped by host");
+    assert_eq!(guest.sigterm(), Some(3), "stopped by host");
 }
 
 #[test]
