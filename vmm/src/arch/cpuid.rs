@@ -38,11 +38,11 @@ pub enum HostKvm {
 }
 
 impl HostKvm {
+    /// The same rule that picks the guest kernel: a kvm_pvm host needs the pvm-compat one.
     pub fn detect() -> Self {
-        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-            HostKvm::Pvm
-        } else {
-            HostKvm::Hardware
+        match kernel_config::Profile::for_host() {
+            kernel_config::Profile::PvmCompat => HostKvm::Pvm,
+            kernel_config::Profile::Microvm => HostKvm::Hardware,
         }
     }
 }
