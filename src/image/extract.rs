@@ -376,8 +376,19 @@ impl Extractor {
                 return Ok(());
             }
         }
-        self.layer_paths.insert(path);
+        self.mark_layer_path(&path);
         Ok(())
+    }
+
+    /// Records that this layer wrote `path`, and so also its parent directories (made here if
+    /// the tar had no entries for them): whiteouts of this layer must not remove any of them.
+    fn mark_layer_path(&mut self, path: &Path) {
+        for p in path.ancestors() {
+            if p.as_os_str().is_empty() || !self.layer_paths.insert(p.to_path_buf()) {
+                // Its ancestors were marked with it.
+                break;
+            }
+        }
     }
 
     fn set_xattrs(&self, fd: impl AsFd, xattrs: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
@@ -406,12 +417,36 @@ impl Extractor {
         {
             bail!("{}: invalid whiteout", path.display());
         }
-        remove_existing(&dir, hidden, false)?;
+        let hidden_path = parent.join(hidden);
+        if !self.layer_paths.contains(&hidden_path) {
+            remove_existing(&dir, hidden, false)?;
+            return Ok(());
+        }
+        // This layer wrote the path too (the whiteout came after it in the tar): a whiteout
+        // hides lower layers only, so keep what this layer put there and remove the rest, as
+        // if the whiteout had come first.
+        let st = match rustix::fs::statat(&dir, hidden, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(errno_context(e, &hidden_path)),
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            let sub = rustix::fs::openat2(
+                &dir,
+                hidden,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                BENEATH,
+            )
+            .map_err(|e| errno_context(e, &hidden_path))?;
+            self.opaque(&sub, &hidden_path)?;
+        }
         Ok(())
     }
 
     /// `.wh..wh..opq`: hides everything lower layers put in this directory; entries of the
-    /// current layer stay.
+    /// current layer stay, whether they came before or after it in the tar (the ones before
+    /// are in `layer_paths` with their parents, the ones after are not there yet).
     fn opaque(&self, dir: &OwnedFd, rel: &Path) -> anyhow::Result<()> {
         let readable = rustix::fs::openat(
             dir,
