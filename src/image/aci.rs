@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use super::extract::decompress;
-use super::limits::{Metered, RenderLimits, StreamMeter};
+use super::limits::{Metered, RenderLimits, StoreSpace, StreamMeter};
 use super::store::{now, ImageKind, ImageRecord, Imported, Layer, Staging, MAX_JSON};
 use super::{FetchOptions, ImageConfig, ImageId};
 
@@ -93,6 +93,11 @@ pub fn import(staging: &mut Staging, path: &Path, opts: &FetchOptions) -> anyhow
     let name = format!("{}:{}", manifest.name, version);
 
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    StoreSpace::at(&staging.dir)?.check_fits("the ACI", len)?;
     let (digest, size) = staging.put(&mut file, None, "aci")?;
     if !opts.insecure_image {
         // Verify the copy the store keeps, not the path, which could change in between.
