@@ -93,7 +93,7 @@ pub fn import(
                 None => return Ok(p),
             }
         }
-        bail!("{s}: too many symlinks")
+        bail!("{s:?}: too many symlinks")
     };
     let config_path = resolve(&chosen.config)?;
     let layer_paths: Vec<PathBuf> = chosen
@@ -134,13 +134,13 @@ pub fn import(
         }
     }
     let config =
-        config.with_context(|| format!("config {} missing from the archive", chosen.config))?;
+        config.with_context(|| format!("config {:?} missing from the archive", chosen.config))?;
     let config_digest = Digest::of_bytes(&config);
     let mut layers_json = Vec::new();
     for p in &layer_paths {
         let (digest, size, compressed) = staged
             .get(p)
-            .with_context(|| format!("layer {} missing from the archive", p.display()))?;
+            .with_context(|| format!("layer {p:?} missing from the archive"))?;
         let media_type = if *compressed {
             "application/vnd.oci.image.layer.v1.tar+gzip"
         } else {

@@ -194,7 +194,12 @@ pub fn import(
             .iter()
             .find(|d| ref_of(d).as_deref() == Some(tag))
             .with_context(|| {
-                let tags: Vec<String> = index.manifests().iter().filter_map(ref_of).collect();
+                let tags: Vec<String> = index
+                    .manifests()
+                    .iter()
+                    .filter_map(ref_of)
+                    .map(|t| format!("{t:?}"))
+                    .collect();
                 format!("no tag {tag:?} in the layout (it has: {})", tags.join(", "))
             })?,
         None if index.manifests().len() == 1 => &index.manifests()[0],

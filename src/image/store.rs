@@ -165,6 +165,7 @@ impl ImageStore {
             Source::Aci(path) => super::aci::import(&mut staging, path, opts),
             Source::Docker(r) => self.fetch_docker(&mut staging, r, opts),
         }
+        .and_then(|imported| super::reference::check_names(&imported.names).map(|()| imported))
         .with_context(|| format!("fetching {reference}"))?;
         let mut imported = imported;
         imported.record.source = reference.to_string();

@@ -591,3 +591,95 @@ fn a_huge_long_name_header_is_refused() {
         "headers (long name, pax extensions) exceed 16 MiB",
     );
 }
+
+/// What a hostile name carries: a screen clear, a carriage return and a fake line of ark's own.
+const FAKE: &str = "\x1b[2J\r\nark: fake line";
+
+/// The error is one `ark: ` line (exit 125) in which `FAKE` shows escaped, and no control byte
+/// reached stderr raw.
+fn assert_escaped_one_line(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{what}: stderr: {err}");
+    let body = out.stderr.strip_suffix(b"\n").unwrap_or(&out.stderr);
+    let raw: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| b.is_ascii_control())
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "{what}: raw control bytes {raw:?} in: {err:?}"
+    );
+    assert!(err.starts_with("ark: "), "{what}: {err:?}");
+    assert!(
+        err.contains(r"\u{1b}[2J\r\nark: fake line"),
+        "{what}: the escaped name is not in: {err:?}"
+    );
+}
+
+/// One tar header whose 8-byte mode field is `mode` (not octal), named `name`, empty.
+fn layer_with_mode_field(name: &str, mode: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(0);
+    let old = h.as_old_mut();
+    old.name[..name.len()].copy_from_slice(name.as_bytes());
+    old.mode = [0; 8];
+    old.mode[..mode.len()].copy_from_slice(mode);
+    h.set_cksum();
+    let mut layer = h.as_bytes().to_vec();
+    layer.extend_from_slice(&[0u8; 1024]);
+    layer
+}
+
+/// Entry names, link targets, a tar crate's own message quoting a header field, tags from
+/// index.json and image names: none reaches the operator's terminal raw.
+#[test]
+fn image_supplied_strings_in_errors_are_escaped_on_one_line() {
+    let a = Area::new();
+    let leak = |layers: Vec<Vec<u8>>, what: &str| {
+        let (reference, digest) = a.layout(&LayoutBuilder::new(layers));
+        ark_ok(&a.store, &["--insecure-options=image", "fetch", &reference]);
+        let before = snapshot(&a.store);
+        let out = ark_env(&a.store, &[], &["image", "render", &digest]);
+        assert_escaped_one_line(&out, what);
+        assert_eq!(snapshot(&a.store), before, "{what}: the store changed");
+    };
+    let name: &'static str = Box::leak(format!("x{FAKE}").into_boxed_str());
+    let target: &'static str = Box::leak(format!("missing{FAKE}").into_boxed_str());
+    leak(
+        vec![tar_bytes(&[Entry::Hardlink(name, target)])],
+        "hardlink name and target",
+    );
+    // The mode field is 8 bytes: the name, which the tar crate quotes too, has the fake line.
+    leak(
+        vec![layer_with_mode_field(&format!("f{FAKE}"), b"\x1b[2J")],
+        "a tar header field and the entry name quoted by the tar crate",
+    );
+
+    // Tags listed from index.json when the one asked for is not there.
+    let dir = a.tmp.path().join("hostile-tag");
+    LayoutBuilder::new(vec![tar_bytes(&[Entry::file("f", b"x")])]).write(&dir, FAKE);
+    let before = snapshot(&a.store);
+    let args = |r: String| ["--insecure-options=image".to_string(), "fetch".into(), r];
+    let out = ark_env(
+        &a.store,
+        &[],
+        &args(format!("oci-layout:{}:nosuch", dir.display()))
+            .each_ref()
+            .map(String::as_str),
+    );
+    assert_escaped_one_line(&out, "tags of index.json");
+    // The same tag taken as the image's name: refused, not stored to be listed raw later.
+    let out = ark_env(
+        &a.store,
+        &[],
+        &args(format!("oci-layout:{}", dir.display()))
+            .each_ref()
+            .map(String::as_str),
+    );
+    assert_escaped_one_line(&out, "image name from index.json");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("control characters"));
+    assert_eq!(snapshot(&a.store), before, "the store changed");
+    a.assert_host_untouched();
+}

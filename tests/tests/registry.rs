@@ -574,7 +574,7 @@ fn signature_naming_another_digest_or_tag_is_refused() {
         &o,
         dir.path(),
         &[&format!(
-            "signs manifest {}, not the fetched {}",
+            "signs manifest {:?}, not the fetched {}",
             f.amd64_digest, f.other_digest
         )],
     );

@@ -452,9 +452,12 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
                         .manifests
                         .iter()
                         .filter_map(|d| d.platform.as_ref())
-                        .map(|p| match &p.variant {
-                            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-                            None => format!("{}/{}", p.os, p.architecture),
+                        .map(|p| {
+                            let platform = match &p.variant {
+                                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                                None => format!("{}/{}", p.os, p.architecture),
+                            };
+                            format!("{platform:?}")
                         })
                         .collect();
                     anyhow!(
@@ -481,7 +484,7 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
             let mt = media_type_of(&body, ct.as_deref(), "manifest")?;
             if mt != chosen.media_type {
                 bail!(
-                    "{platform} manifest is {mt}, but the index says {}",
+                    "{platform} manifest is {mt:?}, but the index says {:?}",
                     chosen.media_type
                 );
             }
