@@ -726,6 +726,9 @@ pub enum Lie {
     RedirectBlobs,
     /// Declares a 60 GiB layer (and would serve the small one).
     HugeLayer,
+    /// Serves, for the tag, an image index whose only platform's `os` is a screen clear and a
+    /// fake line of ark's output.
+    HostileIndex,
     /// Not a lie: serves a 40 MiB layer, stopping half way: it opens [`FakeRegistry::pause`]
     /// at step 1 and goes on once the test opens step 2.
     PauseMidBlob,
@@ -790,6 +793,17 @@ impl FakeRegistry {
         };
         let manifest = if lie == Lie::InvalidManifestJson {
             br#"{"schemaVersion": 2, "config": "#.to_vec()
+        } else if lie == Lie::HostileIndex {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [{
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": format!("sha256:{}", "0".repeat(64)), "size": 100,
+                    "platform": {"os": "\x1b[2J\r\nark: fake line", "architecture": "amd64"},
+                }],
+            }))
+            .expect("JSON")
         } else {
             serde_json::to_vec(&serde_json::json!({
                 "schemaVersion": 2,

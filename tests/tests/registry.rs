@@ -848,6 +848,26 @@ fn a_fetch_stops_at_the_reserve_when_the_store_filesystem_fills_during_it() {
     std::fs::remove_file(store.join("filler")).unwrap();
 }
 
+/// Strings from a registry's reply reach the error line escaped: one line, no raw control byte.
+#[test]
+fn registry_supplied_strings_in_errors_are_escaped() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let (_fake, dir, o, _) = lying(Lie::HostileIndex);
+    assert_refused(
+        &o,
+        dir.path(),
+        &[r#"it has: "\u{1b}[2J\r\nark: fake line/amd64""#],
+    );
+    let body = o.stderr.strip_suffix(b"\n").unwrap_or(&o.stderr);
+    assert!(
+        !body.iter().any(|b| b.is_ascii_control()),
+        "raw control bytes in: {:?}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn blobs_behind_redirects_are_followed_and_verified() {
     if let Some(why) = missing_tool(&["sha256sum"]) {
