@@ -86,8 +86,12 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // One clear line: the error and its causes, joined.
-            eprintln!("ark: {e:#}");
+            // One clear line: the error and its causes, joined; image-supplied text in it
+            // (even where a crate quoted it raw) cannot drive the terminal or fake a line.
+            eprintln!(
+                "ark: {}",
+                crate::image::escape::controls_escaped(&format!("{e:#}"))
+            );
             ExitCode::from(EXIT_ARK_ERROR)
         }
     }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use super::extract::decompress;
-use super::limits::{Metered, RenderLimits, StreamMeter};
+use super::limits::{Metered, RenderLimits, StoreSpace, StreamMeter};
 use super::store::{now, ImageKind, ImageRecord, Imported, Layer, Staging, MAX_JSON};
 use super::{FetchOptions, ImageConfig, ImageId};
 
@@ -81,7 +81,7 @@ pub fn import(staging: &mut Staging, path: &Path, opts: &FetchOptions) -> anyhow
     let manifest = parse_manifest(&manifest_bytes)?;
     if !manifest.dependencies.is_empty() {
         bail!(
-            "ACI {} has dependencies, which ark does not support",
+            "ACI {:?} has dependencies, which ark does not support",
             manifest.name
         );
     }
@@ -93,6 +93,11 @@ pub fn import(staging: &mut Staging, path: &Path, opts: &FetchOptions) -> anyhow
     let name = format!("{}:{}", manifest.name, version);
 
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    StoreSpace::at(&staging.dir)?.check_fits("the ACI", len)?;
     let (digest, size) = staging.put(&mut file, None, "aci")?;
     if !opts.insecure_image {
         // Verify the copy the store keeps, not the path, which could change in between.
@@ -132,8 +137,8 @@ fn verify_signature(
     let asc = PathBuf::from(asc);
     if !asc.exists() {
         bail!(
-            "ACI {name} is not signed: {} is missing; sign it with `gpg --armor --detach-sign` \
-             and trust the key with `ark trust --prefix {name} KEYFILE`, or pass \
+            "ACI {name:?} is not signed: {} is missing; sign it with `gpg --armor --detach-sign` \
+             and trust the key with `ark trust --prefix {name:?} KEYFILE`, or pass \
              --insecure-options=image to skip verification",
             asc.display()
         );
@@ -141,7 +146,7 @@ fn verify_signature(
     let fingerprint = crate::trust::verify_detached(&opts.trust_dir, name, data, &asc)
         .map_err(super::one_line)
         .with_context(|| format!("verifying {}", asc.display()))?;
-    tracing::info!("ACI {name} is signed by trusted key {fingerprint}");
+    tracing::info!("ACI {name:?} is signed by trusted key {fingerprint}");
     Ok(())
 }
 

@@ -118,7 +118,9 @@ fn run_image(store: &ImageStore, cmd: ImageSubcommand) -> anyhow::Result<()> {
                         let names = if i.names.is_empty() {
                             "-".to_string()
                         } else {
-                            i.names.join(",")
+                            // Names with control characters are refused at import; a store
+                            // written before that may still hold some.
+                            super::escape::controls_escaped(&i.names.join(",")).into_owned()
                         };
                         println!(
                             "sha256:{:<12} {:<4} {:>10} {:<20} {}",

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::digest::Digest;
 use super::extract::clean_path;
+use super::limits::StoreSpace;
 use super::oci_layout::{check_image, OCI_CONFIG, OCI_MANIFEST};
 use super::reference::with_default_tag;
 use super::store::{now, ImageKind, ImageRecord, Imported, Staging, MAX_JSON};
@@ -92,7 +93,7 @@ pub fn import(
                 None => return Ok(p),
             }
         }
-        bail!("{s}: too many symlinks")
+        bail!("{s:?}: too many symlinks")
     };
     let config_path = resolve(&chosen.config)?;
     let layer_paths: Vec<PathBuf> = chosen
@@ -118,26 +119,28 @@ pub fn import(
             }
             config = Some(buf);
         } else if layer_paths.contains(&p) && !staged.contains_key(&p) {
+            let entry_size = entry.size();
             let mut head = [0u8; 4];
             let mut sniffer = Sniff {
                 inner: &mut entry,
                 head: &mut head,
                 seen: 0,
             };
-            let (digest, size) =
-                staging.put(&mut sniffer, None, &format!("layer {}", p.display()))?;
+            let what = format!("layer {:?}", p);
+            StoreSpace::at(&staging.dir)?.check_fits(&what, entry_size)?;
+            let (digest, size) = staging.put(&mut sniffer, None, &what)?;
             let compressed = head.starts_with(&[0x1f, 0x8b]) || head == [0x28, 0xb5, 0x2f, 0xfd];
             staged.insert(p, (digest, size, compressed));
         }
     }
     let config =
-        config.with_context(|| format!("config {} missing from the archive", chosen.config))?;
+        config.with_context(|| format!("config {:?} missing from the archive", chosen.config))?;
     let config_digest = Digest::of_bytes(&config);
     let mut layers_json = Vec::new();
     for p in &layer_paths {
         let (digest, size, compressed) = staged
             .get(p)
-            .with_context(|| format!("layer {} missing from the archive", p.display()))?;
+            .with_context(|| format!("layer {p:?} missing from the archive"))?;
         let media_type = if *compressed {
             "application/vnd.oci.image.layer.v1.tar+gzip"
         } else {

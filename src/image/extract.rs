@@ -107,13 +107,10 @@ pub fn clean_path(raw: &Path) -> anyhow::Result<Option<PathBuf>> {
 fn errno_context(e: Errno, path: &Path) -> anyhow::Error {
     match e {
         Errno::XDEV | Errno::LOOP => {
-            anyhow!(
-                "{}: a symlink on the way leads outside the rootfs",
-                path.display()
-            )
+            anyhow!("{path:?}: a symlink on the way leads outside the rootfs")
         }
-        Errno::NOTDIR => anyhow!("{}: a parent is not a directory", path.display()),
-        e => anyhow!("{}: {}", path.display(), io::Error::from(e)),
+        Errno::NOTDIR => anyhow!("{path:?}: a parent is not a directory"),
+        e => anyhow!("{path:?}: {}", io::Error::from(e)),
     }
 }
 
@@ -208,7 +205,7 @@ impl Extractor {
             let raw = entry.path().context("entry path")?.into_owned();
             if let Some(mapped) = map(&raw) {
                 self.apply_entry(&mut entry, &mapped)
-                    .with_context(|| format!("entry {}", raw.display()))?;
+                    .with_context(|| format!("entry {raw:?}"))?;
             }
             // Skip what was not read here, so the next entry's headers are measured alone.
             io::copy(&mut entry, &mut io::sink()).context("reading layer")?;
@@ -332,14 +329,14 @@ impl Extractor {
                     .context("hardlink to the rootfs itself")?;
                 let tparent = target.parent().unwrap_or(Path::new(""));
                 let tname = target.file_name().expect("clean path ends in a name");
-                let tdir = self.open_dir(tparent, false)?.with_context(|| {
-                    format!("hardlink target {} does not exist", target.display())
-                })?;
+                let tdir = self
+                    .open_dir(tparent, false)?
+                    .with_context(|| format!("hardlink target {target:?} does not exist"))?;
                 let st = rustix::fs::statat(&tdir, tname, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| errno_context(e, &target))
                     .context("hardlink target")?;
                 if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                    bail!("hardlink to directory {}", target.display());
+                    bail!("hardlink to directory {target:?}");
                 }
                 if target == path {
                     return Ok(());
@@ -369,15 +366,23 @@ impl Extractor {
             // Metadata entries the tar crate has already folded into their file's header.
             T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => return Ok(()),
             other => {
-                tracing::debug!(
-                    "skipping {} of unsupported tar type {other:?}",
-                    path.display()
-                );
+                tracing::debug!("skipping {path:?} of unsupported tar type {other:?}");
                 return Ok(());
             }
         }
-        self.layer_paths.insert(path);
+        self.mark_layer_path(&path);
         Ok(())
+    }
+
+    /// Records that this layer wrote `path`, and so also its parent directories (made here if
+    /// the tar had no entries for them): whiteouts of this layer must not remove any of them.
+    fn mark_layer_path(&mut self, path: &Path) {
+        for p in path.ancestors() {
+            if p.as_os_str().is_empty() || !self.layer_paths.insert(p.to_path_buf()) {
+                // Its ancestors were marked with it.
+                break;
+            }
+        }
     }
 
     fn set_xattrs(&self, fd: impl AsFd, xattrs: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
@@ -387,9 +392,9 @@ impl Extractor {
                 // Unprivileged renders cannot set trusted.*/security.*; some filesystems have
                 // no xattrs at all. The file content is still right, so warn and go on.
                 Err(e @ (Errno::PERM | Errno::NOTSUP)) => {
-                    tracing::warn!("cannot set xattr {key}: {e}");
+                    tracing::warn!("cannot set xattr {key:?}: {e}");
                 }
-                Err(e) => return Err(anyhow!("setting xattr {key}: {}", io::Error::from(e))),
+                Err(e) => return Err(anyhow!("setting xattr {key:?}: {}", io::Error::from(e))),
             }
         }
         Ok(())
@@ -404,14 +409,38 @@ impl Extractor {
         }
         if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.as_bytes().contains(&b'/')
         {
-            bail!("{}: invalid whiteout", path.display());
+            bail!("{path:?}: invalid whiteout");
         }
-        remove_existing(&dir, hidden, false)?;
+        let hidden_path = parent.join(hidden);
+        if !self.layer_paths.contains(&hidden_path) {
+            remove_existing(&dir, hidden, false)?;
+            return Ok(());
+        }
+        // This layer wrote the path too (the whiteout came after it in the tar): a whiteout
+        // hides lower layers only, so keep what this layer put there and remove the rest, as
+        // if the whiteout had come first.
+        let st = match rustix::fs::statat(&dir, hidden, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(errno_context(e, &hidden_path)),
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            let sub = rustix::fs::openat2(
+                &dir,
+                hidden,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                BENEATH,
+            )
+            .map_err(|e| errno_context(e, &hidden_path))?;
+            self.opaque(&sub, &hidden_path)?;
+        }
         Ok(())
     }
 
     /// `.wh..wh..opq`: hides everything lower layers put in this directory; entries of the
-    /// current layer stay.
+    /// current layer stay, whether they came before or after it in the tar (the ones before
+    /// are in `layer_paths` with their parents, the ones after are not there yet).
     fn opaque(&self, dir: &OwnedFd, rel: &Path) -> anyhow::Result<()> {
         let readable = rustix::fs::openat(
             dir,
@@ -470,7 +499,7 @@ impl Extractor {
                 Mode::empty(),
                 BENEATH,
             ) {
-                Ok(fd) => apply(&fd, *meta).with_context(|| format!("{}", path.display()))?,
+                Ok(fd) => apply(&fd, *meta).with_context(|| format!("{path:?}"))?,
                 // Removed or replaced by a later layer.
                 Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {}
                 Err(e) => return Err(errno_context(e, path)),

@@ -7,15 +7,20 @@
 //!   held to the same bound, which also covers data that is never written (skipped entries,
 //!   trailing garbage, sparse-file expansion the other way round);
 //! - entries: at most `ARK_MAX_RENDER_ENTRIES` (default 4Mi) tar entries;
-//! - free space: the store's filesystem must keep `min(1 GiB, 5%)` of its space and
-//!   `min(10000, 5%)` of its inodes free, checked before and every few MiB during the render;
+//! - free space: the store's filesystem must keep `min(1 GiB, 5%)` of its space (or
+//!   `ARK_STORE_RESERVE`) and `min(10000, 5%)` of its inodes free, checked before and every few
+//!   MiB during the render;
 //! - one entry's headers (GNU long names, pax extensions, which the tar crate holds in memory)
 //!   may not exceed [`MAX_ENTRY_HEADERS`].
 //!
-//! Both variables take a number of bytes/entries, with an optional K, M, G or T (binary) suffix.
+//! Fetches and imports keep the same space reserve: every blob written into the store goes
+//! through a [`ReserveWriter`], which refuses a blob whose declared size cannot fit above the
+//! reserve before its first byte, and stops one that streams past it (a size that lied, or none).
+//!
+//! The variables take a number of bytes/entries, with an optional K, M, G or T (binary) suffix.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::rc::Rc;
 
@@ -23,6 +28,8 @@ use anyhow::{anyhow, Context};
 
 pub const MAX_RENDER_BYTES_ENV: &str = "ARK_MAX_RENDER_BYTES";
 pub const MAX_RENDER_ENTRIES_ENV: &str = "ARK_MAX_RENDER_ENTRIES";
+/// Bytes to keep free on the store's filesystem, instead of `min(1 GiB, 5%)`.
+pub const STORE_RESERVE_ENV: &str = "ARK_STORE_RESERVE";
 const DEFAULT_MAX_BYTES: u64 = 32 << 30;
 const DEFAULT_MAX_ENTRIES: u64 = 4 << 20;
 /// What one entry costs besides its data: a tar header's size, about an inode and a dirent.
@@ -56,15 +63,23 @@ impl RenderLimits {
             (MAX_RENDER_BYTES_ENV, &mut limits.max_bytes),
             (MAX_RENDER_ENTRIES_ENV, &mut limits.max_entries),
         ] {
-            if let Some(value) = std::env::var_os(var) {
-                let value = value.to_string_lossy();
-                *field = parse_count(&value).with_context(|| {
-                    format!("{var}={value:?} is not a number (with an optional K, M, G or T)")
-                })?;
+            if let Some(value) = count_from_env(var)? {
+                *field = value;
             }
         }
         Ok(limits)
     }
+}
+
+/// `VAR`'s count if it is set.
+fn count_from_env(var: &str) -> anyhow::Result<Option<u64>> {
+    let Some(value) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy();
+    parse_count(&value)
+        .with_context(|| format!("{var}={value:?} is not a number (with an optional K, M, G or T)"))
+        .map(Some)
 }
 
 /// `1048576`, `1M`, `1MiB`, `32G` → a count (binary suffixes).
@@ -173,33 +188,154 @@ impl Budget {
 
     /// Refuses to go on when the filesystem is down to its reserve of space or inodes.
     pub fn check_space(&mut self, fs: impl AsFd) -> anyhow::Result<()> {
-        let st = rustix::fs::fstatvfs(fs).context("statvfs of the image store")?;
-        let total = st.f_blocks.saturating_mul(st.f_frsize);
-        let free = st.f_bavail.saturating_mul(st.f_frsize);
-        let reserve = (1u64 << 30).min(total / 20);
-        // Check again before what is left above the reserve could be gone: half of it, at
-        // most every 8 MiB, at least every 64 KiB.
-        let step = (free.saturating_sub(reserve) / 2).clamp(64 << 10, SPACE_CHECK_BYTES);
-        self.next_space_check = self.bytes + step;
-        if free < reserve {
-            return Err(self.fail(format!(
-                "the image store's filesystem is nearly full ({} free, ark keeps {} in reserve)",
-                human(free),
-                human(reserve)
-            )));
+        let space = StoreSpace::of(fs)?;
+        self.next_space_check = self.bytes + space.check_step();
+        if let Err(msg) = space.keeps_reserve(0) {
+            return Err(self.fail(msg));
         }
         // Some filesystems (btrfs) have no fixed inode count and report 0.
-        if st.f_files > 0 {
-            let reserve = 10_000u64.min(st.f_files / 20);
-            if st.f_favail < reserve {
+        if space.files > 0 {
+            let reserve = 10_000u64.min(space.files / 20);
+            if space.files_free < reserve {
                 return Err(self.fail(format!(
                     "the image store's filesystem is out of inodes ({} free, ark keeps {reserve} \
                      in reserve)",
-                    st.f_favail
+                    space.files_free
                 )));
             }
         }
         Ok(())
+    }
+}
+
+/// The store filesystem's free space and the reserve ark keeps on it: `min(1 GiB, 5%)` of its
+/// size, or `ARK_STORE_RESERVE`.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreSpace {
+    pub free: u64,
+    pub reserve: u64,
+    files: u64,
+    files_free: u64,
+}
+
+impl StoreSpace {
+    /// statvfs of the filesystem holding `fs` (any fd on it: the store, a staging file).
+    pub fn of(fs: impl AsFd) -> anyhow::Result<Self> {
+        let st = rustix::fs::fstatvfs(fs).context("statvfs of the image store")?;
+        let total = st.f_blocks.saturating_mul(st.f_frsize);
+        let reserve = match count_from_env(STORE_RESERVE_ENV)? {
+            Some(r) => r,
+            None => (1u64 << 30).min(total / 20),
+        };
+        Ok(StoreSpace {
+            free: st.f_bavail.saturating_mul(st.f_frsize),
+            reserve,
+            files: st.f_files,
+            files_free: st.f_favail,
+        })
+    }
+
+    /// [`StoreSpace::of`] the filesystem holding `path`.
+    pub fn at(path: &std::path::Path) -> anyhow::Result<Self> {
+        let dir =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Self::of(&dir)
+    }
+
+    /// What can still be written above the reserve.
+    pub fn room(&self) -> u64 {
+        self.free.saturating_sub(self.reserve)
+    }
+
+    /// How many bytes may be written before the next statvfs: half of what is left above the
+    /// reserve (so it cannot be gone before the next look), at most 8 MiB, at least 64 KiB.
+    fn check_step(&self) -> u64 {
+        (self.room() / 2).clamp(64 << 10, SPACE_CHECK_BYTES)
+    }
+
+    /// Err(message) if writing `more` bytes would leave less than the reserve free.
+    fn keeps_reserve(&self, more: u64) -> Result<(), String> {
+        if self.free < self.reserve.saturating_add(more) {
+            return Err(format!(
+                "the image store's filesystem is nearly full ({} free, ark keeps {} in reserve{})",
+                human(self.free),
+                human(self.reserve),
+                reserve_hint()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses `what` (a blob, an image) declaring `size` bytes that cannot fit above the reserve.
+    pub fn check_fits(&self, what: &str, size: u64) -> anyhow::Result<()> {
+        if size > self.room() {
+            return Err(anyhow!(
+                "{what}: {} ({size} bytes) declared, but the image store's filesystem has {} \
+                 free and ark keeps {} in reserve{}",
+                human(size),
+                human(self.free),
+                human(self.reserve),
+                reserve_hint()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn reserve_hint() -> String {
+    format!("; free space, or set {STORE_RESERVE_ENV} to change the reserve")
+}
+
+/// Writes one blob into the image store without eating into its free-space reserve. Every
+/// writer of store blobs (registry fetches, layout, archive and ACI imports) goes through this:
+/// a declared size that cannot fit is refused before the first byte, and free space is looked
+/// at again every few MiB (not every write) as the blob streams, since a declared size can lie
+/// or be missing.
+pub struct ReserveWriter<W> {
+    inner: W,
+    written: u64,
+    next_check: u64,
+}
+
+impl<W: Write + AsFd> ReserveWriter<W> {
+    /// `inner`: the blob's file in the store (or its staging directory, same filesystem);
+    /// `declared`: the size its source claims, if it claims one; `what` names the blob in the
+    /// error refusing it.
+    pub fn new(inner: W, what: &str, declared: Option<u64>) -> anyhow::Result<Self> {
+        let space = StoreSpace::of(&inner)?;
+        if let Some(size) = declared {
+            space.check_fits(what, size)?;
+        }
+        Ok(ReserveWriter {
+            inner,
+            written: 0,
+            next_check: space.check_step(),
+        })
+    }
+
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+}
+
+impl<W: Write + AsFd> Write for ReserveWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let after = self.written + buf.len() as u64;
+        if after > self.next_check {
+            let space =
+                StoreSpace::of(&self.inner).map_err(|e| io::Error::other(format!("{e:#}")))?;
+            space
+                .keeps_reserve(buf.len() as u64)
+                .map_err(io::Error::other)?;
+            self.next_check = self.written + space.check_step();
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -310,6 +446,25 @@ mod tests {
         let mut r = Metered::new(&[0u8; 4000][..], meter.clone());
         assert_eq!(io::copy(&mut r, &mut io::sink()).unwrap(), 4000);
         assert!(meter.hit().is_none());
+    }
+
+    #[test]
+    fn reserve_writer_refuses_what_cannot_fit_and_passes_what_can() {
+        let mut file = tempfile::tempfile().unwrap();
+        let err = ReserveWriter::new(&mut file, "blob x", Some(u64::MAX))
+            .err()
+            .expect("refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.starts_with("blob x: ") && msg.contains("reserve"),
+            "{msg}"
+        );
+        let mut w = ReserveWriter::new(&mut file, "blob x", Some(3 << 20)).unwrap();
+        // Past the first check point (64 KiB to 8 MiB in): checked again, still fits.
+        for _ in 0..3 {
+            w.write_all(&[1u8; 1 << 20]).unwrap();
+        }
+        assert_eq!(file.metadata().unwrap().len(), 3 << 20);
     }
 
     #[test]

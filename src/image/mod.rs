@@ -16,6 +16,7 @@ mod aci;
 pub mod cli;
 mod digest;
 mod docker_archive;
+pub mod escape;
 mod extract;
 mod limits;
 mod oci_layout;
@@ -137,14 +138,14 @@ fn verify_local_signature(
     let name = name.unwrap_or("<unnamed>");
     let Some(dir) = &opts.signature_dir else {
         anyhow::bail!(
-            "image {name} ({manifest_digest}) has no signature to verify: pass --signature-dir DIR \
+            "image {name:?} ({manifest_digest}) has no signature to verify: pass --signature-dir DIR \
              with simple-signing signatures from a key trusted with `ark trust`, or \
              --insecure-options=image to skip verification"
         )
     };
     let Some(identity) = identity else {
         anyhow::bail!(
-            "image {name} ({manifest_digest}) names no registry reference (HOST/REPO:TAG) that a \
+            "image {name:?} ({manifest_digest}) names no registry reference (HOST/REPO:TAG) that a \
              signature could be checked against; pass --insecure-options=image to skip verification"
         )
     };
@@ -155,8 +156,8 @@ fn verify_local_signature(
         dir,
     )
     .map_err(one_line)
-    .with_context(|| format!("verifying the signature of {identity}"))?;
-    tracing::info!("{identity} ({manifest_digest}) is signed by trusted key {fingerprint}");
+    .with_context(|| format!("verifying the signature of {identity:?}"))?;
+    tracing::info!("{identity:?} ({manifest_digest}) is signed by trusted key {fingerprint}");
     Ok(())
 }
 

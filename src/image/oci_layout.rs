@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 
 use super::digest::Digest;
+use super::limits::StoreSpace;
 use super::store::{now, ImageKind, ImageRecord, ImageStore, Imported, Layer, Staging, MAX_JSON};
 use super::{FetchOptions, ImageConfig, ImageId};
 
@@ -193,7 +194,12 @@ pub fn import(
             .iter()
             .find(|d| ref_of(d).as_deref() == Some(tag))
             .with_context(|| {
-                let tags: Vec<String> = index.manifests().iter().filter_map(ref_of).collect();
+                let tags: Vec<String> = index
+                    .manifests()
+                    .iter()
+                    .filter_map(ref_of)
+                    .map(|t| format!("{t:?}"))
+                    .collect();
                 format!("no tag {tag:?} in the layout (it has: {})", tags.join(", "))
             })?,
         None if index.manifests().len() == 1 => &index.manifests()[0],
@@ -248,6 +254,20 @@ pub fn import(
         Origin::Registry { verified, .. } => Some(verified),
     };
 
+    if adopt.is_none() {
+        // Refused before a byte is copied if the blobs to copy cannot fit above the reserve.
+        let mut to_copy: BTreeMap<&Digest, u64> = BTreeMap::new();
+        for layer in &checked.layers {
+            if staging.path_of(&layer.digest).is_none() {
+                to_copy.insert(&layer.digest, layer.size);
+            }
+        }
+        let total = to_copy.values().fold(
+            (manifest_bytes.len() + config_bytes.len()) as u64,
+            |a, b| a.saturating_add(*b),
+        );
+        StoreSpace::at(&staging.dir)?.check_fits("the image's blobs", total)?;
+    }
     staging.put(
         &mut &manifest_bytes[..],
         Some((&manifest_digest, manifest_bytes.len() as u64)),

@@ -553,6 +553,7 @@ mod tests {
             platform: None,
             keys,
             have_blobs: Default::default(),
+            room: None,
         }
     }
 

@@ -60,6 +60,18 @@ fn split_path_suffix(s: &str, exists: fn(&Path) -> bool) -> (PathBuf, Option<Str
     }
 }
 
+/// Refuses image names (from index.json annotations, manifest.json RepoTags, ACI manifests)
+/// that would print as something else: with control or other non-printing characters, a name
+/// in `ark image list` could rewrite the screen or fake a line.
+pub fn check_names(names: &[String]) -> anyhow::Result<()> {
+    for name in names {
+        if super::escape::controls_escaped(name) != name.as_str() {
+            anyhow::bail!("image name {name:?} has control characters");
+        }
+    }
+    Ok(())
+}
+
 /// `NAME` → `NAME:latest` unless it has a tag or digest already.
 pub fn with_default_tag(name: &str) -> String {
     let last = name.rsplit('/').next().unwrap_or(name);

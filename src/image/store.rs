@@ -24,6 +24,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use super::digest::{Digest, HashingWriter, OVERSIZE};
+use super::limits::ReserveWriter;
 use super::oci_layout::Origin;
 use super::progress::Progress;
 use super::reference::{with_default_tag, Source};
@@ -164,6 +165,7 @@ impl ImageStore {
             Source::Aci(path) => super::aci::import(&mut staging, path, opts),
             Source::Docker(r) => self.fetch_docker(&mut staging, r, opts),
         }
+        .and_then(|imported| super::reference::check_names(&imported.names).map(|()| imported))
         .with_context(|| format!("fetching {reference}"))?;
         let mut imported = imported;
         imported.record.source = reference.to_string();
@@ -620,8 +622,10 @@ impl<'a> Staging<'a> {
         }
         let tmp = self.dir.join(format!("blob-{}", self.blobs.len()));
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let reserved = ReserveWriter::new(&file, what, expect.map(|e| e.1))
+            .inspect_err(|_| drop(fs::remove_file(&tmp)))?;
         let bar = self.progress.bytes(what, expect.map_or(0, |e| e.1));
-        let mut w = HashingWriter::new(bar.wrap_write(&file), expect.map(|e| e.1));
+        let mut w = HashingWriter::new(bar.wrap_write(reserved), expect.map(|e| e.1));
         // io::copy reads straight into a BufReader's buffer: 1 MiB writes, not 8 KiB.
         let copied = io::copy(&mut io::BufReader::with_capacity(1 << 20, src), &mut w);
         bar.finish_and_clear();

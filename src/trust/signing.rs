@@ -434,7 +434,7 @@ fn check_payload(
     }
     if p.critical.image.docker_manifest_digest != digest {
         return Err(format!(
-            "signs manifest {}, not the fetched {digest}",
+            "signs manifest {:?}, not the fetched {digest}",
             p.critical.image.docker_manifest_digest
         ));
     }

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Tools these tests drive; the first missing one is reported so the test can skip visibly.
@@ -724,6 +724,14 @@ pub enum Lie {
     UnknownLayerType,
     /// Not a lie: serves blobs through a 307 redirect, as registries backed by a CDN do.
     RedirectBlobs,
+    /// Declares a 60 GiB layer (and would serve the small one).
+    HugeLayer,
+    /// Serves, for the tag, an image index whose only platform's `os` is a screen clear and a
+    /// fake line of ark's output.
+    HostileIndex,
+    /// Not a lie: serves a 40 MiB layer, stopping half way: it opens [`FakeRegistry::pause`]
+    /// at step 1 and goes on once the test opens step 2.
+    PauseMidBlob,
 }
 
 /// A tiny registry in the test process serving one image (`test/lies:latest`) with one lie.
@@ -733,12 +741,43 @@ pub struct FakeRegistry {
     pub manifest_digest: String,
     /// The paths it was asked for.
     pub hits: Arc<Mutex<Vec<String>>>,
+    /// Where a [`Lie::PauseMidBlob`] registry waits half way through the layer.
+    pub pause: Arc<Gate>,
+}
+
+/// Steps two threads agree on: one opens a step, the other waits (bounded) for it.
+#[derive(Default)]
+pub struct Gate {
+    step: Mutex<u32>,
+    moved: Condvar,
+}
+
+impl Gate {
+    pub fn open(&self, step: u32) {
+        *self.step.lock().unwrap() = step;
+        self.moved.notify_all();
+    }
+
+    /// Whether `step` was opened within `timeout`.
+    pub fn wait_for(&self, step: u32, timeout: Duration) -> bool {
+        let guard = self.step.lock().unwrap();
+        let (guard, _) = self
+            .moved
+            .wait_timeout_while(guard, timeout, |s| *s < step)
+            .unwrap();
+        *guard >= step
+    }
 }
 
 impl FakeRegistry {
     pub fn start(lie: Lie) -> FakeRegistry {
         // A real (uncompressed) layer, so an honest fake serves an image ark can import.
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let len = if lie == Lie::PauseMidBlob {
+            40 << 20
+        } else {
+            200_000u32
+        };
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         let layer = crate::images::tar_bytes(&[crate::images::Entry::file("data", &data)]);
         let layer_digest = sha256_bytes(&layer);
         let config = serde_json::to_vec(&serde_json::json!({
@@ -754,13 +793,25 @@ impl FakeRegistry {
         };
         let manifest = if lie == Lie::InvalidManifestJson {
             br#"{"schemaVersion": 2, "config": "#.to_vec()
+        } else if lie == Lie::HostileIndex {
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [{
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": format!("sha256:{}", "0".repeat(64)), "size": 100,
+                    "platform": {"os": "\x1b[2J\r\nark: fake line", "architecture": "amd64"},
+                }],
+            }))
+            .expect("JSON")
         } else {
             serde_json::to_vec(&serde_json::json!({
                 "schemaVersion": 2,
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                            "digest": config_digest, "size": config.len()},
-                "layers": [{"mediaType": layer_type, "digest": layer_digest, "size": layer.len()}],
+                "layers": [{"mediaType": layer_type, "digest": layer_digest,
+                            "size": if lie == Lie::HugeLayer { 60u64 << 30 } else { layer.len() as u64 }}],
             }))
             .expect("JSON")
         };
@@ -768,7 +819,9 @@ impl FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake registry");
         let addr = listener.local_addr().expect("addr").to_string();
         let hits = Arc::new(Mutex::new(Vec::new()));
+        let pause = Arc::new(Gate::default());
         let state = Arc::new(FakeState {
+            pause: pause.clone(),
             lie,
             manifest,
             manifest_digest: manifest_digest.clone(),
@@ -790,6 +843,7 @@ impl FakeRegistry {
             addr,
             manifest_digest,
             hits,
+            pause,
         }
     }
 }
@@ -803,6 +857,7 @@ struct FakeState {
     layer: Vec<u8>,
     layer_digest: String,
     hits: Arc<Mutex<Vec<String>>>,
+    pause: Arc<Gate>,
 }
 
 impl FakeState {
@@ -853,6 +908,21 @@ impl FakeState {
                 match self.lie {
                     Lie::WrongDigest => layer[1000] ^= 0xff,
                     Lie::Oversized => layer.extend_from_slice(&[0u8; 4096]),
+                    Lie::PauseMidBlob => {
+                        write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                            layer.len()
+                        )?;
+                        let half = layer.len() / 2;
+                        stream.write_all(&layer[..half])?;
+                        stream.flush()?;
+                        self.pause.open(1);
+                        self.pause.wait_for(2, Duration::from_secs(120));
+                        stream.write_all(&layer[half..])?;
+                        stream.flush()?;
+                        continue;
+                    }
                     Lie::StallMidBlob => {
                         write!(
                             stream,
@@ -917,4 +987,38 @@ impl Recorder {
         });
         Some(Recorder { addr, first_bytes })
     }
+}
+
+/// A small tmpfs mounted for a test (a store whose filesystem fills quickly), unmounted when
+/// dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`64m`) on the existing directory `dir`; Err says why not.
+    pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .map_err(|e| format!("cannot mount a tmpfs: {e}"))?;
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Free bytes (for unprivileged users) and total bytes of the filesystem holding `path`.
+pub fn free_and_total(path: &Path) -> (u64, u64) {
+    let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    (
+        st.blocks_available() * st.fragment_size(),
+        st.blocks() * st.fragment_size(),
+    )
 }

@@ -9,6 +9,7 @@ use std::process::Command;
 use ark_tests::images::{
     ark_env, ark_err, ark_err_env, ark_ok, gzip, snapshot, tar_bytes, Entry, LayoutBuilder,
 };
+use ark_tests::registry::{free_and_total, Tmpfs};
 use ark_tests::{ark_bin, is_root, skip};
 
 /// A test area: a store holding one good image, and a host directory with a sentinel file
@@ -433,15 +434,6 @@ fn a_bad_render_limit_is_refused() {
     assert_eq!(snapshot(&a.store), before);
 }
 
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 #[test]
 fn a_render_stops_before_the_store_filesystem_fills() {
     if !is_root() {
@@ -450,16 +442,10 @@ fn a_render_stops_before_the_store_filesystem_fills() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     fs::create_dir(&store).unwrap();
-    if let Err(e) = nix::mount::mount(
-        Some("tmpfs"),
-        &store,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=48m"),
-    ) {
-        skip!("cannot mount a tmpfs: {e}");
-    }
-    let _mount = Tmpfs(store.clone());
+    let _mount = match Tmpfs::mount(&store, "48m") {
+        Ok(m) => m,
+        Err(why) => skip!("{why}"),
+    };
     // 64 MiB of zeros: under the byte limit, over what the filesystem holds.
     let bomb = tar_bytes(&[Entry::file("zeros", &vec![0u8; 64 * MIB])]);
     let layout = tmp.path().join("layout");
@@ -486,6 +472,105 @@ fn a_render_stops_before_the_store_filesystem_fills() {
     );
 }
 
+/// `ARK_STORE_RESERVE` replaces the reserve for fetches (no huge file needed to reach it): a
+/// reserve larger than the disk refuses even a tiny image before copying it; a bad value is
+/// one clear line.
+#[test]
+fn the_store_reserve_can_be_set_and_fetches_keep_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layout = tmp.path().join("layout");
+    LayoutBuilder::new(vec![tar_bytes(&[Entry::file("f", b"small")])]).write(&layout, "t");
+    let reference = format!("oci-layout:{}:t", layout.display());
+    ark_ok(&store, &["image", "list"]);
+    let before = snapshot(&store);
+    let args = ["--insecure-options=image", "fetch", &reference];
+    let err = ark_err_env(&store, &[("ARK_STORE_RESERVE", "1000000T")], &args);
+    assert!(
+        err.contains("declared") && err.contains("in reserve") && err.contains("ARK_STORE_RESERVE"),
+        "{err}"
+    );
+    let err = ark_err_env(&store, &[("ARK_STORE_RESERVE", "lots")], &args);
+    assert!(
+        err.contains("ARK_STORE_RESERVE=\"lots\" is not a number"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&store), before, "the store changed");
+    ark_ok(&store, &args);
+}
+
+/// A docker-archive (`docker save`) of one image whose single layer is `layer`.
+fn docker_archive(dest: &Path, layer: &[u8]) {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/f"]},
+        "rootfs": {"type": "layers", "diff_ids": [
+            format!("sha256:{}", ark_tests::images::sha256_hex(layer))]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": "config.json", "RepoTags": ["big:v1"], "Layers": ["layer.tar"]}
+    ]))
+    .unwrap();
+    let mut b = tar::Builder::new(fs::File::create(dest).unwrap());
+    for (name, data) in [
+        ("manifest.json", &manifest[..]),
+        ("config.json", &config[..]),
+        ("layer.tar", layer),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+/// An image whose layer cannot fit above the store filesystem's reserve (min(1 GiB, 5%)) is
+/// refused before a byte of it is copied, from an OCI layout and from a docker-archive alike:
+/// one line naming it and the sizes, the store and its free space as they were.
+#[test]
+fn a_fetch_too_big_for_the_store_filesystem_is_refused_before_copying() {
+    if !is_root() {
+        skip!("mounting a small tmpfs for the store needs root");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let _mount = match Tmpfs::mount(&store, "64m") {
+        Ok(m) => m,
+        Err(why) => skip!("{why}"),
+    };
+    // Uncompressed, so the blob really is 62 MiB: less than the filesystem, more than fits
+    // above the reserve of 5% (3.2 MiB).
+    let layer = tar_bytes(&[Entry::file("f", &vec![7u8; 62 * MIB])]);
+    let layout = tmp.path().join("layout");
+    let mut builder = LayoutBuilder::new(vec![layer.clone()]);
+    builder.uncompressed = true;
+    builder.write(&layout, "t");
+    let archive = tmp.path().join("big.tar");
+    docker_archive(&archive, &layer);
+    ark_ok(&store, &["image", "list"]);
+    for reference in [
+        format!("oci-layout:{}:t", layout.display()),
+        format!("docker-archive:{}", archive.display()),
+    ] {
+        let before = snapshot(&store);
+        let (free_before, _) = free_and_total(&store);
+        let err = ark_err(&store, &["--insecure-options=image", "fetch", &reference]);
+        assert!(
+            err.contains("declared") && err.contains("ark keeps 3.2 MiB in reserve"),
+            "{reference}: {err}"
+        );
+        assert_eq!(snapshot(&store), before, "{reference}: the store changed");
+        let (free_after, _) = free_and_total(&store);
+        assert!(
+            free_after + (1 << 20) >= free_before,
+            "{reference}: the refused fetch used space: {free_before} -> {free_after}"
+        );
+    }
+}
+
 #[test]
 fn a_huge_long_name_header_is_refused() {
     // A GNU long name of 20 MiB (the tar reader would hold it in memory), then its file.
@@ -505,4 +590,96 @@ fn a_huge_long_name_header_is_refused() {
         vec![layer],
         "headers (long name, pax extensions) exceed 16 MiB",
     );
+}
+
+/// What a hostile name carries: a screen clear, a carriage return and a fake line of ark's own.
+const FAKE: &str = "\x1b[2J\r\nark: fake line";
+
+/// The error is one `ark: ` line (exit 125) in which `FAKE` shows escaped, and no control byte
+/// reached stderr raw.
+fn assert_escaped_one_line(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{what}: stderr: {err}");
+    let body = out.stderr.strip_suffix(b"\n").unwrap_or(&out.stderr);
+    let raw: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| b.is_ascii_control())
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "{what}: raw control bytes {raw:?} in: {err:?}"
+    );
+    assert!(err.starts_with("ark: "), "{what}: {err:?}");
+    assert!(
+        err.contains(r"\u{1b}[2J\r\nark: fake line"),
+        "{what}: the escaped name is not in: {err:?}"
+    );
+}
+
+/// One tar header whose 8-byte mode field is `mode` (not octal), named `name`, empty.
+fn layer_with_mode_field(name: &str, mode: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(0);
+    let old = h.as_old_mut();
+    old.name[..name.len()].copy_from_slice(name.as_bytes());
+    old.mode = [0; 8];
+    old.mode[..mode.len()].copy_from_slice(mode);
+    h.set_cksum();
+    let mut layer = h.as_bytes().to_vec();
+    layer.extend_from_slice(&[0u8; 1024]);
+    layer
+}
+
+/// Entry names, link targets, a tar crate's own message quoting a header field, tags from
+/// index.json and image names: none reaches the operator's terminal raw.
+#[test]
+fn image_supplied_strings_in_errors_are_escaped_on_one_line() {
+    let a = Area::new();
+    let leak = |layers: Vec<Vec<u8>>, what: &str| {
+        let (reference, digest) = a.layout(&LayoutBuilder::new(layers));
+        ark_ok(&a.store, &["--insecure-options=image", "fetch", &reference]);
+        let before = snapshot(&a.store);
+        let out = ark_env(&a.store, &[], &["image", "render", &digest]);
+        assert_escaped_one_line(&out, what);
+        assert_eq!(snapshot(&a.store), before, "{what}: the store changed");
+    };
+    let name: &'static str = Box::leak(format!("x{FAKE}").into_boxed_str());
+    let target: &'static str = Box::leak(format!("missing{FAKE}").into_boxed_str());
+    leak(
+        vec![tar_bytes(&[Entry::Hardlink(name, target)])],
+        "hardlink name and target",
+    );
+    // The mode field is 8 bytes: the name, which the tar crate quotes too, has the fake line.
+    leak(
+        vec![layer_with_mode_field(&format!("f{FAKE}"), b"\x1b[2J")],
+        "a tar header field and the entry name quoted by the tar crate",
+    );
+
+    // Tags listed from index.json when the one asked for is not there.
+    let dir = a.tmp.path().join("hostile-tag");
+    LayoutBuilder::new(vec![tar_bytes(&[Entry::file("f", b"x")])]).write(&dir, FAKE);
+    let before = snapshot(&a.store);
+    let args = |r: String| ["--insecure-options=image".to_string(), "fetch".into(), r];
+    let out = ark_env(
+        &a.store,
+        &[],
+        &args(format!("oci-layout:{}:nosuch", dir.display()))
+            .each_ref()
+            .map(String::as_str),
+    );
+    assert_escaped_one_line(&out, "tags of index.json");
+    // The same tag taken as the image's name: refused, not stored to be listed raw later.
+    let out = ark_env(
+        &a.store,
+        &[],
+        &args(format!("oci-layout:{}", dir.display()))
+            .each_ref()
+            .map(String::as_str),
+    );
+    assert_escaped_one_line(&out, "image name from index.json");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("control characters"));
+    assert_eq!(snapshot(&a.store), before, "the store changed");
+    a.assert_host_untouched();
 }

@@ -226,6 +226,122 @@ fn layers_whiteouts_links_modes_and_owners() {
     }
 }
 
+/// Every path under `root` with what it is: file content, symlink target, or a directory.
+fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let t = fs::symlink_metadata(&p).unwrap().file_type();
+            let what = if t.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if t.is_symlink() {
+                format!("-> {}", fs::read_link(&p).unwrap().display())
+            } else {
+                format!("file {:?}", String::from_utf8_lossy(&fs::read(&p).unwrap()))
+            };
+            out.insert(rel, what);
+        }
+    }
+    out
+}
+
+/// OCI: a whiteout hides what LOWER layers put there, never what its own layer has, wherever
+/// in the tar it comes and whether or not the layer has entries for the parent directories.
+/// The same layout unpacked by umoci (a real peer) must give the same tree.
+#[test]
+fn whiteouts_hide_lower_layers_only_whatever_their_order_in_the_tar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layer1 = tar_bytes(&[
+        Entry::Dir("X/", 0o755),
+        Entry::file("X/old", b"lower"),
+        Entry::Dir("X/Y/", 0o755),
+        Entry::file("X/Y/lower", b"lower"),
+        Entry::Dir("W/", 0o755),
+        Entry::file("W/old", b"lower"),
+        Entry::Dir("V/", 0o755),
+        Entry::Dir("V/U/", 0o755),
+        Entry::file("V/U/old", b"lower"),
+        Entry::file("f", b"lower"),
+        Entry::file("g", b"lower"),
+        Entry::Dir("D/", 0o755),
+        Entry::file("D/old", b"lower"),
+    ]);
+    let layer2 = tar_bytes(&[
+        // Own entries first, with no entry for X/Y, then the opaque whiteout.
+        Entry::file("X/Y/kept", b"upper"),
+        Entry::file("X/.wh..wh..opq", b""),
+        // Opaque first, then own entries.
+        Entry::file("W/.wh..wh..opq", b""),
+        Entry::file("W/new", b"upper"),
+        // An explicit directory entry over a lower directory, then the opaque whiteout.
+        Entry::Dir("V/U/", 0o755),
+        Entry::file("V/U/new", b"upper"),
+        Entry::file("V/.wh..wh..opq", b""),
+        Entry::file(".wh.f", b""),
+        // Plain whiteouts after this layer's own file and directory of the same name.
+        Entry::file("g", b"upper"),
+        Entry::file(".wh.g", b""),
+        Entry::file("D/new", b"upper"),
+        Entry::file(".wh.D", b""),
+    ]);
+    let layout = tmp.path().join("layout");
+    LayoutBuilder::new(vec![layer1, layer2]).write(&layout, "v1");
+    let id = ark_ok(
+        &store,
+        &[
+            "--insecure-options=image",
+            "fetch",
+            &layout_ref(&layout, "v1"),
+        ],
+    );
+    let rootfs = ark_ok(&store, &["image", "render", id.trim()]);
+    let ours = tree(Path::new(rootfs.trim()));
+    let want: std::collections::BTreeMap<String, String> = [
+        ("D", "dir"),
+        ("D/new", "file \"upper\""),
+        ("V", "dir"),
+        ("V/U", "dir"),
+        ("V/U/new", "file \"upper\""),
+        ("W", "dir"),
+        ("W/new", "file \"upper\""),
+        ("X", "dir"),
+        ("X/Y", "dir"),
+        ("X/Y/kept", "file \"upper\""),
+        ("g", "file \"upper\""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(ours, want, "ark's render");
+
+    if let Some(why) = ark_tests::registry::missing_tool(&["umoci"]) {
+        ark_tests::skip!("the comparison with umoci: {why}");
+    }
+    let bundle = tmp.path().join("bundle");
+    let mut umoci = Command::new("umoci");
+    umoci.arg("unpack");
+    if !is_root() {
+        umoci.arg("--rootless");
+    }
+    let out = umoci
+        .arg("--image")
+        .arg(format!("{}:v1", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("running umoci");
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ours, tree(&bundle.join("rootfs")), "ark and umoci differ");
+}
+
 #[test]
 fn export_reimports_to_the_same_id_and_rm_gc_reclaim() {
     let tmp = tempfile::tempdir().unwrap();

@@ -574,7 +574,7 @@ fn signature_naming_another_digest_or_tag_is_refused() {
         &o,
         dir.path(),
         &[&format!(
-            "signs manifest {}, not the fetched {}",
+            "signs manifest {:?}, not the fetched {}",
             f.amd64_digest, f.other_digest
         )],
     );
@@ -722,6 +722,150 @@ fn manifest_naming_an_unknown_layer_media_type_is_refused() {
         .unwrap()
         .iter()
         .any(|h| h.contains("/blobs/")));
+}
+
+/// A store directory for a fetch that must hit the free-space reserve: a 64 MiB tmpfs as root,
+/// else a temp dir when its filesystem is smaller than `needed` (Err says why neither works).
+fn small_store(needed: u64) -> Result<(tempfile::TempDir, PathBuf, Option<Tmpfs>), String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    if ark_tests::is_root() {
+        let mount = Tmpfs::mount(&store, "64m")?;
+        return Ok((tmp, store, Some(mount)));
+    }
+    if free_and_total(&store).0 >= needed {
+        return Err("not root (no small tmpfs) and the temp dir's filesystem has room".into());
+    }
+    Ok((tmp, store, None))
+}
+
+/// A registry declaring a layer bigger than the store's filesystem can take above ark's reserve
+/// is refused from the manifest alone: one line naming the sizes, fast, no blob asked for, the
+/// store as it was.
+#[test]
+fn registry_declaring_a_60_gib_layer_is_refused_before_any_download() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let (_tmp, store, _mount) = match small_store(60 << 30) {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let (free_before, _) = free_and_total(&store);
+    let fake = FakeRegistry::start(Lie::HugeLayer);
+    let start = Instant::now();
+    let o = fetch(
+        &store,
+        &[
+            "--insecure-options=image",
+            &format!("docker://{}/test/lies:latest", fake.addr),
+        ],
+        &[("ARK_REGISTRY_TIMEOUT", "5")],
+    );
+    let took = start.elapsed();
+    assert_refused(&o, &store, &["declare 60.0 GiB", "reserve"]);
+    assert!(took < Duration::from_secs(20), "refused after {took:?}");
+    let hits = fake.hits.lock().unwrap().clone();
+    assert!(
+        !hits.iter().any(|h| h.contains("/blobs/")),
+        "refused from the manifest, before any blob: {hits:?}"
+    );
+    let (free_after, _) = free_and_total(&store);
+    assert!(
+        free_after + (1 << 20) >= free_before,
+        "the refused fetch used space: {free_before} -> {free_after}"
+    );
+}
+
+/// Declared sizes fit, but the store's filesystem fills while the layer streams (another
+/// writer): the fetch stops at ark's reserve with one line saying so, never at ENOSPC, and
+/// leaves nothing behind.
+#[test]
+fn a_fetch_stops_at_the_reserve_when_the_store_filesystem_fills_during_it() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    if !ark_tests::is_root() {
+        skip!("mounting a small tmpfs for the store needs root");
+    }
+    let (_tmp, store, _mount) = match small_store(u64::MAX) {
+        Ok(s) => s,
+        Err(why) => skip!("{why}"),
+    };
+    let fake = FakeRegistry::start(Lie::PauseMidBlob);
+    let child = std::process::Command::new(ark_tests::ark_bin())
+        .arg("--dir")
+        .arg(&store)
+        .args([
+            "fetch",
+            "--insecure-options=image",
+            &format!("docker://{}/test/lies:latest", fake.addr),
+        ])
+        .env("ARK_REGISTRY_TIMEOUT", "60")
+        .env_remove("ARK_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ark");
+    let half_sent = fake.pause.wait_for(1, Duration::from_secs(60));
+    // Let ark write what it has, then fill the filesystem to 4 MiB above the reserve
+    // (min(1 GiB, 5%) of 64 MiB).
+    std::thread::sleep(Duration::from_millis(500));
+    let (free, total) = free_and_total(&store);
+    let reserve = total / 20;
+    let filler = free.saturating_sub(reserve + (4 << 20));
+    if half_sent {
+        std::fs::write(store.join("filler"), vec![1u8; filler as usize]).unwrap();
+    }
+    // Watch the filesystem while ark goes on.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut min = u64::MAX;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                min = min.min(free_and_total(&store).0);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            min
+        })
+    };
+    fake.pause.open(2);
+    let o = child.wait_with_output().expect("waiting for ark");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let min_free = watcher.join().unwrap();
+    assert!(
+        half_sent,
+        "the registry never sent half the layer: {}",
+        stderr(&o)
+    );
+    assert_refused(&o, &store, &["nearly full", "reserve"]);
+    assert!(
+        min_free >= reserve / 2,
+        "the store's filesystem went down to {min_free} bytes free (reserve {reserve})"
+    );
+    std::fs::remove_file(store.join("filler")).unwrap();
+}
+
+/// Strings from a registry's reply reach the error line escaped: one line, no raw control byte.
+#[test]
+fn registry_supplied_strings_in_errors_are_escaped() {
+    if let Some(why) = missing_tool(&["sha256sum"]) {
+        skip!("{why}");
+    }
+    let (_fake, dir, o, _) = lying(Lie::HostileIndex);
+    assert_refused(
+        &o,
+        dir.path(),
+        &[r#"it has: "\u{1b}[2J\r\nark: fake line/amd64""#],
+    );
+    let body = o.stderr.strip_suffix(b"\n").unwrap_or(&o.stderr);
+    assert!(
+        !body.iter().any(|b| b.is_ascii_control()),
+        "raw control bytes in: {:?}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -319,7 +319,7 @@ impl Client {
         if realm.starts_with("http://") && !is_loopback(realm_host) && !self.settings.insecure_http
         {
             bail!(
-                "registry {}: token service {realm} is plain http; allow that with --insecure-options=http",
+                "registry {}: token service {realm:?} is plain http; allow that with --insecure-options=http",
                 self.host
             );
         }
@@ -338,13 +338,13 @@ impl Client {
         match resp.status().as_u16() {
             200 => {}
             401 | 403 => bail!(
-                "token service {realm} refused {}: check ARK_REGISTRY_AUTH",
+                "token service {realm:?} refused {}: check ARK_REGISTRY_AUTH",
                 match &self.settings.credentials {
                     Some((u, _)) => format!("user {u:?}"),
                     None => "anonymous access".to_string(),
                 }
             ),
-            s => bail!("token service {realm} answered HTTP {s}"),
+            s => bail!("token service {realm:?} answered HTTP {s}"),
         }
         let body = resp
             .into_body()
@@ -353,11 +353,11 @@ impl Client {
             .read_to_vec()
             .map_err(|e| anyhow!(describe(realm_host, &e, self.settings.timeout)))?;
         let t: TokenResponse = serde_json::from_slice(&body)
-            .with_context(|| format!("token service {realm} sent no JSON token"))?;
+            .with_context(|| format!("token service {realm:?} sent no JSON token"))?;
         t.token
             .or(t.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| anyhow!("token service {realm} sent no token"))
+            .ok_or_else(|| anyhow!("token service {realm:?} sent no token"))
     }
 
     fn send(&self, url: &str, accept: &[&str]) -> Result<Response<Body>> {

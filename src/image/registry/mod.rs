@@ -26,6 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::image::limits::{human, StoreSpace};
 use crate::trust::keys::KeySet;
 use crate::trust::signing::{self, DockerReference};
 use client::{Client, ClientSettings};
@@ -204,6 +205,11 @@ pub struct PullRequest {
     /// Layer digests not to download: see [`FetchOptions::have_blobs`].
     #[serde(default)]
     pub have_blobs: BTreeSet<String>,
+    /// Bytes the destination's filesystem can take above ark's free-space reserve: an image
+    /// whose blobs declare more is refused before any is downloaded. (The writer of the blobs
+    /// enforces the reserve on its own as well.)
+    #[serde(default)]
+    pub room: Option<u64>,
 }
 
 /// Downloads `reference` (`HOST[:PORT]/REPO[:TAG|@DIGEST]`) into `dest`, an empty directory,
@@ -233,7 +239,9 @@ pub fn fetch(
         }
         Some(keys)
     };
+    let mut dir = DirSink::new(dest, opts.progress)?;
     let request = PullRequest {
+        room: Some(StoreSpace::at(dest)?.room()),
         reference: reference.to_string(),
         client: ClientSettings {
             insecure_http: opts.insecure_http,
@@ -248,7 +256,6 @@ pub fn fetch(
         keys,
         have_blobs: opts.have_blobs.clone(),
     };
-    let mut dir = DirSink::new(dest, opts.progress)?;
     let fetched = if crate::image::privsep::should_separate() {
         crate::image::privsep::pull_in_child(&request, &mut dir, opts.signature_dir.as_deref())?
     } else {
@@ -445,9 +452,12 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
                         .manifests
                         .iter()
                         .filter_map(|d| d.platform.as_ref())
-                        .map(|p| match &p.variant {
-                            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-                            None => format!("{}/{}", p.os, p.architecture),
+                        .map(|p| {
+                            let platform = match &p.variant {
+                                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                                None => format!("{}/{}", p.os, p.architecture),
+                            };
+                            format!("{platform:?}")
                         })
                         .collect();
                     anyhow!(
@@ -474,7 +484,7 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
             let mt = media_type_of(&body, ct.as_deref(), "manifest")?;
             if mt != chosen.media_type {
                 bail!(
-                    "{platform} manifest is {mt}, but the index says {}",
+                    "{platform} manifest is {mt:?}, but the index says {:?}",
                     chosen.media_type
                 );
             }
@@ -521,6 +531,23 @@ pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
         .map(|l| checked(l, "layer"))
         .collect::<Result<Vec<_>>>()?;
 
+    if let Some(room) = req.room {
+        let mut to_fetch: BTreeSet<&str> = BTreeSet::new();
+        to_fetch.insert(&config.0);
+        let mut total = config.1 + manifest.len() as u64;
+        for (digest, size) in &layers {
+            if !req.have_blobs.contains(digest) && to_fetch.insert(digest) {
+                total = total.saturating_add(*size);
+            }
+        }
+        if total > room {
+            bail!(
+                "the image's blobs declare {} ({total} bytes), more than the image store's filesystem has free above ark's reserve ({})",
+                human(total),
+                human(room)
+            );
+        }
+    }
     sink.blob_bytes(&manifest_digest, &manifest)?;
     // Images may list one blob several times (Docker's empty layers): fetch each once.
     let mut fetched = std::collections::HashSet::new();

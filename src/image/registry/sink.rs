@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest as _, Sha256};
 
+use crate::image::limits::ReserveWriter;
 use crate::image::progress::Progress;
 use crate::trust::signing::{self, DockerReference};
 
@@ -46,7 +47,7 @@ struct OpenBlob {
     size: u64,
     written: u64,
     hasher: Sha256,
-    file: fs::File,
+    file: ReserveWriter<fs::File>,
     path: PathBuf,
     bar: Option<indicatif::ProgressBar>,
 }
@@ -110,6 +111,14 @@ impl LayoutSink for DirSink {
             .truncate(true)
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
+        // Refused here, before the first byte, if the declared size cannot fit.
+        let file = match ReserveWriter::new(file, &format!("blob {digest}"), Some(size)) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         let bar = self
             .progress
             .as_ref()
@@ -143,7 +152,7 @@ impl LayoutSink for DirSink {
         blob.hasher.update(chunk);
         blob.file
             .write_all(chunk)
-            .with_context(|| format!("writing {}", blob.path.display()))?;
+            .with_context(|| format!("writing blob {}", blob.digest))?;
         if let Some(bar) = &blob.bar {
             bar.inc(chunk.len() as u64);
         }
@@ -174,7 +183,7 @@ impl LayoutSink for DirSink {
         // SAFETY: a plain syscall on an fd this sink owns.
         unsafe {
             libc::sync_file_range(
-                std::os::fd::AsRawFd::as_raw_fd(&blob.file),
+                std::os::fd::AsRawFd::as_raw_fd(blob.file.get_ref()),
                 0,
                 0,
                 libc::SYNC_FILE_RANGE_WRITE,
@@ -257,5 +266,25 @@ mod tests {
         assert!(dir.end_blob().is_err());
         assert!(!dir.verified().contains(&digest));
         assert!(!tmp.path().join("blobs/sha256").join(&digest[7..]).exists());
+    }
+
+    /// The parent refuses a blob whose declared size cannot fit above the store's reserve,
+    /// whatever the (possibly subverted) fetch child checked, and keeps no file of it.
+    #[test]
+    fn a_blob_too_big_for_the_filesystem_is_refused_before_its_first_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = DirSink::new(tmp.path(), false).unwrap();
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let err = dir.begin_blob(&digest, 1 << 60).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&digest) && msg.contains("declared") && msg.contains("reserve"),
+            "{msg}"
+        );
+        assert!(!dir.in_blob());
+        let left: Vec<_> = fs::read_dir(tmp.path().join("blobs/sha256"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
