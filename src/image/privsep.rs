@@ -146,6 +146,9 @@ fn spawn_child() -> Result<Child> {
                     Err(std::io::Error::last_os_error())
                 }
             };
+            // Its pipes (already on 0 and 1) and stderr only: no fd this process opened or
+            // inherited without close-on-exec reaches the code that parses registry bytes.
+            ark_pod_spec::fds::cloexec_from_in_child(ark_pod_spec::fds::FIRST_NON_STDIO_FD)?;
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setresgid(FETCH_GID, FETCH_GID, FETCH_GID))?;
             // Empty the bounding set (needs CAP_SETPCAP, so before setuid); EINVAL past the last cap.
@@ -239,8 +242,12 @@ fn check_child_result(
             let index = dir.verified_blob(index_digest).ok_or_else(|| {
                 anyhow!("fetch child reported index {index_digest}, which it did not send")
             })?;
-            let index: serde_json::Value =
-                serde_json::from_slice(&index).context("image index is not JSON")?;
+            let index: serde_json::Value = serde_json::from_slice(&index).map_err(|e| {
+                anyhow!(
+                    "image index {index_digest} is not JSON: {}",
+                    e.to_string().escape_debug()
+                )
+            })?;
             let names_manifest = index["manifests"].as_array().is_some_and(|m| {
                 m.iter()
                     .any(|d| d["digest"].as_str() == Some(fetched.manifest_digest.as_str()))
@@ -299,17 +306,18 @@ fn drive_child(
         };
         match tag {
             BEGIN_BLOB => {
-                let h: BlobHeader = serde_json::from_slice(&payload)?;
+                let h: BlobHeader = parse_frame("begin-blob", &payload)?;
                 dir.begin_blob(&h.digest, h.size)?;
             }
             DATA => dir.data(&payload)?,
             END_BLOB => dir.end_blob()?,
             FILE => {
-                let f: FileFrame = serde_json::from_slice(&payload)?;
+                let f: FileFrame = parse_frame("file", &payload)?;
                 dir.file(&f.name, &f.data)?;
             }
             WANT_SIGNATURES => {
-                let digest = String::from_utf8(payload.clone())?;
+                let digest = String::from_utf8(payload.clone())
+                    .context("fetch child's want-signatures frame is not UTF-8")?;
                 let reply = match signature_dir {
                     None => SignatureReply {
                         signatures: Vec::new(),
@@ -333,11 +341,24 @@ fn drive_child(
                     .context("answering the fetch child")?;
             }
             RESULT if dir.in_blob() => bail!("fetch child reported a result in mid-blob"),
-            RESULT => return Ok(serde_json::from_slice(&payload)?),
-            ERROR => bail!("{}", String::from_utf8_lossy(&payload)),
+            RESULT => return parse_frame("result", &payload),
+            // The child's own words, but a subverted child's: escaped like any registry string.
+            ERROR => bail!("{}", String::from_utf8_lossy(&payload).escape_debug()),
             other => bail!("fetch child sent an unknown frame {other:#x}"),
         }
     }
+}
+
+/// A JSON frame from the child; the error names the frame kind. serde quotes pieces of its
+/// input raw (`unknown variant `...``), and a subverted child chooses those bytes: escaped.
+fn parse_frame<T: serde::de::DeserializeOwned>(kind: &str, payload: &[u8]) -> Result<T> {
+    serde_json::from_slice(payload).map_err(|e| {
+        anyhow!(
+            "fetch child sent a bad {kind} frame ({} bytes): {}",
+            payload.len(),
+            e.to_string().escape_debug()
+        )
+    })
 }
 
 /// The child's side of the sink: frames on stdout, signature answers on stdin.

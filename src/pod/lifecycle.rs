@@ -218,6 +218,8 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         }
         // For a stage1 that wants to keep its children from inheriting the lock.
         cmd.env("ARK_POD_LOCK_FD", locked.lock_fd().to_string());
+        // The one fd the stage1 gets besides 0, 1 and 2.
+        locked.keep_across_exec()?;
         Ok(cmd)
     };
     let mut cmd = match go(&mut locked) {
