@@ -2,6 +2,7 @@
 //! `ark run` ends by exec'ing the pod's stage1, so the caller waits on the pod itself.
 
 mod cli;
+mod data_dir;
 mod image;
 mod mountinfo;
 mod pod;
