@@ -3,7 +3,7 @@
 //! The parent re-executes ark itself (`ark __registry-fetch-child`) as uid/gid 65534
 //! (nobody/nogroup) with no supplementary groups, an empty capability bounding set, no ambient
 //! capabilities, `no_new_privs`, an empty environment (but proxies and logging), `/` as its
-//! working directory and `PDEATHSIG`. That child does everything that parses registry or
+//! working directory, `PDEATHSIG`, and no fd but its two pipes and stderr. That child does everything that parses registry or
 //! signature bytes: HTTP, TLS, authentication, manifests, and the OpenPGP verification (with the
 //! trusted keys handed to it, so it never reads the key store). It owns no file: it streams the
 //! layout back over its stdout in frames, and the parent writes `dest` itself, re-checking every
