@@ -83,10 +83,25 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One clear line: the error and its causes, joined.
-            eprintln!("ark: {e:#}");
+            eprintln!("ark: {}", one_line(&format!("{e:#}")));
             ExitCode::from(EXIT_ARK_ERROR)
         }
     }
+}
+
+/// `text` with its control characters escaped: an error quotes image, registry and guest bytes
+/// (a tar entry name, a serde message), which must neither move the operator's cursor nor
+/// start a second, fake line. The last line of defence: each site escapes what it quotes too.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Every command but shell completion and the fetch child (which runs as nobody and owns no
@@ -121,4 +136,18 @@ fn init_logging(debug: bool) {
         )
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn errors_print_as_one_line_without_control_characters() {
+        let e = one_line("bad entry \"\u{1b}[2Jx\nark: fake line\" \u{9b}31m");
+        assert_eq!(e, r#"bad entry "\u{1b}[2Jx\nark: fake line" \u{9b}31m"#);
+        assert!(!e.chars().any(char::is_control), "{e}");
+        // What is not a control character stays as it is (and an escape is not escaped twice).
+        assert_eq!(one_line(r"C:\dir é ✓ \u{1b}"), r"C:\dir é ✓ \u{1b}");
+    }
 }
