@@ -223,24 +223,26 @@ fn check_child_result(
     signature_dir: Option<&Path>,
     fetched: &Fetched,
 ) -> Result<()> {
+    // What the child reports is quoted escaped ({:?}) until it is found to be what was asked
+    // or what this process hashed.
     let tag = reference.tag_or_latest().map(str::to_string);
     if fetched.name != reference.name() || fetched.tag != tag {
         bail!(
-            "fetch child reported {}:{:?}, not the requested {reference}",
+            "fetch child reported {:?}:{:?}, not the requested {reference}",
             fetched.name,
             fetched.tag
         );
     }
     if dir.verified_blob(&fetched.manifest_digest).is_none() {
         bail!(
-            "fetch child reported manifest {}, which it did not send",
+            "fetch child reported manifest {:?}, which it did not send",
             fetched.manifest_digest
         );
     }
     let signed = match &fetched.index_digest {
         Some(index_digest) => {
             let index = dir.verified_blob(index_digest).ok_or_else(|| {
-                anyhow!("fetch child reported index {index_digest}, which it did not send")
+                anyhow!("fetch child reported index {index_digest:?}, which it did not send")
             })?;
             let index: serde_json::Value = serde_json::from_slice(&index).map_err(|e| {
                 anyhow!(

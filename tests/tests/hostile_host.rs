@@ -483,4 +483,15 @@ fn a_corrupt_pod_manifest_is_one_escaped_line_naming_the_file() {
         text(&out.stderr)
     );
     assert!(text(&out.stderr).contains("evil"), "{}", text(&out.stderr));
+    // `status` and `list` still answer, and say which manifest they could not read.
+    for args in [&["status", uuid.as_str()][..], &["list"][..]] {
+        let out = env.output(args);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains(&*manifest.to_string_lossy()),
+            "{args:?}: {err}"
+        );
+        assert!(!out.stderr.contains(&0x1b), "{args:?}: {err:?}");
+    }
 }
