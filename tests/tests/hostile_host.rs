@@ -367,6 +367,62 @@ fn other_users_cannot_reach_the_store_or_its_setuid_files() {
     assert_eq!(mode(&store), 0o700, "the data directory is private");
 }
 
+/// Setuid files under `dir` (not following symlinks), as a host user would look for them.
+fn setuid_files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            out.extend(setuid_files_under(&e.path()));
+        } else if meta.is_file() && meta.mode() & 0o4000 != 0 {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// What an ns app makes setuid in its own root lands in the pod's overlay upper directory on
+/// the host: nobody cannot run it from there either.
+#[test]
+fn other_users_cannot_run_what_a_pod_made_setuid() {
+    if let Some(why) = pods_unavailable() {
+        skip!("{why}");
+    }
+    let env = PodEnv::new();
+    // The store's parent searchable by everyone, as /var/lib is.
+    fs::set_permissions(env.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    ok(env.output(&[
+        "run",
+        "--stage1=ns",
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        "cp /bin/busybox /made-suid && chmod 4755 /made-suid",
+    ]));
+    let made: Vec<PathBuf> = setuid_files_under(&env.path().join("pods"))
+        .into_iter()
+        .filter(|p| p.ends_with("made-suid"))
+        .collect();
+    assert!(!made.is_empty(), "the app's setuid file is in the pod dir");
+    for path in made {
+        let run = as_nobody(&[path.to_str().unwrap(), "id", "-u"]);
+        assert!(
+            !run.status.success() && text(&run.stderr).contains("Permission denied"),
+            "nobody ran {}: {:?} stdout {:?} stderr {:?}",
+            path.display(),
+            run.status,
+            text(&run.stdout),
+            text(&run.stderr)
+        );
+    }
+}
+
 /// A store an older ark made 0755 is made 0700 by the next command (with one warning line; an
 /// empty directory silently); a data directory owned by another user is refused, and nothing
 /// is made in it.
