@@ -146,6 +146,36 @@ fn fly_app_gets_no_inherited_fd() {
     app_sees_no_stray_fd("fly");
 }
 
+/// `ark enter` with stray fds: the command it runs in the pod gets stdio only.
+#[test]
+fn enter_gets_no_inherited_fd() {
+    if let Some(why) = pods_unavailable() {
+        skip!("{why}");
+    }
+    let env = PodEnv::new();
+    let mut run = env.spawn(&["run", "--stage1=ns", &env.image, "--", "sleep", "600"]);
+    let uuid = env.wait_pod(Duration::from_secs(60));
+    env.wait_status(&uuid, Duration::from_secs(60), "the app running", |s| {
+        s.get("app-busybox").map(String::as_str) == Some("running")
+    });
+    let stray = StrayFds::new();
+    let mut cmd = env.ark();
+    cmd.args(["enter", &uuid, "ls", "/proc/self/fd"])
+        .stdin(Stdio::null());
+    stray.give_to(&mut cmd);
+    let out = cmd.output().unwrap();
+    let _ = env.output(&["stop", "--force", &uuid]);
+    wait_child(&mut run, Duration::from_secs(60));
+    let listing = text(&out.stdout);
+    assert!(out.status.success(), "enter: {}", text(&out.stderr));
+    let fds: Vec<&str> = listing.split_whitespace().collect();
+    assert_eq!(
+        fds,
+        ["0", "1", "2", "3"],
+        "the entered command inherited fds"
+    );
+}
+
 /// (pid, uid) of the processes whose parent is `ppid`.
 fn children_of(ppid: u32) -> Vec<(u32, Option<u32>)> {
     let mut out = Vec::new();
