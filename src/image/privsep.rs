@@ -579,6 +579,30 @@ mod tests {
         }
     }
 
+    /// A frame that does not parse says which frame, escaped (serde quotes variant names raw).
+    #[test]
+    fn bad_frames_are_named_and_escaped() {
+        let e = parse_frame::<BlobHeader>("begin-blob", b"{\"digest\": 1")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("fetch child sent a bad begin-blob frame (12 bytes): "),
+            "{e}"
+        );
+        #[derive(Debug, Deserialize)]
+        enum Kind {
+            #[allow(dead_code)]
+            Known,
+        }
+        let e = parse_frame::<Kind>("result", br#""\u001b[2Jx""#)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("bad result frame"), "{e}");
+        assert!(!e.contains('\x1b') && e.contains("\\u{1b}[2Jx"), "{e}");
+    }
+
     /// What a subverted child could claim is checked against what the parent wrote itself.
     #[test]
     fn parent_rechecks_what_the_child_reports() {
