@@ -74,15 +74,11 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.debug);
-    let result = match cli.command {
-        Command::Image(cmd) => crate::image::cli::run(&cli.global, cmd),
-        Command::Trust(cmd) => crate::trust::cli::run(&cli.global, cmd),
-        Command::Pod(cmd) => crate::pod::cli::run(&cli.global, cmd),
-        Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "ark", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
-        }
+    let secured = match uses_data_dir(&cli.command) {
+        true => crate::data_dir::secure(&cli.global.dir),
+        false => Ok(()),
     };
+    let result = secured.and_then(|()| dispatch(&cli.global, cli.command));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -97,6 +93,28 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Every command but shell completion and the fetch child (which runs as nobody and owns no
+/// file) works in the data directory.
+fn uses_data_dir(cmd: &Command) -> bool {
+    !matches!(
+        cmd,
+        Command::Completion { .. }
+            | Command::Trust(crate::trust::cli::TrustCommand::RegistryFetchChild)
+    )
+}
+
+fn dispatch(global: &GlobalOpts, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Image(cmd) => crate::image::cli::run(global, cmd),
+        Command::Trust(cmd) => crate::trust::cli::run(global, cmd),
+        Command::Pod(cmd) => crate::pod::cli::run(global, cmd),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ark", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn init_logging(debug: bool) {
     // rPGP warns about odd packets it then handles; those lines would break one-line errors.
     let filter = if debug { "debug" } else { "warn,pgp=error" };
@@ -106,5 +124,7 @@ fn init_logging(debug: bool) {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log or a pipe gets plain lines.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

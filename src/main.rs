@@ -2,6 +2,7 @@
 //! `ark run` ends by exec'ing the pod's stage1, so the caller waits on the pod itself.
 
 mod cli;
+mod data_dir;
 mod image;
 mod mountinfo;
 mod pod;
@@ -10,5 +11,10 @@ mod trust;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Before anything else: whatever fds our caller leaked to us reach no process we start.
+    if let Err(e) = ark_pod_spec::fds::cloexec_inherited() {
+        eprintln!("ark: marking inherited file descriptors close-on-exec: {e}");
+        return ExitCode::from(cli::EXIT_ARK_ERROR);
+    }
     cli::main()
 }

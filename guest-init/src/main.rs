@@ -34,6 +34,7 @@ use sink::{ConsoleSink, FileSink, StatusSink, StreamSink};
 use supervisor::{Exit, StartError, Supervisor};
 
 fn main() {
+    let _ = ark_pod_spec::fds::cloexec_inherited(); // best effort: as PID 1, exiting would end the pod
     if std::process::id() == 1 {
         setup::ensure_console();
     }
@@ -485,6 +486,8 @@ fn start_app(
                 let _ = nix::unistd::dup2(out_w.as_raw_fd(), 1);
                 let _ = nix::unistd::dup2(err_w.as_raw_fd(), 2);
             }
+            // The app gets 0, 1 and 2 only (the error pipe is close-on-exec too).
+            let _ = ark_pod_spec::fds::cloexec_from_in_child(ark_pod_spec::fds::FIRST_NON_STDIO_FD);
             let _ = signals.thread_unblock();
             let err = setup::app_child(p, ctx);
             let code = err.exit_code.unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR);

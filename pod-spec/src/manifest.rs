@@ -355,7 +355,8 @@ impl PodManifest {
     /// Parses and validates a manifest from JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
         let m: PodManifest =
-            serde_json::from_slice(bytes).map_err(|e| err("json", e.to_string()))?;
+            // serde quotes pieces of the input raw; a manifest holds image-supplied strings.
+            serde_json::from_slice(bytes).map_err(|e| err("json", e.to_string().escape_debug().to_string()))?;
         m.validate()?;
         Ok(m)
     }
@@ -364,7 +365,9 @@ impl PodManifest {
     pub fn load(path: &std::path::Path) -> Result<Self, ManifestError> {
         let bytes =
             std::fs::read(path).map_err(|e| err(path.display().to_string(), e.to_string()))?;
+        // Which file, too: a stage0 and a stage1 read several.
         Self::from_json(&bytes)
+            .map_err(|e| err(format!("{}: {}", path.display(), e.field), e.reason))
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -43,7 +43,9 @@ mod tests {
             controls_escaped("sm\u{f6}rg\u{e5}s \"x\" \\ ok"),
             "sm\u{f6}rg\u{e5}s \"x\" \\ ok"
         );
-        // Already escaped text is left as it is.
+        // C1 controls (a CSI on 8-bit terminals) too; what was escaped once stays as it is.
+        assert_eq!(controls_escaped("x \u{9b}31m"), "x \\u{9b}31m");
+        assert_eq!(controls_escaped(r"C:\dir \u{1b}"), r"C:\dir \u{1b}");
         let once = format!("{:?}", "a\x1b");
         assert_eq!(controls_escaped(&once), once);
     }

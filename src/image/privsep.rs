@@ -3,7 +3,7 @@
 //! The parent re-executes ark itself (`ark __registry-fetch-child`) as uid/gid 65534
 //! (nobody/nogroup) with no supplementary groups, an empty capability bounding set, no ambient
 //! capabilities, `no_new_privs`, an empty environment (but proxies and logging), `/` as its
-//! working directory and `PDEATHSIG`. That child does everything that parses registry or
+//! working directory, `PDEATHSIG`, and no fd but its two pipes and stderr. That child does everything that parses registry or
 //! signature bytes: HTTP, TLS, authentication, manifests, and the OpenPGP verification (with the
 //! trusted keys handed to it, so it never reads the key store). It owns no file: it streams the
 //! layout back over its stdout in frames, and the parent writes `dest` itself, re-checking every
@@ -146,6 +146,9 @@ fn spawn_child() -> Result<Child> {
                     Err(std::io::Error::last_os_error())
                 }
             };
+            // Its pipes (already on 0 and 1) and stderr only: no fd this process opened or
+            // inherited without close-on-exec reaches the code that parses registry bytes.
+            ark_pod_spec::fds::cloexec_from_in_child(ark_pod_spec::fds::FIRST_NON_STDIO_FD)?;
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setresgid(FETCH_GID, FETCH_GID, FETCH_GID))?;
             // Empty the bounding set (needs CAP_SETPCAP, so before setuid); EINVAL past the last cap.
@@ -220,27 +223,33 @@ fn check_child_result(
     signature_dir: Option<&Path>,
     fetched: &Fetched,
 ) -> Result<()> {
+    // What the child reports is quoted escaped ({:?}) until it is found to be what was asked
+    // or what this process hashed.
     let tag = reference.tag_or_latest().map(str::to_string);
     if fetched.name != reference.name() || fetched.tag != tag {
         bail!(
-            "fetch child reported {}:{:?}, not the requested {reference}",
+            "fetch child reported {:?}:{:?}, not the requested {reference}",
             fetched.name,
             fetched.tag
         );
     }
     if dir.verified_blob(&fetched.manifest_digest).is_none() {
         bail!(
-            "fetch child reported manifest {}, which it did not send",
+            "fetch child reported manifest {:?}, which it did not send",
             fetched.manifest_digest
         );
     }
     let signed = match &fetched.index_digest {
         Some(index_digest) => {
             let index = dir.verified_blob(index_digest).ok_or_else(|| {
-                anyhow!("fetch child reported index {index_digest}, which it did not send")
+                anyhow!("fetch child reported index {index_digest:?}, which it did not send")
             })?;
-            let index: serde_json::Value =
-                serde_json::from_slice(&index).context("image index is not JSON")?;
+            let index: serde_json::Value = serde_json::from_slice(&index).map_err(|e| {
+                anyhow!(
+                    "image index {index_digest} is not JSON: {}",
+                    e.to_string().escape_debug()
+                )
+            })?;
             let names_manifest = index["manifests"].as_array().is_some_and(|m| {
                 m.iter()
                     .any(|d| d["digest"].as_str() == Some(fetched.manifest_digest.as_str()))
@@ -299,17 +308,18 @@ fn drive_child(
         };
         match tag {
             BEGIN_BLOB => {
-                let h: BlobHeader = serde_json::from_slice(&payload)?;
+                let h: BlobHeader = parse_frame("begin-blob", &payload)?;
                 dir.begin_blob(&h.digest, h.size)?;
             }
             DATA => dir.data(&payload)?,
             END_BLOB => dir.end_blob()?,
             FILE => {
-                let f: FileFrame = serde_json::from_slice(&payload)?;
+                let f: FileFrame = parse_frame("file", &payload)?;
                 dir.file(&f.name, &f.data)?;
             }
             WANT_SIGNATURES => {
-                let digest = String::from_utf8(payload.clone())?;
+                let digest = String::from_utf8(payload.clone())
+                    .context("fetch child's want-signatures frame is not UTF-8")?;
                 let reply = match signature_dir {
                     None => SignatureReply {
                         signatures: Vec::new(),
@@ -333,11 +343,24 @@ fn drive_child(
                     .context("answering the fetch child")?;
             }
             RESULT if dir.in_blob() => bail!("fetch child reported a result in mid-blob"),
-            RESULT => return Ok(serde_json::from_slice(&payload)?),
-            ERROR => bail!("{}", String::from_utf8_lossy(&payload)),
+            RESULT => return parse_frame("result", &payload),
+            // The child's own words, but a subverted child's: escaped like any registry string.
+            ERROR => bail!("{}", String::from_utf8_lossy(&payload).escape_debug()),
             other => bail!("fetch child sent an unknown frame {other:#x}"),
         }
     }
+}
+
+/// A JSON frame from the child; the error names the frame kind. serde quotes pieces of its
+/// input raw (`unknown variant `...``), and a subverted child chooses those bytes: escaped.
+fn parse_frame<T: serde::de::DeserializeOwned>(kind: &str, payload: &[u8]) -> Result<T> {
+    serde_json::from_slice(payload).map_err(|e| {
+        anyhow!(
+            "fetch child sent a bad {kind} frame ({} bytes): {}",
+            payload.len(),
+            e.to_string().escape_debug()
+        )
+    })
 }
 
 /// The child's side of the sink: frames on stdout, signature answers on stdin.
@@ -555,6 +578,30 @@ mod tests {
             have_blobs: Default::default(),
             room: None,
         }
+    }
+
+    /// A frame that does not parse says which frame, escaped (serde quotes variant names raw).
+    #[test]
+    fn bad_frames_are_named_and_escaped() {
+        let e = parse_frame::<BlobHeader>("begin-blob", b"{\"digest\": 1")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("fetch child sent a bad begin-blob frame (12 bytes): "),
+            "{e}"
+        );
+        #[derive(Debug, Deserialize)]
+        enum Kind {
+            #[allow(dead_code)]
+            Known,
+        }
+        let e = parse_frame::<Kind>("result", br#""\u001b[2Jx""#)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("bad result frame"), "{e}");
+        assert!(!e.contains('\x1b') && e.contains("\\u{1b}[2Jx"), "{e}");
     }
 
     /// What a subverted child could claim is checked against what the parent wrote itself.

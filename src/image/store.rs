@@ -270,9 +270,15 @@ impl ImageStore {
     fn read_index_bytes(&self) -> anyhow::Result<(Index, Option<Vec<u8>>)> {
         let path = self.root.join("index.json");
         match fs::read(&path) {
+            // serde quotes pieces of its input raw, and the index holds image-supplied names.
             Ok(bytes) => Ok((
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("image store index {} is corrupt", path.display()))?,
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "image store index {} is corrupt: {}",
+                        path.display(),
+                        e.to_string().escape_debug()
+                    )
+                })?,
                 Some(bytes),
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Index::default(), None)),

@@ -5,7 +5,42 @@
 //! module splits those words into apps (on `---`), each app's flags (parsed by clap again, as
 //! [`AppFlags`]) and its arguments (after `--`), as rkt did.
 
+use std::collections::BTreeMap;
+
 use clap::{Args, Parser};
+
+/// The comma-separated `key=value` list of a flag such as `--volume NAME,source=A,readOnly=true`
+/// or `--mount volume=V,target=/T`: the one parser every such flag uses. `keys` lists the keys
+/// the flag knows, each with its spellings (the first is the one returned). A word that is not
+/// `key=value`, an unknown key, or a key given twice (under any spelling: which one would win
+/// is not obvious to a reader of the command line) is refused with one line naming it.
+pub fn key_values<'a>(
+    flag: &str,
+    spec: &str,
+    list: &'a str,
+    keys: &[&[&'static str]],
+) -> Result<BTreeMap<&'static str, &'a str>, String> {
+    let mut out = BTreeMap::new();
+    if list.is_empty() {
+        return Ok(out);
+    }
+    for word in list.split(',') {
+        let (k, v) = word
+            .split_once('=')
+            .ok_or_else(|| format!("{flag} {spec:?}: {word:?} is not key=value"))?;
+        let key = keys
+            .iter()
+            .find(|names| names.contains(&k))
+            .map(|names| names[0])
+            .ok_or_else(|| format!("{flag} {spec:?}: unknown key {k:?}"))?;
+        if out.insert(key, v).is_some() {
+            return Err(format!(
+                "{flag} {spec:?}: key {key:?} is given more than once"
+            ));
+        }
+    }
+    Ok(out)
+}
 
 /// Flags that describe one app. Given before the first image they are defaults for every app;
 /// given after an image they apply to that app (lists append, single values replace).
@@ -147,6 +182,56 @@ pub fn split_apps(words: &[String], defaults: &AppFlags) -> Result<Vec<AppSpec>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const VOLUME_KEYS: &[&[&str]] = &[&["source"], &["readOnly", "readonly", "read-only"]];
+
+    #[test]
+    fn key_values_parses_and_refuses_duplicates_under_any_spelling() {
+        let kv = key_values("--x", "s", "source=/a,read-only=true", VOLUME_KEYS).unwrap();
+        assert_eq!(kv["source"], "/a");
+        assert_eq!(kv["readOnly"], "true");
+        assert!(key_values("--x", "", "", VOLUME_KEYS).unwrap().is_empty());
+        for (list, needle) in [
+            (
+                "source=/a,readOnly=true,source=/etc",
+                r#"key "source" is given more than once"#,
+            ),
+            (
+                "readOnly=true,readonly=false",
+                r#"key "readOnly" is given more than once"#,
+            ),
+            ("source=/a,bogus=1", r#"unknown key "bogus""#),
+            ("source=/a,", r#""" is not key=value"#),
+        ] {
+            let e = key_values("--volume", list, list, VOLUME_KEYS).unwrap_err();
+            assert!(e.starts_with(&format!("--volume {list:?}: ")), "{e}");
+            assert!(e.contains(needle), "{list}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    /// Every key=value flag goes through [`key_values`]: a duplicate is refused in each.
+    #[test]
+    fn volume_and_mount_refuse_duplicate_keys() {
+        use crate::pod::plan::{parse_mount, parse_volume};
+        let e = parse_volume("data,source=/tmp,readOnly=true,source=/etc").unwrap_err();
+        assert!(e.contains(r#"key "source" is given more than once"#), "{e}");
+        let e = parse_volume("data,kind=host,kind=host,source=/tmp").unwrap_err();
+        assert!(e.contains(r#"key "kind""#), "{e}");
+        let e = parse_volume("data,source=/tmp,readOnly=false,read-only=true").unwrap_err();
+        assert!(e.contains(r#"key "readOnly""#), "{e}");
+        let e = parse_mount("volume=a,target=/a,target=/etc").unwrap_err();
+        assert!(e.contains(r#"key "target" is given more than once"#), "{e}");
+        let e = parse_mount("volume=a,volume=b,target=/a").unwrap_err();
+        assert!(e.contains(r#"key "volume""#), "{e}");
+        // Still fine once each.
+        assert!(
+            parse_volume("data,kind=host,source=/tmp,readOnly=true")
+                .unwrap()
+                .read_only
+        );
+        assert_eq!(parse_mount("volume=a,target=/a").unwrap().target, "/a");
+    }
 
     fn words(s: &[&str]) -> Vec<String> {
         s.iter().map(|w| w.to_string()).collect()

@@ -96,7 +96,7 @@ pub struct PrepareArgs {
     /// Networking: none (loopback only) or host.
     #[arg(long, value_enum, default_value_t = Net::Host)]
     pub net: Net,
-    /// A pod annotation, KEY=VALUE (repeatable).
+    /// A pod annotation, KEY=VALUE (repeatable; a key given again replaces its value, as in podman).
     #[arg(long = "annotation", value_name = "KEY=VALUE")]
     pub annotation: Vec<String>,
     /// Defaults for every app (each app can override them after its image).

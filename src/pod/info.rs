@@ -67,7 +67,15 @@ pub fn summarize(store: &PodStore, pod: &PodRef) -> anyhow::Result<PodSummary> {
     let pod = store.reap_if_exited(pod)?;
     let liveness = store.liveness(&pod)?;
     let layout = PodLayout::new(&pod.path);
-    let manifest = PodManifest::load(&layout.manifest()).ok();
+    let manifest = match PodManifest::load(&layout.manifest()) {
+        Ok(m) => Some(m),
+        // A pod still being prepared has none yet; a corrupt one is worth a line naming it.
+        Err(e) if layout.manifest().exists() => {
+            tracing::warn!("{e}");
+            None
+        }
+        Err(_) => None,
+    };
     let status = StatusDir::new(layout.status_dir());
     let exit = status.read_pod();
     let apps = manifest

@@ -192,7 +192,8 @@ pub fn run_prepared(global: &GlobalOpts, id: &str, interactive: bool) -> anyhow:
 }
 
 /// Moves the pod to `run/`, records our pid, and execs its stage1 with the pod lock still
-/// held (the fd is not close-on-exec), so the lock lives exactly as long as the stage1.
+/// held (the one fd made inheritable, besides stdio), so the lock lives exactly as long as the
+/// stage1.
 /// Returns only on failure.
 pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -> anyhow::Error {
     let Prepared { pod: mut locked } = prepared;
@@ -218,6 +219,8 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         }
         // For a stage1 that wants to keep its children from inheriting the lock.
         cmd.env("ARK_POD_LOCK_FD", locked.lock_fd().to_string());
+        // The one fd the stage1 gets besides 0, 1 and 2.
+        locked.keep_across_exec()?;
         Ok(cmd)
     };
     let mut cmd = match go(&mut locked) {

@@ -69,33 +69,31 @@ pub mod options {
 
 /// Parses `NAME,kind=host,source=PATH[,readOnly=true]`; the source must exist.
 pub fn parse_volume(spec: &str) -> Result<Volume, String> {
-    let mut parts = spec.split(',');
-    let name = parts.next().unwrap_or_default().trim().to_string();
+    let (name, list) = spec.split_once(',').unwrap_or((spec, ""));
+    let name = name.trim().to_string();
     if name.is_empty() || name.contains('=') {
         return Err(format!(
             "--volume {spec:?}: want NAME,kind=host,source=PATH[,readOnly=true]"
         ));
     }
-    let (mut kind, mut source, mut read_only) = (None, None, false);
-    for kv in parts {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| format!("--volume {spec:?}: {kv:?} is not key=value"))?;
-        match k {
-            "kind" => kind = Some(v.to_string()),
-            "source" => source = Some(v.to_string()),
-            "readOnly" | "readonly" | "read-only" => {
-                read_only = match v {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(format!("--volume {spec:?}: readOnly must be true or false")),
-                }
-            }
-            _ => return Err(format!("--volume {spec:?}: unknown key {k:?}")),
-        }
-    }
-    match kind.as_deref() {
-        Some("host") | None => {}
+    let kv = super::args::key_values(
+        "--volume",
+        spec,
+        list,
+        &[
+            &["kind"],
+            &["source"],
+            &["readOnly", "readonly", "read-only"],
+        ],
+    )?;
+    let (kind, source) = (kv.get("kind"), kv.get("source").map(|s| s.to_string()));
+    let read_only = match kv.get("readOnly") {
+        None | Some(&"false") => false,
+        Some(&"true") => true,
+        Some(_) => return Err(format!("--volume {spec:?}: readOnly must be true or false")),
+    };
+    match kind {
+        Some(&"host") | None => {}
         Some(k) => {
             return Err(format!(
                 "--volume {name}: kind {k:?} is not supported (only host)"
@@ -124,17 +122,13 @@ pub fn parse_volume(spec: &str) -> Result<Volume, String> {
 
 /// Parses `volume=NAME,target=PATH`.
 pub fn parse_mount(spec: &str) -> Result<Mount, String> {
-    let (mut volume, mut target) = (None, None);
-    for kv in spec.split(',') {
-        match kv.split_once('=') {
-            Some(("volume", v)) => volume = Some(v.to_string()),
-            Some(("target", t)) => target = Some(t.to_string()),
-            _ => return Err(format!("--mount {spec:?}: want volume=NAME,target=PATH")),
-        }
-    }
-    match (volume, target) {
+    let kv = super::args::key_values("--mount", spec, spec, &[&["volume"], &["target"]])?;
+    match (kv.get("volume"), kv.get("target")) {
         (Some(volume), Some(target)) if !volume.is_empty() && target.starts_with('/') => {
-            Ok(Mount { volume, target })
+            Ok(Mount {
+                volume: volume.to_string(),
+                target: target.to_string(),
+            })
         }
         _ => Err(format!(
             "--mount {spec:?}: want volume=NAME,target=/ABSOLUTE/PATH"

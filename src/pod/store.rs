@@ -375,11 +375,15 @@ struct PodLock {
 }
 
 impl PodLock {
-    /// Opens the directory WITHOUT `O_CLOEXEC`: `run-prepared` execs the stage1 with the lock fd
-    /// still open so the lock lives exactly as long as the pod's process.
+    /// Opens the directory close-on-exec like every other fd: only `run-prepared`'s exec of the
+    /// stage1 passes it on, through [`LockedPod::keep_across_exec`].
     fn open(path: &Path) -> Result<Self, StoreError> {
-        let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
-            .map_err(|e| io_err(path)(io::Error::from(e)))?;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err(path)(io::Error::from(e)))?;
         // SAFETY: `open` just returned this fd and nothing else owns it.
         let file = unsafe { File::from_raw_fd(fd) };
         Ok(PodLock {
@@ -435,6 +439,17 @@ impl LockedPod {
     /// The raw lock fd (inherited by the stage1 across exec).
     pub fn lock_fd(&self) -> i32 {
         self.lock.as_raw_fd()
+    }
+
+    /// Lets the lock fd survive the next `exec` (and only that program's: the stage1 marks it
+    /// close-on-exec again for its children), so the lock lives exactly as long as the pod.
+    pub fn keep_across_exec(&self) -> Result<(), StoreError> {
+        nix::fcntl::fcntl(
+            self.lock.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map(drop)
+        .map_err(|e| io_err(&self.pod.path)(io::Error::from(e)))
     }
 }
 

@@ -53,6 +53,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    ark_pod_spec::fds::cloexec_inherited_or_exit("ark-stage1-kvm");
     let Command::Run {
         pod_dir,
         debug,
