@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, FallocateIn, FsOptions, GetattrIn, InHeader, InitIn, InitIn2,
-    InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, Rename2In, SetattrIn,
-    SetattrValid, SetxattrIn, WriteIn, WriteOut,
+    AttrOut, CreateIn, EntryOut, FallocateIn, FsOptions, GetattrIn, GetxattrIn, InHeader, InitIn,
+    InitIn2, InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, Rename2In,
+    SetattrIn, SetattrValid, SetxattrIn, WriteIn, WriteOut,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -1139,7 +1139,7 @@ fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 /// none of them, even when the backend stores extended attributes.
 #[test]
 fn xattrs_the_host_honours_are_refused() {
-    use fuse_backend_rs::api::filesystem::{Context, FileSystem};
+    use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply};
     use fuse_backend_rs::passthrough::{Config, PassthroughFs};
     const PRIVILEGED: [&str; 6] = [
         "security.capability",
@@ -1174,6 +1174,30 @@ fn xattrs_the_host_honours_are_refused() {
         );
         assert_eq!(host_xattr(&file, name), None, "{name}");
     }
+
+    // Reads and removals with absurd sizes or privileged names: errors, and still serving.
+    let huge = GetxattrIn {
+        size: u32::MAX,
+        padding: 0,
+    };
+    let r = h.call(
+        Opcode::Getxattr,
+        e.nodeid,
+        &with_name(huge.as_slice(), "security.capability"),
+    );
+    assert_ne!(r.header.error, 0);
+    assert_ne!(
+        h.call(Opcode::Listxattr, e.nodeid, huge.as_slice())
+            .header
+            .error,
+        0
+    );
+    let r = h.call(Opcode::Removexattr, e.nodeid, b"security.capability\0");
+    assert_ne!(r.header.error, 0);
+    assert_eq!(
+        h.lookup(ROOT, b"hello.txt").ok::<EntryOut>().nodeid,
+        e.nodeid
+    );
 
     // The policy holds on its own, in front of a backend that does store xattrs.
     let cfg = Config {
@@ -1237,6 +1261,11 @@ fn xattrs_the_host_honours_are_refused() {
     let note = CString::new("user.note").unwrap();
     fs.setxattr(&ctx, inode, &note, b"kept", 0).unwrap();
     assert_eq!(host_xattr(&file, "user.note"), Some(b"kept".to_vec()));
+    // A guest asking for a 4 GiB buffer gets the value (the size is capped as the kernel does).
+    match fs.getxattr(&ctx, inode, &note, u32::MAX).unwrap() {
+        GetxattrReply::Value(v) => assert_eq!(v, b"kept"),
+        GetxattrReply::Count(n) => panic!("count {n} for a sized read"),
+    }
     fs.removexattr(&ctx, inode, &note).unwrap();
     assert_eq!(host_xattr(&file, "user.note"), None);
     fs.setxattr(&ctx, inode, &access_acl, &acl, 0).unwrap();
