@@ -1,6 +1,21 @@
-//! A policy layer in front of the passthrough filesystem: the guest is untrusted, so names are
-//! checked again here and, for read-only shares, every mutating operation is refused with EROFS
-//! before it reaches the host filesystem (the guest mounting read-only is not relied upon).
+//! A policy layer in front of the passthrough filesystem: the guest kernel is untrusted, so
+//! names are checked again here and, for read-only shares, every mutating operation is refused
+//! with EROFS before it reaches the host filesystem (the guest mounting read-only is not relied
+//! upon).
+//!
+//! What the guest leaves in the host directory is something the host kernel honours for host
+//! users, and the backend runs as root, so:
+//! - MKNOD makes only regular files, FIFOs, sockets and 0:0 character devices (overlayfs
+//!   whiteouts), judged on `mode & !umask` (the mode really created; the guest sends both);
+//! - no mode from the guest (CREATE, MKNOD, MKDIR, SETATTR) carries setuid or setgid, except
+//!   setgid on a directory (new entries inherit its group; it grants nothing on exec);
+//! - a regular file's setuid/setgid bits are cleared before the guest changes its data (WRITE,
+//!   FALLOCATE, truncation), whatever kill-priv flags it sends: the host kernel does that only for
+//!   writers without CAP_FSETID;
+//! - existing device nodes keep their mode, owner and ACLs;
+//! - extended attributes are limited to `user.*` and POSIX ACLs (see [`check_xattr_name`]);
+//! - OPEN/CREATE/OPENDIR flags the Linux client never sends and the host must not act on
+//!   (O_PATH, O_TMPFILE) are refused.
 //!
 //! Only the operations listed here are forwarded; everything else (ioctl, bmap, poll, DAX
 //! mappings, POSIX locks) keeps the trait's ENOSYS default.
@@ -24,6 +39,68 @@ fn erofs() -> io::Error {
 
 fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+fn eperm() -> io::Error {
+    io::Error::from_raw_os_error(libc::EPERM)
+}
+
+/// Longest extended-attribute value and name list Linux has (XATTR_SIZE_MAX, XATTR_LIST_MAX).
+const XATTR_MAX: u32 = 65536;
+
+/// Permission bits a guest may give a non-directory: setuid and setgid dropped.
+fn file_perms(mode: u32) -> u32 {
+    mode & 0o1777
+}
+
+/// Permission bits a guest may give a directory: setuid dropped, setgid kept.
+fn dir_perms(mode: u32) -> u32 {
+    mode & 0o3777
+}
+
+/// The mode MKNOD may create, with the umask already applied (the backend is then given umask
+/// 0, so what is checked here is what is made): a regular file, FIFO or socket, or the 0:0
+/// character device overlayfs uses as a whiteout (no driver backs it). Any other device is a
+/// host device to whoever on the host opens it.
+pub fn mknod_mode(mode: u32, umask: u32, rdev: u32) -> io::Result<u32> {
+    let mode = mode & !umask;
+    let kind = match mode & libc::S_IFMT {
+        // mknod(2): a zero type is a regular file.
+        0 | libc::S_IFREG => libc::S_IFREG,
+        kind @ (libc::S_IFIFO | libc::S_IFSOCK) => kind,
+        libc::S_IFCHR if rdev == 0 => libc::S_IFCHR,
+        libc::S_IFCHR | libc::S_IFBLK => return Err(eperm()),
+        _ => return Err(einval()),
+    };
+    Ok(kind | file_perms(mode))
+}
+
+/// Extended attributes a guest may set or remove: its own (`user.*`) and POSIX ACLs, which
+/// grant no more than mode bits do. Not `security.capability` (file capabilities on exec),
+/// other `security.*` (LSM labels), `trusted.*` (e.g. `trusted.overlay.*`, which steers a host
+/// overlayfs using the directory as a layer) or other `system.*` names.
+pub fn check_xattr_name(name: &CStr) -> io::Result<()> {
+    let name = name.to_bytes();
+    if name.starts_with(b"user.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+    {
+        Ok(())
+    } else {
+        Err(eperm())
+    }
+}
+
+/// Refuses open flags no Linux FUSE client sends and the host must not act on: with O_PATH,
+/// openat ignores O_CREAT|O_EXCL and follows a symlink the guest planted (CREATE would hold
+/// a host file outside the share); O_TMPFILE on a directory makes an unnamed host file.
+fn check_open_flags(flags: u32) -> io::Result<()> {
+    let flags = flags as i32;
+    if flags & libc::O_PATH != 0 || flags & (libc::O_TMPFILE & !libc::O_DIRECTORY) != 0 {
+        Err(einval())
+    } else {
+        Ok(())
+    }
 }
 
 /// A single path component: non-empty, no '/', at most NAME_MAX bytes, and (unless
@@ -71,7 +148,41 @@ impl<F> GuestFs<F> {
     }
 }
 
-impl<F: FileSystem> FileSystem for GuestFs<F> {
+impl<F: FileSystem> GuestFs<F>
+where
+    F::Inode: Copy,
+{
+    /// Clears a regular file's setuid and setgid bits before its data changes.
+    fn kill_suidgid(&self, ctx: &Context, inode: F::Inode) -> io::Result<()> {
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0
+        {
+            return Ok(());
+        }
+        let mut attr = st;
+        attr.st_mode = file_perms(st.st_mode);
+        self.inner
+            .setattr(ctx, inode, attr, None, SetattrValid::MODE)
+            .map(drop)
+    }
+
+    /// The inode's file type; refuses a device node other than a 0:0 whiteout, whose mode,
+    /// owner and ACLs are not the guest's to loosen.
+    fn kind_unless_device(&self, ctx: &Context, inode: F::Inode) -> io::Result<u32> {
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if matches!(kind, libc::S_IFCHR | libc::S_IFBLK) && st.st_rdev != 0 {
+            return Err(eperm());
+        }
+        Ok(kind)
+    }
+}
+
+impl<F: FileSystem> FileSystem for GuestFs<F>
+where
+    F::Inode: Copy,
+{
     type Inode = F::Inode;
     type Handle = F::Handle;
 
@@ -129,6 +240,20 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        let mut attr = attr;
+        if valid.intersects(SetattrValid::MODE | SetattrValid::UID | SetattrValid::GID) {
+            let kind = self.kind_unless_device(ctx, inode)?;
+            if valid.contains(SetattrValid::MODE) {
+                attr.st_mode = if kind == libc::S_IFDIR {
+                    dir_perms(attr.st_mode)
+                } else {
+                    file_perms(attr.st_mode)
+                };
+            }
+        }
+        if valid.contains(SetattrValid::SIZE) {
+            self.kill_suidgid(ctx, inode)?;
+        }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -164,13 +289,8 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(name, false)?;
-        // Device nodes in a host directory are host devices to anyone on the host who opens
-        // them; only the 0:0 character device (overlayfs whiteout) is allowed.
-        let kind = mode & libc::S_IFMT;
-        if kind == libc::S_IFBLK || (kind == libc::S_IFCHR && rdev != 0) {
-            return Err(io::Error::from_raw_os_error(libc::EPERM));
-        }
-        self.inner.mknod(ctx, inode, name, mode, rdev, umask)
+        let mode = mknod_mode(mode, umask, rdev)?;
+        self.inner.mknod(ctx, inode, name, mode, rdev, 0)
     }
 
     fn mkdir(
@@ -183,7 +303,8 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
     ) -> io::Result<Entry> {
         self.writable()?;
         check_name(name, false)?;
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        self.inner
+            .mkdir(ctx, parent, name, dir_perms(mode & !umask), 0)
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
@@ -236,6 +357,10 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
         if self.read_only && open_writes(flags) {
             return Err(erofs());
         }
+        check_open_flags(flags)?;
+        if flags & libc::O_TRUNC as u32 != 0 {
+            self.kill_suidgid(ctx, inode)?;
+        }
         self.inner.open(ctx, inode, flags, fuse_flags)
     }
 
@@ -248,7 +373,18 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         check_name(name, false)?;
-        self.inner.create(ctx, parent, name, args)
+        check_open_flags(args.flags)?;
+        let args = CreateIn {
+            mode: libc::S_IFREG | file_perms(args.mode & !args.umask),
+            umask: 0,
+            ..args
+        };
+        let created = self.inner.create(ctx, parent, name, args)?;
+        // Without O_EXCL an existing file is opened, and O_TRUNC truncates it.
+        if args.flags & libc::O_TRUNC as u32 != 0 {
+            self.kill_suidgid(ctx, F::Inode::from(created.0.inode))?;
+        }
+        Ok(created)
     }
 
     fn read(
@@ -281,6 +417,7 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        self.kill_suidgid(ctx, inode)?;
         self.inner.write(
             ctx,
             inode,
@@ -325,6 +462,7 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
         length: u64,
     ) -> io::Result<()> {
         self.writable()?;
+        self.kill_suidgid(ctx, inode)?;
         self.inner
             .fallocate(ctx, inode, handle, mode, offset, length)
     }
@@ -357,6 +495,8 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
         flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
+        check_xattr_name(name)?;
+        self.kind_unless_device(ctx, inode)?;
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
@@ -367,7 +507,8 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        // The backend allocates `size` bytes; the kernel would cap it here anyway.
+        self.inner.getxattr(ctx, inode, name, size.min(XATTR_MAX))
     }
 
     fn listxattr(
@@ -376,11 +517,13 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
         inode: Self::Inode,
         size: u32,
     ) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, inode, size.min(XATTR_MAX))
     }
 
     fn removexattr(&self, ctx: &Context, inode: Self::Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
+        check_xattr_name(name)?;
+        self.kind_unless_device(ctx, inode)?;
         self.inner.removexattr(ctx, inode, name)
     }
 
@@ -393,6 +536,7 @@ impl<F: FileSystem> FileSystem for GuestFs<F> {
         if self.read_only && open_writes(flags) {
             return Err(erofs());
         }
+        check_open_flags(flags)?;
         self.inner.opendir(ctx, inode, flags)
     }
 

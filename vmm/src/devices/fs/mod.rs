@@ -5,15 +5,20 @@
 //! cannot name anything outside the share (no '/', "..", absolute symlink or /proc path is ever
 //! resolved by the host; LOOKUP("..") at the root is answered with the root itself), and only
 //! regular files and directories are ever re-opened for I/O (device nodes never are).
-//! [`filter::GuestFs`] sits in front of it for name checks and read-only enforcement.
+//! [`filter::GuestFs`] sits in front of it for name checks, read-only enforcement, and what a
+//! hostile guest kernel could leave in the host directory for the host to honour: no device
+//! nodes but 0:0 whiteouts (type checked after the guest's umask), no setuid/setgid files
+//! (stripped from every guest mode, cleared when a guest changes a file's data), no loosening
+//! of existing device nodes, no O_PATH/O_TMPFILE opens, no `security.*`/`trusted.*` xattrs.
 //!
 //! Identity: no uid/gid mapping, guest ids are host ids inside the share (the share is the
 //! pod's own root filesystem). Creating files switches the serving thread's fsuid/fsgid to
 //! the caller's, so the VMM needs CAP_SETUID/CAP_SETGID when it is not already that user.
 //! File handles (`open_by_handle_at`, CAP_DAC_READ_SEARCH) are not used: inodes are kept as
 //! O_PATH fds, which is why `Fs::new` raises RLIMIT_NOFILE to its hard limit. Extended
-//! attributes are off (a guest setting `security.capability` or `trusted.*` on host files is
-//! not wanted), and no DAX window is offered.
+//! attributes are off in the backend (and refused by name in the filter besides: a guest
+//! setting `security.capability` or `trusted.*` on host files is not wanted), and no DAX window
+//! is offered.
 //!
 //! Note: PassthroughFs sets the process umask to 0 on FUSE INIT (the guest applies its own
 //! umask before sending modes); anything else the VMM creates should pass explicit modes.

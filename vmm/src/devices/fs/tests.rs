@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, FsOptions, GetattrIn, InHeader, InitIn, InitIn2, InitOut, MkdirIn,
-    MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, SetattrIn, WriteIn, WriteOut,
+    AttrOut, CreateIn, EntryOut, FallocateIn, FsOptions, GetattrIn, GetxattrIn, InHeader, InitIn,
+    InitIn2, InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, Rename2In,
+    SetattrIn, SetattrValid, SetxattrIn, WriteIn, WriteOut,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -234,14 +235,55 @@ impl Harness {
     }
 
     fn mkdir(&mut self, parent: u64, name: &str) -> Reply {
-        let args = MkdirIn {
-            mode: 0o755,
-            umask: 0o022,
-        };
-        let mut body = args.as_slice().to_vec();
-        body.extend_from_slice(CString::new(name).unwrap().as_bytes_with_nul());
-        self.call(Opcode::Mkdir, parent, &body)
+        self.mkdir_mode(parent, name, 0o755, 0o022)
     }
+
+    fn mkdir_mode(&mut self, parent: u64, name: &str, mode: u32, umask: u32) -> Reply {
+        let args = MkdirIn { mode, umask };
+        self.call(Opcode::Mkdir, parent, &with_name(args.as_slice(), name))
+    }
+
+    fn create_mode(&mut self, parent: u64, name: &str, flags: i32, mode: u32, umask: u32) -> Reply {
+        let args = CreateIn {
+            flags: flags as u32,
+            mode,
+            umask,
+            fuse_flags: 0,
+        };
+        self.call(Opcode::Create, parent, &with_name(args.as_slice(), name))
+    }
+
+    fn mknod(&mut self, parent: u64, name: &str, mode: u32, rdev: u32, umask: u32) -> Reply {
+        let args = MknodIn {
+            mode,
+            rdev,
+            umask,
+            padding: 0,
+        };
+        self.call(Opcode::Mknod, parent, &with_name(args.as_slice(), name))
+    }
+
+    fn setattr(&mut self, nodeid: u64, args: SetattrIn) -> Reply {
+        self.call(Opcode::Setattr, nodeid, args.as_slice())
+    }
+
+    fn write(&mut self, nodeid: u64, fh: u64, data: &[u8]) -> Reply {
+        let write = WriteIn {
+            fh,
+            size: data.len() as u32,
+            ..Default::default()
+        };
+        let mut body = write.as_slice().to_vec();
+        body.extend_from_slice(data);
+        self.call(Opcode::Write, nodeid, &body)
+    }
+}
+
+/// A FUSE body: the fixed part, then a NUL-terminated name.
+fn with_name(fixed: &[u8], name: &str) -> Vec<u8> {
+    let mut body = fixed.to_vec();
+    body.extend_from_slice(CString::new(name).unwrap().as_bytes_with_nul());
+    body
 }
 
 fn share() -> tempfile::TempDir {
@@ -834,4 +876,532 @@ fn event_loop_dispatches_both_queues() {
         .read_obj(hiprio.used_addr().unchecked_add(4 + 4))
         .unwrap();
     assert_eq!(len, 0);
+}
+
+// ---- A hostile guest kernel: what it creates in, and does to, the host directory ----
+
+const SUID_SGID: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// `st_mode` of `name` in `dir`, not following symlinks.
+fn host_mode(dir: &Path, name: &str) -> u32 {
+    std::fs::symlink_metadata(dir.join(name)).unwrap().mode()
+}
+
+/// A host file the image put in the share with setuid and setgid set.
+fn host_setid_file(dir: &Path, name: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, b"#!/bin/sh\nid\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    assert_eq!(host_mode(dir, name) & 0o7777, 0o6755);
+}
+
+fn mode_setattr(mode: u32) -> SetattrIn {
+    SetattrIn {
+        valid: SetattrValid::MODE.bits(),
+        mode,
+        ..Default::default()
+    }
+}
+
+/// Issue 9, item 7: the node is made with `mode & !umask` and the guest sends both, so what
+/// is checked must be the type left after the umask.
+#[test]
+fn mknod_checks_the_type_left_after_the_guest_umask() {
+    let dir = share();
+    let mut h = Harness::new(dir.path(), false);
+    let sda = libc::makedev(8, 0) as u32;
+    let mem = libc::makedev(1, 1) as u32;
+
+    // The issue's instances: a block device, then a character device.
+    let r = h.mknod(ROOT, "blk", 0o070666, sda, 0o010000);
+    assert_eq!(r.errno(), libc::EPERM);
+    let r = h.mknod(ROOT, "chr", libc::S_IFLNK | 0o666, mem, 0o100000);
+    assert_eq!(r.errno(), libc::EPERM);
+    for name in ["blk", "chr"] {
+        assert!(std::fs::symlink_metadata(dir.path().join(name)).is_err());
+    }
+
+    // The class: every file type the guest can name under every umask type, with a real
+    // device number and with 0:0. What exists afterwards is a regular file, FIFO, socket or
+    // the 0:0 character device (an overlayfs whiteout, which no driver backs), never setuid or
+    // setgid.
+    for rdev in [mem, 0] {
+        for mode_type in 0..16u32 {
+            for umask_type in 0..16u32 {
+                let mode = (mode_type << 12) | 0o6777;
+                let umask = (umask_type << 12) | 0o022;
+                let name = format!("n-{rdev}-{mode_type:o}-{umask_type:o}");
+                let r = h.mknod(ROOT, &name, mode, rdev, umask);
+                let Ok(meta) = std::fs::symlink_metadata(dir.path().join(&name)) else {
+                    assert_ne!(r.header.error, 0, "{name}");
+                    continue;
+                };
+                assert_eq!(r.header.error, 0, "{name}");
+                let kind = meta.mode() & libc::S_IFMT;
+                let whiteout = kind == libc::S_IFCHR && meta.rdev() == 0;
+                assert!(
+                    whiteout || matches!(kind, libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK),
+                    "{name}: made type {kind:o} rdev {:#x}",
+                    meta.rdev()
+                );
+                assert_eq!(
+                    meta.mode() & 0o7777,
+                    0o755,
+                    "{name}: mode {:o}",
+                    meta.mode()
+                );
+            }
+        }
+    }
+
+    // What a real guest makes keeps working: FIFOs, sockets, whiteouts, plain files.
+    for (name, mode) in [
+        ("fifo", libc::S_IFIFO | 0o644),
+        ("sock", libc::S_IFSOCK | 0o755),
+        ("whiteout", libc::S_IFCHR),
+        ("plain", libc::S_IFREG | 0o640),
+    ] {
+        let r = h.mknod(ROOT, name, mode, 0, 0o022);
+        assert_eq!(r.header.error, 0, "{name}");
+        let meta = std::fs::symlink_metadata(dir.path().join(name)).unwrap();
+        assert_eq!(meta.mode(), mode & !0o022, "{name}");
+        assert_eq!(meta.rdev(), 0, "{name}");
+    }
+    // Block devices are refused even as 0:0.
+    assert_eq!(
+        h.mknod(ROOT, "b00", libc::S_IFBLK, 0, 0).errno(),
+        libc::EPERM
+    );
+    // RENAME_WHITEOUT (what overlayfs in the guest uses) leaves the same 0:0 node behind.
+    let rename = Rename2In {
+        newdir: ROOT,
+        flags: libc::RENAME_WHITEOUT,
+        padding: 0,
+    };
+    let mut body = rename.as_slice().to_vec();
+    body.extend_from_slice(b"plain\0renamed\0");
+    assert_eq!(h.call(Opcode::Rename2, ROOT, &body).header.error, 0);
+    let left = std::fs::symlink_metadata(dir.path().join("plain")).unwrap();
+    assert_eq!(
+        (left.mode() & libc::S_IFMT, left.rdev()),
+        (libc::S_IFCHR, 0)
+    );
+    assert!(dir.path().join("renamed").is_file());
+}
+
+/// Issue 9, item 5 (virtio-fs): guest-made files are never setuid or setgid on the host.
+/// Directories may keep setgid (new entries inherit the group; it grants nothing on exec).
+#[test]
+fn guest_cannot_make_setuid_or_setgid_files() {
+    let dir = share();
+    let d = dir.path();
+    let mut h = Harness::new(d, false);
+    let flags = libc::O_WRONLY | libc::O_CREAT;
+
+    let r = h.create_mode(ROOT, "suid", flags, libc::S_IFREG | 0o4755, 0);
+    assert_eq!(r.header.error, 0);
+    assert_eq!(host_mode(d, "suid") & 0o7777, 0o755);
+    let r = h.create_mode(
+        ROOT,
+        "sgid",
+        flags | libc::O_EXCL,
+        libc::S_IFREG | 0o6775,
+        0o002,
+    );
+    assert_eq!(r.header.error, 0);
+    assert_eq!(host_mode(d, "sgid") & 0o7777, 0o775);
+
+    // SETATTR to 06755: the reply and the host agree, neither bit is set.
+    let file: EntryOut = h.lookup(ROOT, b"hello.txt").ok();
+    let attr: AttrOut = h
+        .setattr(file.nodeid, mode_setattr(libc::S_IFREG | 0o6755))
+        .ok();
+    assert_eq!(attr.attr.mode & 0o7777, 0o755);
+    assert_eq!(host_mode(d, "hello.txt"), libc::S_IFREG | 0o755);
+    // Type bits in a SETATTR mode do not turn the file into anything else.
+    for kind in [libc::S_IFCHR, libc::S_IFBLK, libc::S_IFDIR, 0o170000] {
+        let attr: AttrOut = h.setattr(file.nodeid, mode_setattr(kind | 0o4640)).ok();
+        assert_eq!(attr.attr.mode, libc::S_IFREG | 0o640, "{kind:o}");
+        assert_eq!(host_mode(d, "hello.txt"), libc::S_IFREG | 0o640, "{kind:o}");
+    }
+
+    // Directories: never setuid; setgid kept when the guest sets it.
+    let r = h.mkdir_mode(ROOT, "sgid-dir", 0o6755, 0);
+    assert_eq!(r.header.error, 0);
+    assert_eq!(host_mode(d, "sgid-dir") & libc::S_ISUID, 0);
+    let sub: EntryOut = h.lookup(ROOT, b"sgid-dir").ok();
+    let attr: AttrOut = h.setattr(sub.nodeid, mode_setattr(0o6755)).ok();
+    assert_eq!(attr.attr.mode, libc::S_IFDIR | 0o2755);
+    assert_eq!(host_mode(d, "sgid-dir"), libc::S_IFDIR | 0o2755);
+    // ... and what is created inside it inherits the group, not setgid.
+    let r = h.create_mode(sub.nodeid, "inner", flags, libc::S_IFREG | 0o2755, 0);
+    assert_eq!(r.header.error, 0);
+    assert_eq!(host_mode(d, "sgid-dir/inner") & 0o7777, 0o755);
+}
+
+/// The host kernel clears setuid/setgid on a write only when the writer lacks CAP_FSETID, and
+/// the device writes as root; a guest changing a setuid file's data must still clear them,
+/// whatever the guest says in its kill-priv flags.
+#[test]
+fn guest_data_changes_clear_setuid_and_setgid() {
+    const OPS: [&str; 6] = [
+        "write",
+        "fallocate",
+        "truncate",
+        "chown",
+        "otrunc",
+        "create-trunc",
+    ];
+    let dir = share();
+    let d = dir.path();
+    for name in OPS {
+        host_setid_file(d, name);
+    }
+    let mut h = Harness::new(d, false);
+    let node = |h: &mut Harness, name: &str| h.lookup(ROOT, name.as_bytes()).ok::<EntryOut>();
+
+    let e = node(&mut h, "write");
+    let open: OpenOut = h.open(e.nodeid, libc::O_WRONLY).ok();
+    let out: WriteOut = h.write(e.nodeid, open.fh, b"#!/bin/sh\nevil\n").ok();
+    assert_eq!(out.size, 15);
+
+    let e = node(&mut h, "fallocate");
+    let open: OpenOut = h.open(e.nodeid, libc::O_RDWR).ok();
+    let fallocate = FallocateIn {
+        fh: open.fh,
+        offset: 0,
+        length: 4096,
+        mode: 0,
+        padding: 0,
+    };
+    let r = h.call(Opcode::Fallocate, e.nodeid, fallocate.as_slice());
+    assert_eq!(r.header.error, 0);
+
+    let e = node(&mut h, "truncate");
+    let truncate = SetattrIn {
+        valid: SetattrValid::SIZE.bits(),
+        size: 3,
+        ..Default::default()
+    };
+    let truncated: AttrOut = h.setattr(e.nodeid, truncate).ok();
+
+    let e = node(&mut h, "chown");
+    let chown = SetattrIn {
+        valid: (SetattrValid::UID | SetattrValid::GID).bits(),
+        uid: 0,
+        gid: 0,
+        ..Default::default()
+    };
+    let _: AttrOut = h.setattr(e.nodeid, chown).ok();
+
+    let e = node(&mut h, "otrunc");
+    let _: OpenOut = h.open(e.nodeid, libc::O_WRONLY | libc::O_TRUNC).ok();
+
+    let r = h.create(
+        ROOT,
+        "create-trunc",
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+    );
+    assert_eq!(r.header.error, 0);
+
+    let modes: Vec<_> = OPS
+        .iter()
+        .map(|op| (*op, host_mode(d, op) & 0o7777))
+        .collect();
+    let want: Vec<_> = OPS.iter().map(|op| (*op, 0o755)).collect();
+    assert_eq!(modes, want);
+    assert_eq!(
+        truncated.attr.mode & SUID_SGID,
+        0,
+        "SETATTR's reply shows the cleared mode"
+    );
+}
+
+/// Extended-attribute value on the host, if set.
+fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated; the kernel writes at most buf.len() bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+/// `security.capability` grants privilege on exec, `trusted.overlay.*` steers a host overlayfs
+/// that uses the directory as a layer, other `security.*` names are LSM labels: a guest sets
+/// none of them, even when the backend stores extended attributes.
+#[test]
+fn xattrs_the_host_honours_are_refused() {
+    use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply};
+    use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+    const PRIVILEGED: [&str; 6] = [
+        "security.capability",
+        "security.selinux",
+        "trusted.overlay.opaque",
+        "trusted.overlay.redirect",
+        "trusted.anything",
+        "system.sockprotoname",
+    ];
+    // A well-formed vfs_cap_data (revision 2, effective, all of the low 32 capabilities
+    // permitted): the kernel would store it.
+    let mut value = 0x0200_0001u32.to_le_bytes().to_vec();
+    value.extend_from_slice(&u32::MAX.to_le_bytes());
+    value.extend_from_slice(&[0u8; 12]);
+    let dir = share();
+    let file = dir.path().join("hello.txt");
+
+    // Through the device as it is built: refused, nothing reaches the host.
+    let mut h = Harness::new(dir.path(), false);
+    let e: EntryOut = h.lookup(ROOT, b"hello.txt").ok();
+    for name in PRIVILEGED {
+        let args = SetxattrIn {
+            size: value.len() as u32,
+            flags: 0,
+        };
+        let mut body = with_name(args.as_slice(), name);
+        body.extend_from_slice(&value);
+        assert_ne!(
+            h.call(Opcode::Setxattr, e.nodeid, &body).header.error,
+            0,
+            "{name}"
+        );
+        assert_eq!(host_xattr(&file, name), None, "{name}");
+    }
+
+    // Reads and removals with absurd sizes or privileged names: errors, and still serving.
+    let huge = GetxattrIn {
+        size: u32::MAX,
+        padding: 0,
+    };
+    let r = h.call(
+        Opcode::Getxattr,
+        e.nodeid,
+        &with_name(huge.as_slice(), "security.capability"),
+    );
+    assert_ne!(r.header.error, 0);
+    assert_ne!(
+        h.call(Opcode::Listxattr, e.nodeid, huge.as_slice())
+            .header
+            .error,
+        0
+    );
+    let r = h.call(Opcode::Removexattr, e.nodeid, b"security.capability\0");
+    assert_ne!(r.header.error, 0);
+    assert_eq!(
+        h.lookup(ROOT, b"hello.txt").ok::<EntryOut>().nodeid,
+        e.nodeid
+    );
+
+    // The policy holds on its own, in front of a backend that does store xattrs.
+    let cfg = Config {
+        root_dir: dir.path().to_str().unwrap().to_string(),
+        do_import: true,
+        xattr: true,
+        ..Default::default()
+    };
+    let fs = GuestFs::new(PassthroughFs::<()>::new(cfg).unwrap(), false);
+    fs.init(FsOptions::empty()).unwrap();
+    let ctx = Context::default();
+    let inode = fs
+        .lookup(&ctx, ROOT, &CString::new("hello.txt").unwrap())
+        .unwrap()
+        .inode;
+    for name in PRIVILEGED {
+        let cname = CString::new(name).unwrap();
+        let err = fs.setxattr(&ctx, inode, &cname, &value, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{name}");
+        assert_eq!(host_xattr(&file, name), None, "{name}");
+    }
+    // A host-set trusted.overlay.opaque stays: the guest cannot remove it either.
+    let cpath = CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+    let opaque = CString::new("trusted.overlay.opaque").unwrap();
+    // SAFETY: NUL-terminated strings, a 1-byte value.
+    let set =
+        unsafe { libc::lsetxattr(cpath.as_ptr(), opaque.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    let err = fs.removexattr(&ctx, inode, &opaque).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    assert_eq!(
+        host_xattr(&file, "trusted.overlay.opaque"),
+        Some(b"y".to_vec())
+    );
+
+    // An ACL is a chmod by other means: not on a device node either.
+    nix::sys::stat::mknod(
+        &dir.path().join("devnull"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        libc::makedev(1, 3),
+    )
+    .unwrap();
+    let dev = fs
+        .lookup(&ctx, ROOT, &CString::new("devnull").unwrap())
+        .unwrap()
+        .inode;
+    let mut acl = 2u32.to_le_bytes().to_vec(); // POSIX_ACL_XATTR_VERSION
+    for tag in [0x01u16, 0x04, 0x20] {
+        // ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER: rw-
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&6u16.to_le_bytes());
+        acl.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    let access_acl = CString::new("system.posix_acl_access").unwrap();
+    let err = fs.setxattr(&ctx, dev, &access_acl, &acl, 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    assert_eq!(host_mode(dir.path(), "devnull") & 0o777, 0o600);
+
+    // The guest's own names (user.*, POSIX ACLs) still work.
+    let note = CString::new("user.note").unwrap();
+    fs.setxattr(&ctx, inode, &note, b"kept", 0).unwrap();
+    assert_eq!(host_xattr(&file, "user.note"), Some(b"kept".to_vec()));
+    // A guest asking for a 4 GiB buffer gets the value (the size is capped as the kernel does).
+    match fs.getxattr(&ctx, inode, &note, u32::MAX).unwrap() {
+        GetxattrReply::Value(v) => assert_eq!(v, b"kept"),
+        GetxattrReply::Count(n) => panic!("count {n} for a sized read"),
+    }
+    fs.removexattr(&ctx, inode, &note).unwrap();
+    assert_eq!(host_xattr(&file, "user.note"), None);
+    fs.setxattr(&ctx, inode, &access_acl, &acl, 0).unwrap();
+    assert_eq!(host_mode(dir.path(), "hello.txt") & 0o777, 0o666);
+}
+
+/// A loop device attached to a temp file, detached on drop.
+struct LoopDevice {
+    path: String,
+    rdev: u64,
+}
+
+impl LoopDevice {
+    fn attach(backing: &Path) -> Option<LoopDevice> {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(backing)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "skipping the block-device part: losetup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        let rdev = std::fs::metadata(&path).ok()?.rdev();
+        Some(LoopDevice { path, rdev })
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.path])
+            .status();
+    }
+}
+
+/// An image can ship device nodes, FIFOs and sockets in the directory the share exposes: the
+/// host side never opens one (a FIFO open would also block the device), never re-targets a
+/// CREATE through a symlink, never makes unnamed files, and never loosens a device node's
+/// permissions or owner.
+#[test]
+fn special_files_in_the_share_are_never_opened_or_loosened() {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    let dir = share();
+    let d = dir.path();
+    let backing_dir = tempfile::tempdir().unwrap();
+    let backing = backing_dir.path().join("disk.img");
+    let pattern = vec![0xabu8; 64 * 1024];
+    std::fs::write(&backing, &pattern).unwrap();
+    let disk = LoopDevice::attach(&backing);
+
+    nix::unistd::mkfifo(&d.join("fifo"), Mode::from_bits_truncate(0o666)).unwrap();
+    let _sock = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
+    let private = Mode::from_bits_truncate(0o600);
+    mknod(
+        &d.join("devnull"),
+        SFlag::S_IFCHR,
+        private,
+        libc::makedev(1, 3),
+    )
+    .unwrap();
+    let mut specials = vec!["fifo", "sock", "devnull"];
+    if let Some(disk) = &disk {
+        mknod(&d.join("disk"), SFlag::S_IFBLK, private, disk.rdev).unwrap();
+        specials.push("disk");
+    }
+
+    let mut h = Harness::new(d, false);
+    for name in &specials {
+        let e: EntryOut = h.lookup(ROOT, name.as_bytes()).ok();
+        for flags in [
+            libc::O_RDONLY,
+            libc::O_RDONLY | libc::O_NONBLOCK,
+            libc::O_WRONLY | libc::O_NONBLOCK,
+            libc::O_RDWR,
+        ] {
+            assert_ne!(h.open(e.nodeid, flags).header.error, 0, "{name} {flags:#x}");
+        }
+        // CREATE of an existing name without O_EXCL opens what is there.
+        let r = h.create(ROOT, name, libc::O_RDWR | libc::O_CREAT | libc::O_NONBLOCK);
+        assert_ne!(r.header.error, 0, "{name}");
+    }
+    for name in ["devnull", "disk"].iter().filter(|n| specials.contains(n)) {
+        let e: EntryOut = h.lookup(ROOT, name.as_bytes()).ok();
+        assert_eq!(
+            h.setattr(e.nodeid, mode_setattr(0o666)).errno(),
+            libc::EPERM,
+            "{name}"
+        );
+        let chown = SetattrIn {
+            valid: SetattrValid::UID.bits(),
+            uid: 65534,
+            ..Default::default()
+        };
+        assert_eq!(h.setattr(e.nodeid, chown).errno(), libc::EPERM, "{name}");
+        let meta = std::fs::symlink_metadata(d.join(name)).unwrap();
+        assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o600, 0), "{name}");
+    }
+    assert_eq!(std::fs::read(&backing).unwrap(), pattern);
+
+    // O_PATH makes the kernel drop O_CREAT|O_EXCL and follow the symlink: the host would hold
+    // an fd on its own /etc/passwd and answer GETATTR on that handle.
+    let host_passwd = std::fs::metadata("/etc/passwd").unwrap().ino();
+    for name in ["passwd-link", "fifo", "devnull"] {
+        let flags = libc::O_PATH | libc::O_CREAT;
+        let r = h.create_mode(ROOT, name, flags, libc::S_IFREG | 0o644, 0);
+        if r.header.error == 0 {
+            let entry = EntryOut::from_slice(&r.body[..std::mem::size_of::<EntryOut>()])
+                .copied()
+                .unwrap();
+            let open = OpenOut::from_slice(&r.body[std::mem::size_of::<EntryOut>()..][..16])
+                .copied()
+                .unwrap();
+            let getattr = GetattrIn {
+                flags: 1, // FUSE_GETATTR_FH
+                fh: open.fh,
+                ..Default::default()
+            };
+            let attr = h.call(Opcode::Getattr, entry.nodeid, getattr.as_slice());
+            if attr.header.error == 0 {
+                assert_ne!(attr.ok::<AttrOut>().attr.ino, host_passwd, "{name}");
+            }
+        }
+        assert_eq!(r.errno(), libc::EINVAL, "{name}: CREATE with O_PATH");
+    }
+    // O_TMPFILE on a directory would make an unnamed host file the guest writes through.
+    let tmpfile = libc::O_TMPFILE | libc::O_RDWR;
+    assert_eq!(h.open(ROOT, tmpfile).errno(), libc::EINVAL);
+    let opendir = OpenIn {
+        flags: tmpfile as u32,
+        fuse_flags: 0,
+    };
+    let r = h.call(Opcode::Opendir, ROOT, opendir.as_slice());
+    assert_eq!(r.errno(), libc::EINVAL);
 }
