@@ -10,7 +10,6 @@ mod plan;
 mod setup;
 mod sink;
 mod supervisor;
-mod users;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
