@@ -281,8 +281,8 @@ pub fn hosts_file(old: &str, hostname: &str) -> String {
     out
 }
 
-/// runc's masked paths: files get /dev/null, directories an empty read-only tmpfs.
-const MASKED_PATHS: &[&str] = &[
+/// runc's masked paths under /proc: files get /dev/null, directories an empty read-only tmpfs.
+const PROC_MASKED: &[&str] = &[
     "/proc/acpi",
     "/proc/kcore",
     "/proc/keys",
@@ -291,9 +291,10 @@ const MASKED_PATHS: &[&str] = &[
     "/proc/timer_stats",
     "/proc/sched_debug",
     "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
 ];
+
+/// runc's masked paths under /sys.
+const SYS_MASKED: &[&str] = &["/sys/firmware", "/sys/devices/virtual/powercap"];
 
 /// runc's read-only paths under /proc.
 const READ_ONLY_PATHS: &[&str] = &[
@@ -327,7 +328,7 @@ fn mount_on(
     .with_context(|| format!("mount {fstype} on {what}"))
 }
 
-/// Masks what exists of `paths` inside the app's root (see [`MASKED_PATHS`]).
+/// Masks what exists of `paths` inside the app's root (see [`PROC_MASKED`]).
 fn mask_paths(root: BorrowedFd, paths: &[&str]) -> Result<()> {
     for p in paths {
         let Some((fd, is_dir)) =
@@ -378,7 +379,7 @@ fn read_only_paths(root: BorrowedFd, paths: &[&str]) -> Result<()> {
 fn mount_app_proc(root: BorrowedFd) -> Result<()> {
     let target = inroot::mount_target(root, "/proc", Kind::Dir).context("/proc in the app")?;
     mount_on("proc", target.as_fd(), "proc", PSEUDO, None, "/proc")?;
-    mask_paths(root, &MASKED_PATHS[..8])?;
+    mask_paths(root, PROC_MASKED)?;
     read_only_paths(root, READ_ONLY_PATHS)
 }
 
@@ -446,7 +447,7 @@ fn mount_app_sys(root: BorrowedFd) -> Result<()> {
     )
     .is_ok()
     {
-        mask_paths(root, &MASKED_PATHS[8..])?;
+        mask_paths(root, SYS_MASKED)?;
     }
     Ok(())
 }

@@ -326,8 +326,19 @@ fn device_nodes_are_inert_and_kernel_knobs_read_only() {
     );
     let env = env_with(image);
     let (maj, min) = (lo.major, lo.minor);
+    // A host volume holding a node of the loop device: the volume's bind is nodev too.
+    let vol = tempfile::tempdir().unwrap();
+    nix::sys::stat::mknod(
+        &vol.path().join("loopnode"),
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(maj.into(), min.into()),
+    )
+    .unwrap();
+    let volume = format!("--volume=v,kind=host,source={}", vol.path().display());
     let script = format!(
         "mknod /tmp/l0 b {maj} {min}; head -c16 /tmp/l0 && echo READ-TMP; \
+         head -c16 /vol/loopnode && echo READ-VOLUME-NODE; \
          mknod /dev/l1 b {maj} {min}; head -c16 /dev/l1 && echo READ-DEV; \
          head -c16 /loopnode && echo READ-IMAGE-NODE; \
          true >> /proc/sys/kernel/core_pattern && echo OPENED-CORE-PATTERN; \
@@ -339,8 +350,11 @@ fn device_nodes_are_inert_and_kernel_knobs_read_only() {
     let out = run_sh(
         &env,
         "ns",
-        &[],
-        &["--caps-retain=CAP_MKNOD,CAP_DAC_OVERRIDE,CAP_CHOWN"],
+        &[&volume],
+        &[
+            "--mount=volume=v,target=/vol",
+            "--caps-retain=CAP_MKNOD,CAP_DAC_OVERRIDE,CAP_CHOWN",
+        ],
         &script,
     );
     let pattern = String::from_utf8_lossy(&PATTERN[..16]).into_owned();
@@ -350,6 +364,7 @@ fn device_nodes_are_inert_and_kernel_knobs_read_only() {
     );
     for bad in [
         "READ-TMP",
+        "READ-VOLUME-NODE",
         "READ-DEV",
         "READ-IMAGE-NODE",
         "OPENED-CORE-PATTERN",
@@ -402,10 +417,9 @@ fn device_nodes_are_inert_and_kernel_knobs_read_only() {
             assert!(o.split(',').any(|x| x == "ro"), "{p}: {o}");
         }
     }
-    for p in ["/", "/dev", "/tmp"] {
-        if let Some(o) = opts(p) {
-            assert!(o.split(',').any(|x| x == "nodev"), "{p}: {o}");
-        }
+    for p in ["/", "/dev", "/vol"] {
+        let o = opts(p).unwrap_or_else(|| panic!("no mount at {p}:\n{out}"));
+        assert!(o.split(',').any(|x| x == "nodev"), "{p}: {o}");
     }
     // The image's 0666 node is no more use to a non-root app.
     let out = run_sh(
