@@ -129,9 +129,13 @@ pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let root = File::open(format!("/proc/{pid}/root")).context("open the app's root")?;
-    // Who the app is, from the app's own passwd and group files (read inside its root).
-    let id = identity::resolve_app(app, root.as_fd())
+    // Who the app is, from its own passwd and group files, read inside its root as the pod
+    // dir holds it (not /proc/PID/root: the app may have chrooted into files of its making).
+    let app_root = ark_pod_spec::inroot::open_root(&layout.app_rootfs(&app.name))
+        .with_context(|| format!("open the root of app {}", app.name))?;
+    let id = identity::resolve_app(app, app_root.as_fd())
         .map_err(|e| anyhow::anyhow!("app {}: {e}", app.name))?;
+    drop(app_root);
     let caps = identity::capability_sets(id.uid, &app.capabilities_keep, app.capabilities_explicit);
 
     // Join the app's cgroups so the command counts against the app's limits.
