@@ -121,13 +121,13 @@ fn not_regular(path: &str, t: FileType) -> io::Error {
 
 /// The contents of the regular file `path` inside `root`; `Ok(None)` if it does not exist.
 /// Anything else there (a device node, fifo, socket, directory, symlink) is an error, and is
-/// never read from.
+/// never opened: opening a device can have effects of its own (a watchdog starts, a tape
+/// rewinds), so the file is looked at through an `O_PATH` descriptor first and only a regular
+/// one is opened for reading, through that descriptor (`/proc/self/fd/N`: the same inode, not
+/// the path again).
 pub fn read_file(root: BorrowedFd, path: &str) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
-    // O_NONBLOCK: opening a fifo must not hang; O_NOFOLLOW: a final symlink is refused, not
-    // followed (even inside the root).
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let fd = match resolve(root, path, flags) {
+    let fd = match resolve(root, path, OFlags::PATH | OFlags::NOFOLLOW) {
         Ok(fd) => fd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -136,6 +136,11 @@ pub fn read_file(root: BorrowedFd, path: &str) -> io::Result<Option<Vec<u8>>> {
     if t != FileType::RegularFile {
         return Err(not_regular(path, t));
     }
+    let fd = rustix::fs::open(
+        fd_path(fd.as_fd()),
+        OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut out = Vec::new();
     std::fs::File::from(fd)
         .take(READ_LIMIT + 1)
