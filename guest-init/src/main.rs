@@ -10,7 +10,6 @@ mod plan;
 mod setup;
 mod sink;
 mod supervisor;
-mod users;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -486,8 +485,6 @@ fn start_app(
                 let _ = nix::unistd::dup2(out_w.as_raw_fd(), 1);
                 let _ = nix::unistd::dup2(err_w.as_raw_fd(), 2);
             }
-            // The app gets 0, 1 and 2 only (the error pipe is close-on-exec too).
-            let _ = ark_pod_spec::fds::cloexec_from_in_child(ark_pod_spec::fds::FIRST_NON_STDIO_FD);
             let _ = signals.thread_unblock();
             let err = setup::app_child(p, ctx);
             let code = err.exit_code.unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR);

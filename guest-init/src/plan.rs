@@ -2,7 +2,7 @@
 //! syscall: the pure half of guest-init, unit-tested.
 
 use ark_pod_spec::manifest::normalize_capability;
-use ark_pod_spec::{guest, PodManifest, Stage2Config};
+use ark_pod_spec::{guest, PodManifest, Rlimit, Stage2Config};
 
 /// PATH an app gets when its manifest env has none (the OCI/Docker default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -29,9 +29,11 @@ pub struct AppPlan {
     pub supplementary_groups: Vec<u32>,
     pub working_dir: String,
     pub binds: Vec<Bind>,
-    /// Canonical names (`CAP_...`) of the capabilities kept.
-    pub caps_keep: Vec<&'static str>,
-    pub rlimits: Vec<(String, u64, u64)>,
+    /// Canonical names (`CAP_...`) of the capabilities kept (the bounding set).
+    pub caps_keep: Vec<String>,
+    /// They were named by the user: a non-root app holds them too.
+    pub caps_explicit: bool,
+    pub rlimits: Vec<Rlimit>,
     /// Cgroup dirs the app joins before exec, and where its OOM kills are counted.
     pub cgroup_dirs: Vec<String>,
     pub oom_file: Option<String>,
@@ -70,12 +72,10 @@ pub fn plan(m: &PodManifest, c: &Stage2Config) -> Vec<AppPlan> {
                     .capabilities_keep
                     .iter()
                     .filter_map(|n| normalize_capability(n))
+                    .map(str::to_string)
                     .collect(),
-                rlimits: a
-                    .rlimits
-                    .iter()
-                    .map(|r| (r.resource.clone(), r.soft, r.hard))
-                    .collect(),
+                caps_explicit: a.capabilities_explicit,
+                rlimits: a.rlimits.clone(),
                 cgroup_dirs: cg.map(|g| g.dirs.clone()).unwrap_or_default(),
                 oom_file: cg.and_then(|g| g.oom_file.clone()),
                 interactive: a.interactive,
@@ -181,7 +181,15 @@ mod tests {
             }]
         );
         assert_eq!(web.caps_keep, ["CAP_NET_BIND_SERVICE"]);
-        assert_eq!(web.rlimits, [("RLIMIT_NOFILE".to_string(), 10, 20)]);
+        assert!(!web.caps_explicit);
+        assert_eq!(
+            web.rlimits,
+            [Rlimit {
+                resource: "RLIMIT_NOFILE".into(),
+                soft: 10,
+                hard: 20
+            }]
+        );
         assert_eq!(web.cgroup_dirs, ["/ark/cgroup/memory/app.web"]);
         assert!(web.oom_file.is_some());
         let side = &p[1];

@@ -2,20 +2,19 @@
 //! fork and exec (mount namespace, root, identity, limits, capabilities). Runs as root.
 
 use std::ffi::CString;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use ark_pod_spec::identity::{self, Identity};
+use ark_pod_spec::inroot::{self, Kind};
 use ark_pod_spec::{guest, Stage2Mount};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{self, Gid, Uid};
+use nix::unistd;
 
 use crate::plan::{build_env, find_program, AppPlan};
 use crate::supervisor::StartError;
-use crate::users;
 
 fn mount_fs(
     src: &str,
@@ -162,17 +161,27 @@ fn mount_devpts(dev: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The device nodes every container gets (as runc's defaults), plus the usual symlinks.
+/// The device nodes every container gets (as runc's defaults).
+const DEV_NODES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// The usual /dev symlinks.
+const DEV_LINKS: [(&str, &str); 4] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// guest-init's own /dev in a container: the standard nodes and symlinks.
 pub fn populate_dev(dev: &Path) -> Result<()> {
-    const NODES: [(&str, u64, u64); 6] = [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ];
-    for (name, major, minor) in NODES {
+    for (name, major, minor) in DEV_NODES {
         let p = dev.join(name);
         mknod(
             &p,
@@ -184,13 +193,7 @@ pub fn populate_dev(dev: &Path) -> Result<()> {
         // mknod honours the umask; the nodes must be usable by any uid.
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
     }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("core", "/proc/kcore"),
-    ] {
+    for (link, target) in DEV_LINKS {
         std::os::unix::fs::symlink(target, dev.join(link))
             .with_context(|| format!("symlink /dev/{link}"))?;
     }
@@ -236,62 +239,24 @@ fn remount_ro(target: &Path) -> Result<()> {
     .with_context(|| format!("remount {} read-only", target.display()))
 }
 
-/// `root` + `path`, with every symlink on the way resolved as if `root` were `/`: an image
-/// cannot point a mount target at the host (`/data -> /../../etc`).
-pub fn secure_join(root: &Path, path: &str) -> io::Result<PathBuf> {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<String> = path.split('/').rev().map(str::to_string).collect();
-    let mut links = 0;
-    while let Some(c) = pending.pop() {
-        match c.as_str() {
-            "" | "." => continue,
-            ".." => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let candidate = resolved.join(&c);
-        let full = root.join(&candidate);
-        match std::fs::symlink_metadata(&full) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(io::Error::other(format!("{path}: too many symlinks")));
-                }
-                let target = std::fs::read_link(&full)?;
-                let target = target.to_string_lossy();
-                if target.starts_with('/') {
-                    resolved = PathBuf::new();
-                }
-                pending.extend(target.split('/').rev().map(str::to_string));
-            }
-            _ => resolved = candidate,
-        }
-    }
-    Ok(root.join(resolved))
-}
-
 /// The files that tie an app to its pod: `/etc/hostname` and the hostname in `/etc/hosts`
 /// (when the pod has its own hostname), and `/etc/resolv.conf` when the stage1 provided one.
+/// Each is replaced inside the app's root (never written through what the image put there).
 /// Best effort: a read-only image root keeps its own files (with a warning), it is not an
 /// error.
-fn write_etc(root: &Path, hostname: Option<&str>) {
+fn write_etc(root: BorrowedFd, hostname: Option<&str>) {
     let write = |path: &str, bytes: &[u8]| {
-        let r = secure_join(root, path).and_then(|p| {
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(p, bytes)
-        });
-        if let Err(e) = r {
+        if let Err(e) = inroot::replace_file(root, path, bytes) {
             eprintln!("ark-init: warning: cannot write {path} in the app's root: {e}");
         }
     };
     if let Some(h) = hostname {
         write("/etc/hostname", format!("{h}\n").as_bytes());
-        let old = secure_join(root, "/etc/hosts")
-            .and_then(std::fs::read_to_string)
+        // A hosts file that is not a regular file is not read; its entries are lost.
+        let old = inroot::read_file(root, "/etc/hosts")
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         write("/etc/hosts", hosts_file(&old, h).as_bytes());
     }
@@ -316,44 +281,208 @@ pub fn hosts_file(old: &str, hostname: &str) -> String {
     out
 }
 
-/// Makes `dst` exist as a mount point of the same kind (dir or file) as `src`.
-fn make_mountpoint(src: &Path, dst: &Path) -> Result<()> {
-    if src.is_dir() {
-        std::fs::create_dir_all(dst)
-    } else {
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dst)
-            .map(drop)
-    }
-    .with_context(|| format!("create mount point {}", dst.display()))
+/// runc's masked paths under /proc: files get /dev/null, directories an empty read-only tmpfs.
+const PROC_MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+];
+
+/// runc's masked paths under /sys.
+const SYS_MASKED: &[&str] = &["/sys/firmware", "/sys/devices/virtual/powercap"];
+
+/// runc's read-only paths under /proc.
+const READ_ONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+const PSEUDO: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// mount(2) of a new filesystem onto a resolved mount point (its descriptor).
+fn mount_on(
+    src: &str,
+    target: BorrowedFd,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+    what: &str,
+) -> Result<()> {
+    mount(
+        Some(src),
+        inroot::fd_path(target).as_str(),
+        Some(fstype),
+        flags,
+        data,
+    )
+    .with_context(|| format!("mount {fstype} on {what}"))
 }
 
-fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
-    use nix::sys::resource::Resource as R;
-    Some(match name {
-        "RLIMIT_AS" => R::RLIMIT_AS,
-        "RLIMIT_CORE" => R::RLIMIT_CORE,
-        "RLIMIT_CPU" => R::RLIMIT_CPU,
-        "RLIMIT_DATA" => R::RLIMIT_DATA,
-        "RLIMIT_FSIZE" => R::RLIMIT_FSIZE,
-        "RLIMIT_LOCKS" => R::RLIMIT_LOCKS,
-        "RLIMIT_MEMLOCK" => R::RLIMIT_MEMLOCK,
-        "RLIMIT_MSGQUEUE" => R::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => R::RLIMIT_NICE,
-        "RLIMIT_NOFILE" => R::RLIMIT_NOFILE,
-        "RLIMIT_NPROC" => R::RLIMIT_NPROC,
-        "RLIMIT_RSS" => R::RLIMIT_RSS,
-        "RLIMIT_RTPRIO" => R::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => R::RLIMIT_RTTIME,
-        "RLIMIT_SIGPENDING" => R::RLIMIT_SIGPENDING,
-        "RLIMIT_STACK" => R::RLIMIT_STACK,
-        _ => return None,
-    })
+/// Masks what exists of `paths` inside the app's root (see [`PROC_MASKED`]).
+fn mask_paths(root: BorrowedFd, paths: &[&str]) -> Result<()> {
+    for p in paths {
+        let Some((fd, is_dir)) =
+            inroot::existing(root, p).with_context(|| format!("look up {p} to mask"))?
+        else {
+            continue;
+        };
+        if is_dir {
+            mount_on(
+                "tmpfs",
+                fd.as_fd(),
+                "tmpfs",
+                PSEUDO | MsFlags::MS_RDONLY,
+                Some("mode=0555"),
+                p,
+            )?;
+        } else {
+            inroot::bind(
+                Path::new("/dev/null"),
+                fd.as_fd(),
+                inroot::ATTR_RDONLY,
+                false,
+            )
+            .with_context(|| format!("mask {p}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes what exists of `paths` inside the app's root a read-only copy of itself.
+fn read_only_paths(root: BorrowedFd, paths: &[&str]) -> Result<()> {
+    let attrs =
+        inroot::ATTR_RDONLY | inroot::ATTR_NOSUID | inroot::ATTR_NODEV | inroot::ATTR_NOEXEC;
+    for p in paths {
+        let Some((fd, _)) = inroot::existing(root, p).with_context(|| format!("look up {p}"))?
+        else {
+            continue;
+        };
+        let tree = inroot::clone_tree(fd.as_fd(), "", true).with_context(|| format!("bind {p}"))?;
+        inroot::set_attrs(tree.as_fd(), attrs, true)
+            .with_context(|| format!("make {p} read-only"))?;
+        inroot::attach(tree.as_fd(), fd.as_fd()).with_context(|| format!("bind {p} read-only"))?;
+    }
+    Ok(())
+}
+
+/// The app's /proc: its own procfs with runc's masked and read-only paths.
+fn mount_app_proc(root: BorrowedFd) -> Result<()> {
+    let target = inroot::mount_target(root, "/proc", Kind::Dir).context("/proc in the app")?;
+    mount_on("proc", target.as_fd(), "proc", PSEUDO, None, "/proc")?;
+    mask_paths(root, PROC_MASKED)?;
+    read_only_paths(root, READ_ONLY_PATHS)
+}
+
+/// The app's /dev: a tmpfs mounted nodev, so no node the app or its image makes there opens;
+/// the standard nodes are bind mounts of guest-init's own (each its own mount, where devices
+/// do open), then devpts (a new instance) and /dev/shm.
+fn mount_app_dev(root: BorrowedFd) -> Result<()> {
+    let target = inroot::mount_target(root, "/dev", Kind::Dir).context("/dev in the app")?;
+    mount_on(
+        "tmpfs",
+        target.as_fd(),
+        "tmpfs",
+        PSEUDO,
+        Some("mode=0755,size=65536k"),
+        "/dev",
+    )?;
+    let dev = inroot::resolve(
+        root,
+        "/dev",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+    )
+    .context("open the app's /dev")?;
+    for (name, _, _) in DEV_NODES {
+        let node = inroot::mount_target(root, &format!("/dev/{name}"), Kind::File)
+            .with_context(|| format!("/dev/{name} in the app"))?;
+        inroot::bind(&Path::new("/dev").join(name), node.as_fd(), 0, false)
+            .with_context(|| format!("bind /dev/{name} into the app"))?;
+    }
+    for (link, to) in DEV_LINKS.iter().chain(&[("ptmx", "pts/ptmx")]) {
+        rustix::fs::symlinkat(*to, &dev, *link).with_context(|| format!("symlink /dev/{link}"))?;
+    }
+    let pts = inroot::mount_target(root, "/dev/pts", Kind::Dir).context("/dev/pts")?;
+    mount_on(
+        "devpts",
+        pts.as_fd(),
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+        "/dev/pts",
+    )?;
+    let shm = inroot::mount_target(root, "/dev/shm", Kind::Dir).context("/dev/shm")?;
+    mount_on(
+        "shm",
+        shm.as_fd(),
+        "tmpfs",
+        PSEUDO,
+        Some("mode=1777"),
+        "/dev/shm",
+    )
+}
+
+/// The app's /sys, read-only, with runc's masks; best effort (see mount_pseudo_fs).
+fn mount_app_sys(root: BorrowedFd) -> Result<()> {
+    if !Path::new("/sys/kernel").exists() {
+        return Ok(());
+    }
+    let target = inroot::mount_target(root, "/sys", Kind::Dir).context("/sys in the app")?;
+    if mount_on(
+        "sysfs",
+        target.as_fd(),
+        "sysfs",
+        PSEUDO | MsFlags::MS_RDONLY,
+        None,
+        "/sys",
+    )
+    .is_ok()
+    {
+        mask_paths(root, SYS_MASKED)?;
+    }
+    Ok(())
+}
+
+/// The app's root as a mount of its own (pivot_root needs a mount point), `nodev` on it and
+/// every mount below: no device node an image ships opens. Returns a descriptor of it.
+fn bind_app_root(path: &Path) -> Result<OwnedFd> {
+    let dir =
+        inroot::open_root(path).with_context(|| format!("open app root {}", path.display()))?;
+    let tree = inroot::clone_tree(dir.as_fd(), "", true).context("bind app root")?;
+    inroot::set_attrs(tree.as_fd(), inroot::ATTR_NODEV, true).context("app root nodev")?;
+    inroot::attach(tree.as_fd(), dir.as_fd()).context("mount app root")?;
+    // The path now leads to the new mount (the old descriptor to what lies under it).
+    inroot::open_root(path).context("open the app root mount")
+}
+
+/// The volumes, each bound (recursively, nodev, read-only when asked) onto a mount point
+/// resolved inside the app's root.
+fn bind_volumes(root: BorrowedFd, plan: &AppPlan) -> Result<()> {
+    for b in &plan.binds {
+        let src = Path::new(&b.source);
+        if !src.exists() {
+            bail!("volume for {} is missing at {}", b.target, b.source);
+        }
+        let kind = if src.is_dir() { Kind::Dir } else { Kind::File };
+        let target = inroot::mount_target(root, &b.target, kind)
+            .with_context(|| format!("create mount point {}", b.target))?;
+        let mut attrs = inroot::ATTR_NODEV;
+        if b.read_only {
+            attrs |= inroot::ATTR_RDONLY;
+        }
+        inroot::bind(src, target.as_fd(), attrs, true)
+            .with_context(|| format!("bind volume onto {}", b.target))?;
+    }
+    Ok(())
 }
 
 /// What an app child needs besides its plan.
@@ -387,6 +516,8 @@ pub struct Ready {
 fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
     use nix::sched::{unshare, CloneFlags};
 
+    // The app gets fds 0, 1 and 2 only (the error pipe is close-on-exec already).
+    ark_pod_spec::fds::cloexec_inherited().context("close-on-exec above stdio")?;
     // Cgroups first, so everything the app does from here on is accounted to it.
     for dir in &plan.cgroup_dirs {
         ark_pod_spec::cgroup::join_single_threaded(Path::new(dir))
@@ -407,62 +538,23 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
         Err(e) => return Err(e).context("make / private"),
     }
 
-    let root = PathBuf::from(&plan.root);
-    if !root.is_dir() {
+    let root_path = Path::new(&plan.root);
+    if !root_path.is_dir() {
         bail!("app root {} is missing", plan.root);
     }
-    // pivot_root needs the new root to be a mount point.
-    mount(
-        Some(&root),
-        &root,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .context("bind app root")?;
-
-    for b in &plan.binds {
-        let src = Path::new(&b.source);
-        if !src.exists() {
-            bail!("volume for {} is missing at {}", b.target, b.source);
-        }
-        let dst = secure_join(&root, &b.target)?;
-        make_mountpoint(src, &dst)?;
-        mount(
-            Some(src),
-            &dst,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind volume onto {}", b.target))?;
-        if b.read_only {
-            remount_ro(&dst)?;
-        }
-    }
-
-    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs("proc", &secure_join(&root, "/proc")?, "proc", nodev, None)?;
-    let dev = secure_join(&root, "/dev")?;
-    mount_fs(
-        "tmpfs",
-        &dev,
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755"),
-    )?;
-    populate_dev(&dev)?;
-    mount_devpts(&dev)?;
-    mount_fs("shm", &dev.join("shm"), "tmpfs", nodev, Some("mode=1777"))?;
-    let sys = secure_join(&root, "/sys")?;
-    if Path::new("/sys/kernel").exists() {
-        // Read-only, as runc does; best effort (see mount_pseudo_fs).
-        let _ = mount_fs("sysfs", &sys, "sysfs", nodev | MsFlags::MS_RDONLY, None);
-    }
-    write_etc(&root, ctx.hostname);
+    let root = bind_app_root(root_path)?;
+    let root = root.as_fd();
+    bind_volumes(root, plan)?;
+    // Before /proc and /sys exist in the root: nothing written here can reach them.
+    write_etc(root, ctx.hostname);
+    inroot::mkdir_all(root, &plan.working_dir)
+        .with_context(|| format!("working dir {}", plan.working_dir))?;
+    mount_app_proc(root)?;
+    mount_app_dev(root)?;
+    mount_app_sys(root)?;
 
     if !plan.interactive {
-        let null = std::fs::File::open(dev.join("null")).context("open /dev/null")?;
+        let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
         unistd::dup2(null.as_raw_fd(), 0).context("stdin")?;
         // Its own session: a terminal's ^C goes to the stage1 (a graceful stop), not here.
         let _ = unistd::setsid();
@@ -470,11 +562,8 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
         foreground()?;
     }
 
-    enter_root(&root)?;
-
-    let passwd = std::fs::read_to_string("/etc/passwd").ok();
-    let group = std::fs::read_to_string("/etc/group").ok();
-    let id = users::resolve(
+    let (passwd, group) = identity::account_files(root);
+    let id = identity::resolve(
         &plan.user,
         &plan.group,
         &plan.supplementary_groups,
@@ -483,18 +572,9 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
     )
     .map_err(|e| anyhow!(e))?;
 
-    if !Path::new(&plan.working_dir).is_dir() {
-        std::fs::create_dir_all(&plan.working_dir)
-            .with_context(|| format!("working dir {}", plan.working_dir))?;
-    }
-
-    for (name, soft, hard) in &plan.rlimits {
-        let r = rlimit_resource(name).ok_or_else(|| anyhow!("unknown rlimit {name}"))?;
-        nix::sys::resource::setrlimit(r, *soft, *hard)
-            .with_context(|| format!("setrlimit {name}"))?;
-    }
-
-    set_identity(&id, &plan.caps_keep)?;
+    enter_root(root)?;
+    identity::set_rlimits(&plan.rlimits)?;
+    set_identity(&id, plan)?;
     unistd::chdir(Path::new(&plan.working_dir))
         .with_context(|| format!("chdir {}", plan.working_dir))?;
     if ctx.debug {
@@ -527,8 +607,8 @@ fn foreground() -> Result<()> {
 
 /// pivot_root into `root`; where the current root cannot be pivoted away from (initramfs),
 /// move the root mount over `/` and chroot, which is as good there.
-fn enter_root(root: &Path) -> Result<()> {
-    unistd::chdir(root).context("chdir to app root")?;
+fn enter_root(root: BorrowedFd) -> Result<()> {
+    unistd::fchdir(root.as_raw_fd()).context("chdir to app root")?;
     match unistd::pivot_root(".", ".") {
         Ok(()) => {
             // The old root is stacked on top of the new one; detach it.
@@ -545,46 +625,10 @@ fn enter_root(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn set_identity(id: &users::Identity, keep: &[&str]) -> Result<()> {
-    use caps::{CapSet, Capability, CapsHashSet};
-    let keep: CapsHashSet = keep
-        .iter()
-        .filter_map(|n| Capability::from_str(n).ok())
-        .collect();
-    // The bounding set can only shrink while CAP_SETPCAP is effective, i.e. still as root.
-    for c in caps::all() {
-        if !keep.contains(&c) {
-            match caps::drop(None, CapSet::Bounding, c) {
-                Ok(()) => {}
-                // A capability newer than the running kernel is not there to drop.
-                Err(_) if !caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) => {}
-                Err(e) => bail!("drop {c} from the bounding set: {e}"),
-            }
-        }
-    }
-    // Keep the permitted set across the uid change; it is trimmed right after.
-    nix::sys::prctl::set_keepcaps(true).context("keepcaps")?;
-    let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    unistd::setgroups(&groups).context("setgroups")?;
-    let gid = Gid::from_raw(id.gid);
-    unistd::setresgid(gid, gid, gid).with_context(|| format!("setgid {}", id.gid))?;
-    let uid = Uid::from_raw(id.uid);
-    unistd::setresuid(uid, uid, uid).with_context(|| format!("setuid {}", id.uid))?;
-    let caperr = |set: &'static str| {
-        move |e: caps::errors::CapsError| anyhow!("set {set} capabilities: {e}")
-    };
-    caps::set(None, CapSet::Effective, &keep).map_err(caperr("effective"))?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(caperr("permitted"))?;
-    caps::set(None, CapSet::Inheritable, &keep).map_err(caperr("inheritable"))?;
-    caps::clear(None, CapSet::Ambient).map_err(caperr("ambient"))?;
-    if id.uid != 0 {
-        // Without ambient capabilities a non-root app would lose the kept ones at exec.
-        for c in &keep {
-            caps::raise(None, CapSet::Ambient, *c).map_err(caperr("ambient"))?;
-        }
-    }
-    nix::sys::prctl::set_keepcaps(false).context("keepcaps")?;
-    nix::sys::prctl::set_no_new_privs().context("no_new_privs")?;
+/// The app's identity and capabilities (shared with `ark enter`), then a death signal.
+fn set_identity(id: &Identity, plan: &AppPlan) -> Result<()> {
+    let caps = identity::capability_sets(id.uid, &plan.caps_keep, plan.caps_explicit);
+    identity::switch_to(id, &caps)?;
     // After the uid change (which clears it): if guest-init dies, so does the app. Matters for
     // fly, where no pid namespace takes the apps down with their init.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("pdeathsig")?;
@@ -639,48 +683,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secure_join_keeps_symlinks_inside_root() {
-        let d = tempfile_dir();
-        let root = d.join("root");
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::os::unix::fs::symlink("/../../../etc", root.join("evil")).unwrap();
-        std::os::unix::fs::symlink("../etc", root.join("rel")).unwrap();
-        std::os::unix::fs::symlink("loop2", root.join("loop1")).unwrap();
-        std::os::unix::fs::symlink("loop1", root.join("loop2")).unwrap();
-        assert_eq!(
-            secure_join(&root, "/evil/passwd").unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(secure_join(&root, "/rel/x").unwrap(), root.join("etc/x"));
-        assert_eq!(secure_join(&root, "/../../x").unwrap(), root.join("x"));
-        assert_eq!(
-            secure_join(&root, "/new/dir").unwrap(),
-            root.join("new/dir")
-        );
-        assert!(secure_join(&root, "/loop1").is_err());
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ark-init-setup-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    #[test]
     fn hosts_file_names_the_pod() {
         let h = hosts_file("127.0.0.1 localhost\n10.0.0.1 db\n# note\n", "pod1");
         assert_eq!(
             h,
             "127.0.0.1\tlocalhost pod1\n::1\tlocalhost ip6-localhost ip6-loopback\n10.0.0.1 db\n# note\n"
         );
-    }
-
-    #[test]
-    fn every_rlimit_name_maps() {
-        for r in ark_pod_spec::Rlimit::RESOURCES {
-            assert!(rlimit_resource(r).is_some(), "{r}");
-        }
     }
 }

@@ -5,6 +5,8 @@
 //! The human-readable version of this contract is `docs/pod-manifest.md`; keep both in step.
 pub mod cgroup;
 pub mod fds;
+pub mod identity;
+pub mod inroot;
 pub mod layout;
 pub mod manifest;
 pub mod stage2;

@@ -145,9 +145,14 @@ pub struct App {
     #[serde(default)]
     pub limits: AppLimits,
     /// Capabilities the app keeps (names like `CAP_NET_BIND_SERVICE`); all others are dropped
-    /// from every set. Absent = [`DEFAULT_CAPABILITIES`]; `[]` = none.
+    /// from every set. Absent = [`DEFAULT_CAPABILITIES`]; `[]` = none. They bound the app;
+    /// a root app also holds them, a non-root one only when `capabilities_explicit`.
     #[serde(default = "default_caps")]
     pub capabilities_keep: Vec<String>,
+    /// The user named `capabilities_keep` (`--caps-retain`): a non-root app then holds them
+    /// (ambient); otherwise it holds none. Absent = false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capabilities_explicit: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rlimits: Vec<Rlimit>,
     /// Whether the app gets the terminal's stdin (at most one app per pod).
@@ -249,13 +254,13 @@ pub enum VolumeKind {
     Host,
 }
 
-/// Docker's default capability set: what an app keeps when the manifest says nothing.
+/// What an app keeps when the manifest says nothing: Docker's default set without
+/// `CAP_MKNOD` (as podman 4+): device nodes are for the runtime to provide, not the app.
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
-    "CAP_MKNOD",
     "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",

@@ -1,16 +1,19 @@
 //! `ark enter UUID [--app NAME] [CMD...]`: run a command inside a running app of an ns or fly
 //! pod, as `nsenter --target PID --all --root` would: join the app process's namespaces and
-//! cgroups, chroot into its root, fork (so the command is in the pod's pid namespace), exec.
+//! cgroups, chroot into its root, take on the app's identity (user, groups, capability sets,
+//! rlimits, no_new_privs: the code guest-init uses, [`ark_pod_spec::identity`]), fork (so the
+//! command is in the pod's pid namespace) and exec with only fds 0, 1 and 2.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context};
 use ark_pod_spec::cgroup::{app_leaf, Cgroups};
+use ark_pod_spec::identity;
 use ark_pod_spec::{App, Flavor, PodLayout, PodManifest};
 use nix::sched::{setns, CloneFlags};
 
@@ -126,6 +129,14 @@ pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let root = File::open(format!("/proc/{pid}/root")).context("open the app's root")?;
+    // Who the app is, from its own passwd and group files, read inside its root as the pod
+    // dir holds it (not /proc/PID/root: the app may have chrooted into files of its making).
+    let app_root = ark_pod_spec::inroot::open_root(&layout.app_rootfs(&app.name))
+        .with_context(|| format!("open the root of app {}", app.name))?;
+    let id = identity::resolve_app(app, app_root.as_fd())
+        .map_err(|e| anyhow::anyhow!("app {}: {e}", app.name))?;
+    drop(app_root);
+    let caps = identity::capability_sets(id.uid, &app.capabilities_keep, app.capabilities_explicit);
 
     // Join the app's cgroups so the command counts against the app's limits.
     let uuid = pod.uuid.to_string();
@@ -147,6 +158,12 @@ pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
         std::env::set_current_dir("/")?;
     }
 
+    // From here on this process is the app: the command inherits all of it.
+    identity::set_rlimits(&app.rlimits).context("the app's rlimits")?;
+    identity::switch_to(&id, &caps).context("the app's identity")?;
+    // Whatever ark itself inherited stays out of the command: it gets fds 0, 1 and 2.
+    ark_pod_spec::fds::cloexec_inherited().context("close-on-exec above stdio")?;
+
     let argv: Vec<String> = if a.cmd.is_empty() {
         vec!["/bin/sh".into()]
     } else {
@@ -158,6 +175,7 @@ pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     );
+    cmd.env("HOME", &id.home);
     if let Ok(term) = std::env::var("TERM") {
         cmd.env("TERM", term);
     }

@@ -158,29 +158,18 @@ pub fn app_name_from_image(image: &str) -> String {
     }
 }
 
-/// One entry of an `/etc/passwd` or `/etc/group`-style file: name, id, (passwd:) primary gid.
-fn lookup_db(rootfs: &Path, file: &str, name: &str) -> Option<(u32, Option<u32>)> {
-    let text = fs::read_to_string(rootfs.join(file)).ok()?;
-    text.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 3 && f[0] == name {
-            let id = f[2].parse().ok()?;
-            let gid = f.get(3).and_then(|g| g.parse().ok());
-            Some((id, gid))
-        } else {
-            None
-        }
-    })
-}
-
 /// Checks `user`/`group` against the image and picks the group: an explicit one, else the
-/// user's primary group from passwd, else 0. Returns (user, group) as the manifest stores them.
+/// user's primary group from the image's passwd (by name, or by uid for a numeric user), else
+/// 0 (a numeric user without an entry). Returns (user, group) as the manifest stores them.
+/// The image's files are read inside its root ([`ark_pod_spec::inroot`]): a symlink there
+/// cannot make stage0 read the host's.
 pub fn resolve_user(
     rootfs: &Path,
     app: &str,
     user: Option<&str>,
     group: Option<&str>,
 ) -> Result<(String, String), String> {
+    use ark_pod_spec::identity;
     let (user, group_from_user) = match user {
         Some(u) => match u.split_once(':') {
             Some((u, g)) => (u.to_string(), Some(g.to_string())),
@@ -192,22 +181,21 @@ pub fn resolve_user(
     if user.is_empty() {
         return Err(format!("app {app}: empty user"));
     }
-    let primary_gid = if user.parse::<u32>().is_ok() {
-        None
-    } else {
-        match lookup_db(rootfs, "etc/passwd", &user) {
-            Some((_, gid)) => gid,
-            None => {
-                return Err(format!(
-                    "app {app}: user {user:?} does not exist in the image's /etc/passwd"
-                ))
-            }
-        }
+    let (passwd, groups) = match ark_pod_spec::inroot::open_root(rootfs) {
+        Ok(root) => identity::account_files(std::os::fd::AsFd::as_fd(&root)),
+        Err(_) => (None, None),
     };
+    let passwd = passwd.unwrap_or_default();
+    let primary_gid = identity::primary_gid(&user, &passwd);
+    if user.parse::<u32>().is_err() && !passwd_has_user(&passwd, &user) {
+        return Err(format!(
+            "app {app}: user {user:?} does not exist in the image's /etc/passwd"
+        ));
+    }
     let group = match group {
         Some(g) if g.parse::<u32>().is_ok() => g,
         Some(g) => {
-            if lookup_db(rootfs, "etc/group", &g).is_none() {
+            if !identity::group_exists(&g, groups.as_deref().unwrap_or("")) {
                 return Err(format!(
                     "app {app}: group {g:?} does not exist in the image's /etc/group"
                 ));
@@ -217,6 +205,10 @@ pub fn resolve_user(
         None => primary_gid.unwrap_or(0).to_string(),
     };
     Ok((user, group))
+}
+
+fn passwd_has_user(passwd: &str, user: &str) -> bool {
+    ark_pod_spec::identity::resolve(user, "0", &[], Some(passwd), None).is_ok()
 }
 
 fn parse_env(kv: &str, app: &str) -> Result<EnvVar, String> {
@@ -414,6 +406,7 @@ pub fn build_manifest(
             mounts,
             limits,
             capabilities_keep,
+            capabilities_explicit: f.caps_retain.is_some(),
             rlimits: Vec::new(),
             // The terminal goes to the first app.
             interactive: req.interactive && i == 0,
@@ -706,6 +699,9 @@ mod tests {
         );
         assert_eq!(m.apps[0].limits.pids, Some(50));
         assert_eq!(m.apps[0].supplementary_groups, [10, 20]);
+        // Only --caps-retain names capabilities a non-root app may hold.
+        assert!(m.apps[0].capabilities_explicit);
+        assert!(!m.apps[1].capabilities_explicit);
         let b = &m.apps[1].capabilities_keep;
         assert_eq!(b.len(), ark_pod_spec::DEFAULT_CAPABILITIES.len() - 1);
         assert!(!b.iter().any(|c| c == "CAP_KILL"));
@@ -716,6 +712,32 @@ mod tests {
         .unwrap();
         let e = build_manifest(UUID, &req(Flavor::Ns), &apps, &[img]).unwrap_err();
         assert!(e.contains("unknown capability \"CAP_FLY\""), "{e}");
+    }
+
+    #[test]
+    fn group_defaults_to_the_users_passwd_entry() {
+        let r = rootfs();
+        let ok = |u: Option<&str>, g: Option<&str>| resolve_user(r.path(), "a", u, g).unwrap();
+        // A numeric user with an entry gets its primary group, as a named one does.
+        assert_eq!(ok(Some("65534"), None), ("65534".into(), "65534".into()));
+        assert_eq!(ok(Some("nobody"), None), ("nobody".into(), "65534".into()));
+        assert_eq!(ok(Some("4242"), None), ("4242".into(), "0".into()));
+        assert_eq!(ok(Some("65534:33"), None), ("65534".into(), "33".into()));
+        assert_eq!(ok(None, None), ("0".into(), "0".into()));
+    }
+
+    #[test]
+    fn account_files_are_read_inside_the_image() {
+        // An image whose etc/passwd points at a host file: the link resolves inside the
+        // image, where there is nothing, so the host's users are not found.
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("passwd"), "hostuser:x:7:7::/:/bin/sh\n").unwrap();
+        let r = tempfile::tempdir().unwrap();
+        fs::create_dir(r.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink(host.path().join("passwd"), r.path().join("etc/passwd"))
+            .unwrap();
+        let e = resolve_user(r.path(), "a", Some("hostuser"), None).unwrap_err();
+        assert!(e.contains("does not exist"), "{e}");
     }
 
     #[test]

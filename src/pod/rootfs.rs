@@ -82,11 +82,13 @@ fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> anyh
         upper.display(),
         work.display()
     );
+    // nodev: no device node from the image or the app opens through it; nosuid: the mount
+    // is in the host's namespace, and apps run with no_new_privs anyway.
     mount(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
         Some(data.as_str()),
     )
     .with_context(|| format!("mount overlay on {}", target.display()))
@@ -288,6 +290,12 @@ mod tests {
             assert_eq!(
                 mounts_under(pod.path()).unwrap(),
                 std::slice::from_ref(&target)
+            );
+            use nix::sys::statvfs::{statvfs, FsFlags};
+            let flags = statvfs(&target).unwrap().flags();
+            assert!(
+                flags.contains(FsFlags::ST_NODEV | FsFlags::ST_NOSUID),
+                "{flags:?}"
             );
         }
         remove_pod_dir(pod.path()).unwrap();

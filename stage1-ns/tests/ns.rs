@@ -88,7 +88,7 @@ fn isolation_env_user_cwd_and_volumes() {
                 "env": [{ "name": "GREETING", "value": "hello" }],
                 "user": "alice", "group": "users", "supplementary_groups": [42],
                 "working_dir": "/work/dir",
-                "capabilities_keep": ["CAP_NET_BIND_SERVICE"],
+                "capabilities_keep": ["CAP_NET_BIND_SERVICE"], "capabilities_explicit": true,
                 "mounts": [{ "volume": "ro", "target": "/data" }, { "volume": "rw", "target": "/out" }]
             }],
             "volumes": [

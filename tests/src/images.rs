@@ -100,6 +100,8 @@ pub enum Entry {
     Symlink(&'static str, &'static str),
     Hardlink(&'static str, &'static str),
     CharDev(&'static str, u32, u32),
+    /// A block device node, mode 0666.
+    BlockDev(&'static str, u32, u32),
     /// A file with one extended attribute (a PAX `SCHILY.xattr.*` record before it).
     XattrFile(&'static str, &'static str, &'static [u8]),
     /// A file owned by uid:gid.
@@ -155,8 +157,12 @@ pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
                 h.set_mode(0o644);
                 (n, b"xattr")
             }
-            Entry::CharDev(n, major, minor) => {
-                h.set_entry_type(tar::EntryType::Char);
+            Entry::CharDev(n, major, minor) | Entry::BlockDev(n, major, minor) => {
+                h.set_entry_type(if matches!(e, Entry::BlockDev(..)) {
+                    tar::EntryType::Block
+                } else {
+                    tar::EntryType::Char
+                });
                 h.set_mode(0o666);
                 h.set_device_major(*major).unwrap();
                 h.set_device_minor(*minor).unwrap();
