@@ -200,6 +200,10 @@ pub fn run(iso: Isolation, pod_dir: &Path, debug: bool) -> Result<i32> {
     let pod = load_pod(pod_dir)?;
     let status = StatusDir::new(pod.layout.status_dir());
     std::fs::create_dir_all(status.dir()).context("create status dir")?;
+    // Before any app runs: an app that fills the disk must not cost the pod its statuses.
+    status
+        .reserve(&pod.manifest)
+        .context("reserve the pod's status files")?;
 
     let cgroups = Cgroups::detect();
     let result = run_pod(iso, &pod, &cgroups, debug);

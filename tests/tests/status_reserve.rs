@@ -1,0 +1,86 @@
+//! Issue 9 item 10: an app that fills the disk keeps its status. The ark data dir is a small
+//! tmpfs, so the app's writes (its root lives there) fill the very filesystem that holds the
+//! pod's status files.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use ark_tests::pods::{busybox_image, pod_cgroups, pods_unavailable, scenarios, PodEnv};
+use ark_tests::skip;
+
+/// Unmounts the test's tmpfs (lazily) even when the test fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn app_filling_the_disk_keeps_its_status(flavor: &str) {
+    if let Some(why) = pods_unavailable() {
+        skip!("{why}");
+    }
+    scenarios::stage1_installed(flavor);
+    let dir = tempfile::Builder::new()
+        .prefix("ark-full-")
+        .tempdir()
+        .unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    if !mounted.success() {
+        skip!("cannot mount a tmpfs on {}", dir.path().display());
+    }
+    let _unmount = Unmount(dir.path().to_path_buf());
+    let env = PodEnv {
+        dir,
+        image: busybox_image(),
+    };
+    let out = env.output(&[
+        "run",
+        &format!("--stage1={flavor}"),
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/fill bs=1M; df -k / | tail -1; exit 3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The disk really was full (dd stopped on ENOSPC, not earlier).
+    assert!(
+        stderr.contains("No space left on device") || stdout.contains("No space left"),
+        "the app did not fill the disk: {stdout} {stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let uuid = env.only_pod().expect("the pod stays until gc");
+    let s = env.status(&uuid);
+    assert_eq!(s["state"], "exited", "{s:?}");
+    assert_eq!(s.get("app-busybox").map(String::as_str), Some("3"), "{s:?}");
+    assert_eq!(s["exit-code"], "3", "{s:?}");
+    assert!(!s.contains_key("reason"), "{s:?}");
+    // And gc can still clean up a full store: nothing left but the test's own tmpfs.
+    let gc = env.ok(&["gc", "--grace-period=0s"]);
+    assert!(gc.contains(&uuid), "{gc}");
+    assert!(env.pod_dirs().is_empty(), "{:?}", env.pod_dirs());
+    assert!(pod_cgroups(&uuid).is_empty(), "{:?}", pod_cgroups(&uuid));
+    let mounts = env.mounts_left();
+    assert_eq!(mounts.len(), 1, "mounts left: {mounts:?}");
+}
+
+#[test]
+fn ns_app_filling_the_disk_keeps_its_status() {
+    app_filling_the_disk_keeps_its_status("ns");
+}
+
+#[test]
+fn fly_app_filling_the_disk_keeps_its_status() {
+    app_filling_the_disk_keeps_its_status("fly");
+}
