@@ -248,12 +248,32 @@ impl StatusDir {
     /// Called by the stage1 once stage2 is gone: every app without a final status gets one
     /// saying so (`reason`, or a default), then `pod.json` is written. Returns it.
     pub fn finish(&self, manifest: &PodManifest, reason: Option<&str>) -> std::io::Result<PodExit> {
+        self.finish_with(manifest, reason, &[])
+    }
+
+    /// [`StatusDir::finish`], with the final statuses the stage1 itself saw go by (kvm: the
+    /// status channel's messages): one whose file could not be written is written now rather
+    /// than lost.
+    pub fn finish_with(
+        &self,
+        manifest: &PodManifest,
+        reason: Option<&str>,
+        observed: &[AppStatus],
+    ) -> std::io::Result<PodExit> {
         let mut statuses = Vec::new();
         let mut missing = Vec::new();
         for app in &manifest.apps {
-            let st = match self.read_app(&app.name) {
-                Some(s) if s.state == AppState::Exited => s,
-                prev => {
+            let seen = observed
+                .iter()
+                .rev()
+                .find(|s| s.app == app.name && s.state == AppState::Exited);
+            let st = match (self.read_app(&app.name), seen) {
+                (Some(s), _) if s.state == AppState::Exited => s,
+                (_, Some(s)) => {
+                    self.write_app(s)?;
+                    s.clone()
+                }
+                (prev, None) => {
                     missing.push(app.name.clone());
                     let mut s = AppStatus::failed(
                         &app.name,
@@ -580,6 +600,21 @@ mod tests {
         let exit = sd.finish(&m, None).unwrap();
         assert_eq!(exit.exit_code, 137);
         assert_eq!(sd.read_pod().unwrap().exit_code, 137);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finish_uses_what_the_stage1_saw_when_the_file_is_stale() {
+        let dir = tempfile_dir("observed");
+        let sd = StatusDir::new(&dir);
+        let m = manifest(&["a", "b"]);
+        sd.reserve(&m).unwrap();
+        // On disk "a" is still running (its exit could not be written); the stage1 saw it.
+        sd.write_app(&AppStatus::running("a", 2, 1)).unwrap();
+        let seen = [exited("a", Some(3), None), exited("b", Some(0), None)];
+        let exit = sd.finish_with(&m, None, &seen).unwrap();
+        assert_eq!((exit.exit_code, exit.reason), (3, None));
+        assert_eq!(sd.read_app("a").unwrap().exit_code, Some(3));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -143,7 +143,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
         (Err(e), _) => Some(format!("VMM error: {e}")),
     };
     let exit = status_dir
-        .finish(&manifest, reason.as_deref())
+        .finish_with(&manifest, reason.as_deref(), &outcome.exited)
         .context("writing the pod's exit status")?;
     cleanup(&plan, vmm_cgroup);
     if let Some(r) = &exit.reason {
