@@ -104,6 +104,61 @@ fn ns_app_cannot_open_a_host_block_device() {
     app_cannot_open_a_host_block_device("ns");
 }
 
+/// The same on a host without a v1 devices hierarchy (it is unmounted in a private mount
+/// namespace ark then runs in): the pod gets a cgroup2 dir and the BPF device program.
+#[test]
+fn ns_app_on_a_host_without_v1_devices_cannot_open_a_host_block_device() {
+    need_pods!("ns");
+    let (Some(v1), Some(v2)) = (mount_of("devices"), mount_of("cgroup2")) else {
+        skip!("needs a hybrid host (v1 devices and cgroup2 mounted)");
+    };
+    let (file, lo) = match backing_loop() {
+        Ok(x) => x,
+        Err(e) => skip!("no loop device: {e}"),
+    };
+    let env = PodEnv::new();
+    let script = format!(
+        "mknod /dev/l0 b {} {} && echo mknod-ok; head -c16 /dev/l0; echo; echo x > /dev/l0; \
+         head -c1 /dev/null && echo null-ok",
+        lo.major, lo.minor
+    );
+    let ark = env.ark();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("umount {} && exec \"$0\" \"$@\"", v1.display()))
+        .arg(ark.get_program())
+        .args(ark.get_args())
+        .args([
+            "run",
+            "--stage1=ns",
+            &env.image,
+            "--caps-retain=CAP_MKNOD,CAP_DAC_OVERRIDE",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("mknod-ok"), "{all}");
+    assert!(
+        !all.contains(std::str::from_utf8(SECRET).unwrap()),
+        "the app read the host device: {all}"
+    );
+    assert_eq!(all.matches("Operation not permitted").count(), 2, "{all}");
+    assert!(all.contains("null-ok"), "{all}");
+    // The pod's cgroup2 dir went with it.
+    let uuid = env.only_pod().unwrap();
+    assert!(!v2.join("ark").join(&uuid).exists(), "cgroup2 dir left");
+    assert!(unchanged(file.path()), "the backing file was written");
+}
+
 #[test]
 fn fly_app_cannot_open_a_host_block_device() {
     app_cannot_open_a_host_block_device("fly");
