@@ -21,15 +21,29 @@ fn app_filling_the_disk_keeps_its_status(flavor: &str) {
     if let Some(why) = pods_unavailable() {
         skip!("{why}");
     }
+    if flavor == "kvm" {
+        if let Some(why) = ark_tests::kvm_unavailable() {
+            skip!("{why}");
+        }
+        if ark_tests::guest_kernel().is_none() {
+            skip!("no guest kernel: set ARK_KERNEL to kernel-config/build.sh's output");
+        }
+    }
     scenarios::stage1_installed(flavor);
     // The tmpfs goes on an outer temp dir and the test's --dir inside it, so that the drops
     // run in order: the pods (PodEnv), the unmount, the outer dir.
+    let size = if flavor == "kvm" {
+        "size=16m,mode=0700"
+    } else {
+        "size=64m,mode=0700"
+    };
     let outer = tempfile::Builder::new()
         .prefix("ark-full-")
         .tempdir()
         .unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+        // Small for kvm: its writes cross virtio-fs, slow on an emulating (kvm_pvm) host.
+        .args(["-t", "tmpfs", "-o", size, "tmpfs"])
         .arg(outer.path())
         .status()
         .unwrap();
@@ -87,4 +101,11 @@ fn ns_app_filling_the_disk_keeps_its_status() {
 #[test]
 fn fly_app_filling_the_disk_keeps_its_status() {
     app_filling_the_disk_keeps_its_status("fly");
+}
+
+/// kvm: the app writes through virtio-fs into the pod directory on the host, whose status
+/// files the stage1 writes from the vsock channel's messages.
+#[test]
+fn kvm_app_filling_the_disk_keeps_its_status() {
+    app_filling_the_disk_keeps_its_status("kvm");
 }
