@@ -9,9 +9,10 @@
 //! stage1 calls [`StatusDir::reserve`] before the pod starts, which gives every status file
 //! and a spare of each exactly [`STATUS_FILE_SIZE`] allocated bytes. A write then fills the
 //! spare in place (the JSON padded with spaces, which JSON readers skip) and swaps it with the
-//! file in one `renameat2(RENAME_EXCHANGE)`: no block is allocated or freed, and a reader or a
-//! crash sees the old status or the new one, never a torn one. Without a reservation (an older
-//! pod directory) a write is the usual temp file + rename.
+//! file in one `renameat2(RENAME_EXCHANGE)`: no block is allocated or freed, and a crash or a
+//! reader opening the file sees the old status or the new one, never a torn one (only a reader
+//! still holding the file open across two later writes could see the second one land in it).
+//! Without a reservation (an older pod directory) a write is the usual temp file + rename.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -357,8 +358,9 @@ fn prepare_spare(file: &Path) -> io::Result<()> {
     // SAFETY: fallocate(2) on a descriptor we own. Best effort: a filesystem without it
     // still allocates the blocks on the write below.
     unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, STATUS_FILE_SIZE as libc::off_t) };
-    f.write_all_at(&padded(b"")?, 0)?;
-    f.sync_all()
+    // No fsync: the space is taken as the data is written (a crash ends the pod anyway), and
+    // the pod's start does not pay for a flush.
+    f.write_all_at(&padded(b"")?, 0)
 }
 
 fn reserve_file(file: &Path) -> io::Result<()> {
@@ -369,9 +371,9 @@ fn reserve_file(file: &Path) -> io::Result<()> {
         let old = std::fs::read(file).ok();
         let keep = old
             .as_deref()
-            .filter(|b| serde_json::from_slice::<serde_json::Value>(b).is_ok())
-            .unwrap_or_default();
-        write_status(file, keep, true)?;
+            .filter(|b| serde_json::from_slice::<serde_json::Value>(b).is_ok());
+        // Durable only when it carries a status (a blank placeholder may as well be lost).
+        write_status(file, keep.unwrap_or_default(), keep.is_some())?;
         prepare_spare(file)?;
     }
     Ok(())
