@@ -531,7 +531,10 @@ fn open_sink(cfg: &Stage2Config) -> Box<dyn StatusSink> {
     }
 }
 
-/// kvm: no stage1 runs inside the VM, so guest-init makes the per-app cgroups itself.
+/// kvm: no stage1 runs inside the VM, so guest-init makes the per-app cgroups itself. No
+/// device allowlist here: the guest kernel has neither CGROUP_DEVICE nor CGROUP_BPF; app
+/// `/dev`s are nodev tmpfs with bind-mounted standard nodes instead, and the guest's devices
+/// are the VM's own, not the host's.
 fn create_cgroups(m: &PodManifest) -> Result<Vec<AppCgroup>> {
     let root = Path::new("/sys/fs/cgroup");
     std::fs::create_dir_all(root).ok();

@@ -1,22 +1,38 @@
 //! Pod cgroups, shared by the stage1s (create), guest-init in a VM (create) and stage0's gc
 //! (remove leftovers). Plain cgroupfs files: no daemon, no dbus.
 //!
-//! Layout, in every hierarchy used (cgroup v2, or the v1 `memory`, `cpu` and `pids` ones):
+//! Layout, in every hierarchy used (cgroup v2, or the v1 `memory`, `cpu`, `pids` and `devices`
+//! ones):
 //!
 //! ```text
 //! <root>/ark/<pod uuid>/           pod-wide limits
 //!                      stage2/     guest-init (a leaf: v2 allows no processes in inner nodes)
 //!                      app.<name>/ one per app, with the app's limits (OOM attributable)
 //! ```
+//!
+//! ns and fly pods also get a device allowlist ([`devices`]) on `<root>/ark/<uuid>`, inherited
+//! by everything below it: v1 `devices` when that hierarchy is mounted, a BPF device program
+//! when the pod has a cgroup v2 directory, both when both hold. Which hierarchies a pod gets:
+//! a pure v2 host, v2 alone; a hybrid host (v1 controllers, a controller-less cgroup2 at
+//! `unified`), the v1 ones — plus `unified` only when there is no v1 `devices` hierarchy, as
+//! the place for the device program (joining a v2 cgroup costs each start a threadgroup-lock
+//! RCU grace period, so it is not paid when v1 already confines devices).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::{PodLimits, PodManifest};
 
+pub mod devices;
+
+pub use devices::{DeviceRule, DEFAULT_ALLOWED};
+
 pub const PARENT: &str = "ark";
 pub const STAGE2_LEAF: &str = "stage2";
+/// The controllers that enforce limits.
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+/// The v1 hierarchies ark uses: the limit controllers and the device allowlist.
+const V1_HIERARCHIES: [&str; 4] = ["memory", "cpu", "pids", "devices"];
 /// CFS period used for cpu limits.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -48,6 +64,22 @@ impl Hierarchy {
     }
     pub fn pod_dir(&self, uuid: &str) -> PathBuf {
         self.root().join(PARENT).join(uuid)
+    }
+    /// The file with the `oom_kill` counter in this hierarchy's cgroups, if it has one.
+    pub fn oom_file_name(&self) -> Option<&'static str> {
+        match self {
+            Hierarchy::V2 { .. } if self.has("memory") => Some("memory.events"),
+            Hierarchy::V1 { controller, .. } if controller == "memory" => {
+                Some("memory.oom_control")
+            }
+            _ => None,
+        }
+    }
+    fn confines_devices(&self) -> bool {
+        match self {
+            Hierarchy::V2 { .. } => true,
+            Hierarchy::V1 { controller, .. } => controller == "devices",
+        }
     }
     fn has(&self, controller: &str) -> bool {
         match self {
@@ -87,19 +119,16 @@ impl PodCgroups {
     }
     /// The file with the app's `oom_kill` counter.
     pub fn app_oom_file(&self, app: &str) -> Option<PathBuf> {
-        self.pod_dirs.iter().find_map(|(h, d)| match h {
-            Hierarchy::V2 { .. } => Some(d.join(app_leaf(app)).join("memory.events")),
-            Hierarchy::V1 { controller, .. } if controller == "memory" => {
-                Some(d.join(app_leaf(app)).join("memory.oom_control"))
-            }
-            _ => None,
-        })
+        self.pod_dirs
+            .iter()
+            .find_map(|(h, d)| Some(d.join(app_leaf(app)).join(h.oom_file_name()?)))
     }
 }
 
 impl Cgroups {
     /// Finds the hierarchies from `/proc/self/mountinfo`: cgroup v2 when it has the memory
-    /// controller (a pure v2 host), else the v1 memory/cpu/pids hierarchies (hybrid hosts).
+    /// controller (a pure v2 host), else the v1 memory/cpu/pids/devices hierarchies (hybrid
+    /// hosts), with the cgroup2 mount too when v1 has no `devices` (see the module docs).
     pub fn detect() -> Self {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         Self::from_mountinfo(&info)
@@ -121,7 +150,7 @@ impl Cgroups {
             match fstype {
                 "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(mnt)),
                 "cgroup" => {
-                    for c in CONTROLLERS {
+                    for c in V1_HIERARCHIES {
                         if super_opts.split(',').any(|o| o == c)
                             && !v1.iter().any(|h: &Hierarchy| h.name() == c)
                         {
@@ -141,6 +170,9 @@ impl Cgroups {
                 return Cgroups {
                     hierarchies: vec![h],
                 };
+            }
+            if !v1.iter().any(Hierarchy::confines_devices) {
+                v1.push(h);
             }
         }
         Cgroups { hierarchies: v1 }
@@ -167,17 +199,43 @@ impl Cgroups {
     }
 
     /// Creates the pod's cgroups with the manifest's pod and app limits. A limit whose
-    /// controller is unavailable is an error (never silently unenforced).
+    /// controller is unavailable is an error (never silently unenforced). Devices are not
+    /// restricted (the kvm VMM's own cgroup needs /dev/kvm and friends).
     pub fn create_pod(&self, manifest: &PodManifest) -> io::Result<PodCgroups> {
+        self.create(manifest, None)
+    }
+
+    /// [`Cgroups::create_pod`], and only the devices in `allowed` may be opened by anything in
+    /// the pod (see the module docs). An error when no hierarchy here can confine devices.
+    pub fn create_confined_pod(
+        &self,
+        manifest: &PodManifest,
+        allowed: &[DeviceRule],
+    ) -> io::Result<PodCgroups> {
+        if !self.hierarchies.iter().any(Hierarchy::confines_devices) {
+            return Err(io::Error::other(
+                "no cgroup hierarchy can confine devices here (neither a v1 devices hierarchy \
+                 nor cgroup2 is mounted): refusing to run a pod that could open host devices",
+            ));
+        }
+        self.create(manifest, Some(allowed))
+    }
+
+    fn create(&self, m: &PodManifest, devices: Option<&[DeviceRule]>) -> io::Result<PodCgroups> {
         let mut pod = PodCgroups::default();
-        let result = self.create_pod_inner(manifest, &mut pod);
+        let result = self.create_pod_inner(m, devices, &mut pod);
         if result.is_err() {
-            let _ = self.remove_pod(&manifest.uuid);
+            let _ = self.remove_pod(&m.uuid);
         }
         result.map(|()| pod)
     }
 
-    fn create_pod_inner(&self, m: &PodManifest, pod: &mut PodCgroups) -> io::Result<()> {
+    fn create_pod_inner(
+        &self,
+        m: &PodManifest,
+        devices: Option<&[DeviceRule]>,
+        pod: &mut PodCgroups,
+    ) -> io::Result<()> {
         let wants = |c: &str| {
             let l = |x: &PodLimits| match c {
                 "memory" => x.memory_bytes.is_some(),
@@ -215,6 +273,15 @@ impl Cgroups {
                 enable_controllers(&dir)?;
             }
             set_limits(h, &dir, &m.limits)?;
+            // Before the leaves exist: v1 refuses `a` on a cgroup with children, and the
+            // leaves inherit the list (v2: the program applies to the whole subtree).
+            match (h, devices) {
+                (Hierarchy::V1 { controller, .. }, Some(allowed)) if controller == "devices" => {
+                    devices::restrict_v1(&dir, allowed)?
+                }
+                (Hierarchy::V2 { .. }, Some(allowed)) => devices::restrict_v2(&dir, allowed)?,
+                _ => {}
+            }
             mkdir(&dir.join(STAGE2_LEAF))?;
             for a in &m.apps {
                 let leaf = dir.join(app_leaf(&a.name));
@@ -275,6 +342,9 @@ fn enable_controllers(dir: &Path) -> io::Result<()> {
 
 fn set_limits(h: &Hierarchy, dir: &Path, l: &PodLimits) -> io::Result<()> {
     match h {
+        // A hybrid host's controller-less cgroup2 (there for the device program) limits
+        // nothing; a limit is then enforced by v1 (create_pod_inner checked that one does).
+        Hierarchy::V2 { .. } if !h.has("memory") && !h.has("cpu") && !h.has("pids") => {}
         Hierarchy::V2 { .. } => {
             if let Some(m) = l.memory_bytes {
                 write(&dir.join("memory.max"), &m.to_string())?;
@@ -406,6 +476,7 @@ mod tests {
 28 25 0:25 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
 29 25 0:26 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 30 25 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+31 25 0:28 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
 ";
 
     #[test]
@@ -413,11 +484,40 @@ mod tests {
         // The unified mount here has no cgroup.controllers file with memory in it.
         let c = Cgroups::from_mountinfo(HYBRID);
         let names: Vec<&str> = c.hierarchies.iter().map(|h| h.name()).collect();
-        assert_eq!(names, ["cpu", "memory", "pids"]);
+        assert_eq!(names, ["cpu", "memory", "pids", "devices"]);
         assert_eq!(
             c.hierarchies[1].pod_dir("u1"),
             Path::new("/sys/fs/cgroup/memory/ark/u1")
         );
+        assert_eq!(c.hierarchies[1].oom_file_name(), Some("memory.oom_control"));
+        assert_eq!(c.hierarchies[3].oom_file_name(), None);
+    }
+
+    #[test]
+    fn hybrid_host_without_v1_devices_uses_cgroup2_for_them() {
+        let no_devices: String = HYBRID
+            .lines()
+            .filter(|l| !l.contains("devices"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Cgroups::from_mountinfo(&no_devices);
+        let names: Vec<&str> = c.hierarchies.iter().map(|h| h.name()).collect();
+        assert_eq!(names, ["cpu", "memory", "pids", "unified"]);
+        // Its cgroup2 has no memory controller: OOM counts come from v1.
+        assert_eq!(c.hierarchies[3].oom_file_name(), None);
+        let none = Cgroups::from_mountinfo("25 24 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n");
+        assert!(none.is_empty());
+        let e = none
+            .create_confined_pod(
+                &crate::PodManifest::from_json(
+                    br#"{"version":1,"uuid":"ab12","stage1":{"flavor":"ns"},
+                         "apps":[{"name":"a","image":{"id":"sha256:x"},"exec":["true"]}]}"#,
+                )
+                .unwrap(),
+                &DEFAULT_ALLOWED,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("confine devices"), "{e}");
     }
 
     #[test]

@@ -114,6 +114,11 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
     let status_dir = StatusDir::new(layout.status_dir());
     std::fs::create_dir_all(status_dir.dir())
         .with_context(|| format!("{}", status_dir.dir().display()))?;
+    // Before the guest runs: apps writing into a shared root can fill this filesystem, and
+    // the statuses must still fit.
+    status_dir
+        .reserve(&manifest)
+        .context("reserve the pod's status files")?;
     let vm_ended = Arc::new(AtomicBool::new(false));
     let listener = status::StatusListener::bind(&plan.status_uds)
         .with_context(|| format!("status socket {}", plan.status_uds.display()))?;
@@ -139,7 +144,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
         (Err(e), _) => Some(format!("VMM error: {e}")),
     };
     let exit = status_dir
-        .finish(&manifest, reason.as_deref())
+        .finish_with(&manifest, reason.as_deref(), &outcome.exited)
         .context("writing the pod's exit status")?;
     cleanup(&plan, vmm_cgroup);
     if let Some(r) = &exit.reason {

@@ -10,21 +10,26 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ark_pod_spec::status::{StatusDir, StatusMessage, STATUS_ACK};
+use ark_pod_spec::status::{AppStatus, StatusDir, StatusMessage, STATUS_ACK};
 
 const POLL: Duration = Duration::from_millis(200);
+/// At most this many final statuses are kept in memory.
+const MAX_KEPT: usize = 1024;
 
 pub struct StatusListener {
     listener: UnixListener,
 }
 
 /// What the channel delivered by the time the VM ended.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// guest-init said every app has a final status.
     pub pod_done: bool,
     /// Lines that were not status messages (logged, otherwise ignored).
     pub bad_lines: usize,
+    /// Every final status received, also kept here so a file that could not be written (a
+    /// full disk) is not the only copy (see `StatusDir::finish_with`).
+    pub exited: Vec<AppStatus>,
 }
 
 impl StatusListener {
@@ -95,6 +100,13 @@ fn serve_connection(
             Ok(_) => {
                 match StatusMessage::from_line(line.trim_end()) {
                     Ok(msg) => {
+                        if let StatusMessage::AppExited { status } = &msg {
+                            // Bounded: one per app line guest-init sends, and a hostile guest
+                            // gains nothing (finish_with reads only the manifest's apps).
+                            if outcome.exited.len() < MAX_KEPT {
+                                outcome.exited.push(status.clone());
+                            }
+                        }
                         if let Err(e) = dir.apply(&msg) {
                             tracing::warn!("status channel: recording {msg:?}: {e}");
                         }
@@ -169,6 +181,36 @@ mod tests {
         let web = status.read_app("web").expect("web status written");
         assert_eq!(web.exit_code, Some(7));
         assert_eq!(web.state, AppState::Exited);
+    }
+
+    #[test]
+    fn keeps_final_statuses_it_could_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("v.sock_1024");
+        // No status directory: every write fails, as on a full disk.
+        let status = StatusDir::new(dir.path().join("missing"));
+        let ended = Arc::new(AtomicBool::new(false));
+        let thread = StatusListener::bind(&sock)
+            .unwrap()
+            .spawn(status, ended)
+            .unwrap();
+        let mut conn = UnixStream::connect(&sock).unwrap();
+        let mut exited = AppStatus::running("web", 7, 1);
+        exited.state = AppState::Exited;
+        exited.exit_code = Some(3);
+        for m in [
+            StatusMessage::AppExited {
+                status: exited.clone(),
+            },
+            StatusMessage::PodDone,
+        ] {
+            conn.write_all(m.to_line().as_bytes()).unwrap();
+        }
+        let mut ack = String::new();
+        conn.read_to_string(&mut ack).unwrap();
+        let outcome = thread.join().unwrap();
+        assert!(outcome.pod_done);
+        assert_eq!(outcome.exited, [exited]);
     }
 
     #[test]

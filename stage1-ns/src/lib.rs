@@ -1,7 +1,8 @@
 //! The stage1s that need no VM. `ns`: guest-init as PID 1 of new mount, PID, UTS and IPC
 //! namespaces (a net namespace for `net: none`), pivot_root into the stage1 root, a cgroup per
 //! pod and per app. `fly`: host namespaces, only a private mount namespace to place volumes,
-//! chroot into the stage1 root, guest-init as an ordinary (subreaper) process. Both share
+//! chroot into the stage1 root, guest-init as an ordinary (subreaper) process. Both confine
+//! the pod to the standard device nodes with a device cgroup. Both share
 //! everything else, so the fly binary links this library.
 //!
 //! CLI: `ark-stage1-<flavor> run --pod-dir DIR [--debug] [--interactive]`; stage0 execs it.
@@ -12,7 +13,7 @@ mod spawn;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ark_pod_spec::cgroup::{app_leaf, Cgroups, PodCgroups};
+use ark_pod_spec::cgroup::{app_leaf, Cgroups, PodCgroups, DEFAULT_ALLOWED};
 use ark_pod_spec::{
     guest, AppCgroup, OnExit, PodLayout, PodManifest, Stage2Config, StatusDir, StatusTransport,
     EXIT_STAGE1_ERROR,
@@ -170,17 +171,10 @@ pub fn stage2_config(
             AppCgroup {
                 app: a.name.clone(),
                 dirs: cgroups.pod_dirs.iter().map(|(h, _)| dir(h)).collect(),
-                oom_file: cgroups.pod_dirs.iter().find_map(|(h, _)| match h {
-                    ark_pod_spec::cgroup::Hierarchy::V2 { .. } => {
-                        Some(format!("{}/memory.events", dir(h)))
-                    }
-                    ark_pod_spec::cgroup::Hierarchy::V1 { controller, .. }
-                        if controller == "memory" =>
-                    {
-                        Some(format!("{}/memory.oom_control", dir(h)))
-                    }
-                    _ => None,
-                }),
+                oom_file: cgroups
+                    .pod_dirs
+                    .iter()
+                    .find_map(|(h, _)| Some(format!("{}/{}", dir(h), h.oom_file_name()?))),
             }
         })
         .collect();
@@ -206,6 +200,10 @@ pub fn run(iso: Isolation, pod_dir: &Path, debug: bool) -> Result<i32> {
     let pod = load_pod(pod_dir)?;
     let status = StatusDir::new(pod.layout.status_dir());
     std::fs::create_dir_all(status.dir()).context("create status dir")?;
+    // Before any app runs: an app that fills the disk must not cost the pod its statuses.
+    status
+        .reserve(&pod.manifest)
+        .context("reserve the pod's status files")?;
 
     let cgroups = Cgroups::detect();
     let result = run_pod(iso, &pod, &cgroups, debug);
@@ -230,22 +228,10 @@ pub fn run(iso: Isolation, pod_dir: &Path, debug: bool) -> Result<i32> {
 
 /// Returns why stage2 ended abnormally, if it did.
 fn run_pod(iso: Isolation, pod: &Pod, cgroups: &Cgroups, debug: bool) -> Result<Option<String>> {
-    let pod_cgroups = if cgroups.is_empty() {
-        let wants = pod.manifest.limits != Default::default()
-            || pod
-                .manifest
-                .apps
-                .iter()
-                .any(|a| a.limits != Default::default());
-        if wants {
-            bail!("no cgroup hierarchy is mounted, but the pod sets resource limits");
-        }
-        PodCgroups::default()
-    } else {
-        cgroups
-            .create_pod(&pod.manifest)
-            .context("create pod cgroups")?
-    };
+    // Everything in the pod, guest-init included, may open only the standard device nodes.
+    let pod_cgroups = cgroups
+        .create_confined_pod(&pod.manifest, &DEFAULT_ALLOWED)
+        .context("create pod cgroups")?;
     let cfg = stage2_config(iso, &pod.manifest, &pod_cgroups, debug);
     if pod.manifest.net == ark_pod_spec::NetMode::Host {
         // Apps on the host's network resolve names as the host does (a missing file is fine).
@@ -351,12 +337,15 @@ mod tests {
             Some("/ark/cgroup/memory/app.web/memory.oom_control")
         );
 
+        // A v2 root whose controllers include memory (a pure v2 host's).
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         let v2 = PodCgroups {
             pod_dirs: vec![(
                 Hierarchy::V2 {
-                    root: "/sys/fs/cgroup".into(),
+                    root: root.path().into(),
                 },
-                "/sys/fs/cgroup/ark/ab12".into(),
+                root.path().join("ark/ab12"),
             )],
         };
         let c = stage2_config(Isolation::Fly, &manifest(), &v2, true);

@@ -2,6 +2,7 @@
 //! against real components. Each area keeps its own helpers in its own module.
 
 pub mod images;
+pub mod loopdev;
 pub mod pods;
 pub mod registry;
 pub mod vm;
