@@ -7,14 +7,14 @@
 //! again by a guard), and every sysctl a test could touch is saved and restored by a guard.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use ark_tests::images::{sha256_hex, tar_bytes, Entry, LayoutBuilder};
+use ark_tests::loopdev::LoopDevice;
 use ark_tests::pods::{pods_unavailable, wait_child, PodEnv};
 use ark_tests::skip;
 
@@ -109,7 +109,8 @@ fn hostile_image(dir: &Path, extra: Vec<Entry>) -> String {
 
 /// A loop device over a temp file holding [`PATTERN`], detached on drop (even on failure).
 struct LoopDev {
-    dev: PathBuf,
+    // Declared first: dropped (detached) before the backing file goes.
+    lo: LoopDevice,
     backing: tempfile::NamedTempFile,
     major: u32,
     minor: u32,
@@ -123,23 +124,11 @@ impl LoopDev {
             PATTERN.repeat(64 * 1024 / PATTERN.len() + 1),
         )
         .map_err(|e| e.to_string())?;
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(backing.path())
-            .output()
-            .map_err(|e| format!("losetup: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "losetup --find --show: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let rdev = fs::metadata(&dev).map_err(|e| e.to_string())?.rdev();
+        let lo = LoopDevice::attach(backing.path())?;
         Ok(LoopDev {
-            major: nix::sys::stat::major(rdev) as u32,
-            minor: nix::sys::stat::minor(rdev) as u32,
-            dev,
+            major: lo.major,
+            minor: lo.minor,
+            lo,
             backing,
         })
     }
@@ -151,19 +140,13 @@ impl LoopDev {
         let file = fs::read(self.backing.path()).unwrap();
         assert!(file == expect, "the loop device's backing file was changed");
         let mut head = vec![0u8; PATTERN.len() * 4];
-        std::io::Read::read_exact(&mut fs::File::open(&self.dev).unwrap(), &mut head).unwrap();
+        std::io::Read::read_exact(&mut fs::File::open(&self.lo.dev).unwrap(), &mut head).unwrap();
         assert_eq!(
             head,
             &expect[..head.len()],
             "the loop device was written: {:?}",
             String::from_utf8_lossy(&head)
         );
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
 }
 
