@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use ark_pod_spec::cgroup::{read_oom_kills, Cgroups};
+use ark_pod_spec::cgroup::{read_oom_kills, Cgroups, DEFAULT_ALLOWED};
 use ark_pod_spec::{
     guest, now_unix_ms, AppCgroup, ControlCommand, ControlTransport, OnExit, PodManifest,
     Stage2Config, StatusDir, StatusTransport,
@@ -154,17 +154,9 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
 
     let mut cfg = cfg.clone();
     if cfg.create_app_cgroups {
-        let wants_limits = manifest.limits != Default::default()
-            || manifest.apps.iter().any(|a| a.limits != Default::default());
-        cfg.app_cgroups = match create_cgroups(&manifest) {
-            Ok(c) => c,
-            // Without limits, cgroups only add OOM attribution: not worth failing the pod.
-            Err(e) if !wants_limits => {
-                eprintln!("ark-init: warning: no app cgroups: {e:#}");
-                Vec::new()
-            }
-            Err(e) => return Err(e),
-        };
+        // Not optional: besides limits and OOM attribution, the app cgroups carry the device
+        // allowlist, the fence behind the apps' nodev mounts.
+        cfg.app_cgroups = create_cgroups(&manifest)?;
     }
 
     let listener = match &cfg.control {
@@ -531,10 +523,8 @@ fn open_sink(cfg: &Stage2Config) -> Box<dyn StatusSink> {
     }
 }
 
-/// kvm: no stage1 runs inside the VM, so guest-init makes the per-app cgroups itself. No
-/// device allowlist here: the guest kernel has neither CGROUP_DEVICE nor CGROUP_BPF; app
-/// `/dev`s are nodev tmpfs with bind-mounted standard nodes instead, and the guest's devices
-/// are the VM's own, not the host's.
+/// kvm: no stage1 runs inside the VM, so guest-init makes the per-app cgroups itself, with the
+/// same device allowlist ns and fly pods get on the host (there the stage1 attaches it).
 fn create_cgroups(m: &PodManifest) -> Result<Vec<AppCgroup>> {
     let root = Path::new("/sys/fs/cgroup");
     std::fs::create_dir_all(root).ok();
@@ -548,9 +538,11 @@ fn create_cgroups(m: &PodManifest) -> Result<Vec<AppCgroup>> {
         )
         .context("mount cgroup2")?;
     }
+    // Everything the apps run may open only the standard device nodes (the kernel's
+    // BPF_PROG_TYPE_CGROUP_DEVICE program: CONFIG_CGROUP_BPF, in both kernel profiles).
     let pod = Cgroups::v2(root)
-        .create_pod(m)
-        .context("create app cgroups")?;
+        .create_confined_pod(m, &DEFAULT_ALLOWED)
+        .context("create app cgroups with the device allowlist (a guest kernel without CONFIG_CGROUP_BPF cannot)")?;
     Ok(m.apps
         .iter()
         .map(|a| AppCgroup {

@@ -544,7 +544,8 @@ fn enter_takes_the_apps_identity() {
 
 /// Items 1 and 2 in a VM (one boot): guest-init is the same binary there, so the hostile
 /// etc/hostname symlink into /proc does not write through, /proc/sys is read-only, the masks
-/// are in place and a mknod'ed node is inert.
+/// are in place and a mknod'ed node is inert — even on a tmpfs the app mounted without nodev,
+/// where only the device allowlist on the app's cgroup refuses the open.
 #[test]
 fn kvm_app_gets_the_same_fences() {
     need_pods!();
@@ -568,12 +569,17 @@ fn kvm_app_gets_the_same_fences() {
          mknod /dev/n c 1 3 && echo x > /dev/n && echo WROTE-DEV-NODE; \
          mknod /tmp/n c 1 3 && echo x > /tmp/n && echo WROTE-TMP-NODE; \
          echo x > /dev/null && echo NULL-OK; \
+         mkdir /m && mount -t tmpfs t /m && echo MOUNTED; \
+         mknod /m/tty c 4 64 && : > /m/tty && echo OPENED-TTYS0; \
+         mknod /m/con c 5 1 && : > /m/con && echo OPENED-CONSOLE; \
          grep -E ' /proc/(sys|kcore|keys|timer_list) ' /proc/self/mountinfo";
     let out = run_sh(
         &env,
         "kvm",
         &["--hostname=x"],
-        &["--caps-retain=CAP_MKNOD,CAP_DAC_OVERRIDE"],
+        // CAP_SYS_ADMIN too: the app can mount a tmpfs without nodev, so only the guest's
+        // device cgroup stands between its nodes and the VM's devices.
+        &["--caps-retain=CAP_MKNOD,CAP_DAC_OVERRIDE,CAP_SYS_ADMIN"],
         script,
     );
     // The VM's console may end lines with \r\n.
@@ -583,7 +589,14 @@ fn kvm_app_gets_the_same_fences() {
         !line("P=x"),
         "poweroff_cmd written through the image's link: {out}"
     );
-    for bad in ["OPENED-SYSCTL", "WROTE-DEV-NODE", "WROTE-TMP-NODE"] {
+    assert!(line("MOUNTED"), "the app could not mount its tmpfs:\n{out}");
+    for bad in [
+        "OPENED-SYSCTL",
+        "WROTE-DEV-NODE",
+        "WROTE-TMP-NODE",
+        "OPENED-TTYS0",
+        "OPENED-CONSOLE",
+    ] {
         assert!(!out.contains(bad), "{bad}:\n{out}");
     }
     assert!(out.contains("NULL-OK"), "{out}");
