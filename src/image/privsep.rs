@@ -247,7 +247,7 @@ fn check_child_result(
             let index: serde_json::Value = serde_json::from_slice(&index).map_err(|e| {
                 anyhow!(
                     "image index {index_digest} is not JSON: {}",
-                    e.to_string().escape_debug()
+                    crate::image::escape::controls_escaped(&e.to_string())
                 )
             })?;
             let names_manifest = index["manifests"].as_array().is_some_and(|m| {
@@ -345,7 +345,10 @@ fn drive_child(
             RESULT if dir.in_blob() => bail!("fetch child reported a result in mid-blob"),
             RESULT => return parse_frame("result", &payload),
             // The child's own words, but a subverted child's: escaped like any registry string.
-            ERROR => bail!("{}", String::from_utf8_lossy(&payload).escape_debug()),
+            ERROR => bail!(
+                "{}",
+                crate::image::escape::controls_escaped(&String::from_utf8_lossy(&payload))
+            ),
             other => bail!("fetch child sent an unknown frame {other:#x}"),
         }
     }
@@ -358,7 +361,7 @@ fn parse_frame<T: serde::de::DeserializeOwned>(kind: &str, payload: &[u8]) -> Re
         anyhow!(
             "fetch child sent a bad {kind} frame ({} bytes): {}",
             payload.len(),
-            e.to_string().escape_debug()
+            crate::image::escape::controls_escaped(&e.to_string())
         )
     })
 }

@@ -276,7 +276,7 @@ impl ImageStore {
                     anyhow::anyhow!(
                         "image store index {} is corrupt: {}",
                         path.display(),
-                        e.to_string().escape_debug()
+                        crate::image::escape::controls_escaped(&e.to_string())
                     )
                 })?,
                 Some(bytes),

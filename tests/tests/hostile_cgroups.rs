@@ -51,8 +51,9 @@ macro_rules! need_pods {
     };
 }
 
-/// The app (root, CAP_MKNOD) makes a node for the host's loop device in its /dev (a tmpfs, so
-/// no nodev mount masks what the cgroup does) and tries to read and write it.
+/// The app (root, CAP_MKNOD, CAP_SYS_ADMIN) mounts a tmpfs of its own without nodev — so no
+/// nodev mount masks what the cgroup does — makes a node for the host's loop device there and
+/// tries to read and write it.
 fn app_cannot_open_a_host_block_device(flavor: &str) {
     need_pods!(flavor);
     let (file, lo) = match backing_loop() {
@@ -61,7 +62,8 @@ fn app_cannot_open_a_host_block_device(flavor: &str) {
     };
     let env = PodEnv::new();
     let script = format!(
-        "mknod /dev/l0 b {} {} && echo mknod-ok; head -c16 /dev/l0; echo; echo x > /dev/l0; \
+        "mkdir /m && mount -t tmpfs -o dev t /m && mknod /m/l0 b {} {} && echo mknod-ok; \
+         head -c16 /m/l0; echo; echo x > /m/l0; \
          head -c1 /dev/null && echo null-ok; head -c4 /dev/urandom | wc -c",
         lo.major, lo.minor
     );
@@ -69,7 +71,7 @@ fn app_cannot_open_a_host_block_device(flavor: &str) {
         "run",
         &format!("--stage1={flavor}"),
         &env.image,
-        "--caps-retain=CAP_MKNOD,CAP_DAC_OVERRIDE",
+        "--caps-retain=CAP_MKNOD,CAP_DAC_OVERRIDE,CAP_SYS_ADMIN",
         "--",
         "sh",
         "-c",
@@ -118,7 +120,8 @@ fn ns_app_on_a_host_without_v1_devices_cannot_open_a_host_block_device() {
     };
     let env = PodEnv::new();
     let script = format!(
-        "mknod /dev/l0 b {} {} && echo mknod-ok; head -c16 /dev/l0; echo; echo x > /dev/l0; \
+        "mkdir /m && mount -t tmpfs -o dev t /m && mknod /m/l0 b {} {} && echo mknod-ok; \
+         head -c16 /m/l0; echo; echo x > /m/l0; \
          head -c1 /dev/null && echo null-ok",
         lo.major, lo.minor
     );
@@ -132,7 +135,7 @@ fn ns_app_on_a_host_without_v1_devices_cannot_open_a_host_block_device() {
             "run",
             "--stage1=ns",
             &env.image,
-            "--caps-retain=CAP_MKNOD,CAP_DAC_OVERRIDE",
+            "--caps-retain=CAP_MKNOD,CAP_DAC_OVERRIDE,CAP_SYS_ADMIN",
             "--",
             "sh",
             "-c",
