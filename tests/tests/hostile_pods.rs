@@ -570,8 +570,8 @@ fn kvm_app_gets_the_same_fences() {
          mknod /tmp/n c 1 3 && echo x > /tmp/n && echo WROTE-TMP-NODE; \
          echo x > /dev/null && echo NULL-OK; \
          mkdir /m && mount -t tmpfs t /m && echo MOUNTED; \
-         mknod /m/tty c 4 64 && : > /m/tty && echo OPENED-TTYS0; \
-         mknod /m/con c 5 1 && : > /m/con && echo OPENED-CONSOLE; \
+         mknod /m/tty c 4 64 && true > /m/tty && echo OPENED-TTYS0; \
+         mknod /m/con c 5 1 && true > /m/con && echo OPENED-CONSOLE; \
          grep -E ' /proc/(sys|kcore|keys|timer_list) ' /proc/self/mountinfo";
     let out = run_sh(
         &env,
