@@ -3,6 +3,7 @@
 use std::fs::OpenOptions;
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -35,7 +36,7 @@ struct ExitWatcher(Arc<ExitSignal>);
 impl MutEventSubscriber for ExitWatcher {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(self.0.event(), EventSet::IN)) {
-            self.0.request(Err(format!("event loop: {e:?}")));
+            self.0.request(Err(Error::EventLoop(e)));
         }
     }
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
@@ -111,7 +112,7 @@ impl Builder {
         let dev = Arc::new(Mutex::new(dev));
         let mut queue_events = Vec::with_capacity(queues);
         for q in 0..queues {
-            let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd".into(), e))?;
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
             self.vm
                 .register_ioevent(
                     &evt,
@@ -121,7 +122,7 @@ impl Builder {
                 .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
             queue_events.push(evt);
         }
-        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd".into(), e))?;
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
         self.vm
             .register_irqfd(&irq_evt, irq)
             .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
@@ -132,12 +133,10 @@ impl Builder {
             queue_events,
         );
         self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW)
-            .map_err(|e| Error::Runtime(e.to_string()))?;
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW)?;
         self.events.add_subscriber(dev);
         self.cmdline
-            .add_virtio_mmio_device(MMIO_WINDOW, GuestAddress(base), irq, None)
-            .map_err(|e| Error::Cmdline(e.to_string()))?;
+            .add_virtio_mmio_device(MMIO_WINDOW, GuestAddress(base), irq, None)?;
         self.virtio_count += 1;
         Ok(())
     }
@@ -183,7 +182,7 @@ fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
 fn create_memory(vm: &VmFd, memory_mib: u32) -> Result<GuestMemory, Error> {
     let size = u64::from(memory_mib) << 20;
     let mem = GuestMemory::from_ranges(&arch::ram_ranges(size))
-        .map_err(|e| Error::GuestMemory(memory_mib, e.to_string()))?;
+        .map_err(|e| Error::GuestMemory(memory_mib, e))?;
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -200,7 +199,8 @@ fn create_memory(vm: &VmFd, memory_mib: u32) -> Result<GuestMemory, Error> {
     Ok(mem)
 }
 
-fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, String> {
+/// Where serial or console output goes; a file that cannot be opened comes back with its path.
+fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, (PathBuf, io::Error)> {
     Ok(match cfg {
         SerialConfig::Stdout => Box::new(io::stdout()),
         SerialConfig::None => Box::new(io::sink()),
@@ -209,14 +209,14 @@ fn serial_output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, String> {
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(|e| format!("{}: {e}", p.display()))?,
+                .map_err(|e| (p.clone(), e))?,
         ),
     })
 }
 
 /// Builds and runs the VM described by `config` until it ends. See [`VmExit`].
 pub fn run(config: VmConfig) -> Result<VmExit, Error> {
-    let stop = StopHandle::new().map_err(|e| Error::Io("eventfd".into(), e))?;
+    let stop = StopHandle::new().map_err(|e| Error::Io("eventfd", e))?;
     run_with_stop(config, stop)
 }
 
@@ -230,10 +230,8 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
     create_irqchip(&vm)?;
     let mut pio = Bus::default();
 
-    let cmdline = Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE)
-        .map_err(|e| Error::Cmdline(e.to_string()))?;
-    let events =
-        EventManager::<Subscriber>::new().map_err(|e| Error::EventLoop(format!("{e:?}")))?;
+    let cmdline = Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE)?;
+    let events = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
     let mut b = Builder {
         vm,
         mem,
@@ -246,21 +244,20 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
         .add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
 
     // COM1, on IRQ 4.
-    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd".into(), e))?;
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
     b.vm.register_irqfd(&serial_irq, arch::IRQ_COM1)
         .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-    let input_ready = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd".into(), e))?;
+    let input_ready = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))?;
     let serial = Arc::new(Mutex::new(SerialPort(Serial::with_events(
         EventFdTrigger(serial_irq),
         InputReady(
             input_ready
                 .try_clone()
-                .map_err(|e| Error::Io("eventfd".into(), e))?,
+                .map_err(|e| Error::Io("eventfd", e))?,
         ),
-        serial_output(&config.serial).map_err(Error::Serial)?,
+        serial_output(&config.serial).map_err(|(path, source)| Error::Serial { path, source })?,
     ))));
-    pio.insert(serial.clone(), COM1_PORT, 8)
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+    pio.insert(serial.clone(), COM1_PORT, 8)?;
     let interactive = config.serial == SerialConfig::Stdout && stdin_is_interactive();
     // Unbuffered reads from a duplicate of fd 0: std's Stdin buffers, which would hide input
     // from epoll and overfill the 64-byte receive FIFO.
@@ -269,7 +266,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
             io::stdin()
                 .as_fd()
                 .try_clone_to_owned()
-                .map_err(|e| Error::Io("stdin".into(), e))?,
+                .map_err(|e| Error::Io("stdin", e))?,
         )
     } else {
         None
@@ -290,8 +287,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
         I8042::PORT_BASE,
         I8042::PORT_LEN,
-    )
-    .map_err(|e| Error::Runtime(e.to_string()))?;
+    )?;
 
     attach_devices(&mut b, &config)?;
 
@@ -317,13 +313,10 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
     let pio = Arc::new(pio);
     let mmio = Arc::new(std::mem::take(&mut b.mmio));
     let (seccomp, event_loop_filter) = if config.seccomp {
-        crate::seccomp::install_violation_handler()
-            .map_err(|e| Error::Seccomp(format!("SIGSYS handler: {e}")))?;
+        crate::seccomp::install_violation_handler().map_err(Error::SeccompHandler)?;
         (
-            Some(Arc::new(
-                crate::seccomp::vcpu_filter().map_err(Error::Seccomp)?,
-            )),
-            Some(crate::seccomp::event_loop_filter().map_err(Error::Seccomp)?),
+            Some(Arc::new(crate::seccomp::vcpu_filter()?)),
+            Some(crate::seccomp::event_loop_filter()?),
         )
     } else {
         (None, None)
@@ -359,13 +352,13 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
         });
     }
 
-    vcpu::register_kick_handler().map_err(|e| Error::Io("vCPU kick signal".into(), e))?;
+    vcpu::register_kick_handler().map_err(|e| Error::Io("vCPU kick signal", e))?;
     let mut handles = Vec::new();
     for v in vcpus {
         match v.spawn() {
             Ok(h) => handles.push(h),
             Err(e) => {
-                exit.request(Err(format!("spawning a vCPU thread: {e}")));
+                exit.request(Err(Error::SpawnVcpu(e)));
                 break;
             }
         }
@@ -380,7 +373,7 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
         Ok(watch) => {
             events.add_subscriber(Arc::new(Mutex::new(watch)));
         }
-        Err(e) => exit.request(Err(format!("power-off watch: timerfd: {e}"))),
+        Err(e) => exit.request(Err(Error::PowerOffTimer(e))),
     }
     let loop_exit = exit.clone();
     let event_loop = std::thread::Builder::new()
@@ -388,12 +381,12 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
         .spawn(move || {
             if let Some(filter) = &event_loop_filter {
                 if let Err(e) = crate::seccomp::apply(filter) {
-                    loop_exit.request(Err(format!("event loop: seccomp: {e}")));
+                    loop_exit.request(Err(Error::EventLoopSeccomp(e)));
                 }
             }
             while !loop_exit.stopping() {
                 if let Err(e) = events.run() {
-                    loop_exit.request(Err(format!("event loop: {e:?}")));
+                    loop_exit.request(Err(Error::EventLoop(e)));
                 }
             }
             events
@@ -402,30 +395,30 @@ pub fn run_with_stop(config: VmConfig, stop: StopHandle) -> Result<VmExit, Error
         Ok(h) => match h.join() {
             Ok(events) => Some(events),
             Err(_) => {
-                exit.request(Err("event loop: thread panicked".into()));
+                exit.request(Err(Error::EventLoopPanicked));
                 None
             }
         },
         Err(e) => {
-            exit.request(Err(format!("spawning the event-loop thread: {e}")));
+            exit.request(Err(Error::SpawnEventLoop(e)));
             None
         }
     };
     vcpu::stop_all(handles);
     drop(devices);
 
-    match exit.reason() {
-        Some(Ok(x)) => Ok(x),
-        Some(Err(msg)) => Err(Error::Runtime(msg)),
-        None => Ok(VmExit::HostStop),
-    }
+    exit.take_reason().unwrap_or(Ok(VmExit::HostStop))
 }
 
 fn attach_devices(b: &mut Builder, config: &VmConfig) -> Result<(), Error> {
     use crate::devices;
     for blk in &config.blk {
-        let dev = devices::block::Block::new(&blk.path, blk.read_only)
-            .map_err(|e| Error::Block(blk.path.display().to_string(), e.to_string()))?;
+        let dev = devices::block::Block::new(&blk.path, blk.read_only).map_err(|source| {
+            Error::Block {
+                path: blk.path.clone(),
+                source,
+            }
+        })?;
         b.attach_virtio(dev)?;
     }
     for fs in &config.fs {
@@ -434,13 +427,16 @@ fn attach_devices(b: &mut Builder, config: &VmConfig) -> Result<(), Error> {
         } else {
             devices::fs::CacheMode::Exclusive
         };
-        let dev = devices::fs::Fs::with_cache(&fs.tag, &fs.dir, fs.read_only, cache)
-            .map_err(|e| Error::Fs(fs.tag.clone(), e.to_string()))?;
+        let dev = devices::fs::Fs::with_cache(&fs.tag, &fs.dir, fs.read_only, cache).map_err(
+            |source| Error::Fs {
+                tag: fs.tag.clone(),
+                source,
+            },
+        )?;
         b.attach_virtio(dev)?;
     }
     if let Some(v) = &config.vsock {
-        let dev = devices::vsock::Vsock::new(v.guest_cid, &v.uds_path)
-            .map_err(|e| Error::Vsock(e.to_string()))?;
+        let dev = devices::vsock::Vsock::new(v.guest_cid, &v.uds_path)?;
         b.attach_virtio(dev)?;
     }
     if let Some(out) = &config.console {
@@ -453,18 +449,18 @@ fn attach_devices(b: &mut Builder, config: &VmConfig) -> Result<(), Error> {
                 io::stdin()
                     .as_fd()
                     .try_clone_to_owned()
-                    .map_err(|e| Error::Io("stdin".into(), e))?,
+                    .map_err(|e| Error::Io("stdin", e))?,
             )
         } else {
             None
         };
-        let output = serial_output(out).map_err(Error::Console)?;
-        let dev = devices::console::Console::new(output, input)
-            .map_err(|e| Error::Console(e.to_string()))?;
+        let output =
+            serial_output(out).map_err(|(path, source)| Error::ConsoleOutput { path, source })?;
+        let dev = devices::console::Console::new(output, input)?;
         b.attach_virtio(dev)?;
     }
     if config.rng {
-        let dev = devices::rng::Rng::new().map_err(|e| Error::Rng(e.to_string()))?;
+        let dev = devices::rng::Rng::new()?;
         b.attach_virtio(dev)?;
     }
     Ok(())
