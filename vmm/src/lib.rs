@@ -8,13 +8,16 @@
 
 pub mod arch;
 pub mod boot;
+mod builder;
 pub mod bus;
 pub mod config;
+mod device_manager;
 pub mod devices;
 mod error;
 pub mod exit;
 pub mod poweroff;
 pub mod seccomp;
+mod stdin;
 pub mod vcpu;
 pub mod virtio;
 mod vm;
