@@ -367,27 +367,15 @@ impl MutEventSubscriber for Console {
 mod tests {
     use std::io::Write;
     use std::os::fd::OwnedFd;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
     use event_manager::{EventManager, SubscriberOps};
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
-
-    #[derive(Default)]
-    struct CountingInterrupt(AtomicUsize);
-    impl Interrupt for CountingInterrupt {
-        fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-            assert_eq!(kind, InterruptKind::Queue);
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::virtio::test_utils::{self, add_chain, clones, queue_events, CountingInterrupt};
 
     /// Shared output sink the test can inspect.
     #[derive(Clone, Default)]
@@ -427,16 +415,14 @@ mod tests {
             // the avail ring's upper half: size the queues so tests stay below that.
             let rx = MockSplitQueue::create(mem, GuestAddress(0), QUEUE_SIZE);
             let tx = MockSplitQueue::create(mem, GuestAddress(0x2000), QUEUE_SIZE);
-            let kicks: Vec<EventFd> = (0..2)
-                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-                .collect();
+            let kicks = queue_events(2);
             let irq = Arc::new(CountingInterrupt::default());
             dev.lock()
                 .unwrap()
                 .activate(ActivateContext {
                     mem: mem.clone(),
                     queues: vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()],
-                    queue_events: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
+                    queue_events: clones(&kicks),
                     interrupt: irq.clone(),
                 })
                 .unwrap();
@@ -455,44 +441,26 @@ mod tests {
         }
 
         fn run(&mut self) {
-            while self.mgr.run_with_timeout(30).unwrap() > 0 {}
+            test_utils::run_until_idle(&mut self.mgr, 30);
         }
 
         /// Adds a chain of (addr, len, writable) to queue `q` and kicks it.
         fn add(&mut self, q: usize, descs: &[(u64, u32, bool)]) {
             let first = self.next_desc[q];
-            let raw: Vec<RawDescriptor> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, w))| {
-                    let mut flags = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
-                    if i + 1 < descs.len() {
-                        flags |= VRING_DESC_F_NEXT as u16;
-                    }
-                    SplitDescriptor::new(addr, len, flags, first + i as u16 + 1).into()
-                })
-                .collect();
             let vq = if q == RX_QUEUE { &self.rx } else { &self.tx };
-            vq.add_desc_chains(&raw, first).unwrap();
+            add_chain(vq, first, descs);
             self.next_desc[q] += descs.len() as u16;
             self.kicks[q].write(1).unwrap();
             self.run();
         }
 
         fn used(&self, q: usize) -> Vec<(u32, u32)> {
-            let vq = if q == RX_QUEUE { &self.rx } else { &self.tx };
-            let n = vq.used().idx().load();
-            (0..n)
-                .map(|i| {
-                    let e = vq.used().ring().ref_at(i as usize).unwrap().load();
-                    (e.id(), e.len())
-                })
-                .collect()
+            test_utils::used(if q == RX_QUEUE { &self.rx } else { &self.tx })
         }
     }
 
     fn memory() -> GuestMemory {
-        GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+        test_utils::memory(MEM_SIZE)
     }
 
     fn pipe() -> (OwnedFd, std::fs::File) {
@@ -509,7 +477,7 @@ mod tests {
         h.add(TX_QUEUE, &[(0x10000, 6, false), (0x20000, 6, false)]);
         assert_eq!(&*h.out.0.lock().unwrap(), b"hello world\n");
         assert_eq!(h.used(TX_QUEUE), vec![(0, 0)]);
-        assert_eq!(h.irq.0.load(Ordering::SeqCst), 1);
+        assert_eq!(h.irq.count(), 1);
     }
 
     #[test]

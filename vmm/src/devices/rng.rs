@@ -175,48 +175,20 @@ impl MutEventSubscriber for Rng {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
     use event_manager::{EventManager, SubscriberOps};
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;
-
-    #[derive(Default)]
-    struct CountingInterrupt(AtomicUsize);
-    impl Interrupt for CountingInterrupt {
-        fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-            assert_eq!(kind, InterruptKind::Queue);
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
+    use crate::virtio::test_utils::{self, add_chain, run_until_idle, CountingInterrupt};
 
     const MEM_SIZE: usize = 0x10_0000;
 
     fn memory() -> GuestMemory {
-        GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-    }
-
-    /// Writes one chain of (addr, len, device-writable) descriptors at table index `first`.
-    fn add_chain(vq: &MockSplitQueue<GuestMemory>, first: u16, descs: &[(u64, u32, bool)]) {
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, write))| {
-                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                SplitDescriptor::new(addr, len, flags, first + i as u16 + 1).into()
-            })
-            .collect();
-        vq.add_desc_chains(&raw, first).unwrap();
+        test_utils::memory(MEM_SIZE)
     }
 
     struct Harness<'a> {
@@ -254,7 +226,7 @@ mod tests {
         }
 
         fn run(&mut self) {
-            while self.mgr.run_with_timeout(50).unwrap() > 0 {}
+            run_until_idle(&mut self.mgr, 50);
         }
 
         fn kick(&mut self) {
@@ -263,13 +235,7 @@ mod tests {
         }
 
         fn used(&self) -> Vec<(u32, u32)> {
-            let n = self.vq.used().idx().load();
-            (0..n)
-                .map(|i| {
-                    let e = self.vq.used().ring().ref_at(i as usize).unwrap().load();
-                    (e.id(), e.len())
-                })
-                .collect()
+            test_utils::used(&self.vq)
         }
     }
 
@@ -281,7 +247,7 @@ mod tests {
         add_chain(&h.vq, 0, &[(0x8000, 100, true), (0x9000, 200, true)]);
         h.kick();
         assert_eq!(h.used(), vec![(0, 300)]);
-        assert_eq!(h.irq.0.load(Ordering::SeqCst), 1);
+        assert_eq!(h.irq.count(), 1);
         let mut a = [0u8; 100];
         let mut b = [0u8; 200];
         mem.read_slice(&mut a, GuestAddress(0x8000)).unwrap();
@@ -340,11 +306,11 @@ mod tests {
                 interrupt: irq.clone(),
             })
             .unwrap();
-        while mgr.run_with_timeout(50).unwrap() > 0 {}
+        run_until_idle(&mut mgr, 50);
         assert_eq!(vq.used().idx().load(), 1);
 
         assert!(dev.lock().unwrap().reset());
-        while mgr.run_with_timeout(50).unwrap() > 0 {}
+        run_until_idle(&mut mgr, 50);
         // After reset a notify must not reach the device (its eventfd is deregistered).
         add_chain(&vq, 1, &[(0x8000, 16, true)]);
         notify.write(1).unwrap();

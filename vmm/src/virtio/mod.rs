@@ -16,6 +16,8 @@
 
 pub mod mmio;
 mod queue_events;
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 pub use queue_events::{Event, QueueEvents, Turn};
 
