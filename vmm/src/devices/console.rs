@@ -9,14 +9,13 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
-    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, Event, GuestMemory, InterruptKind, VirtioState, WithVirtioState,
+    VIRTIO_F_VERSION_1,
 };
 
 pub const RX_QUEUE: usize = 0;
@@ -50,12 +49,6 @@ enum ChainError {
     Empty,
 }
 
-struct Active {
-    mem: GuestMemory,
-    queues: Vec<Queue>,
-    interrupt: Arc<dyn Interrupt>,
-}
-
 /// The virtio-console device.
 pub struct Console {
     output: Box<dyn Write + Send>,
@@ -64,9 +57,7 @@ pub struct Console {
     input_registered: bool,
     /// epoll reported input and we have not read it yet (waiting for an rx buffer).
     input_ready: bool,
-    acked_features: u64,
-    queue_events: QueueEvents,
-    active: Option<Active>,
+    state: VirtioState,
     buf: Vec<u8>,
 }
 
@@ -79,9 +70,16 @@ impl Console {
             input: input.map(File::from),
             input_registered: false,
             input_ready: false,
-            acked_features: 0,
-            queue_events: QueueEvents::new("virtio-console").map_err(Error::EventFd)?,
-            active: None,
+            // cols/rows need F_SIZE and max_nr_ports needs F_MULTIPORT, neither offered;
+            // emerg_wr is write-only: everything reads as zero.
+            state: VirtioState::new(
+                "virtio-console",
+                device_type::CONSOLE,
+                VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_EMERG_WRITE,
+                QUEUE_SIZES.to_vec(),
+                Vec::new(),
+            )
+            .map_err(Error::EventFd)?,
             buf: Vec::new(),
         })
     }
@@ -94,7 +92,7 @@ impl Console {
 
     /// Copies every tx chain to the output; returns whether the driver needs an interrupt.
     fn process_tx(&mut self) -> bool {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.state.active.as_mut() else {
             return false;
         };
         let mut used = false;
@@ -121,7 +119,7 @@ impl Console {
     /// direction, outside memory) are returned empty on the way.
     fn process_rx(&mut self) -> InputOutcome {
         let mut outcome = InputOutcome::default();
-        let (Some(a), Some(input)) = (self.active.as_mut(), self.input.as_mut()) else {
+        let (Some(a), Some(input)) = (self.state.active.as_mut(), self.input.as_mut()) else {
             return outcome;
         };
         while self.input_ready {
@@ -164,7 +162,7 @@ impl Console {
         let Some(input) = self.input.as_ref() else {
             return;
         };
-        let want = self.active.is_some() && !self.input_ready;
+        let want = self.state.active.is_some() && !self.input_ready;
         if want && !self.input_registered {
             match ops.add(Events::new(input, EventSet::IN)) {
                 Ok(()) => self.input_registered = true,
@@ -263,31 +261,18 @@ fn fill_in(
     Ok(InputRead::Data(n as u32))
 }
 
-impl VirtioDevice for Console {
-    fn device_type(&self) -> u32 {
-        device_type::CONSOLE
+/// Reset: input already signalled stays signalled for the next session; only polling stops.
+impl WithVirtioState for Console {
+    fn state(&self) -> &VirtioState {
+        &self.state
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+    fn state_mut(&mut self) -> &mut VirtioState {
+        &mut self.state
     }
 
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_EMERG_WRITE
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        // cols/rows need F_SIZE and max_nr_ports needs F_MULTIPORT, neither offered; emerg_wr
-        // is write-only. Everything reads as zero.
-        data.fill(0);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        if self.acked_features & VIRTIO_CONSOLE_F_EMERG_WRITE == 0 {
+    fn write_device_config(&mut self, offset: u64, data: &[u8]) {
+        if self.state.acked_features & VIRTIO_CONSOLE_F_EMERG_WRITE == 0 {
             return;
         }
         let in_emerg_wr = offset >= EMERG_WR_OFFSET
@@ -300,38 +285,16 @@ impl VirtioDevice for Console {
             let _ = self.output.flush();
         }
     }
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.check_queue_count(2)?;
-        if self.active.is_some() {
-            return Err(ActivateError::Other(
-                "virtio-console is already active".into(),
-            ));
-        }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            interrupt: ctx.interrupt,
-        });
-        self.queue_events.activate(ctx.queue_events)
-    }
-
-    fn reset(&mut self) -> bool {
-        // Input already signalled stays signalled for the next session; only polling stops.
-        self.active = None;
-        self.queue_events.reset();
-        true
-    }
 }
 
 impl MutEventSubscriber for Console {
     fn init(&mut self, ops: &mut EventOps) {
-        self.queue_events.init(ops);
+        self.state.queue_events.init(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut notify = false;
-        match self.queue_events.process(&events, ops).event {
+        match self.state.queue_events.process(&events, ops).event {
             // On activation too: the driver may have queued output before we were listening.
             Event::Activate | Event::Queue(TX_QUEUE) => notify |= self.process_tx(),
             // RX: new buffers, served below.
@@ -354,7 +317,7 @@ impl MutEventSubscriber for Console {
         }
         self.sync_input(ops);
         if notify {
-            if let Some(a) = self.active.as_ref() {
+            if let Some(a) = self.state.active.as_ref() {
                 if let Err(e) = a.interrupt.trigger(InterruptKind::Queue) {
                     tracing::warn!("virtio-console: interrupt: {e}");
                 }
@@ -367,7 +330,7 @@ impl MutEventSubscriber for Console {
 mod tests {
     use std::io::Write;
     use std::os::fd::OwnedFd;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use event_manager::{EventManager, SubscriberOps};
     use virtio_queue::mock::MockSplitQueue;
@@ -376,6 +339,7 @@ mod tests {
 
     use super::*;
     use crate::virtio::test_utils::{self, add_chain, clones, queue_events, CountingInterrupt};
+    use crate::virtio::{ActivateContext, VirtioDevice};
 
     /// Shared output sink the test can inspect.
     #[derive(Clone, Default)]

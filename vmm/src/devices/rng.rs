@@ -2,14 +2,13 @@
 //! with bytes from the host's getrandom(2).
 
 use std::io::Write;
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{DescriptorChain, Queue, QueueT, Writer};
+use virtio_queue::{DescriptorChain, QueueT, Writer};
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
-    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, Event, GuestMemory, InterruptKind, VirtioState, WithVirtioState,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Queue size offered to the driver.
@@ -37,37 +36,37 @@ enum RequestError {
     Write(std::io::Error),
 }
 
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-    interrupt: Arc<dyn Interrupt>,
-}
-
 /// The virtio-rng device.
 pub struct Rng {
-    acked_features: u64,
-    queue_events: QueueEvents,
-    active: Option<Active>,
+    state: VirtioState,
     buf: Vec<u8>,
 }
 
 impl Rng {
     pub fn new() -> Result<Rng, Error> {
+        // No config space.
+        let state = VirtioState::new(
+            "virtio-rng",
+            device_type::RNG,
+            VIRTIO_F_VERSION_1,
+            vec![QUEUE_SIZE],
+            Vec::new(),
+        )
+        .map_err(Error::EventFd)?;
         Ok(Rng {
-            acked_features: 0,
-            queue_events: QueueEvents::new("virtio-rng").map_err(Error::EventFd)?,
-            active: None,
+            state,
             buf: Vec::new(),
         })
     }
 
     /// Serves every available request; returns how many chains were used.
     fn process_queue(&mut self) -> usize {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.state.active.as_mut() else {
             return 0;
         };
+        let queue = &mut active.queues[0];
         let mut used = 0;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+        while let Some(chain) = queue.pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();
             let len = match fill_chain(&active.mem, chain, &mut self.buf) {
                 Ok(len) => len,
@@ -76,13 +75,13 @@ impl Rng {
                     0
                 }
             };
-            if let Err(e) = active.queue.add_used(&active.mem, head, len) {
+            if let Err(e) = queue.add_used(&active.mem, head, len) {
                 tracing::warn!("virtio-rng: add_used: {e}");
                 break;
             }
             used += 1;
         }
-        if used > 0 && active.queue.needs_notification(&active.mem).unwrap_or(true) {
+        if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
             if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
                 tracing::warn!("virtio-rng: interrupt: {e}");
             }
@@ -111,59 +110,23 @@ fn fill_chain(
     Ok(len as u32)
 }
 
-impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        device_type::RNG
+impl WithVirtioState for Rng {
+    fn state(&self) -> &VirtioState {
+        &self.state
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, _offset: u64, _data: &mut [u8]) {
-        // virtio-rng has no config space.
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.check_queue_count(1)?;
-        if self.active.is_some() {
-            return Err(ActivateError::Other("virtio-rng is already active".into()));
-        }
-        let Some(queue) = ctx.queues.into_iter().next() else {
-            unreachable!("length checked above");
-        };
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            interrupt: ctx.interrupt,
-        });
-        self.queue_events.activate(ctx.queue_events)
-    }
-
-    fn reset(&mut self) -> bool {
-        self.active = None;
-        self.queue_events.reset();
-        true
+    fn state_mut(&mut self) -> &mut VirtioState {
+        &mut self.state
     }
 }
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        self.queue_events.init(ops);
+        self.state.queue_events.init(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match self.queue_events.process(&events, ops).event {
+        match self.state.queue_events.process(&events, ops).event {
             // On activation too: the driver may have queued requests before we were listening.
             Event::Activate | Event::Queue(_) => {
                 self.process_queue();
@@ -175,15 +138,17 @@ impl MutEventSubscriber for Rng {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use event_manager::{EventManager, SubscriberOps};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;
     use crate::virtio::test_utils::{self, add_chain, run_until_idle, CountingInterrupt};
+    use crate::virtio::{ActivateContext, ActivateError, VirtioDevice};
 
     const MEM_SIZE: usize = 0x10_0000;
 
@@ -320,7 +285,7 @@ mod tests {
             "stale queue eventfd still polled"
         );
         assert_eq!(vq.used().idx().load(), 1);
-        assert!(dev.lock().unwrap().active.is_none());
+        assert!(dev.lock().unwrap().state.active.is_none());
     }
 
     #[test]

@@ -16,10 +16,12 @@
 
 pub mod mmio;
 mod queue_events;
+mod state;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
 pub use queue_events::{Event, QueueEvents, Turn};
+pub use state::{ActiveQueues, VirtioState, WithVirtioState};
 
 use std::sync::Arc;
 

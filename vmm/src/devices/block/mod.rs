@@ -9,7 +9,6 @@ pub mod request;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{
@@ -17,14 +16,13 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 
 pub use disk::Disk;
 use request::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, SECTOR_SIZE, SEG_MAX};
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
-    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, Event, InterruptKind, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
 };
 
 /// Queue size offered to the driver.
@@ -53,28 +51,17 @@ pub enum Error {
     EventFd(std::io::Error),
 }
 
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-    interrupt: Arc<dyn Interrupt>,
-}
-
 pub struct Block {
     disk: Disk,
-    avail_features: u64,
-    acked_features: u64,
-    config: [u8; CONFIG_LEN],
-    queue_max_sizes: [u16; 1],
-    queue_events: QueueEvents,
-    active: Option<Active>,
+    state: VirtioState,
 }
 
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
             .field("disk", &self.disk)
-            .field("acked_features", &self.acked_features)
-            .field("active", &self.active.is_some())
+            .field("acked_features", &self.state.acked_features)
+            .field("active", &self.state.active.is_some())
             .finish()
     }
 }
@@ -101,16 +88,15 @@ impl Block {
                 avail_features |= 1 << VIRTIO_BLK_F_WRITE_ZEROES;
             }
         }
-        let config = build_config(&disk);
-        Ok(Block {
-            disk,
+        let state = VirtioState::new(
+            "virtio-blk",
+            device_type::BLOCK,
             avail_features,
-            acked_features: 0,
-            config,
-            queue_max_sizes: [QUEUE_SIZE],
-            queue_events: QueueEvents::new("virtio-blk").map_err(Error::EventFd)?,
-            active: None,
-        })
+            vec![QUEUE_SIZE],
+            build_config(&disk).to_vec(),
+        )
+        .map_err(Error::EventFd)?;
+        Ok(Block { disk, state })
     }
 
     pub fn disk(&self) -> &Disk {
@@ -119,26 +105,27 @@ impl Block {
 
     /// Serves every available chain, then signals the guest if it asked to be.
     pub fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.state.active.as_mut() else {
             return;
         };
         let mem = &active.mem;
+        let queue = &mut active.queues[0];
         let mut used_any = false;
         loop {
-            if let Err(e) = active.queue.disable_notification(mem) {
+            if let Err(e) = queue.disable_notification(mem) {
                 tracing::warn!(error = %e, "virtio-blk: queue unusable");
                 return;
             }
-            while let Some(chain) = active.queue.pop_descriptor_chain(mem) {
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 let used_len = request::handle_chain(mem, chain, &mut self.disk);
-                if let Err(e) = active.queue.add_used(mem, head, used_len) {
+                if let Err(e) = queue.add_used(mem, head, used_len) {
                     tracing::warn!(error = %e, "virtio-blk: add_used failed");
                     return;
                 }
                 used_any = true;
             }
-            match active.queue.enable_notification(mem) {
+            match queue.enable_notification(mem) {
                 // More chains arrived while notifications were off.
                 Ok(true) => continue,
                 Ok(false) => break,
@@ -148,7 +135,7 @@ impl Block {
                 }
             }
         }
-        if used_any && active.queue.needs_notification(mem).unwrap_or(true) {
+        if used_any && queue.needs_notification(mem).unwrap_or(true) {
             if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
                 tracing::warn!(error = %e, "virtio-blk: interrupt failed");
             }
@@ -177,65 +164,21 @@ fn build_config(disk: &Disk) -> [u8; CONFIG_LEN] {
     c
 }
 
-impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        device_type::BLOCK
+impl WithVirtioState for Block {
+    fn state(&self) -> &VirtioState {
+        &self.state
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+    fn state_mut(&mut self) -> &mut VirtioState {
+        &mut self.state
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // Nothing is writable: `writeback` needs VIRTIO_BLK_F_CONFIG_WCE, which is not offered.
-    }
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.check_queue_count(1)?;
-        let ActivateContext {
-            mem,
-            queues,
-            queue_events,
-            interrupt,
-        } = ctx;
-        let Some(mut queue) = queues.into_iter().next() else {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                actual: 0,
-            });
-        };
-        queue.set_event_idx(self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
-        self.queue_events.activate(queue_events)
-    }
-
-    fn reset(&mut self) -> bool {
-        self.active = None;
-        self.queue_events.reset();
-        self.acked_features = 0;
-        true
-    }
+    // Nothing is writable: `writeback` needs VIRTIO_BLK_F_CONFIG_WCE, which is not offered.
 }
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match self.queue_events.process(&events, ops).event {
+        match self.state.queue_events.process(&events, ops).event {
             // On activation too: the driver may have queued requests before we were listening.
             Event::Activate | Event::Queue(_) => self.process_queue(),
             Event::Stale | Event::Other => {}
@@ -243,6 +186,6 @@ impl MutEventSubscriber for Block {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.queue_events.init(ops);
+        self.state.queue_events.init(ops);
     }
 }

@@ -36,11 +36,10 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
-    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, Event, InterruptKind, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
 };
 pub use filter::GuestFs;
 
@@ -87,22 +86,11 @@ pub enum CacheMode {
     Shared,
 }
 
-struct Active {
-    mem: GuestMemory,
-    queues: Vec<Queue>,
-    interrupt: Arc<dyn Interrupt>,
-}
-
 pub struct Fs {
     server: Arc<FuseServer>,
     shared_dir: PathBuf,
     read_only: bool,
-    avail_features: u64,
-    acked_features: u64,
-    config: [u8; CONFIG_LEN],
-    queue_max_sizes: [u16; NUM_QUEUES],
-    queue_events: QueueEvents,
-    active: Option<Active>,
+    state: VirtioState,
 }
 
 impl std::fmt::Debug for Fs {
@@ -110,7 +98,7 @@ impl std::fmt::Debug for Fs {
         f.debug_struct("Fs")
             .field("shared_dir", &self.shared_dir)
             .field("read_only", &self.read_only)
-            .field("active", &self.active.is_some())
+            .field("active", &self.state.active.is_some())
             .finish()
     }
 }
@@ -199,18 +187,19 @@ impl Fs {
         let mut config = [0u8; CONFIG_LEN];
         config[..TAG_LEN].copy_from_slice(&tag);
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        let state = VirtioState::new(
+            "virtio-fs",
+            device_type::FS,
+            VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_RING_F_INDIRECT_DESC,
+            vec![QUEUE_SIZE; NUM_QUEUES],
+            config.to_vec(),
+        )
+        .map_err(Error::EventFd)?;
         Ok(Fs {
             server: Arc::new(server),
             shared_dir,
             read_only,
-            avail_features: VIRTIO_F_VERSION_1
-                | 1 << VIRTIO_RING_F_EVENT_IDX
-                | 1 << VIRTIO_RING_F_INDIRECT_DESC,
-            acked_features: 0,
-            config,
-            queue_max_sizes: [QUEUE_SIZE; NUM_QUEUES],
-            queue_events: QueueEvents::new("virtio-fs").map_err(Error::EventFd)?,
-            active: None,
+            state,
         })
     }
 
@@ -224,7 +213,7 @@ impl Fs {
 
     /// Serves every available chain of queue `index`, then signals the guest if it asked to be.
     pub fn process_queue(&mut self, index: usize) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.state.active.as_mut() else {
             return;
         };
         let Some(queue) = active.queues.get_mut(index) else {
@@ -263,64 +252,21 @@ impl Fs {
     }
 }
 
-impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
-        device_type::FS
+/// Reset drops only queue state: open files and looked-up inodes stay until the next FUSE
+/// INIT/DESTROY from the new driver instance. The config space is read-only.
+impl WithVirtioState for Fs {
+    fn state(&self) -> &VirtioState {
+        &self.state
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.config, offset, data);
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // virtio-fs config space is read-only.
-    }
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.check_queue_count(NUM_QUEUES)?;
-        let ActivateContext {
-            mem,
-            mut queues,
-            queue_events,
-            interrupt,
-        } = ctx;
-        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        for q in &mut queues {
-            q.set_event_idx(event_idx);
-        }
-        self.active = Some(Active {
-            mem,
-            queues,
-            interrupt,
-        });
-        self.queue_events.activate(queue_events)
-    }
-
-    fn reset(&mut self) -> bool {
-        // Open files and looked-up inodes stay until the next FUSE INIT/DESTROY from the new
-        // driver instance; only queue state goes.
-        self.active = None;
-        self.queue_events.reset();
-        self.acked_features = 0;
-        true
+    fn state_mut(&mut self) -> &mut VirtioState {
+        &mut self.state
     }
 }
 
 impl MutEventSubscriber for Fs {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match self.queue_events.process(&events, ops).event {
+        match self.state.queue_events.process(&events, ops).event {
             // The driver may have queued requests before we were listening.
             Event::Activate => (0..NUM_QUEUES).for_each(|index| self.process_queue(index)),
             Event::Queue(index) => self.process_queue(index),
@@ -329,6 +275,6 @@ impl MutEventSubscriber for Fs {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.queue_events.init(ops);
+        self.state.queue_events.init(ops);
     }
 }

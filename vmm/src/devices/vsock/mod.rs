@@ -19,16 +19,14 @@ mod tests;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
-    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
+    device_type, Event, InterruptKind, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
 };
 use muxer::Muxer;
 use packet::RxBuffer;
@@ -64,22 +62,14 @@ pub enum Error {
     TimerFd(#[source] std::io::Error),
 }
 
-struct Active {
-    mem: GuestMemory,
-    queues: Vec<Queue>,
-    interrupt: Arc<dyn Interrupt>,
-}
-
 /// The virtio-vsock device.
 pub struct Vsock {
     guest_cid: u64,
     uds_path: PathBuf,
-    acked_features: u64,
-    queue_events: QueueEvents,
+    state: VirtioState,
     timer: TimerFd,
     timer_armed: bool,
     muxer: Muxer,
-    active: Option<Active>,
     tx_payload: Vec<u8>,
 }
 
@@ -108,15 +98,22 @@ impl Vsock {
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .map_err(|e| Error::TimerFd(e.into()))?;
+        // No VIRTIO_VSOCK_F_SEQPACKET: stream sockets only. Config space: guest_cid (le64).
+        let state = VirtioState::new(
+            "vsock",
+            device_type::VSOCK,
+            VIRTIO_F_VERSION_1,
+            QUEUE_SIZES.to_vec(),
+            guest_cid.to_le_bytes().to_vec(),
+        )
+        .map_err(Error::EventFd)?;
         Ok(Vsock {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
-            acked_features: 0,
-            queue_events: QueueEvents::new("vsock").map_err(Error::EventFd)?,
+            state,
             timer,
             timer_armed: false,
             muxer: Muxer::new(guest_cid, uds_path, listener),
-            active: None,
             tx_payload: Vec::new(),
         })
     }
@@ -145,7 +142,7 @@ impl Vsock {
     /// Serves the tx queue: every chain is parsed, validated and handed to the muxer, then
     /// returned (tx buffers are read-only to the device, so the used length is 0).
     fn process_tx(&mut self) -> bool {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.state.active.as_mut() else {
             return false;
         };
         let mut used = false;
@@ -171,7 +168,7 @@ impl Vsock {
 
     /// Fills guest rx buffers with whatever the muxer owes the guest.
     fn process_rx(&mut self) -> bool {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.state.active.as_mut() else {
             return false;
         };
         let mut used = false;
@@ -230,73 +227,41 @@ impl Drop for Vsock {
     }
 }
 
-impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        device_type::VSOCK
+/// Reset: host connections go on the loop's next turn (see `process`).
+impl WithVirtioState for Vsock {
+    fn state(&self) -> &VirtioState {
+        &self.state
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+    fn state_mut(&mut self) -> &mut VirtioState {
+        &mut self.state
     }
 
-    fn avail_features(&self) -> u64 {
-        // No VIRTIO_VSOCK_F_SEQPACKET: stream sockets only.
-        VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
+    /// Only whole reads inside the 8-byte config (guest_cid) return data; the rest is zero.
+    fn read_device_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let config = self.guest_cid.to_le_bytes();
         let Ok(start) = usize::try_from(offset) else {
             return;
         };
         if let Some(src) = start
             .checked_add(data.len())
-            .and_then(|end| config.get(start..end))
+            .and_then(|end| self.state.config_space.get(start..end))
         {
             data.copy_from_slice(src);
         }
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // guest_cid is read-only.
-    }
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.check_queue_count(3)?;
-        if self.active.is_some() {
-            return Err(ActivateError::Other("vsock is already active".into()));
-        }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            interrupt: ctx.interrupt,
-        });
-        self.queue_events.activate(ctx.queue_events)
-    }
-
-    fn reset(&mut self) -> bool {
-        // Host connections go on the loop's next turn (see `process`).
-        self.active = None;
-        self.queue_events.reset();
-        true
     }
 }
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        self.queue_events.init(ops);
+        self.state.queue_events.init(ops);
         if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
             tracing::error!("vsock: registering timerfd: {e}");
         }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let turn = self.queue_events.process(&events, ops);
+        let turn = self.state.queue_events.process(&events, ops);
         if turn.reset {
             // Every host stream of the old session goes, before any of its events is handled.
             self.muxer.teardown(ops);
@@ -305,7 +270,7 @@ impl MutEventSubscriber for Vsock {
         let mut notify = false;
         match turn.event {
             Event::Activate => {
-                if self.active.is_some() {
+                if self.state.active.is_some() {
                     self.muxer.register_listener(ops);
                 }
                 // The driver may have queued packets before its eventfds were registered.
@@ -326,7 +291,7 @@ impl MutEventSubscriber for Vsock {
         self.muxer.sync(ops);
         self.update_timer();
         if notify {
-            if let Some(a) = self.active.as_ref() {
+            if let Some(a) = self.state.active.as_ref() {
                 if let Err(e) = a.interrupt.trigger(InterruptKind::Queue) {
                     tracing::warn!("vsock: interrupt: {e}");
                 }

@@ -21,6 +21,7 @@ use super::connection::TX_BUF_SIZE;
 use super::packet::{op, Header, HDR_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::*;
 use crate::virtio::test_utils::{self, CountingInterrupt};
+use crate::virtio::{ActivateContext, GuestMemory, VirtioDevice};
 
 const CID: u64 = 3;
 const QSIZE: u16 = QUEUE_SIZE;
