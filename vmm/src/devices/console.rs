@@ -14,8 +14,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 
 use crate::virtio::{
-    device_type, Event, GuestMemory, InterruptKind, VirtioState, WithVirtioState,
-    VIRTIO_F_VERSION_1,
+    device_type, Event, GuestMemory, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
 };
 
 pub const RX_QUEUE: usize = 0;
@@ -263,13 +262,7 @@ fn fill_in(
 
 /// Reset: input already signalled stays signalled for the next session; only polling stops.
 impl WithVirtioState for Console {
-    fn state(&self) -> &VirtioState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut VirtioState {
-        &mut self.state
-    }
+    crate::virtio_state_accessors!();
 
     fn write_device_config(&mut self, offset: u64, data: &[u8]) {
         if self.state.acked_features & VIRTIO_CONSOLE_F_EMERG_WRITE == 0 {
@@ -318,9 +311,7 @@ impl MutEventSubscriber for Console {
         self.sync_input(ops);
         if notify {
             if let Some(a) = self.state.active.as_ref() {
-                if let Err(e) = a.interrupt.trigger(InterruptKind::Queue) {
-                    tracing::warn!("virtio-console: interrupt: {e}");
-                }
+                a.signal_used("virtio-console");
             }
         }
     }

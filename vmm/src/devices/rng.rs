@@ -7,8 +7,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{DescriptorChain, QueueT, Writer};
 
 use crate::virtio::{
-    device_type, Event, GuestMemory, InterruptKind, VirtioState, WithVirtioState,
-    VIRTIO_F_VERSION_1,
+    device_type, Event, GuestMemory, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
 };
 
 /// Queue size offered to the driver.
@@ -82,9 +81,7 @@ impl Rng {
             used += 1;
         }
         if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
-            if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
-                tracing::warn!("virtio-rng: interrupt: {e}");
-            }
+            active.signal_used("virtio-rng");
         }
         used
     }
@@ -111,13 +108,7 @@ fn fill_chain(
 }
 
 impl WithVirtioState for Rng {
-    fn state(&self) -> &VirtioState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut VirtioState {
-        &mut self.state
-    }
+    crate::virtio_state_accessors!();
 }
 
 impl MutEventSubscriber for Rng {

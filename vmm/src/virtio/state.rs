@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 use super::{
-    read_config_bytes, ActivateContext, ActivateError, GuestMemory, Interrupt, QueueEvents,
-    VirtioDevice,
+    read_config_bytes, ActivateContext, ActivateError, GuestMemory, Interrupt, InterruptKind,
+    QueueEvents, VirtioDevice,
 };
 
 /// What a device serves between activation and reset.
@@ -21,6 +21,58 @@ pub struct ActiveQueues {
     /// In queue-index order, as many as the device has.
     pub queues: Vec<Queue>,
     pub interrupt: Arc<dyn Interrupt>,
+}
+
+impl ActiveQueues {
+    /// Serves every available chain of queue `index` with `handle` (which returns the used
+    /// length), with guest notifications off while it works, then signals the guest if it
+    /// asked to be. `name` prefixes the log lines.
+    pub fn serve<F>(&mut self, name: &str, index: usize, mut handle: F)
+    where
+        F: FnMut(&GuestMemory, DescriptorChain<&GuestMemory>) -> u32,
+    {
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        let mem = &self.mem;
+        let mut used_any = false;
+        loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                tracing::warn!(error = %e, "{name}: queue unusable");
+                return;
+            }
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let used_len = handle(mem, chain);
+                if let Err(e) = queue.add_used(mem, head, used_len) {
+                    tracing::warn!(error = %e, "{name}: add_used failed");
+                    return;
+                }
+                used_any = true;
+            }
+            match queue.enable_notification(mem) {
+                // More chains arrived while notifications were off.
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{name}: queue unusable");
+                    break;
+                }
+            }
+        }
+        if used_any && queue.needs_notification(mem).unwrap_or(true) {
+            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue) {
+                tracing::warn!(error = %e, "{name}: interrupt failed");
+            }
+        }
+    }
+
+    /// Tells the driver about used buffers (the caller checked it wants to hear).
+    pub fn signal_used(&self, name: &str) {
+        if let Err(e) = self.interrupt.trigger(InterruptKind::Queue) {
+            tracing::warn!("{name}: interrupt: {e}");
+        }
+    }
 }
 
 pub struct VirtioState {
@@ -113,6 +165,20 @@ pub trait WithVirtioState: Send {
 
     /// Config space is read-only unless a device says otherwise.
     fn write_device_config(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+/// The two accessors of [`WithVirtioState`] for a device whose state is its `state` field.
+#[macro_export]
+macro_rules! virtio_state_accessors {
+    () => {
+        fn state(&self) -> &$crate::virtio::VirtioState {
+            &self.state
+        }
+
+        fn state_mut(&mut self) -> &mut $crate::virtio::VirtioState {
+            &mut self.state
+        }
+    };
 }
 
 impl<T: WithVirtioState> VirtioDevice for T {

@@ -16,14 +16,11 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
 
 pub use disk::Disk;
 use request::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, SECTOR_SIZE, SEG_MAX};
 
-use crate::virtio::{
-    device_type, Event, InterruptKind, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
-};
+use crate::virtio::{device_type, Event, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1};
 
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
@@ -105,40 +102,11 @@ impl Block {
 
     /// Serves every available chain, then signals the guest if it asked to be.
     pub fn process_queue(&mut self) {
-        let Some(active) = self.state.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let queue = &mut active.queues[0];
-        let mut used_any = false;
-        loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                tracing::warn!(error = %e, "virtio-blk: queue unusable");
-                return;
-            }
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let used_len = request::handle_chain(mem, chain, &mut self.disk);
-                if let Err(e) = queue.add_used(mem, head, used_len) {
-                    tracing::warn!(error = %e, "virtio-blk: add_used failed");
-                    return;
-                }
-                used_any = true;
-            }
-            match queue.enable_notification(mem) {
-                // More chains arrived while notifications were off.
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "virtio-blk: queue unusable");
-                    break;
-                }
-            }
-        }
-        if used_any && queue.needs_notification(mem).unwrap_or(true) {
-            if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
-                tracing::warn!(error = %e, "virtio-blk: interrupt failed");
-            }
+        if let Some(active) = self.state.active.as_mut() {
+            let disk = &mut self.disk;
+            active.serve("virtio-blk", 0, |mem, chain| {
+                request::handle_chain(mem, chain, disk)
+            });
         }
     }
 }
@@ -165,13 +133,7 @@ fn build_config(disk: &Disk) -> [u8; CONFIG_LEN] {
 }
 
 impl WithVirtioState for Block {
-    fn state(&self) -> &VirtioState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut VirtioState {
-        &mut self.state
-    }
+    crate::virtio_state_accessors!();
 
     // Nothing is writable: `writeback` needs VIRTIO_BLK_F_CONFIG_WCE, which is not offered.
 }

@@ -36,11 +36,8 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
 
-use crate::virtio::{
-    device_type, Event, InterruptKind, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
-};
+use crate::virtio::{device_type, Event, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1};
 pub use filter::GuestFs;
 
 /// Size of the `tag` field of `struct virtio_fs_config`.
@@ -213,41 +210,11 @@ impl Fs {
 
     /// Serves every available chain of queue `index`, then signals the guest if it asked to be.
     pub fn process_queue(&mut self, index: usize) {
-        let Some(active) = self.state.active.as_mut() else {
-            return;
-        };
-        let Some(queue) = active.queues.get_mut(index) else {
-            return;
-        };
-        let mem = &active.mem;
-        let mut used_any = false;
-        loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                tracing::warn!(error = %e, "virtio-fs: queue unusable");
-                return;
-            }
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let used_len = request::handle_chain(&self.server, mem, chain);
-                if let Err(e) = queue.add_used(mem, head, used_len) {
-                    tracing::warn!(error = %e, "virtio-fs: add_used failed");
-                    return;
-                }
-                used_any = true;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "virtio-fs: queue unusable");
-                    break;
-                }
-            }
-        }
-        if used_any && queue.needs_notification(mem).unwrap_or(true) {
-            if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
-                tracing::warn!(error = %e, "virtio-fs: interrupt failed");
-            }
+        if let Some(active) = self.state.active.as_mut() {
+            let server = &self.server;
+            active.serve("virtio-fs", index, |mem, chain| {
+                request::handle_chain(server, mem, chain)
+            });
         }
     }
 }
@@ -255,13 +222,7 @@ impl Fs {
 /// Reset drops only queue state: open files and looked-up inodes stay until the next FUSE
 /// INIT/DESTROY from the new driver instance. The config space is read-only.
 impl WithVirtioState for Fs {
-    fn state(&self) -> &VirtioState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut VirtioState {
-        &mut self.state
-    }
+    crate::virtio_state_accessors!();
 }
 
 impl MutEventSubscriber for Fs {

@@ -25,9 +25,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::QueueT;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::virtio::{
-    device_type, Event, InterruptKind, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
-};
+use crate::virtio::{device_type, Event, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1};
 use muxer::Muxer;
 use packet::RxBuffer;
 
@@ -229,13 +227,7 @@ impl Drop for Vsock {
 
 /// Reset: host connections go on the loop's next turn (see `process`).
 impl WithVirtioState for Vsock {
-    fn state(&self) -> &VirtioState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut VirtioState {
-        &mut self.state
-    }
+    crate::virtio_state_accessors!();
 
     /// Only whole reads inside the 8-byte config (guest_cid) return data; the rest is zero.
     fn read_device_config(&self, offset: u64, data: &mut [u8]) {
@@ -292,9 +284,7 @@ impl MutEventSubscriber for Vsock {
         self.update_timer();
         if notify {
             if let Some(a) = self.state.active.as_ref() {
-                if let Err(e) = a.interrupt.trigger(InterruptKind::Queue) {
-                    tracing::warn!("vsock: interrupt: {e}");
-                }
+                a.signal_used("vsock");
             }
         }
     }
