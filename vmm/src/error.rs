@@ -110,3 +110,31 @@ pub enum Error {
     #[error("power-off watch: registering timerfd: {0:?}")]
     PowerOffRegister(#[source] event_manager::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn messages_stay_one_line_and_sources_are_kept() {
+        let e = Error::Block {
+            path: "/nope.img".into(),
+            source: devices::block::Error::NotAFile("/nope.img".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "block device /nope.img: disk image /nope.img is neither a regular file nor a block device"
+        );
+        assert!(e.source().unwrap().is::<devices::block::Error>());
+        let e = Error::Io("eventfd", io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(e.source().unwrap().is::<io::Error>());
+        let e = Error::KvmRun {
+            id: 1,
+            source: kvm_ioctls::Error::new(libc::EFAULT),
+        };
+        assert!(e.to_string().starts_with("vcpu1: KVM_RUN: "), "{e}");
+        assert!(e.source().unwrap().is::<kvm_ioctls::Error>());
+    }
+}

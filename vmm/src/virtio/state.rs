@@ -216,3 +216,99 @@ impl<T: WithVirtioState> VirtioDevice for T {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use virtio_queue::mock::MockSplitQueue;
+
+    use super::*;
+    use crate::virtio::test_utils::{self, CountingInterrupt};
+
+    struct Dev {
+        state: VirtioState,
+    }
+
+    impl WithVirtioState for Dev {
+        crate::virtio_state_accessors!();
+    }
+
+    fn dev() -> Dev {
+        Dev {
+            state: VirtioState::new(
+                "test-dev",
+                super::super::device_type::RNG,
+                super::super::VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX,
+                vec![16],
+                vec![1, 2, 3, 4],
+            )
+            .unwrap(),
+        }
+    }
+
+    fn ctx(mem: &GuestMemory, vq: &MockSplitQueue<GuestMemory>) -> ActivateContext {
+        ActivateContext {
+            mem: mem.clone(),
+            queues: vec![vq.create_queue().unwrap()],
+            queue_events: test_utils::queue_events(1),
+            interrupt: Arc::new(CountingInterrupt::default()),
+        }
+    }
+
+    #[test]
+    fn the_common_state_negotiates_activates_once_and_resets() {
+        let mem = test_utils::memory(0x10_0000);
+        let vq = MockSplitQueue::new(&mem, 16);
+        let mut d = dev();
+        assert_eq!(d.device_type(), super::super::device_type::RNG);
+        assert_eq!(d.queue_max_sizes(), &[16]);
+        // Only offered features are kept.
+        d.set_acked_features(u64::MAX);
+        assert_eq!(d.state.acked_features, d.avail_features());
+        // Config reads past the end are zero.
+        let mut buf = [0xffu8; 4];
+        d.read_config(2, &mut buf);
+        assert_eq!(buf, [3, 4, 0, 0]);
+        d.write_config(0, &[9]);
+        d.read_config(0, &mut buf);
+        assert_eq!(buf[0], 1, "config space is read-only by default");
+
+        d.activate(ctx(&mem, &vq)).unwrap();
+        let active = d.state.active.as_ref().unwrap();
+        assert!(active.queues[0].event_idx_enabled(), "EVENT_IDX was acked");
+        let again = d.activate(ctx(&mem, &vq)).unwrap_err();
+        assert_eq!(
+            again.to_string(),
+            "device activation: test-dev is already active"
+        );
+
+        assert!(d.reset());
+        assert!(d.state.active.is_none());
+        assert_eq!(d.state.acked_features, 0);
+        d.activate(ctx(&mem, &vq)).unwrap();
+        assert!(!d.state.active.as_ref().unwrap().queues[0].event_idx_enabled());
+    }
+
+    #[test]
+    fn activation_needs_every_queue() {
+        let mem = test_utils::memory(0x10_0000);
+        let mut d = dev();
+        let err = d
+            .activate(ActivateContext {
+                mem,
+                queues: vec![],
+                queue_events: vec![],
+                interrupt: Arc::new(CountingInterrupt::default()),
+            })
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ActivateError::QueueCount {
+                expected: 1,
+                actual: 0
+            }
+        ));
+        assert!(d.state.active.is_none());
+    }
+}
