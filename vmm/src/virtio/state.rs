@@ -289,26 +289,4 @@ mod tests {
         d.activate(ctx(&mem, &vq)).unwrap();
         assert!(!d.state.active.as_ref().unwrap().queues[0].event_idx_enabled());
     }
-
-    #[test]
-    fn activation_needs_every_queue() {
-        let mem = test_utils::memory(0x10_0000);
-        let mut d = dev();
-        let err = d
-            .activate(ActivateContext {
-                mem,
-                queues: vec![],
-                queue_events: vec![],
-                interrupt: Arc::new(CountingInterrupt::default()),
-            })
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            ActivateError::QueueCount {
-                expected: 1,
-                actual: 0
-            }
-        ));
-        assert!(d.state.active.is_none());
-    }
 }
