@@ -40,8 +40,8 @@ impl VmExit {
 /// Exit status of `ark-vmm` when the VMM itself fails.
 pub const EXIT_CODE_VMM_ERROR: i32 = 1;
 
-/// The first reason to stop wins; later ones are ignored. `Err` is a VMM-side failure message.
-pub type ExitReason = Result<VmExit, String>;
+/// The first reason to stop wins; later ones are ignored. `Err` is a VMM-side failure.
+pub type ExitReason = Result<VmExit, crate::Error>;
 
 /// Shared by vCPU threads, devices and the host: records why the VM stops and wakes the event
 /// loop through an eventfd.
@@ -71,10 +71,11 @@ impl ExitSignal {
         let _ = self.evt.write(1);
     }
 
-    /// The recorded reason. An eventfd write without a reason (a signal handler's) means the
-    /// host asked for the stop.
-    pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().expect("exit lock").clone()
+    /// Takes the recorded reason (errors are not `Clone`; the VM's builder takes it once, at
+    /// the end). An eventfd write without a reason (a signal handler's) means the host asked
+    /// for the stop.
+    pub fn take_reason(&self) -> Option<ExitReason> {
+        self.reason.lock().expect("exit lock").take()
     }
 
     /// Marks the VM as stopping after the eventfd fired (possibly from a signal handler).
@@ -128,13 +129,13 @@ mod tests {
         let s = ExitSignal::new().unwrap();
         s.request(Ok(VmExit::TripleFault));
         s.request(Ok(VmExit::GuestStop));
-        assert_eq!(s.reason(), Some(Ok(VmExit::TripleFault)));
+        assert!(matches!(s.take_reason(), Some(Ok(VmExit::TripleFault))));
         let t = ExitSignal::new().unwrap();
         t.event().write(1).unwrap();
         assert!(!t.stopping());
         t.acknowledge();
         assert!(t.stopping());
-        assert_eq!(t.reason(), Some(Ok(VmExit::HostStop)));
+        assert!(matches!(t.take_reason(), Some(Ok(VmExit::HostStop))));
         assert_eq!(VmExit::GuestStop.exit_code(), 0);
         assert_eq!(VmExit::TripleFault.exit_code(), 2);
         assert_eq!(VmExit::HostStop.exit_code(), 3);

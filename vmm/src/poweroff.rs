@@ -165,8 +165,7 @@ impl PowerOffWatch {
 impl MutEventSubscriber for PowerOffWatch {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
-            self.exit
-                .request(Err(format!("power-off watch: registering timerfd: {e:?}")));
+            self.exit.request(Err(crate::Error::PowerOffRegister(e)));
         }
     }
 

@@ -39,20 +39,27 @@ fn ioctl_rule(request: u64) -> Result<SeccompRule, seccompiler::BackendError> {
     )?])
 }
 
+/// Why a filter could not be built or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Build(#[from] seccompiler::BackendError),
+    #[error(transparent)]
+    Apply(#[from] seccompiler::Error),
+}
+
 fn build(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     mismatch: SeccompAction,
     matched: SeccompAction,
-) -> Result<BpfProgram, String> {
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())?;
-    let filter = SeccompFilter::new(rules, mismatch, matched, arch).map_err(|e| e.to_string())?;
-    BpfProgram::try_from(filter).map_err(|e| e.to_string())
+) -> Result<BpfProgram, Error> {
+    let arch = std::env::consts::ARCH.try_into()?;
+    let filter = SeccompFilter::new(rules, mismatch, matched, arch)?;
+    Ok(BpfProgram::try_from(filter)?)
 }
 
 /// The vCPU thread filter.
-pub fn vcpu_filter() -> Result<BpfProgram, String> {
+pub fn vcpu_filter() -> Result<BpfProgram, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = [
         // Exits: port/MMIO device emulation writes the serial output, eventfds and logs.
         libc::SYS_read,
@@ -97,8 +104,7 @@ pub fn vcpu_filter() -> Result<BpfProgram, String> {
         [KVM_RUN, KVM_GET_MP_STATE, KVM_GET_REGS]
             .into_iter()
             .map(ioctl_rule)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?,
+            .collect::<Result<Vec<_>, _>>()?,
     );
     build(rules, SeccompAction::Trap, SeccompAction::Allow)
 }
@@ -196,23 +202,20 @@ const EVENT_LOOP_ALLOWED: &[i64] = &[
 const EVENT_LOOP_IOCTLS: &[u64] = &[libc::FIONBIO];
 
 /// The event-loop thread filter. Unlisted syscalls trap (see [`install_violation_handler`]).
-pub fn event_loop_filter() -> Result<BpfProgram, String> {
+pub fn event_loop_filter() -> Result<BpfProgram, Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         EVENT_LOOP_ALLOWED.iter().map(|nr| (*nr, vec![])).collect();
     let ioctls = EVENT_LOOP_IOCTLS
         .iter()
         .map(|r| ioctl_rule(*r))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_ioctl, ioctls);
     let unix_only = SeccompRule::new(vec![SeccompCondition::new(
         0,
         SeccompCmpArgLen::Dword,
         SeccompCmpOp::Eq,
         libc::AF_UNIX as u64,
-    )
-    .map_err(|e| e.to_string())?])
-    .map_err(|e| e.to_string())?;
+    )?])?;
     rules.insert(libc::SYS_socket, vec![unix_only]);
     build(rules, SeccompAction::Trap, SeccompAction::Allow)
 }
@@ -261,7 +264,7 @@ const DENIED: &[i64] = &[
 
 /// The process-wide denylist (EPERM), for `ark-vmm`'s main thread before it starts the VM:
 /// every thread created later inherits it.
-pub fn vmm_denylist() -> Result<BpfProgram, String> {
+pub fn vmm_denylist() -> Result<BpfProgram, Error> {
     let rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|nr| (*nr, vec![])).collect();
     build(
         rules,
@@ -273,7 +276,7 @@ pub fn vmm_denylist() -> Result<BpfProgram, String> {
 /// Applies `filter` to the calling thread. SIGSYS is unblocked first: an embedding program
 /// that blocks signals for sigwait would otherwise turn a reported violation into a silent
 /// SIGSYS kill.
-pub fn apply(filter: &BpfProgram) -> Result<(), String> {
+pub fn apply(filter: &BpfProgram) -> Result<(), Error> {
     // SAFETY: builds a one-signal set on the stack and unblocks it for this thread only.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -281,7 +284,7 @@ pub fn apply(filter: &BpfProgram) -> Result<(), String> {
         libc::sigaddset(&mut set, libc::SIGSYS);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
-    seccompiler::apply_filter(filter).map_err(|e| e.to_string())
+    Ok(seccompiler::apply_filter(filter)?)
 }
 
 /// Offset of `si_syscall` in a SIGSYS `siginfo_t`, in `i32`s: after si_signo, si_errno,

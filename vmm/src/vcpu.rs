@@ -13,6 +13,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::bus::Bus;
 use crate::exit::{ExitSignal, VmExit};
 use crate::poweroff::{HaltProbe, VcpuActivity};
+use crate::Error;
 
 thread_local! {
     /// This thread's kvm_run page, for the kick signal handler.
@@ -68,7 +69,7 @@ impl Vcpu {
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()))
                     .is_err()
                 {
-                    exit.request(Err(format!("vcpu{id}: thread panicked")));
+                    exit.request(Err(Error::VcpuPanicked(id)));
                 }
             })
     }
@@ -77,8 +78,10 @@ impl Vcpu {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         if let Some(filter) = &self.seccomp {
             if let Err(e) = crate::seccomp::apply(filter) {
-                self.exit
-                    .request(Err(format!("vcpu{}: seccomp: {e}", self.id)));
+                self.exit.request(Err(Error::VcpuSeccomp {
+                    id: self.id,
+                    source: e,
+                }));
             }
         }
         let mut first_exit = self.id == 0;
@@ -105,9 +108,10 @@ impl Vcpu {
                             .report(usize::from(self.id), VcpuActivity::of(&self.fd));
                     }
                 }
-                Err(e) => self
-                    .exit
-                    .request(Err(format!("vcpu{}: KVM_RUN: {e}", self.id))),
+                Err(e) => self.exit.request(Err(Error::KvmRun {
+                    id: self.id,
+                    source: e,
+                })),
             }
         }
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
@@ -158,18 +162,14 @@ fn handle_exit(
             other => tracing::warn!("vcpu{id}: ignoring system event {other}"),
         },
         VcpuExit::FailEntry(reason, cpu) => {
-            return Some(Err(format!(
-                "vcpu{id}: KVM entry failed (hardware reason {reason:#x}, cpu {cpu})"
-            )))
+            return Some(Err(Error::KvmEntryFailed { id, reason, cpu }))
         }
-        VcpuExit::InternalError => {
-            return Some(Err(format!(
-                "vcpu{id}: KVM internal error (emulation failure: the guest kernel ran an \
-                 instruction this host's KVM cannot emulate)"
-            )))
-        }
+        VcpuExit::InternalError => return Some(Err(Error::KvmInternal(id))),
         other => {
-            return Some(Err(format!("vcpu{id}: unexpected KVM exit {other:?}")));
+            return Some(Err(Error::UnexpectedExit {
+                id,
+                exit: format!("{other:?}"),
+            }));
         }
     }
     None

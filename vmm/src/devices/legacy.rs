@@ -187,11 +187,11 @@ mod tests {
         kbd.read(4, &mut b);
         assert_eq!(b[0], 0, "status must say input buffer empty");
         kbd.write(4, &[0xd1]); // another command: ignored
-        assert!(exit.reason().is_none());
+        assert!(exit.take_reason().is_none());
         kbd.write(0, &[0xfe]); // data port, not a command
-        assert!(exit.reason().is_none());
+        assert!(exit.take_reason().is_none());
         kbd.write(4, &[0xfe]);
-        assert!(matches!(exit.reason(), Some(Ok(VmExit::GuestStop))));
+        assert!(matches!(exit.take_reason(), Some(Ok(VmExit::GuestStop))));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //!   driver, validates every value the guest writes, and on DRIVER_OK calls
 //!   [`VirtioDevice::activate`] with the ready queues, the queue-notify eventfds (registered as
 //!   KVM ioeventfds) and an [`Interrupt`] to signal used buffers;
+//! - a device model keeps what every device keeps (features, queue sizes, config space, the
+//!   live session) in a [`VirtioState`] and implements [`WithVirtioState`], from which its
+//!   `VirtioDevice` follows (`state.rs`);
 //! - each device also implements `event_manager::MutEventSubscriber`; because `activate` and
 //!   `reset` have no access to the event loop, a device hands its queue eventfds to a
 //!   [`QueueEvents`], which wakes the loop through an activate eventfd and there (de)registers
@@ -16,8 +19,12 @@
 
 pub mod mmio;
 mod queue_events;
+mod state;
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 pub use queue_events::{Event, QueueEvents, Turn};
+pub use state::{ActiveQueues, VirtioState, WithVirtioState};
 
 use std::sync::Arc;
 

@@ -2,7 +2,6 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -12,11 +11,11 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::request::MAX_CHAIN_DESCRIPTORS;
 use super::*;
-use crate::virtio::{ActivateContext, GuestMemory, Interrupt, InterruptKind, VirtioDevice};
+use crate::virtio::test_utils::{self, CountingInterrupt};
+use crate::virtio::{ActivateContext, GuestMemory, VirtioDevice};
 
 const MEM_SIZE: usize = 16 << 20;
 const Q: u16 = QUEUE_SIZE;
@@ -25,22 +24,11 @@ const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x30_0000;
 const DISK_SECTORS: u64 = 64;
 
-#[derive(Default)]
-pub(crate) struct CountingInterrupt(pub AtomicUsize);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        assert_eq!(kind, InterruptKind::Queue);
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
+fn r(addr: u64, len: u32) -> (u64, u32, bool) {
+    (addr, len, false)
 }
-
-fn r(addr: u64, len: u32) -> (u64, u32, u16) {
-    (addr, len, 0)
-}
-fn w(addr: u64, len: u32) -> (u64, u32, u16) {
-    (addr, len, VRING_DESC_F_WRITE as u16)
+fn w(addr: u64, len: u32) -> (u64, u32, bool) {
+    (addr, len, true)
 }
 
 struct Harness {
@@ -67,7 +55,7 @@ pub(crate) fn publish(mem: &GuestMemory, avail: GuestAddress, descs: &[RawDescri
 
 impl Harness {
     fn new(path: &Path, read_only: bool) -> Harness {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mem = test_utils::memory(MEM_SIZE);
         let mut blk = Block::new(path, read_only).unwrap();
         blk.set_acked_features(blk.avail_features());
         let mock = MockSplitQueue::new(&mem, Q);
@@ -76,7 +64,7 @@ impl Harness {
         blk.activate(ActivateContext {
             mem: mem.clone(),
             queues: vec![queue],
-            queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+            queue_events: vec![test_utils::queue_events(1).remove(0)],
             interrupt: interrupt.clone(),
         })
         .unwrap();
@@ -110,20 +98,8 @@ impl Harness {
         self.mem.read_obj(elem.unchecked_add(4)).unwrap()
     }
 
-    fn submit(&mut self, descs: &[(u64, u32, u16)]) -> u32 {
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let last = i == descs.len() - 1;
-                let flags = if last {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, i as u16 + 1))
-            })
-            .collect();
+    fn submit(&mut self, descs: &[(u64, u32, bool)]) -> u32 {
+        let raw = test_utils::chain(0, descs);
         self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         self.submit_raw(&raw)
     }
@@ -229,7 +205,7 @@ fn write_read_flush_get_id_round_trip() {
     assert!(id.starts_with(b"ark"), "{id:?}");
     assert_eq!(id, h.blk.disk().serial());
 
-    assert!(h.interrupt.0.load(Ordering::SeqCst) > 0);
+    assert!(h.interrupt.count() > 0);
 }
 
 #[test]
@@ -490,13 +466,13 @@ fn capacity_rounds_down_to_whole_sectors() {
 #[test]
 fn event_loop_activation_and_queue_notify() {
     let f = disk_file(0x77);
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mem = test_utils::memory(MEM_SIZE);
     let blk = Arc::new(Mutex::new(Block::new(f.path(), false).unwrap()));
     let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
     manager.add_subscriber(blk.clone());
 
     let mock = MockSplitQueue::new(&mem, Q);
-    let queue_evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let queue_evt = test_utils::queue_events(1).remove(0);
     let interrupt = Arc::new(CountingInterrupt::default());
     {
         let mut b = blk.lock().unwrap();
@@ -537,7 +513,7 @@ fn event_loop_activation_and_queue_notify() {
     assert_eq!(used_idx, 1);
     assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
     assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA + 511)).unwrap(), 0x77);
-    assert_eq!(interrupt.0.load(Ordering::SeqCst), 1);
+    assert_eq!(interrupt.count(), 1);
 
     // Reset: the old queue eventfd leaves the loop on its next turn, not at the next activation.
     assert!(blk.lock().unwrap().reset());
@@ -549,8 +525,8 @@ fn event_loop_activation_and_queue_notify() {
         "reset queue eventfd polled"
     );
     // Re-activate with a fresh queue eventfd.
-    let queue_evt2 = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mem2 = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let queue_evt2 = test_utils::queue_events(1).remove(0);
+    let mem2 = test_utils::memory(MEM_SIZE);
     let mock2 = MockSplitQueue::new(&mem2, Q);
     blk.lock()
         .unwrap()
@@ -573,7 +549,7 @@ fn event_loop_activation_and_queue_notify() {
 #[test]
 fn parser_refuses_out_on_read_only_before_any_io() {
     // The file being O_RDONLY would also fail the write; the parser must refuse first.
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mem = test_utils::memory(MEM_SIZE);
     mem.write_obj(VIRTIO_BLK_T_OUT, GuestAddress(HDR)).unwrap();
     let mock = MockSplitQueue::new(&mem, Q);
     let chain = mock

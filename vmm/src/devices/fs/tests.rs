@@ -4,7 +4,6 @@
 use std::ffi::CString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
@@ -17,10 +16,10 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::virtio::{ActivateContext, GuestMemory, Interrupt, InterruptKind, VirtioDevice};
+use crate::virtio::test_utils::{self, CountingInterrupt};
+use crate::virtio::{ActivateContext, GuestMemory, VirtioDevice};
 
 const MEM_SIZE: usize = 16 << 20;
 const Q: u16 = QUEUE_SIZE;
@@ -29,17 +28,6 @@ const REQUEST_BASE: u64 = 0x1_0000;
 const REQ: u64 = 0x10_0000;
 const RESP: u64 = 0x40_0000;
 const ROOT: u64 = 1;
-
-#[derive(Default)]
-struct CountingInterrupt(AtomicUsize);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        assert_eq!(kind, InterruptKind::Queue);
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
 
 struct Reply {
     used: u32,
@@ -70,7 +58,7 @@ struct Harness {
 
 impl Harness {
     fn new(dir: &Path, read_only: bool) -> Harness {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mem = test_utils::memory(MEM_SIZE);
         let mut fs = Fs::new("rootfs", dir, read_only).unwrap();
         fs.set_acked_features(fs.avail_features());
         let hiprio = MockSplitQueue::create(&mem, GuestAddress(HIPRIO_BASE), Q);
@@ -82,10 +70,7 @@ impl Harness {
         fs.activate(ActivateContext {
             mem: mem.clone(),
             queues,
-            queue_events: vec![
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            ],
+            queue_events: test_utils::queue_events(NUM_QUEUES),
             interrupt: Arc::new(CountingInterrupt::default()),
         })
         .unwrap();
@@ -789,16 +774,13 @@ fn event_loop_dispatches_both_queues() {
     use std::sync::Mutex;
 
     let dir = share();
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mem = test_utils::memory(MEM_SIZE);
     let fs = Arc::new(Mutex::new(Fs::new("rootfs", dir.path(), false).unwrap()));
     let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
     manager.add_subscriber(fs.clone());
     let hiprio = MockSplitQueue::create(&mem, GuestAddress(HIPRIO_BASE), Q);
     let request = MockSplitQueue::create(&mem, GuestAddress(REQUEST_BASE), Q);
-    let events = [
-        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-    ];
+    let events = test_utils::queue_events(NUM_QUEUES);
     let interrupt = Arc::new(CountingInterrupt::default());
     fs.lock()
         .unwrap()
@@ -808,10 +790,7 @@ fn event_loop_dispatches_both_queues() {
                 hiprio.create_queue().unwrap(),
                 request.create_queue().unwrap(),
             ],
-            queue_events: vec![
-                events[0].try_clone().unwrap(),
-                events[1].try_clone().unwrap(),
-            ],
+            queue_events: test_utils::clones(&events),
             interrupt: interrupt.clone(),
         })
         .unwrap();
@@ -849,7 +828,7 @@ fn event_loop_dispatches_both_queues() {
     assert_eq!(used, 1);
     let out: OutHeader = mem.read_obj(GuestAddress(RESP)).unwrap();
     assert_eq!((out.error, out.unique), (0, 9));
-    assert_eq!(interrupt.0.load(Ordering::SeqCst), 1);
+    assert_eq!(interrupt.count(), 1);
 
     // FORGET on the hiprio queue: consumed without a reply.
     let forget = InHeader {

@@ -7,40 +7,31 @@
 //!
 //! Layout: [`packet`] parses and builds packets in guest memory (pure functions, fuzzable),
 //! [`connection`] is the per-connection state machine with credit-based flow control, and
-//! [`muxer`] routes packets and host events; this module is the virtio device around them.
+//! [`muxer`] routes packets and host events; [`device`] is the virtio device around them, [`event_handler`] its
+//! event-loop hook.
 
 pub mod connection;
+mod device;
+mod event_handler;
 pub mod muxer;
 pub mod packet;
 
 #[cfg(test)]
 mod tests;
 
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::timerfd::TimerFd;
-
-use crate::virtio::{
-    device_type, ActivateContext, ActivateError, Event, GuestMemory, Interrupt, InterruptKind,
-    QueueEvents, VirtioDevice, VIRTIO_F_VERSION_1,
-};
-use muxer::Muxer;
-use packet::RxBuffer;
+pub use device::Vsock;
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 pub const EVENT_QUEUE: usize = 2;
 /// Size of each of the three queues.
 pub const QUEUE_SIZE: u16 = 256;
-const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
+pub(crate) const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 /// Deadline sweep period while connections wait on a timeout.
-const TIMER_PERIOD: Duration = Duration::from_millis(250);
+pub(crate) const TIMER_PERIOD: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,275 +53,4 @@ pub enum Error {
     EventFd(#[source] std::io::Error),
     #[error("creating vsock timerfd: {0}")]
     TimerFd(#[source] std::io::Error),
-}
-
-struct Active {
-    mem: GuestMemory,
-    queues: Vec<Queue>,
-    interrupt: Arc<dyn Interrupt>,
-}
-
-/// The virtio-vsock device.
-pub struct Vsock {
-    guest_cid: u64,
-    uds_path: PathBuf,
-    acked_features: u64,
-    queue_events: QueueEvents,
-    timer: TimerFd,
-    timer_armed: bool,
-    muxer: Muxer,
-    active: Option<Active>,
-    tx_payload: Vec<u8>,
-}
-
-impl Vsock {
-    /// Creates the device for a guest with `guest_cid`, listening for host clients on
-    /// `uds_path` (which must not exist yet; it is removed again when the device is dropped).
-    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Vsock, Error> {
-        if !(3..=u64::from(u32::MAX - 1)).contains(&guest_cid) {
-            return Err(Error::InvalidCid(guest_cid));
-        }
-        let listener = UnixListener::bind(uds_path).map_err(|source| Error::Bind {
-            path: uds_path.to_path_buf(),
-            source,
-        })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| Error::Listener {
-                path: uds_path.to_path_buf(),
-                source,
-            })?;
-        let timer = TimerFd::new().map_err(|e| Error::TimerFd(e.into()))?;
-        // Read only after epoll reported it, but re-arming can zero its count in between, so
-        // it must never block.
-        nix::fcntl::fcntl(
-            timer.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .map_err(|e| Error::TimerFd(e.into()))?;
-        Ok(Vsock {
-            guest_cid,
-            uds_path: uds_path.to_path_buf(),
-            acked_features: 0,
-            queue_events: QueueEvents::new("vsock").map_err(Error::EventFd)?,
-            timer,
-            timer_armed: false,
-            muxer: Muxer::new(guest_cid, uds_path, listener),
-            active: None,
-            tx_payload: Vec::new(),
-        })
-    }
-
-    /// Bounds live connections plus host clients still handshaking (default
-    /// [`muxer::DEFAULT_MAX_CONNECTIONS`]); beyond it guest connects get a RST and host clients
-    /// are closed.
-    pub fn with_max_connections(mut self, max: usize) -> Vsock {
-        self.muxer.set_max_connections(max);
-        self
-    }
-
-    pub fn guest_cid(&self) -> u64 {
-        self.guest_cid
-    }
-
-    pub fn uds_path(&self) -> &Path {
-        &self.uds_path
-    }
-
-    /// Live connections (for tests and metrics).
-    pub fn connection_count(&self) -> usize {
-        self.muxer.connection_count()
-    }
-
-    /// Serves the tx queue: every chain is parsed, validated and handed to the muxer, then
-    /// returned (tx buffers are read-only to the device, so the used length is 0).
-    fn process_tx(&mut self) -> bool {
-        let Some(a) = self.active.as_mut() else {
-            return false;
-        };
-        let mut used = false;
-        while let Some(chain) = a.queues[TX_QUEUE].pop_descriptor_chain(&a.mem) {
-            let head = chain.head_index();
-            match packet::parse_tx(&a.mem, chain, self.guest_cid, &mut self.tx_payload) {
-                Ok(hdr) => self.muxer.on_guest_packet(&hdr, &self.tx_payload),
-                Err(e) => {
-                    tracing::debug!("vsock: dropping guest packet: {e}");
-                    self.muxer.on_invalid_packet(&e);
-                }
-            }
-            if let Err(e) = a.queues[TX_QUEUE].add_used(&a.mem, head, 0) {
-                tracing::warn!("vsock: tx add_used: {e}");
-                break;
-            }
-            used = true;
-        }
-        used && a.queues[TX_QUEUE]
-            .needs_notification(&a.mem)
-            .unwrap_or(true)
-    }
-
-    /// Fills guest rx buffers with whatever the muxer owes the guest.
-    fn process_rx(&mut self) -> bool {
-        let Some(a) = self.active.as_mut() else {
-            return false;
-        };
-        let mut used = false;
-        while self.muxer.has_pending_rx() {
-            let Some(chain) = a.queues[RX_QUEUE].pop_descriptor_chain(&a.mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let len = match RxBuffer::new(&a.mem, chain) {
-                Ok(mut buf) => match self.muxer.fill_rx(&mut buf) {
-                    Some(Ok(len)) => len,
-                    Some(Err(e)) => {
-                        tracing::warn!("vsock: writing rx packet: {e}");
-                        0
-                    }
-                    None => {
-                        // Nothing was owed after all: give the buffer back untouched.
-                        let q = &mut a.queues[RX_QUEUE];
-                        q.set_next_avail(q.next_avail().wrapping_sub(1));
-                        break;
-                    }
-                },
-                Err(e) => {
-                    tracing::debug!("vsock: unusable rx buffer: {e}");
-                    0
-                }
-            };
-            if let Err(e) = a.queues[RX_QUEUE].add_used(&a.mem, head, len) {
-                tracing::warn!("vsock: rx add_used: {e}");
-                break;
-            }
-            used = true;
-        }
-        used && a.queues[RX_QUEUE]
-            .needs_notification(&a.mem)
-            .unwrap_or(true)
-    }
-
-    fn update_timer(&mut self) {
-        let needed = self.muxer.has_deadlines();
-        if needed && !self.timer_armed {
-            match self.timer.reset(TIMER_PERIOD, Some(TIMER_PERIOD)) {
-                Ok(()) => self.timer_armed = true,
-                Err(e) => tracing::error!("vsock: arming timer: {e}"),
-            }
-        } else if !needed && self.timer_armed {
-            let _ = self.timer.clear();
-            self.timer_armed = false;
-        }
-    }
-}
-
-impl Drop for Vsock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.uds_path);
-    }
-}
-
-impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        device_type::VSOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        // No VIRTIO_VSOCK_F_SEQPACKET: stream sockets only.
-        VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let config = self.guest_cid.to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| config.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
-        // guest_cid is read-only.
-    }
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.check_queue_count(3)?;
-        if self.active.is_some() {
-            return Err(ActivateError::Other("vsock is already active".into()));
-        }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            interrupt: ctx.interrupt,
-        });
-        self.queue_events.activate(ctx.queue_events)
-    }
-
-    fn reset(&mut self) -> bool {
-        // Host connections go on the loop's next turn (see `process`).
-        self.active = None;
-        self.queue_events.reset();
-        true
-    }
-}
-
-impl MutEventSubscriber for Vsock {
-    fn init(&mut self, ops: &mut EventOps) {
-        self.queue_events.init(ops);
-        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
-            tracing::error!("vsock: registering timerfd: {e}");
-        }
-    }
-
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let turn = self.queue_events.process(&events, ops);
-        if turn.reset {
-            // Every host stream of the old session goes, before any of its events is handled.
-            self.muxer.teardown(ops);
-        }
-        let fd = events.fd();
-        let mut notify = false;
-        match turn.event {
-            Event::Activate => {
-                if self.active.is_some() {
-                    self.muxer.register_listener(ops);
-                }
-                // The driver may have queued packets before its eventfds were registered.
-                notify |= self.process_tx();
-            }
-            Event::Queue(TX_QUEUE) => notify |= self.process_tx(),
-            // RX: new buffers, served below. EVENT: the device never posts events (there is no
-            // migration), so its buffers just stay with us.
-            Event::Queue(_) | Event::Stale => {}
-            Event::Other if fd == self.timer.as_raw_fd() => {
-                let _ = self.timer.wait();
-                self.muxer.on_timer(ops);
-            }
-            Event::Other if fd == self.muxer.listener_fd() => self.muxer.accept(ops),
-            Event::Other => self.muxer.on_host_event(fd, events.event_set(), ops),
-        }
-        notify |= self.process_rx();
-        self.muxer.sync(ops);
-        self.update_timer();
-        if notify {
-            if let Some(a) = self.active.as_ref() {
-                if let Err(e) = a.interrupt.trigger(InterruptKind::Queue) {
-                    tracing::warn!("vsock: interrupt: {e}");
-                }
-            }
-        }
-    }
 }

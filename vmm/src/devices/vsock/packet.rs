@@ -265,12 +265,13 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::virtio::test_utils;
 
     const CID: u64 = 3;
     const MEM_SIZE: usize = 0x10_0000;
 
     fn memory() -> GuestMemory {
-        GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+        test_utils::memory(MEM_SIZE)
     }
 
     fn hdr(op: u16, len: u32) -> Header {
@@ -299,18 +300,7 @@ mod tests {
         descs: &[(u64, u32, bool)],
     ) -> Result<(Header, Vec<u8>), PacketError> {
         let vq = MockSplitQueue::new(mem, 16);
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, w))| {
-                let mut flags = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                SplitDescriptor::new(addr, len, flags, i as u16 + 1).into()
-            })
-            .collect();
-        vq.add_desc_chains(&raw, 0).unwrap();
+        test_utils::add_chain(&vq, 0, descs);
         let mut q: Queue = vq.create_queue().unwrap();
         let chain = q.pop_descriptor_chain(mem).unwrap();
         let mut payload = Vec::new();

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,11 +15,13 @@ use virtio_queue::desc::split::VirtqUsedElem;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::TX_BUF_SIZE;
 use super::packet::{op, Header, HDR_SIZE, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::*;
+use crate::virtio::test_utils::{self, CountingInterrupt};
+use crate::virtio::{ActivateContext, GuestMemory, VirtioDevice};
 
 const CID: u64 = 3;
 const QSIZE: u16 = QUEUE_SIZE;
@@ -28,17 +29,6 @@ const MEM_SIZE: usize = 64 << 20;
 const BUF_BASE: u64 = 0x10_0000;
 const BUF_STRIDE: u64 = 0x1_1000;
 const GUEST_BUF_ALLOC: u32 = 256 * 1024;
-
-#[derive(Default)]
-struct CountingInterrupt(AtomicUsize);
-
-impl Interrupt for CountingInterrupt {
-    fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
-        assert_eq!(kind, InterruptKind::Queue);
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
 
 /// The driver's side of one split virtqueue, with ring indices wrapping properly (the mock's
 /// own helpers do not wrap, and these tests push more chains than a queue holds).
@@ -147,7 +137,7 @@ struct Vm<'m> {
 }
 
 fn memory() -> GuestMemory {
-    GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    test_utils::memory(MEM_SIZE)
 }
 
 fn raw_header(h: Header) -> [u8; HDR_SIZE] {
@@ -210,16 +200,14 @@ impl<'m> Vm<'m> {
         mgr.add_subscriber(dev.clone());
 
         let dqs: Vec<DriverQueue> = (0..3).map(DriverQueue::new).collect();
-        let kicks: Vec<EventFd> = (0..3)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect();
+        let kicks = test_utils::queue_events(3);
         let irq = Arc::new(CountingInterrupt::default());
         dev.lock()
             .unwrap()
             .activate(ActivateContext {
                 mem: mem.clone(),
                 queues: dqs.iter().map(DriverQueue::device_queue).collect(),
-                queue_events: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
+                queue_events: test_utils::clones(&kicks),
                 interrupt: irq.clone(),
             })
             .unwrap();
@@ -452,7 +440,7 @@ fn guest_initiated_bytes_both_ways_and_clean_close() {
     assert_eq!(data, b"pong from host");
     // The device reports the 15 bytes it forwarded to the host.
     assert_eq!(h.fwd_cnt, 15);
-    assert!(vm.irq.0.load(Ordering::SeqCst) > 0);
+    assert!(vm.irq.count() > 0);
 
     // The guest closes its socket: SHUTDOWN with both flags; the host sees EOF and the device
     // acknowledges with a RST.
