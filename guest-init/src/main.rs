@@ -6,9 +6,7 @@
 //! As PID 1 in a VM it must never die without reporting: errors are reported, then it powers
 //! off; a panic (built with panic=abort) still syncs and resets the VM from the panic hook.
 
-mod plan;
-mod setup;
-mod sink;
+mod app;
 mod supervisor;
 
 use std::io::{BufRead, BufReader, Write};
@@ -28,8 +26,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use plan::AppPlan;
-use sink::{ConsoleSink, FileSink, StatusSink, StreamSink};
+use app::plan::{self, AppPlan};
+use app::rootfs as setup;
+use supervisor::sink::{self, ConsoleSink, FileSink, StatusSink, StreamSink};
 use supervisor::{Exit, StartError, Supervisor};
 
 fn main() {

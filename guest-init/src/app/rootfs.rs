@@ -13,7 +13,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd;
 
-use crate::plan::{build_env, find_program, AppPlan};
+use super::plan::{build_env, find_program, AppPlan};
 use crate::supervisor::StartError;
 
 fn mount_fs(
