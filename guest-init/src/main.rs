@@ -7,6 +7,7 @@
 //! off; a panic (built with panic=abort) still syncs and resets the VM from the panic hook.
 
 mod app;
+mod machine;
 mod supervisor;
 
 use std::io::{BufRead, BufReader, Write};
@@ -15,10 +16,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use ark_pod_spec::cgroup::{read_oom_kills, Cgroups};
+use ark_pod_spec::cgroup::read_oom_kills;
 use ark_pod_spec::{
-    guest, now_unix_ms, AppCgroup, ControlCommand, ControlTransport, OnExit, PodManifest,
-    Stage2Config, StatusDir, StatusTransport,
+    guest, now_unix_ms, ControlCommand, ControlTransport, OnExit, PodManifest, Stage2Config,
+    StatusDir, StatusTransport,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -34,7 +35,7 @@ use supervisor::{Exit, StartError, Supervisor};
 fn main() {
     let _ = ark_pod_spec::fds::cloexec_inherited(); // best effort: as PID 1, exiting would end the pod
     if std::process::id() == 1 {
-        setup::ensure_console();
+        machine::ensure_console();
     }
     let config_path =
         std::env::var("ARK_STAGE2_CONFIG").unwrap_or_else(|_| guest::STAGE2_CONFIG.into());
@@ -55,16 +56,13 @@ fn main() {
             // Without a config there is nobody to report to; as PID 1, end the pod (a VM
             // resets, a pid namespace is torn down) rather than hang or kernel-panic.
             if std::process::id() == 1 {
-                power_off();
+                machine::power_off();
             }
             std::process::exit(1);
         }
     };
     if config.on_exit == OnExit::Reboot {
-        std::panic::set_hook(Box::new(|info| {
-            eprintln!("ark-init: panic: {info}");
-            power_off();
-        }));
+        machine::power_off_on_panic();
     }
     // The status channel first: whatever fails after this point is reported over it.
     let mut sink = Tracking::new(open_sink(&config));
@@ -93,20 +91,7 @@ fn main() {
     if let Err(e) = sink.done() {
         eprintln!("ark-init: status channel: {e}");
     }
-    // No host-wide sync() for ns/fly: the statuses are fsynced as written, the logs as each
-    // app's output ends (`OutputPipe::sync_log`). A VM syncs its own disks in power_off.
-    match config.on_exit {
-        OnExit::Reboot => power_off(),
-        OnExit::Exit => std::process::exit(if ok { 0 } else { 1 }),
-    }
-}
-
-/// Ends the VM: with `reboot=k` the reset reaches the VMM, which stops. Never returns.
-fn power_off() -> ! {
-    nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
-    // Only reached without CAP_SYS_BOOT; nothing else left to do.
-    std::process::exit(1)
+    machine::end(config.on_exit, ok)
 }
 
 /// Signals guest-init handles through its signalfd (blocked otherwise).
@@ -137,33 +122,10 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
         nix::sys::prctl::set_child_subreaper(true).context("become a subreaper")?;
     }
 
-    if cfg.on_exit == OnExit::Reboot {
-        // Only in a VM: there the root is ours alone (ns/fly roots are host directories).
-        setup::make_root_writable().context("writable root")?;
-        // A read-only root without /dev/console could not give us stdio before.
-        setup::ensure_console();
-    }
-    if cfg.mount_pseudo_fs {
-        setup::mount_pseudo_fs(cfg.on_exit == OnExit::Reboot).context("pseudo filesystems")?;
-    }
-    if let Some(h) = &cfg.hostname {
-        nix::unistd::sethostname(h).context("sethostname")?;
-    }
-    setup::do_mounts(&cfg.mounts).context("stage2 mounts")?;
-
+    machine::set_up(cfg)?;
     let mut cfg = cfg.clone();
     if cfg.create_app_cgroups {
-        let wants_limits = manifest.limits != Default::default()
-            || manifest.apps.iter().any(|a| a.limits != Default::default());
-        cfg.app_cgroups = match create_cgroups(&manifest) {
-            Ok(c) => c,
-            // Without limits, cgroups only add OOM attribution: not worth failing the pod.
-            Err(e) if !wants_limits => {
-                eprintln!("ark-init: warning: no app cgroups: {e:#}");
-                Vec::new()
-            }
-            Err(e) => return Err(e),
-        };
+        cfg.app_cgroups = machine::app_cgroups(&manifest)?;
     }
 
     let listener = match &cfg.control {
@@ -528,40 +490,6 @@ fn open_sink(cfg: &Stage2Config) -> Box<dyn StatusSink> {
             }
         }
     }
-}
-
-/// kvm: no stage1 runs inside the VM, so guest-init makes the per-app cgroups itself. No
-/// device allowlist here: the guest kernel has neither CGROUP_DEVICE nor CGROUP_BPF; app
-/// `/dev`s are nodev tmpfs with bind-mounted standard nodes instead, and the guest's devices
-/// are the VM's own, not the host's.
-fn create_cgroups(m: &PodManifest) -> Result<Vec<AppCgroup>> {
-    let root = Path::new("/sys/fs/cgroup");
-    std::fs::create_dir_all(root).ok();
-    if !root.join("cgroup.controllers").exists() {
-        nix::mount::mount(
-            Some("cgroup2"),
-            root,
-            Some("cgroup2"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("mount cgroup2")?;
-    }
-    let pod = Cgroups::v2(root)
-        .create_pod(m)
-        .context("create app cgroups")?;
-    Ok(m.apps
-        .iter()
-        .map(|a| AppCgroup {
-            app: a.name.clone(),
-            dirs: pod
-                .app_dirs(&a.name)
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect(),
-            oom_file: pod.app_oom_file(&a.name).map(|f| f.display().to_string()),
-        })
-        .collect())
 }
 
 fn listen_vsock(port: u32) -> Result<OwnedFd> {
