@@ -8,6 +8,7 @@
 
 mod app;
 mod machine;
+mod os;
 mod supervisor;
 
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +17,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use ark_pod_spec::cgroup::read_oom_kills;
 use ark_pod_spec::{
     guest, now_unix_ms, ControlCommand, ControlTransport, OnExit, PodManifest, Stage2Config,
     StatusDir, StatusTransport,
@@ -26,14 +26,14 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
+use os::cgroup::read_oom_kills;
 
 use app::plan::{self, AppPlan};
-use app::rootfs as setup;
 use supervisor::sink::{self, ConsoleSink, FileSink, StatusSink, StreamSink};
 use supervisor::{Exit, StartError, Supervisor};
 
 fn main() {
-    let _ = ark_pod_spec::fds::cloexec_inherited(); // best effort: as PID 1, exiting would end the pod
+    let _ = os::fds::cloexec_inherited(); // best effort: as PID 1, exiting would end the pod
     if std::process::id() == 1 {
         machine::ensure_console();
     }
@@ -144,7 +144,7 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
     let plans = plan::plan(&manifest, &cfg);
     let mut sup = Supervisor::new(plans.iter().map(|p| p.name.as_str()));
     let mut oom_base: Vec<(String, String, u64)> = Vec::new();
-    let ctx = setup::ChildContext {
+    let ctx = app::ChildContext {
         pod_uuid: &cfg.pod_uuid,
         hostname: cfg.hostname.as_deref(),
         debug: cfg.debug,
@@ -423,7 +423,7 @@ fn open_app_log(app: &str) -> Option<std::fs::File> {
 
 fn start_app(
     p: &AppPlan,
-    ctx: &setup::ChildContext,
+    ctx: &app::ChildContext,
     signals: &SigSet,
     logs: &mut Vec<OutputPipe>,
 ) -> Result<(Pid, Option<StartError>)> {
@@ -447,7 +447,7 @@ fn start_app(
                 let _ = nix::unistd::dup2(err_w.as_raw_fd(), 2);
             }
             let _ = signals.thread_unblock();
-            let err = setup::app_child(p, ctx);
+            let err = app::child(p, ctx);
             let code = err.exit_code.unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR);
             eprintln!("ark-init: app {}: {}", p.name, err.message);
             let mut f = std::fs::File::from(wr);

@@ -1,4 +1,94 @@
-//! App set-up: everything between fork and exec for one app.
+//! App set-up: everything a forked child does between fork and exec, in order (docs/stages.md,
+//! stage2 step 3). `rootfs` makes the app's mount namespace and root, `identity` who it runs
+//! as, `exec` its environment and program.
 
+mod exec;
+mod identity;
 pub mod plan;
-pub mod rootfs;
+mod rootfs;
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use nix::unistd;
+
+use crate::os;
+use crate::supervisor::StartError;
+use plan::AppPlan;
+
+/// What an app child needs besides its plan.
+pub struct ChildContext<'a> {
+    pub pod_uuid: &'a str,
+    /// The pod's hostname (None for fly, which shares the host's).
+    pub hostname: Option<&'a str>,
+    pub debug: bool,
+}
+
+/// Everything between fork and exec. Returns only on failure; the caller reports the error
+/// over the child's error pipe and exits with its code.
+pub fn child(plan: &AppPlan, ctx: &ChildContext) -> StartError {
+    match prepare(plan, ctx) {
+        Ok(env) => exec::exec(plan, &env),
+        Err(e) => StartError {
+            exit_code: None,
+            message: format!("{e:#}"),
+        },
+    }
+}
+
+/// Up to exec: returns the app's environment.
+fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Vec<String>> {
+    // The app gets fds 0, 1 and 2 only (the error pipe is close-on-exec already).
+    os::fds::cloexec_inherited().context("close-on-exec above stdio")?;
+    // Cgroups first, so everything the app does from here on is accounted to it.
+    for dir in &plan.cgroup_dirs {
+        os::cgroup::join_single_threaded(Path::new(dir))
+            .with_context(|| format!("join cgroup {dir}"))?;
+    }
+    let root = rootfs::prepare(plan, ctx.hostname)?;
+    let root = root.as_fd();
+    stdio(plan.interactive)?;
+    let id = identity::resolve(root, plan)?;
+    rootfs::enter(root)?;
+    identity::apply(&id, plan)?;
+    unistd::chdir(Path::new(&plan.working_dir))
+        .with_context(|| format!("chdir {}", plan.working_dir))?;
+    if ctx.debug {
+        eprintln!(
+            "ark-init: app {}: uid {} gid {} exec {:?}",
+            plan.name, id.uid, id.gid, plan.argv
+        );
+    }
+    Ok(exec::build_env(plan, ctx.pod_uuid, &id.home))
+}
+
+/// stdin `/dev/null` and a session of its own, or, for an interactive app, the terminal.
+fn stdio(interactive: bool) -> Result<()> {
+    if !interactive {
+        let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
+        unistd::dup2(null.as_raw_fd(), 0).context("stdin")?;
+        // Its own session: a terminal's ^C goes to the stage1 (a graceful stop), not here.
+        let _ = unistd::setsid();
+        Ok(())
+    } else {
+        foreground()
+    }
+}
+
+/// Interactive apps own the terminal: their process group goes to the foreground so the
+/// terminal's ^C and ^Z reach them.
+fn foreground() -> Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    let stdin = std::io::stdin();
+    if !unistd::isatty(stdin.as_raw_fd()).unwrap_or(false) {
+        return Ok(());
+    }
+    unistd::setpgid(unistd::Pid::from_raw(0), unistd::Pid::from_raw(0)).context("setpgid")?;
+    // SAFETY: setting a signal to SIG_IGN installs no handler code.
+    unsafe { signal(Signal::SIGTTOU, SigHandler::SigIgn) }.context("ignore SIGTTOU")?;
+    let r = unistd::tcsetpgrp(&stdin, unistd::getpgrp());
+    // SAFETY: restoring the default disposition.
+    unsafe { signal(Signal::SIGTTOU, SigHandler::SigDfl) }.context("restore SIGTTOU")?;
+    r.context("take the terminal")
+}

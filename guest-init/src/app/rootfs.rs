@@ -1,19 +1,55 @@
-//! The syscall half: guest-init's own mounts, and everything a forked app child does between
-//! fork and exec (mount namespace, root, identity, limits, capabilities). Runs as root.
+//! The app's mount namespace and root: its own namespace, the root bound onto itself nodev,
+//! the volumes, the /etc files that tie it to the pod, its /proc, /dev and /sys with runc's
+//! masked and read-only paths, and the pivot into it. Every path in the app's root is resolved
+//! inside it (`inroot`) and mounted onto the resolved descriptor.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
-use ark_pod_spec::identity::{self, Identity};
-use ark_pod_spec::inroot::{self, Kind};
+use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd;
 
-use super::plan::{build_env, find_program, AppPlan};
+use super::plan::AppPlan;
 use crate::machine::pseudo_fs::{DEV_LINKS, DEV_NODES};
-use crate::supervisor::StartError;
+use crate::os::inroot::{self, Kind};
+
+/// A mount namespace of its own, and the app's root in it up to (not including) the pivot:
+/// returns a descriptor of the root.
+pub fn prepare(plan: &AppPlan, hostname: Option<&str>) -> Result<OwnedFd> {
+    use nix::sched::{unshare, CloneFlags};
+
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    if !plan.cgroup_dirs.is_empty() {
+        // Rooted at the app's own cgroup: the app sees itself at "/".
+        flags |= CloneFlags::CLONE_NEWCGROUP;
+    }
+    unshare(flags).context("unshare mount namespace")?;
+    // Nothing the app mounts propagates back to guest-init or other apps.
+    let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+    match mount(None::<&str>, "/", None::<&str>, private, None::<&str>) {
+        // "/" is no mount point when guest-init was merely chrooted; its mounts are then
+        // whatever the stage1 made them (private in ns and fly).
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(e).context("make / private"),
+    }
+
+    let root_path = Path::new(&plan.root);
+    if !root_path.is_dir() {
+        bail!("app root {} is missing", plan.root);
+    }
+    let root_fd = bind_app_root(root_path)?;
+    let root = root_fd.as_fd();
+    bind_volumes(root, plan)?;
+    // Before /proc and /sys exist in the root: nothing written here can reach them.
+    write_etc(root, hostname);
+    inroot::mkdir_all(root, &plan.working_dir)
+        .with_context(|| format!("working dir {}", plan.working_dir))?;
+    mount_app_proc(root)?;
+    mount_app_dev(root)?;
+    mount_app_sys(root)?;
+    Ok(root_fd)
+}
 
 /// The files that tie an app to its pod: `/etc/hostname` and the hostname in `/etc/hosts`
 /// (when the pod has its own hostname), and `/etc/resolv.conf` when the stage1 provided one.
@@ -261,129 +297,9 @@ fn bind_volumes(root: BorrowedFd, plan: &AppPlan) -> Result<()> {
     Ok(())
 }
 
-/// What an app child needs besides its plan.
-pub struct ChildContext<'a> {
-    pub pod_uuid: &'a str,
-    /// The pod's hostname (None for fly, which shares the host's).
-    pub hostname: Option<&'a str>,
-    pub debug: bool,
-}
-
-/// Everything between fork and exec. Returns only on failure; the caller reports the error
-/// over the child's error pipe and exits with its code.
-pub fn app_child(plan: &AppPlan, ctx: &ChildContext) -> StartError {
-    let ready = match prepare(plan, ctx) {
-        Ok(r) => r,
-        Err(e) => {
-            return StartError {
-                exit_code: None,
-                message: format!("{e:#}"),
-            }
-        }
-    };
-    exec(plan, ready)
-}
-
-/// The resolved program and environment, ready for execve.
-pub struct Ready {
-    env: Vec<String>,
-}
-
-fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
-    use nix::sched::{unshare, CloneFlags};
-
-    // The app gets fds 0, 1 and 2 only (the error pipe is close-on-exec already).
-    ark_pod_spec::fds::cloexec_inherited().context("close-on-exec above stdio")?;
-    // Cgroups first, so everything the app does from here on is accounted to it.
-    for dir in &plan.cgroup_dirs {
-        ark_pod_spec::cgroup::join_single_threaded(Path::new(dir))
-            .with_context(|| format!("join cgroup {dir}"))?;
-    }
-    let mut flags = CloneFlags::CLONE_NEWNS;
-    if !plan.cgroup_dirs.is_empty() {
-        // Rooted at the app's own cgroup: the app sees itself at "/".
-        flags |= CloneFlags::CLONE_NEWCGROUP;
-    }
-    unshare(flags).context("unshare mount namespace")?;
-    // Nothing the app mounts propagates back to guest-init or other apps.
-    let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
-    match mount(None::<&str>, "/", None::<&str>, private, None::<&str>) {
-        // "/" is no mount point when guest-init was merely chrooted; its mounts are then
-        // whatever the stage1 made them (private in ns and fly).
-        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-        Err(e) => return Err(e).context("make / private"),
-    }
-
-    let root_path = Path::new(&plan.root);
-    if !root_path.is_dir() {
-        bail!("app root {} is missing", plan.root);
-    }
-    let root = bind_app_root(root_path)?;
-    let root = root.as_fd();
-    bind_volumes(root, plan)?;
-    // Before /proc and /sys exist in the root: nothing written here can reach them.
-    write_etc(root, ctx.hostname);
-    inroot::mkdir_all(root, &plan.working_dir)
-        .with_context(|| format!("working dir {}", plan.working_dir))?;
-    mount_app_proc(root)?;
-    mount_app_dev(root)?;
-    mount_app_sys(root)?;
-
-    if !plan.interactive {
-        let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
-        unistd::dup2(null.as_raw_fd(), 0).context("stdin")?;
-        // Its own session: a terminal's ^C goes to the stage1 (a graceful stop), not here.
-        let _ = unistd::setsid();
-    } else {
-        foreground()?;
-    }
-
-    let (passwd, group) = identity::account_files(root);
-    let id = identity::resolve(
-        &plan.user,
-        &plan.group,
-        &plan.supplementary_groups,
-        passwd.as_deref(),
-        group.as_deref(),
-    )
-    .map_err(|e| anyhow!(e))?;
-
-    enter_root(root)?;
-    identity::set_rlimits(&plan.rlimits)?;
-    set_identity(&id, plan)?;
-    unistd::chdir(Path::new(&plan.working_dir))
-        .with_context(|| format!("chdir {}", plan.working_dir))?;
-    if ctx.debug {
-        eprintln!(
-            "ark-init: app {}: uid {} gid {} exec {:?}",
-            plan.name, id.uid, id.gid, plan.argv
-        );
-    }
-    Ok(Ready {
-        env: build_env(plan, ctx.pod_uuid, &id.home),
-    })
-}
-
-/// Interactive apps own the terminal: their process group goes to the foreground so the
-/// terminal's ^C and ^Z reach them.
-fn foreground() -> Result<()> {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    let stdin = std::io::stdin();
-    if !unistd::isatty(stdin.as_raw_fd()).unwrap_or(false) {
-        return Ok(());
-    }
-    unistd::setpgid(unistd::Pid::from_raw(0), unistd::Pid::from_raw(0)).context("setpgid")?;
-    // SAFETY: setting a signal to SIG_IGN installs no handler code.
-    unsafe { signal(Signal::SIGTTOU, SigHandler::SigIgn) }.context("ignore SIGTTOU")?;
-    let r = unistd::tcsetpgrp(&stdin, unistd::getpgrp());
-    // SAFETY: restoring the default disposition.
-    unsafe { signal(Signal::SIGTTOU, SigHandler::SigDfl) }.context("restore SIGTTOU")?;
-    r.context("take the terminal")
-}
-
 /// pivot_root into `root`; where the current root cannot be pivoted away from (initramfs),
 /// move the root mount over `/` and chroot, which is as good there.
-fn enter_root(root: BorrowedFd) -> Result<()> {
+pub fn enter(root: BorrowedFd) -> Result<()> {
     unistd::fchdir(root.as_raw_fd()).context("chdir to app root")?;
     match unistd::pivot_root(".", ".") {
         Ok(()) => {
@@ -399,59 +315,6 @@ fn enter_root(root: BorrowedFd) -> Result<()> {
     }
     unistd::chdir("/").context("chdir /")?;
     Ok(())
-}
-
-/// The app's identity and capabilities (shared with `ark enter`), then a death signal.
-fn set_identity(id: &Identity, plan: &AppPlan) -> Result<()> {
-    let caps = identity::capability_sets(id.uid, &plan.caps_keep, plan.caps_explicit);
-    identity::switch_to(id, &caps)?;
-    // After the uid change (which clears it): if guest-init dies, so does the app. Matters for
-    // fly, where no pid namespace takes the apps down with their init.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("pdeathsig")?;
-    Ok(())
-}
-
-fn cstrings(v: &[String]) -> Result<Vec<CString>, StartError> {
-    v.iter()
-        .map(|s| CString::new(s.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| StartError {
-            exit_code: None,
-            message: "argument or environment contains NUL".into(),
-        })
-}
-
-/// execve the app's program, looked up in the app's PATH. Returns only on failure, with the
-/// shell's codes: 127 not found, 126 found but not executable.
-fn exec(plan: &AppPlan, ready: Ready) -> StartError {
-    let argv0 = &plan.argv[0];
-    let is_file = |p: &str| std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false);
-    let Some(prog) = find_program(argv0, &ready.env, is_file) else {
-        return StartError {
-            exit_code: Some(127),
-            message: format!("{argv0:?}: executable file not found in $PATH"),
-        };
-    };
-    let (argv, env) = match (cstrings(&plan.argv), cstrings(&ready.env)) {
-        (Ok(a), Ok(e)) => (a, e),
-        (Err(e), _) | (_, Err(e)) => return e,
-    };
-    let Ok(path) = CString::new(prog.as_bytes()) else {
-        return StartError {
-            exit_code: None,
-            message: "program path contains NUL".into(),
-        };
-    };
-    let e = unistd::execve(&path, &argv, &env).unwrap_err();
-    use nix::errno::Errno;
-    let code = match e {
-        Errno::ENOENT | Errno::ENOTDIR => 127,
-        _ => 126,
-    };
-    StartError {
-        exit_code: Some(code),
-        message: format!("exec {prog:?}: {}", e.desc()),
-    }
 }
 
 #[cfg(test)]

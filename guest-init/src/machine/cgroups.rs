@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use ark_pod_spec::cgroup::Cgroups;
 use ark_pod_spec::{AppCgroup, PodManifest};
+
+use crate::os::cgroup::Cgroups;
 
 /// The cgroups for the pod's apps (`create_app_cgroups`). Without limits, cgroups only add OOM
 /// attribution: a failure is then a warning and the apps run without, not worth failing the pod.
