@@ -7,13 +7,16 @@ mod identity;
 pub mod plan;
 mod rootfs;
 
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use nix::unistd;
+use nix::sys::signal::SigSet;
+use nix::unistd::{self, fork, ForkResult, Pid};
 
 use crate::os;
+use crate::supervisor::output::{open_app_log, OutputPipe, Stream};
 use crate::supervisor::StartError;
 use plan::AppPlan;
 
@@ -23,6 +26,64 @@ pub struct ChildContext<'a> {
     /// The pod's hostname (None for fly, which shares the host's).
     pub hostname: Option<&'a str>,
     pub debug: bool,
+}
+
+/// Forks the app's process. The child reports a failure before exec over a close-on-exec
+/// pipe, so the parent knows at once whether the program started (EOF) or why not.
+pub fn start(
+    p: &AppPlan,
+    ctx: &ChildContext,
+    signals: &SigSet,
+    logs: &mut Vec<OutputPipe>,
+) -> Result<(Pid, Option<StartError>)> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // An interactive app keeps the terminal itself; the others write into pipes guest-init
+    // relays (and logs).
+    let outputs = if p.interactive {
+        None
+    } else {
+        let out = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        let err = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        Some((out, err))
+    };
+    // SAFETY: guest-init is single-threaded, so the child may run ordinary code after fork.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            drop(rd);
+            if let Some(((_, out_w), (_, err_w))) = &outputs {
+                // dup2 drops close-on-exec on the copies: the app inherits them as 1 and 2.
+                let _ = nix::unistd::dup2(out_w.as_raw_fd(), 1);
+                let _ = nix::unistd::dup2(err_w.as_raw_fd(), 2);
+            }
+            let _ = signals.thread_unblock();
+            let err = child(p, ctx);
+            let code = err.exit_code.unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR);
+            eprintln!("ark-init: app {}: {}", p.name, err.message);
+            let mut f = std::fs::File::from(wr);
+            let _ = write!(f, "{code} {}", err.message);
+            drop(f);
+            // SAFETY: leave without running the parent's atexit handlers or destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            if let Some(((out_r, _), (err_r, _))) = outputs {
+                let log = open_app_log(&p.name);
+                logs.push(OutputPipe::new(out_r, Stream::Stdout, log.as_ref())?);
+                logs.push(OutputPipe::new(err_r, Stream::Stderr, log.as_ref())?);
+            }
+            let mut msg = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
+            let err = msg.split_once(' ').map(|(code, m)| StartError {
+                exit_code: code
+                    .parse()
+                    .ok()
+                    .filter(|c| *c != ark_pod_spec::EXIT_STAGE1_ERROR),
+                message: m.to_string(),
+            });
+            Ok((child, err))
+        }
+    }
 }
 
 /// Everything between fork and exec. Returns only on failure; the caller reports the error
