@@ -36,14 +36,14 @@ pub fn start(
     signals: &SigSet,
     logs: &mut Vec<OutputPipe>,
 ) -> Result<(Pid, Option<StartError>)> {
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let (rd, wr) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     // An interactive app keeps the terminal itself; the others write into pipes guest-init
     // relays (and logs).
     let outputs = if p.interactive {
         None
     } else {
-        let out = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-        let err = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        let out = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        let err = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
         Some((out, err))
     };
     // SAFETY: guest-init is single-threaded, so the child may run ordinary code after fork.
@@ -52,8 +52,8 @@ pub fn start(
             drop(rd);
             if let Some(((_, out_w), (_, err_w))) = &outputs {
                 // dup2 drops close-on-exec on the copies: the app inherits them as 1 and 2.
-                let _ = nix::unistd::dup2(out_w.as_raw_fd(), 1);
-                let _ = nix::unistd::dup2(err_w.as_raw_fd(), 2);
+                let _ = unistd::dup2(out_w.as_raw_fd(), 1);
+                let _ = unistd::dup2(err_w.as_raw_fd(), 2);
             }
             let _ = signals.thread_unblock();
             let err = child(p, ctx);
@@ -88,7 +88,7 @@ pub fn start(
 
 /// Everything between fork and exec. Returns only on failure; the caller reports the error
 /// over the child's error pipe and exits with its code.
-pub fn child(plan: &AppPlan, ctx: &ChildContext) -> StartError {
+fn child(plan: &AppPlan, ctx: &ChildContext) -> StartError {
     match prepare(plan, ctx) {
         Ok(env) => exec::exec(plan, &env),
         Err(e) => StartError {
