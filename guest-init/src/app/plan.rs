@@ -1,11 +1,8 @@
 //! What to do for each app, decided from the manifest and the stage2 config before any
-//! syscall: the pure half of guest-init, unit-tested.
+//! syscall: pure, unit-tested.
 
 use ark_pod_spec::manifest::normalize_capability;
 use ark_pod_spec::{guest, PodManifest, Rlimit, Stage2Config};
-
-/// PATH an app gets when its manifest env has none (the OCI/Docker default).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
@@ -22,7 +19,7 @@ pub struct AppPlan {
     /// The app's root in guest-init's root.
     pub root: String,
     pub argv: Vec<String>,
-    /// The manifest's env, in order (HOME and the defaults are added by [`build_env`]).
+    /// The manifest's env, in order (HOME and the defaults are added by [`super::exec::build_env`]).
     pub env: Vec<(String, String)>,
     pub user: String,
     pub group: String,
@@ -84,51 +81,12 @@ pub fn plan(m: &PodManifest, c: &Stage2Config) -> Vec<AppPlan> {
         .collect()
 }
 
-/// The app's environment as `NAME=value` strings: PATH and HOME defaults, then the manifest's
-/// env (later wins), then `ARK_APP_NAME` and `ARK_POD_UUID`, which the app cannot override.
-pub fn build_env(plan: &AppPlan, pod_uuid: &str, home: &str) -> Vec<String> {
-    let mut vars: Vec<(String, String)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOME".into(), home.into()),
-    ];
-    if plan.interactive {
-        vars.push(("TERM".into(), "xterm".into()));
-    }
-    vars.extend(plan.env.iter().cloned());
-    vars.push(("ARK_APP_NAME".into(), plan.name.clone()));
-    vars.push(("ARK_POD_UUID".into(), pod_uuid.into()));
-    let mut out: Vec<(String, String)> = Vec::new();
-    for (k, v) in vars {
-        match out.iter_mut().find(|(n, _)| *n == k) {
-            Some(slot) => slot.1 = v,
-            None => out.push((k, v)),
-        }
-    }
-    out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
-}
-
-/// Where `argv0` is, following the app's PATH (as seen from inside the app's root), the way
-/// execvp does: the first candidate that exists and is a regular file.
-pub fn find_program(argv0: &str, env: &[String], exists: impl Fn(&str) -> bool) -> Option<String> {
-    if argv0.contains('/') {
-        return Some(argv0.to_string());
-    }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
-    path.split(':')
-        .map(|d| if d.is_empty() { "." } else { d })
-        .map(|d| format!("{}/{argv0}", d.trim_end_matches('/')))
-        .find(|p| exists(p))
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ark_pod_spec::{AppCgroup, OnExit, StatusTransport};
 
-    fn manifest() -> PodManifest {
+    pub(crate) fn manifest() -> PodManifest {
         PodManifest::from_json(
             br#"{
               "version": 1, "uuid": "ab12",
@@ -149,7 +107,7 @@ mod tests {
         .unwrap()
     }
 
-    fn config() -> Stage2Config {
+    pub(crate) fn config() -> Stage2Config {
         let mut c = Stage2Config::new(
             "ab12",
             StatusTransport::File {
@@ -198,42 +156,6 @@ mod tests {
         assert_eq!(
             side.caps_keep.len(),
             ark_pod_spec::DEFAULT_CAPABILITIES.len()
-        );
-    }
-
-    #[test]
-    fn env_defaults_overrides_and_forced_vars() {
-        let p = plan(&manifest(), &config());
-        let env = build_env(&p[0], "ab12", "/home/www");
-        assert_eq!(
-            env,
-            [
-                "PATH=/opt/bin",
-                "HOME=/home/www",
-                "A=2",
-                "ARK_APP_NAME=web",
-                "ARK_POD_UUID=ab12"
-            ]
-        );
-        let env = build_env(&p[1], "ab12", "/");
-        assert_eq!(env[0], format!("PATH={DEFAULT_PATH}"));
-        assert!(env.contains(&"TERM=xterm".to_string()));
-        assert!(env.contains(&"ARK_APP_NAME=side".to_string()));
-    }
-
-    #[test]
-    fn program_lookup_follows_app_path() {
-        let env = vec!["PATH=/opt/bin:/bin".to_string()];
-        let exists = |p: &str| p == "/bin/sleep";
-        assert_eq!(
-            find_program("sleep", &env, exists).as_deref(),
-            Some("/bin/sleep")
-        );
-        assert_eq!(find_program("nope", &env, exists), None);
-        assert_eq!(find_program("./x", &env, exists).as_deref(), Some("./x"));
-        assert_eq!(
-            find_program("sleep", &[], |p| p == "/usr/bin/sleep").as_deref(),
-            Some("/usr/bin/sleep")
         );
     }
 }

@@ -5,7 +5,9 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use ark_pod_spec::{StatusDir, StatusMessage, STATUS_ACK};
+use ark_pod_spec::{
+    AppStatus, PodManifest, Stage2Config, StatusDir, StatusMessage, StatusTransport, STATUS_ACK,
+};
 
 pub trait StatusSink {
     fn send(&mut self, msg: &StatusMessage) -> io::Result<()>;
@@ -107,10 +109,82 @@ pub fn connect_vsock(cid: u32, port: u32) -> io::Result<std::fs::File> {
     Err(io::Error::from(last.expect("tried at least once")))
 }
 
+/// The sink, remembering which apps have a final status (to report the rest on failure).
+pub struct Tracking {
+    inner: Box<dyn StatusSink>,
+    /// Set once the manifest is read: its apps are the ones owed a status.
+    pub manifest: Option<PodManifest>,
+    finished: Vec<String>,
+}
+
+impl Tracking {
+    pub fn new(inner: Box<dyn StatusSink>) -> Self {
+        Tracking {
+            inner,
+            manifest: None,
+            finished: Vec::new(),
+        }
+    }
+
+    /// Every app without a final status gets one saying why the pod failed.
+    pub fn fail_unfinished(&mut self, msg: &str) {
+        if let Some(m) = self.manifest.clone() {
+            let missing: Vec<String> = m
+                .apps
+                .iter()
+                .map(|a| a.name.clone())
+                .filter(|a| !self.finished.contains(a))
+                .collect();
+            for a in missing {
+                let status = AppStatus::failed(&a, format!("stage2: {msg}"), None);
+                report(self, StatusMessage::AppExited { status });
+            }
+        }
+    }
+}
+
+impl StatusSink for Tracking {
+    fn send(&mut self, msg: &StatusMessage) -> io::Result<()> {
+        if let StatusMessage::AppExited { status } = msg {
+            self.finished.push(status.app.clone());
+        }
+        self.inner.send(msg)
+    }
+    fn done(&mut self) -> io::Result<()> {
+        self.inner.done()
+    }
+}
+
+/// Sends `msg`; a broken channel is logged with the status, never fatal.
+pub fn report(sink: &mut dyn StatusSink, msg: StatusMessage) {
+    if let Err(e) = sink.send(&msg) {
+        eprintln!(
+            "ark-init: status channel: {e}; status was: {}",
+            msg.to_line().trim_end()
+        );
+    }
+}
+
+/// The channel the stage2 config names; the console when it cannot be opened.
+pub fn open(cfg: &Stage2Config) -> Box<dyn StatusSink> {
+    match &cfg.status {
+        StatusTransport::File { dir } => Box::new(FileSink(StatusDir::new(dir))),
+        StatusTransport::Vsock { port, cid } => {
+            match connect_vsock(*cid, *port) {
+                Ok(s) => Box::new(StreamSink::new(s)),
+                Err(e) => {
+                    eprintln!("ark-init: status channel vsock {cid}:{port}: {e}; statuses go to the console");
+                    Box::new(ConsoleSink)
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ark_pod_spec::{AppState, AppStatus};
+    use ark_pod_spec::AppState;
     use std::os::unix::net::UnixStream;
 
     fn exited() -> StatusMessage {

@@ -1,0 +1,155 @@
+//! App set-up: everything a forked child does between fork and exec, in order (docs/stages.md,
+//! stage2 step 3). `rootfs` makes the app's mount namespace and root, `identity` who it runs
+//! as, `exec` its environment and program.
+
+mod exec;
+mod identity;
+pub mod plan;
+mod rootfs;
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::SigSet;
+use nix::unistd::{self, fork, ForkResult, Pid};
+
+use crate::os;
+use crate::supervisor::output::{open_app_log, OutputPipe, Stream};
+use crate::supervisor::StartError;
+use plan::AppPlan;
+
+/// What an app child needs besides its plan.
+pub struct ChildContext<'a> {
+    pub pod_uuid: &'a str,
+    /// The pod's hostname (None for fly, which shares the host's).
+    pub hostname: Option<&'a str>,
+    pub debug: bool,
+}
+
+/// Forks the app's process. The child reports a failure before exec over a close-on-exec
+/// pipe, so the parent knows at once whether the program started (EOF) or why not.
+pub fn start(
+    p: &AppPlan,
+    ctx: &ChildContext,
+    signals: &SigSet,
+    logs: &mut Vec<OutputPipe>,
+) -> Result<(Pid, Option<StartError>)> {
+    let (rd, wr) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // An interactive app keeps the terminal itself; the others write into pipes guest-init
+    // relays (and logs).
+    let outputs = if p.interactive {
+        None
+    } else {
+        let out = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        let err = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        Some((out, err))
+    };
+    // SAFETY: guest-init is single-threaded, so the child may run ordinary code after fork.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            drop(rd);
+            if let Some(((_, out_w), (_, err_w))) = &outputs {
+                // dup2 drops close-on-exec on the copies: the app inherits them as 1 and 2.
+                let _ = unistd::dup2(out_w.as_raw_fd(), 1);
+                let _ = unistd::dup2(err_w.as_raw_fd(), 2);
+            }
+            let _ = signals.thread_unblock();
+            let err = child(p, ctx);
+            let code = err.exit_code.unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR);
+            eprintln!("ark-init: app {}: {}", p.name, err.message);
+            let mut f = std::fs::File::from(wr);
+            let _ = write!(f, "{code} {}", err.message);
+            drop(f);
+            // SAFETY: leave without running the parent's atexit handlers or destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            if let Some(((out_r, _), (err_r, _))) = outputs {
+                let log = open_app_log(&p.name);
+                logs.push(OutputPipe::new(out_r, Stream::Stdout, log.as_ref())?);
+                logs.push(OutputPipe::new(err_r, Stream::Stderr, log.as_ref())?);
+            }
+            let mut msg = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
+            let err = msg.split_once(' ').map(|(code, m)| StartError {
+                exit_code: code
+                    .parse()
+                    .ok()
+                    .filter(|c| *c != ark_pod_spec::EXIT_STAGE1_ERROR),
+                message: m.to_string(),
+            });
+            Ok((child, err))
+        }
+    }
+}
+
+/// Everything between fork and exec. Returns only on failure; the caller reports the error
+/// over the child's error pipe and exits with its code.
+fn child(plan: &AppPlan, ctx: &ChildContext) -> StartError {
+    match prepare(plan, ctx) {
+        Ok(env) => exec::exec(plan, &env),
+        Err(e) => StartError {
+            exit_code: None,
+            message: format!("{e:#}"),
+        },
+    }
+}
+
+/// Up to exec: returns the app's environment.
+fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Vec<String>> {
+    // The app gets fds 0, 1 and 2 only (the error pipe is close-on-exec already).
+    os::fds::cloexec_inherited().context("close-on-exec above stdio")?;
+    // Cgroups first, so everything the app does from here on is accounted to it.
+    for dir in &plan.cgroup_dirs {
+        os::cgroup::join_single_threaded(Path::new(dir))
+            .with_context(|| format!("join cgroup {dir}"))?;
+    }
+    let root = rootfs::prepare(plan, ctx.hostname)?;
+    let root = root.as_fd();
+    stdio(plan.interactive)?;
+    let id = identity::resolve(root, plan)?;
+    rootfs::enter(root)?;
+    identity::apply(&id, plan)?;
+    unistd::chdir(Path::new(&plan.working_dir))
+        .with_context(|| format!("chdir {}", plan.working_dir))?;
+    if ctx.debug {
+        eprintln!(
+            "ark-init: app {}: uid {} gid {} exec {:?}",
+            plan.name, id.uid, id.gid, plan.argv
+        );
+    }
+    Ok(exec::build_env(plan, ctx.pod_uuid, &id.home))
+}
+
+/// stdin `/dev/null` and a session of its own, or, for an interactive app, the terminal.
+fn stdio(interactive: bool) -> Result<()> {
+    if !interactive {
+        let null = std::fs::File::open("/dev/null").context("open /dev/null")?;
+        unistd::dup2(null.as_raw_fd(), 0).context("stdin")?;
+        // Its own session: a terminal's ^C goes to the stage1 (a graceful stop), not here.
+        let _ = unistd::setsid();
+        Ok(())
+    } else {
+        foreground()
+    }
+}
+
+/// Interactive apps own the terminal: their process group goes to the foreground so the
+/// terminal's ^C and ^Z reach them.
+fn foreground() -> Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    let stdin = std::io::stdin();
+    if !unistd::isatty(stdin.as_raw_fd()).unwrap_or(false) {
+        return Ok(());
+    }
+    unistd::setpgid(unistd::Pid::from_raw(0), unistd::Pid::from_raw(0)).context("setpgid")?;
+    // SAFETY: setting a signal to SIG_IGN installs no handler code.
+    unsafe { signal(Signal::SIGTTOU, SigHandler::SigIgn) }.context("ignore SIGTTOU")?;
+    let r = unistd::tcsetpgrp(&stdin, unistd::getpgrp());
+    // SAFETY: restoring the default disposition.
+    unsafe { signal(Signal::SIGTTOU, SigHandler::SigDfl) }.context("restore SIGTTOU")?;
+    r.context("take the terminal")
+}

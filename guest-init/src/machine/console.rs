@@ -1,0 +1,42 @@
+//! stdio for a PID 1 started without any.
+
+use std::path::Path;
+
+use nix::mount::MsFlags;
+use nix::unistd;
+
+use super::mount_fs;
+
+/// PID 1 of a VM whose root has no `/dev/console` starts without stdin/stdout/stderr: mount
+/// devtmpfs and attach them to the console, so guest-init's and the apps' output is seen.
+pub fn ensure_console() {
+    use nix::fcntl::{fcntl, FcntlArg};
+    if fcntl(1, FcntlArg::F_GETFD).is_ok() {
+        return;
+    }
+    let dev = Path::new("/dev");
+    if !dev.join("console").exists() {
+        let _ = mount_fs(
+            "devtmpfs",
+            dev,
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        );
+    }
+    if let Ok(c) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(c);
+        for target in 0..3 {
+            if fd != target {
+                let _ = unistd::dup2(fd, target);
+            }
+        }
+        if fd > 2 {
+            let _ = unistd::close(fd);
+        }
+    }
+}
