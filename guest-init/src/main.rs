@@ -17,10 +17,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use ark_pod_spec::cgroup::{read_oom_kills, Cgroups};
+use ark_os::cgroup::{read_oom_kills, Cgroups};
+use ark_os::StatusDir;
 use ark_pod_spec::{
     guest, now_unix_ms, AppCgroup, ControlCommand, ControlTransport, OnExit, PodManifest,
-    Stage2Config, StatusDir, StatusTransport,
+    Stage2Config, StatusTransport,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -33,7 +34,7 @@ use sink::{ConsoleSink, FileSink, StatusSink, StreamSink};
 use supervisor::{Exit, StartError, Supervisor};
 
 fn main() {
-    let _ = ark_pod_spec::fds::cloexec_inherited(); // best effort: as PID 1, exiting would end the pod
+    let _ = ark_os::fds::cloexec_inherited(); // best effort: as PID 1, exiting would end the pod
     if std::process::id() == 1 {
         setup::ensure_console();
     }

@@ -6,8 +6,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ark_pod_spec::identity::{self, Identity};
-use ark_pod_spec::inroot::{self, Kind};
+use ark_os::identity::{self, Identity};
+use ark_os::inroot::{self, Kind};
 use ark_pod_spec::{guest, Stage2Mount};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
@@ -29,11 +29,7 @@ fn mount_fs(
 }
 
 fn is_mountpoint(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let p = p.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+    ark_os::mountinfo::is_mount_point(p)
 }
 
 /// PID 1 of a VM whose root has no `/dev/console` starts without stdin/stdout/stderr: mount
@@ -517,10 +513,10 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Ready> {
     use nix::sched::{unshare, CloneFlags};
 
     // The app gets fds 0, 1 and 2 only (the error pipe is close-on-exec already).
-    ark_pod_spec::fds::cloexec_inherited().context("close-on-exec above stdio")?;
+    ark_os::fds::cloexec_inherited().context("close-on-exec above stdio")?;
     // Cgroups first, so everything the app does from here on is accounted to it.
     for dir in &plan.cgroup_dirs {
-        ark_pod_spec::cgroup::join_single_threaded(Path::new(dir))
+        ark_os::cgroup::join_single_threaded(Path::new(dir))
             .with_context(|| format!("join cgroup {dir}"))?;
     }
     let mut flags = CloneFlags::CLONE_NEWNS;

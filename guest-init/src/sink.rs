@@ -5,7 +5,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use ark_pod_spec::{StatusDir, StatusMessage, STATUS_ACK};
+use ark_os::StatusDir;
+use ark_pod_spec::{StatusMessage, STATUS_ACK};
 
 pub trait StatusSink {
     fn send(&mut self, msg: &StatusMessage) -> io::Result<()>;

@@ -9,7 +9,8 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
-use ark_pod_spec::{OnExit, Stage2Config, StatusDir, StatusTransport};
+use ark_os::StatusDir;
+use ark_pod_spec::{OnExit, Stage2Config, StatusTransport};
 use common::{pod, skip_unless_able, stdout};
 use serde_json::json;
 

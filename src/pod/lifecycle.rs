@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
-use ark_pod_spec::{write_atomic, Flavor, PodLayout, PodManifest, StatusDir};
+use ark_os::{write_atomic, write_atomic_volatile, StatusDir};
+use ark_pod_spec::{Flavor, PodLayout, PodManifest};
 use uuid::Uuid;
 
 use super::args::split_apps;
@@ -157,11 +158,7 @@ fn fill(
     // Last: a pod with a manifest is complete (cat-manifest, status read it).
     match durability {
         Durability::Synced => write_atomic(&layout.manifest(), &json)?,
-        Durability::Process => {
-            let tmp = dir.join(".pod-manifest.json.tmp");
-            fs::write(&tmp, &json)?;
-            fs::rename(&tmp, layout.manifest())?;
-        }
+        Durability::Process => write_atomic_volatile(&layout.manifest(), &json)?,
     }
     Ok(())
 }

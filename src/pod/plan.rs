@@ -161,7 +161,7 @@ pub fn app_name_from_image(image: &str) -> String {
 /// Checks `user`/`group` against the image and picks the group: an explicit one, else the
 /// user's primary group from the image's passwd (by name, or by uid for a numeric user), else
 /// 0 (a numeric user without an entry). Returns (user, group) as the manifest stores them.
-/// The image's files are read inside its root ([`ark_pod_spec::inroot`]): a symlink there
+/// The image's files are read inside its root ([`ark_os::inroot`]): a symlink there
 /// cannot make stage0 read the host's.
 pub fn resolve_user(
     rootfs: &Path,
@@ -169,7 +169,7 @@ pub fn resolve_user(
     user: Option<&str>,
     group: Option<&str>,
 ) -> Result<(String, String), String> {
-    use ark_pod_spec::identity;
+    use ark_os::identity;
     let (user, group_from_user) = match user {
         Some(u) => match u.split_once(':') {
             Some((u, g)) => (u.to_string(), Some(g.to_string())),
@@ -181,7 +181,7 @@ pub fn resolve_user(
     if user.is_empty() {
         return Err(format!("app {app}: empty user"));
     }
-    let (passwd, groups) = match ark_pod_spec::inroot::open_root(rootfs) {
+    let (passwd, groups) = match ark_os::inroot::open_root(rootfs) {
         Ok(root) => identity::account_files(std::os::fd::AsFd::as_fd(&root)),
         Err(_) => (None, None),
     };
@@ -208,7 +208,7 @@ pub fn resolve_user(
 }
 
 fn passwd_has_user(passwd: &str, user: &str) -> bool {
-    ark_pod_spec::identity::resolve(user, "0", &[], Some(passwd), None).is_ok()
+    ark_os::identity::resolve(user, "0", &[], Some(passwd), None).is_ok()
 }
 
 fn parse_env(kv: &str, app: &str) -> Result<EnvVar, String> {

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use ark_os::StatusDir;
 use ark_pod_spec::manifest::PodManifest;
-use ark_pod_spec::status::{StatusDir, EXIT_STAGE1_ERROR};
+use ark_pod_spec::status::EXIT_STAGE1_ERROR;
 use ark_pod_spec::PodLayout;
 use clap::{Parser, Subcommand};
 use kernel_config::Profile;
@@ -53,7 +54,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    ark_pod_spec::fds::cloexec_inherited_or_exit("ark-stage1-kvm");
+    ark_os::fds::cloexec_inherited_or_exit("ark-stage1-kvm");
     let Command::Run {
         pod_dir,
         debug,
@@ -88,7 +89,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
     let host = host()?;
     let plan = plan::plan(&layout, &manifest, &host, debug)?;
     if plan.root == plan::Root::Fs {
-        ark_pod_spec::write_atomic(&layout.stage2_config(), &plan.stage2.to_json())
+        ark_os::write_atomic(&layout.stage2_config(), &plan.stage2.to_json())
             .with_context(|| format!("{}", layout.stage2_config().display()))?;
     }
     if !interactive {

@@ -13,9 +13,10 @@ mod spawn;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ark_pod_spec::cgroup::{app_leaf, Cgroups, PodCgroups, DEFAULT_ALLOWED};
+use ark_os::cgroup::{app_leaf, Cgroups, PodCgroups, DEFAULT_ALLOWED};
+use ark_os::StatusDir;
 use ark_pod_spec::{
-    guest, AppCgroup, OnExit, PodLayout, PodManifest, Stage2Config, StatusDir, StatusTransport,
+    guest, AppCgroup, OnExit, PodLayout, PodManifest, Stage2Config, StatusTransport,
     EXIT_STAGE1_ERROR,
 };
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -165,7 +166,7 @@ pub fn stage2_config(
         .iter()
         .filter(|_| !cgroups.pod_dirs.is_empty())
         .map(|a| {
-            let dir = |h: &ark_pod_spec::cgroup::Hierarchy| {
+            let dir = |h: &ark_os::cgroup::Hierarchy| {
                 format!("{}/{}/{}", guest::CGROUP_DIR, h.name(), app_leaf(&a.name))
             };
             AppCgroup {
@@ -236,17 +237,17 @@ fn run_pod(iso: Isolation, pod: &Pod, cgroups: &Cgroups, debug: bool) -> Result<
     if pod.manifest.net == ark_pod_spec::NetMode::Host {
         // Apps on the host's network resolve names as the host does (a missing file is fine).
         if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
-            ark_pod_spec::write_atomic_volatile(&pod.layout.in_root(guest::RESOLV_CONF), &resolv)
+            ark_os::write_atomic_volatile(&pod.layout.in_root(guest::RESOLV_CONF), &resolv)
                 .context("write resolv.conf")?;
         }
     }
-    ark_pod_spec::write_atomic_volatile(&pod.layout.stage2_config(), &cfg.to_json())
+    ark_os::write_atomic_volatile(&pod.layout.stage2_config(), &cfg.to_json())
         .context("write stage2 config")?;
 
     let signals = forwarded_signals();
     signals.thread_block().context("block signals")?;
     let child = spawn::spawn_stage2(iso, pod, &pod_cgroups)?;
-    ark_pod_spec::write_atomic_volatile(
+    ark_os::write_atomic_volatile(
         &pod.layout.stage2_pid_file(),
         child.as_raw().to_string().as_bytes(),
     )
@@ -288,7 +289,7 @@ fn supervise(child: Pid, signals: &SigSet) -> Result<WaitStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ark_pod_spec::cgroup::Hierarchy;
+    use ark_os::cgroup::Hierarchy;
 
     fn manifest() -> PodManifest {
         PodManifest::from_json(

@@ -234,7 +234,7 @@ fn sigkill_of_stage1_takes_the_pod_down() {
         "guest-init survived"
     );
     // What gc does for such a pod: the cgroups are left, and removable.
-    let cg = ark_pod_spec::cgroup::Cgroups::detect();
+    let cg = ark_os::cgroup::Cgroups::detect();
     cg.remove_pod(&p.manifest.uuid).unwrap();
     assert!(p.cgroups_left().is_empty());
 }

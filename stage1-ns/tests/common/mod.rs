@@ -6,7 +6,8 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use ark_pod_spec::{PodLayout, PodManifest, StatusDir};
+use ark_os::StatusDir;
+use ark_pod_spec::{PodLayout, PodManifest};
 
 pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
@@ -159,17 +160,15 @@ impl TestPod {
 
     /// The pod's cgroup directories still on the host.
     pub fn cgroups_left(&self) -> Vec<PathBuf> {
-        ark_pod_spec::cgroup::Cgroups::detect().pod_dirs(&self.manifest.uuid)
+        ark_os::cgroup::Cgroups::detect().pod_dirs(&self.manifest.uuid)
     }
 
     /// Mounts under the pod directory visible on the host.
     pub fn mounts_left(&self) -> Vec<String> {
-        let dir = self.layout.dir().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
+        ark_os::mountinfo::mounts_under(self.layout.dir())
             .unwrap()
-            .lines()
-            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
-            .map(str::to_string)
+            .iter()
+            .map(|p| p.display().to_string())
             .collect()
     }
 }
