@@ -113,16 +113,7 @@ fn power_off() -> ! {
 
 /// Signals guest-init handles through its signalfd (blocked otherwise).
 fn handled_signals() -> SigSet {
-    let mut s = SigSet::empty();
-    for sig in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
-        s.add(sig);
-    }
-    s
+    ark_pod_spec::stage1::stop_signals_with(&[Signal::SIGCHLD])
 }
 
 fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {

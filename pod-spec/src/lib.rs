@@ -1,11 +1,13 @@
-//! The contract between ark's stages: the pod manifest stage0 writes, the stage2 config stage1
-//! hands to guest-init, and the per-app exit statuses guest-init reports back. What the stages
+//! The contract between ark's stages: the pod manifest stage0 writes, the stage1 command line
+//! (with the lock and the stop signals it hands over), the stage2 config stage1 hands to
+//! guest-init, and the per-app exit statuses guest-init reports back. What the stages
 //! do to the host (cgroups, mounts, files) is not here: that is `ark-os`. Kept in one small
 //! crate so stage0, every stage1 and the static guest-init agree on one definition.
 //!
 //! The human-readable version of this contract is `docs/pod-manifest.md`; keep both in step.
 pub mod layout;
 pub mod manifest;
+pub mod stage1;
 pub mod stage2;
 pub mod status;
 

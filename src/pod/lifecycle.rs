@@ -7,6 +7,7 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
 use ark_os::{write_atomic, write_atomic_volatile, StatusDir};
+use ark_pod_spec::stage1::{stop_signals, RunArgs, LOCK_FD_ENV};
 use ark_pod_spec::{Flavor, PodLayout, PodManifest};
 use uuid::Uuid;
 
@@ -207,15 +208,16 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         // No fsync: the pid means nothing after a reboot anyway.
         fs::write(dir.join("pid"), format!("{}\n", std::process::id()))?;
         let mut cmd = Command::new(&stage1);
-        cmd.arg("run").arg("--pod-dir").arg(dir);
-        if global.debug {
-            cmd.arg("--debug");
-        }
-        if interactive || manifest.apps.iter().any(|a| a.interactive) {
-            cmd.arg("--interactive");
-        }
+        cmd.args(
+            RunArgs {
+                pod_dir: dir.clone(),
+                debug: global.debug,
+                interactive: interactive || manifest.apps.iter().any(|a| a.interactive),
+            }
+            .to_args(),
+        );
         // For a stage1 that wants to keep its children from inheriting the lock.
-        cmd.env("ARK_POD_LOCK_FD", locked.lock_fd().to_string());
+        cmd.env(LOCK_FD_ENV, locked.lock_fd().to_string());
         // The one fd the stage1 gets besides 0, 1 and 2.
         locked.keep_across_exec()?;
         Ok(cmd)
@@ -238,13 +240,4 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
     }
     anyhow!(why)
-}
-
-fn stop_signals() -> nix::sys::signal::SigSet {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        set.add(s);
-    }
-    set
 }

@@ -137,7 +137,14 @@ fn rand_u64() -> u64 {
 impl TestPod {
     pub fn command(&self, bin: &Path) -> Command {
         let mut c = Command::new(bin);
-        c.arg("run").arg("--pod-dir").arg(self.layout.dir());
+        c.args(
+            ark_pod_spec::stage1::RunArgs {
+                pod_dir: self.layout.dir().to_path_buf(),
+                debug: false,
+                interactive: false,
+            }
+            .to_args(),
+        );
         c.stdin(Stdio::null());
         c
     }
