@@ -13,9 +13,9 @@ pub mod status;
 
 pub use layout::{guest, PodLayout};
 pub use manifest::{
-    App, AppLimits, EnvVar, Flavor, ImageRef, ManifestError, Mount, NetMode, PodLimits,
-    PodManifest, Rlimit, Stage1, Volume, VolumeKind, DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES,
-    MANIFEST_VERSION,
+    App, AppLimits, EnvVar, Flavor, ImageRef, KvmOptions, KvmRoot, ManifestError, Mount, NetMode,
+    PodLimits, PodManifest, Rlimit, Stage1, Stage1Options, Volume, VolumeKind,
+    DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES, MANIFEST_VERSION,
 };
 pub use stage2::{
     AppCgroup, ControlCommand, ControlTransport, OnExit, Stage2Config, Stage2Mount,

@@ -147,13 +147,9 @@ fn fill(
         .with_context(|| format!("app {}: rootfs", app.name))?;
         used.push(m);
     }
-    if let Some(img) = manifest
-        .stage1
-        .options
-        .get(super::plan::options::KVM_ROOT_IMAGE)
-    {
-        let fstype = &manifest.stage1.options[super::plan::options::KVM_ROOT_FSTYPE];
-        rootfs::pack_block_image(fstype, &root, &dir.join(img))?;
+    let kvm = &manifest.stage1.options.kvm;
+    if let Some(img) = &kvm.root_image {
+        rootfs::pack_block_image(kvm.blk_fstype(), &root, &dir.join(img))?;
     }
     tracing::debug!("pod {}: app roots by {:?}", manifest.uuid, used);
     // Last: a pod with a manifest is complete (cat-manifest, status read it).
