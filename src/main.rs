@@ -4,7 +4,6 @@
 mod cli;
 mod data_dir;
 mod image;
-mod mountinfo;
 mod pod;
 mod trust;
 
@@ -12,7 +11,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // Before anything else: whatever fds our caller leaked to us reach no process we start.
-    if let Err(e) = ark_pod_spec::fds::cloexec_inherited() {
+    if let Err(e) = ark_os::fds::cloexec_inherited() {
         eprintln!("ark: marking inherited file descriptors close-on-exec: {e}");
         return ExitCode::from(cli::EXIT_ARK_ERROR);
     }

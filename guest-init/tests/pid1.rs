@@ -3,22 +3,21 @@
 //! util-linux `unshare`. In a pid namespace `reboot(RB_AUTOBOOT)` kills its init with SIGHUP,
 //! which is how the test sees the power-off path taken after the statuses were written.
 
-#[path = "../../stage1-ns/tests/common/mod.rs"]
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
-use ark_pod_spec::{OnExit, Stage2Config, StatusDir, StatusTransport};
-use common::{pod, skip_unless_able, stdout};
+use ark_os::StatusDir;
+use ark_pod_spec::{OnExit, Stage2Config, StatusTransport};
+use ark_tests::fixtures::{pod, stdout, TestPod};
+use ark_tests::skip_unless_able;
 use serde_json::json;
 
-fn run_as_pid1(p: &common::TestPod, cfg: &Stage2Config) -> std::process::Output {
+fn run_as_pid1(p: &TestPod, cfg: &Stage2Config) -> std::process::Output {
     std::fs::write(p.layout.stage2_config(), cfg.to_json()).unwrap();
     run_as_pid1_with(p, &[])
 }
 
-fn run_as_pid1_with(p: &common::TestPod, env: &[(&str, String)]) -> std::process::Output {
+fn run_as_pid1_with(p: &TestPod, env: &[(&str, String)]) -> std::process::Output {
     let root = p.layout.stage1_rootfs();
     std::fs::create_dir_all(root.join("ark/status")).unwrap();
     let out = Command::new("timeout")

@@ -1,63 +1,30 @@
-//! The contract between ark's stages: the pod manifest stage0 writes, the stage2 config stage1
-//! hands to guest-init, and the per-app exit statuses guest-init reports back. Kept in one small
+//! The contract between ark's stages: the pod manifest stage0 writes, the stage1 command line
+//! (with the lock and the stop signals it hands over), the stage2 config stage1 hands to
+//! guest-init, and the per-app exit statuses guest-init reports back. What the stages
+//! do to the host (cgroups, mounts, files) is not here: that is `ark-os`. Kept in one small
 //! crate so stage0, every stage1 and the static guest-init agree on one definition.
 //!
 //! The human-readable version of this contract is `docs/pod-manifest.md`; keep both in step.
-pub mod cgroup;
-pub mod fds;
-pub mod identity;
-pub mod inroot;
 pub mod layout;
 pub mod manifest;
+pub mod stage1;
 pub mod stage2;
 pub mod status;
 
 pub use layout::{guest, PodLayout};
 pub use manifest::{
-    App, AppLimits, EnvVar, Flavor, ImageRef, ManifestError, Mount, NetMode, PodLimits,
-    PodManifest, Rlimit, Stage1, Volume, VolumeKind, DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES,
-    MANIFEST_VERSION,
+    App, AppLimits, EnvVar, Flavor, ImageRef, KvmOptions, KvmRoot, ManifestError, Mount, NetMode,
+    PodLimits, PodManifest, Rlimit, Stage1, Stage1Options, Volume, VolumeKind,
+    DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES, MANIFEST_VERSION,
 };
 pub use stage2::{
     AppCgroup, ControlCommand, ControlTransport, OnExit, Stage2Config, Stage2Mount,
     StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
 };
 pub use status::{
-    pod_exit_code, AppState, AppStatus, PodExit, StatusDir, StatusMessage, EXIT_STAGE1_ERROR,
-    STATUS_ACK,
+    pod_exit_code, AppState, AppStatus, PodExit, StatusMessage, EXIT_STAGE1_ERROR, STATUS_ACK,
+    STATUS_FILE_SIZE,
 };
-
-/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename), so a
-/// reader never sees half a file and an interruption leaves the old version or the new one.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_with(path, bytes, true)
-}
-
-/// [`write_atomic`] without the fsync, for state that only matters while the pod runs (the
-/// stage2 config, pids, "running" statuses): a reader still never sees half a file, and a
-/// crash of the host loses nothing that is not rewritten anyway.
-pub fn write_atomic_volatile(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_with(path, bytes, false)
-}
-
-fn write_atomic_with(path: &std::path::Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    if sync {
-        f.sync_all()?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp in this contract.
 pub fn now_unix_ms() -> u64 {
@@ -103,17 +70,5 @@ mod tests {
             format_unix_ms(1_700_000_000_123),
             "2023-11-14T22:13:20.123Z"
         );
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let dir = std::env::temp_dir().join(format!("ark-pod-spec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("x.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -53,10 +53,69 @@ pub struct PodManifest {
 #[serde(deny_unknown_fields)]
 pub struct Stage1 {
     pub flavor: Flavor,
-    /// Flavor-specific knobs, e.g. `"kvm.root": "blk"`. Unknown keys are ignored by flavors
-    /// they do not concern.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub options: BTreeMap<String, String>,
+    /// Flavor-specific knobs, e.g. `"kvm.root": "blk"`.
+    #[serde(default, skip_serializing_if = "Stage1Options::is_empty")]
+    pub options: Stage1Options,
+}
+
+/// `stage1.options`: on the wire a flat map of string keys (`"kvm.root": "blk"`), as it always
+/// was; here the keys a stage1 reads are typed fields. Keys no field knows (another flavor's,
+/// a newer stage0's) are kept in `other` and written back as they came.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage1Options {
+    #[serde(flatten)]
+    pub kvm: KvmOptions,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, String>,
+}
+
+impl Stage1Options {
+    pub fn is_empty(&self) -> bool {
+        self.kvm == KvmOptions::default() && self.other.is_empty()
+    }
+}
+
+/// The kvm flavor's options (ignored by the others).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvmOptions {
+    // In the order of the keys (sorted, as the map they once were): the same bytes on disk.
+    /// How the pod root reaches the guest; absent: [`KvmRoot::Fs`].
+    #[serde(rename = "kvm.root", default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<KvmRoot>,
+    /// For `blk`: `erofs` (read-only; the default) or `ext4`.
+    #[serde(
+        rename = "kvm.root.fstype",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_fstype: Option<String>,
+    /// For `blk`: the image file, relative to the pod directory.
+    #[serde(
+        rename = "kvm.root.image",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root_image: Option<String>,
+}
+
+impl KvmOptions {
+    /// The block image's filesystem type ([`KvmOptions::root_fstype`] or its default).
+    pub fn blk_fstype(&self) -> &str {
+        self.root_fstype.as_deref().unwrap_or("erofs")
+    }
+}
+
+/// `kvm.root`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvmRoot {
+    /// The stage1 root shared over virtio-fs.
+    Fs,
+    /// A block image stage0 made at prepare ([`KvmOptions::root_image`]).
+    Blk,
+    /// Anything else: loads (a pod of another flavor does not care), refused by stage1-kvm.
+    #[serde(untagged)]
+    Other(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -608,6 +667,23 @@ fn check_limits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage1_options_keep_their_wire_form() {
+        let json = r#"{"flavor":"kvm","options":{"kvm.root":"blk","kvm.root.fstype":"ext4","kvm.root.image":"rootfs.ext4","x.y":"z"}}"#;
+        let s: Stage1 = serde_json::from_str(json).unwrap();
+        assert_eq!(s.options.kvm.root, Some(KvmRoot::Blk));
+        assert_eq!(s.options.kvm.root_image.as_deref(), Some("rootfs.ext4"));
+        assert_eq!(s.options.kvm.root_fstype.as_deref(), Some("ext4"));
+        assert_eq!(s.options.other["x.y"], "z");
+        assert_eq!(serde_json::to_string(&s).unwrap(), json);
+        let s: Stage1 =
+            serde_json::from_str(r#"{"flavor":"kvm","options":{"kvm.root":"nfs"}}"#).unwrap();
+        assert_eq!(s.options.kvm.root, Some(KvmRoot::Other("nfs".into())));
+        let s: Stage1 = serde_json::from_str(r#"{"flavor":"ns"}"#).unwrap();
+        assert!(s.options.is_empty());
+        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"flavor":"ns"}"#);
+    }
 
     pub(crate) fn sample() -> PodManifest {
         PodManifest::from_json(

@@ -148,7 +148,7 @@ fn spawn_child() -> Result<Child> {
             };
             // Its pipes (already on 0 and 1) and stderr only: no fd this process opened or
             // inherited without close-on-exec reaches the code that parses registry bytes.
-            ark_pod_spec::fds::cloexec_from_in_child(ark_pod_spec::fds::FIRST_NON_STDIO_FD)?;
+            ark_os::fds::cloexec_from_in_child(ark_os::fds::FIRST_NON_STDIO_FD)?;
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setresgid(FETCH_GID, FETCH_GID, FETCH_GID))?;
             // Empty the bounding set (needs CAP_SETPCAP, so before setuid); EINVAL past the last cap.

@@ -108,7 +108,7 @@ pub struct ImageStore {
 /// Whether `dir` (or something in it) is the lower layer of an overlay mounted anywhere.
 fn mounted_as_overlay_lower(dir: &Path) -> io::Result<bool> {
     let dir = fs::canonicalize(dir)?;
-    Ok(crate::mountinfo::overlay_lowerdirs_under(Path::new("/"))?
+    Ok(ark_os::mountinfo::overlay_lowerdirs_under(Path::new("/"))?
         .iter()
         .any(|lower| lower.starts_with(&dir)))
 }

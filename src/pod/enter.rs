@@ -1,7 +1,7 @@
 //! `ark enter UUID [--app NAME] [CMD...]`: run a command inside a running app of an ns or fly
 //! pod, as `nsenter --target PID --all --root` would: join the app process's namespaces and
 //! cgroups, chroot into its root, take on the app's identity (user, groups, capability sets,
-//! rlimits, no_new_privs: the code guest-init uses, [`ark_pod_spec::identity`]), fork (so the
+//! rlimits, no_new_privs: the code guest-init uses, [`ark_os::identity`]), fork (so the
 //! command is in the pod's pid namespace) and exec with only fds 0, 1 and 2.
 
 use std::collections::{HashMap, VecDeque};
@@ -12,8 +12,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context};
-use ark_pod_spec::cgroup::{app_leaf, Cgroups};
-use ark_pod_spec::identity;
+use ark_os::cgroup::{app_leaf, Cgroups};
+use ark_os::identity;
 use ark_pod_spec::{App, Flavor, PodLayout, PodManifest};
 use nix::sched::{setns, CloneFlags};
 
@@ -131,7 +131,7 @@ pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
     let root = File::open(format!("/proc/{pid}/root")).context("open the app's root")?;
     // Who the app is, from its own passwd and group files, read inside its root as the pod
     // dir holds it (not /proc/PID/root: the app may have chrooted into files of its making).
-    let app_root = ark_pod_spec::inroot::open_root(&layout.app_rootfs(&app.name))
+    let app_root = ark_os::inroot::open_root(&layout.app_rootfs(&app.name))
         .with_context(|| format!("open the root of app {}", app.name))?;
     let id = identity::resolve_app(app, app_root.as_fd())
         .map_err(|e| anyhow::anyhow!("app {}: {e}", app.name))?;
@@ -162,7 +162,7 @@ pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
     identity::set_rlimits(&app.rlimits).context("the app's rlimits")?;
     identity::switch_to(&id, &caps).context("the app's identity")?;
     // Whatever ark itself inherited stays out of the command: it gets fds 0, 1 and 2.
-    ark_pod_spec::fds::cloexec_inherited().context("close-on-exec above stdio")?;
+    ark_os::fds::cloexec_inherited().context("close-on-exec above stdio")?;
 
     let argv: Vec<String> = if a.cmd.is_empty() {
         vec!["/bin/sh".into()]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
-use ark_pod_spec::cgroup::Cgroups;
+use ark_os::cgroup::Cgroups;
 
 use super::cli::{GcArgs, RmArgs};
 use super::rootfs::remove_pod_dir;

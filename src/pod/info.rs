@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use ark_pod_spec::{format_unix_ms, AppState, AppStatus, PodLayout, PodManifest, StatusDir};
+use ark_os::StatusDir;
+use ark_pod_spec::{format_unix_ms, AppState, AppStatus, PodLayout, PodManifest};
 use serde::Serialize;
 
 use super::cli::{Format, ListArgs, StatusArgs};

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
-use ark_pod_spec::{write_atomic, Flavor, PodLayout, PodManifest, StatusDir};
+use ark_os::{write_atomic, write_atomic_volatile, StatusDir};
+use ark_pod_spec::stage1::{stop_signals, RunArgs, LOCK_FD_ENV};
+use ark_pod_spec::{Flavor, PodLayout, PodManifest};
 use uuid::Uuid;
 
 use super::args::split_apps;
@@ -145,23 +147,15 @@ fn fill(
         .with_context(|| format!("app {}: rootfs", app.name))?;
         used.push(m);
     }
-    if let Some(img) = manifest
-        .stage1
-        .options
-        .get(super::plan::options::KVM_ROOT_IMAGE)
-    {
-        let fstype = &manifest.stage1.options[super::plan::options::KVM_ROOT_FSTYPE];
-        rootfs::pack_block_image(fstype, &root, &dir.join(img))?;
+    let kvm = &manifest.stage1.options.kvm;
+    if let Some(img) = &kvm.root_image {
+        rootfs::pack_block_image(kvm.blk_fstype(), &root, &dir.join(img))?;
     }
     tracing::debug!("pod {}: app roots by {:?}", manifest.uuid, used);
     // Last: a pod with a manifest is complete (cat-manifest, status read it).
     match durability {
         Durability::Synced => write_atomic(&layout.manifest(), &json)?,
-        Durability::Process => {
-            let tmp = dir.join(".pod-manifest.json.tmp");
-            fs::write(&tmp, &json)?;
-            fs::rename(&tmp, layout.manifest())?;
-        }
+        Durability::Process => write_atomic_volatile(&layout.manifest(), &json)?,
     }
     Ok(())
 }
@@ -210,15 +204,16 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         // No fsync: the pid means nothing after a reboot anyway.
         fs::write(dir.join("pid"), format!("{}\n", std::process::id()))?;
         let mut cmd = Command::new(&stage1);
-        cmd.arg("run").arg("--pod-dir").arg(dir);
-        if global.debug {
-            cmd.arg("--debug");
-        }
-        if interactive || manifest.apps.iter().any(|a| a.interactive) {
-            cmd.arg("--interactive");
-        }
+        cmd.args(
+            RunArgs {
+                pod_dir: dir.clone(),
+                debug: global.debug,
+                interactive: interactive || manifest.apps.iter().any(|a| a.interactive),
+            }
+            .to_args(),
+        );
         // For a stage1 that wants to keep its children from inheriting the lock.
-        cmd.env("ARK_POD_LOCK_FD", locked.lock_fd().to_string());
+        cmd.env(LOCK_FD_ENV, locked.lock_fd().to_string());
         // The one fd the stage1 gets besides 0, 1 and 2.
         locked.keep_across_exec()?;
         Ok(cmd)
@@ -241,13 +236,4 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
     }
     anyhow!(why)
-}
-
-fn stop_signals() -> nix::sys::signal::SigSet {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        set.add(s);
-    }
-    set
 }

@@ -8,8 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ark_pod_spec::{
-    App, AppLimits, EnvVar, Flavor, ImageRef, Mount, NetMode, PodLimits, PodManifest, Stage1,
-    Volume, VolumeKind, MANIFEST_VERSION,
+    App, AppLimits, EnvVar, Flavor, ImageRef, KvmOptions, Mount, NetMode, PodLimits, PodManifest,
+    Stage1, Stage1Options, Volume, VolumeKind, MANIFEST_VERSION,
 };
 
 use super::args::AppSpec;
@@ -55,16 +55,6 @@ pub struct PodRequest {
     /// Filesystem type of the block image when `kvm_root` is `Blk` (`erofs` or `ext4`).
     pub blk_fstype: &'static str,
     pub annotations: BTreeMap<String, String>,
-}
-
-/// Manifest `stage1.options` keys this stage0 writes.
-pub mod options {
-    /// `fs` or `blk`.
-    pub const KVM_ROOT: &str = "kvm.root";
-    /// For `blk`: the image file, relative to the pod directory.
-    pub const KVM_ROOT_IMAGE: &str = "kvm.root.image";
-    /// For `blk`: `erofs` (read-only) or `ext4`.
-    pub const KVM_ROOT_FSTYPE: &str = "kvm.root.fstype";
 }
 
 /// Parses `NAME,kind=host,source=PATH[,readOnly=true]`; the source must exist.
@@ -161,7 +151,7 @@ pub fn app_name_from_image(image: &str) -> String {
 /// Checks `user`/`group` against the image and picks the group: an explicit one, else the
 /// user's primary group from the image's passwd (by name, or by uid for a numeric user), else
 /// 0 (a numeric user without an entry). Returns (user, group) as the manifest stores them.
-/// The image's files are read inside its root ([`ark_pod_spec::inroot`]): a symlink there
+/// The image's files are read inside its root ([`ark_os::inroot`]): a symlink there
 /// cannot make stage0 read the host's.
 pub fn resolve_user(
     rootfs: &Path,
@@ -169,7 +159,7 @@ pub fn resolve_user(
     user: Option<&str>,
     group: Option<&str>,
 ) -> Result<(String, String), String> {
-    use ark_pod_spec::identity;
+    use ark_os::identity;
     let (user, group_from_user) = match user {
         Some(u) => match u.split_once(':') {
             Some((u, g)) => (u.to_string(), Some(g.to_string())),
@@ -181,7 +171,7 @@ pub fn resolve_user(
     if user.is_empty() {
         return Err(format!("app {app}: empty user"));
     }
-    let (passwd, groups) = match ark_pod_spec::inroot::open_root(rootfs) {
+    let (passwd, groups) = match ark_os::inroot::open_root(rootfs) {
         Ok(root) => identity::account_files(std::os::fd::AsFd::as_fd(&root)),
         Err(_) => (None, None),
     };
@@ -208,7 +198,7 @@ pub fn resolve_user(
 }
 
 fn passwd_has_user(passwd: &str, user: &str) -> bool {
-    ark_pod_spec::identity::resolve(user, "0", &[], Some(passwd), None).is_ok()
+    ark_os::identity::resolve(user, "0", &[], Some(passwd), None).is_ok()
 }
 
 fn parse_env(kv: &str, app: &str) -> Result<EnvVar, String> {
@@ -424,21 +414,19 @@ pub fn build_manifest(
         pids: None,
     };
 
-    let mut stage1_options = BTreeMap::new();
+    let mut stage1_options = Stage1Options::default();
     if req.flavor == Flavor::Kvm {
-        match req.kvm_root {
-            KvmRoot::Fs => {
-                stage1_options.insert(options::KVM_ROOT.into(), "fs".into());
-            }
-            KvmRoot::Blk => {
-                stage1_options.insert(options::KVM_ROOT.into(), "blk".into());
-                stage1_options.insert(
-                    options::KVM_ROOT_IMAGE.into(),
-                    format!("rootfs.{}", req.blk_fstype),
-                );
-                stage1_options.insert(options::KVM_ROOT_FSTYPE.into(), req.blk_fstype.into());
-            }
-        }
+        stage1_options.kvm = match req.kvm_root {
+            KvmRoot::Fs => KvmOptions {
+                root: Some(ark_pod_spec::KvmRoot::Fs),
+                ..KvmOptions::default()
+            },
+            KvmRoot::Blk => KvmOptions {
+                root: Some(ark_pod_spec::KvmRoot::Blk),
+                root_image: Some(format!("rootfs.{}", req.blk_fstype)),
+                root_fstype: Some(req.blk_fstype.into()),
+            },
+        };
     } else if req.kvm_root == KvmRoot::Blk {
         return Err("--stage1-kvm-root=blk needs --stage1=kvm".into());
     }
@@ -670,9 +658,10 @@ mod tests {
         assert_eq!(m.apps[0].group, "33");
         assert_eq!(m.apps[0].working_dir, "/var/www");
         assert!(m.apps[0].interactive);
-        assert_eq!(m.stage1.options[options::KVM_ROOT], "blk");
-        assert_eq!(m.stage1.options[options::KVM_ROOT_IMAGE], "rootfs.erofs");
-        assert_eq!(m.stage1.options[options::KVM_ROOT_FSTYPE], "erofs");
+        let kvm = &m.stage1.options.kvm;
+        assert_eq!(kvm.root, Some(ark_pod_spec::KvmRoot::Blk));
+        assert_eq!(kvm.root_image.as_deref(), Some("rootfs.erofs"));
+        assert_eq!(kvm.root_fstype.as_deref(), Some("erofs"));
     }
 
     #[test]

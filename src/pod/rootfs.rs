@@ -15,7 +15,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::mountinfo::unescape as unescape_mountinfo;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// How app roots are made.
@@ -117,20 +116,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mount points at or under `dir`, deepest first, from `/proc/self/mountinfo`.
-pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    Ok(found)
-}
+use ark_os::mountinfo::mounts_under;
 
 /// Unmounts everything at or under `dir` (lazily when busy), deepest first, until nothing is
 /// left. Fails if something stays mounted, so callers never delete through a mount.

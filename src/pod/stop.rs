@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use ark_pod_spec::cgroup::Cgroups;
+use ark_os::cgroup::Cgroups;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

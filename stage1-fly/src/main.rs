@@ -3,6 +3,6 @@
 //! with stage1-ns; the differences are in `ark_stage1_ns::Isolation::Fly`.
 
 fn main() {
-    ark_pod_spec::fds::cloexec_inherited_or_exit("ark-stage1-fly");
+    ark_os::fds::cloexec_inherited_or_exit("ark-stage1-fly");
     std::process::exit(ark_stage1_ns::main(ark_stage1_ns::Isolation::Fly));
 }

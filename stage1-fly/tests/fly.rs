@@ -1,14 +1,12 @@
 //! ark-stage1-fly for real: host namespaces, chroot, guest-init as an ordinary subreaper
 //! process. Needs root and busybox-static.
 
-#[path = "../../stage1-ns/tests/common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ark_pod_spec::AppState;
-use common::{pod, skip_unless_able, stderr, stdout, wait_for};
+use ark_tests::fixtures::{pod, stderr, stdout, wait_for};
+use ark_tests::skip_unless_able;
 use serde_json::json;
 
 fn bin() -> PathBuf {

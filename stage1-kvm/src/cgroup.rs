@@ -4,7 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use ark_pod_spec::cgroup::{Cgroups, PodCgroups};
+use ark_os::cgroup::{Cgroups, PodCgroups};
 use ark_pod_spec::manifest::{PodLimits, PodManifest};
 
 pub struct VmmCgroup {

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use ark_os::StatusDir;
 use ark_pod_spec::manifest::PodManifest;
-use ark_pod_spec::status::{StatusDir, EXIT_STAGE1_ERROR};
+use ark_pod_spec::stage1::{self, RunArgs};
+use ark_pod_spec::status::EXIT_STAGE1_ERROR;
 use ark_pod_spec::PodLayout;
-use clap::{Parser, Subcommand};
 use kernel_config::Profile;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::SigSet;
 
 use crate::plan::{Host, VmPlan, CONTROL_PORT};
 
@@ -30,35 +31,13 @@ const STOP_GRACE_SECS: u64 = 10;
 /// stopped from the host. Generous because guest kernel work is slow on kvm_pvm hosts.
 const STOP_SLACK: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Parser)]
-#[command(name = "ark-stage1-kvm", about = "ark stage1: a pod in a KVM microVM")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the prepared pod in DIR until its apps end.
-    Run {
-        #[arg(long)]
-        pod_dir: PathBuf,
-        /// Show the guest kernel's messages and chatty logs.
-        #[arg(long)]
-        debug: bool,
-        /// Connect stdin to the apps (through the guest console).
-        #[arg(long)]
-        interactive: bool,
-    },
-}
-
 fn main() -> ExitCode {
-    ark_pod_spec::fds::cloexec_inherited_or_exit("ark-stage1-kvm");
-    let Command::Run {
+    ark_os::fds::cloexec_inherited_or_exit("ark-stage1-kvm");
+    let RunArgs {
         pod_dir,
         debug,
         interactive,
-    } = Cli::parse().command;
+    } = RunArgs::parse("ark-stage1-kvm", "ark stage1: a pod in a KVM microVM");
     // Absolute: run() works from inside the pod dir (the vsock sockets are relative to it).
     let pod_dir = std::fs::canonicalize(&pod_dir).unwrap_or(pod_dir);
     let _ = tracing_subscriber::fmt()
@@ -88,7 +67,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
     let host = host()?;
     let plan = plan::plan(&layout, &manifest, &host, debug)?;
     if plan.root == plan::Root::Fs {
-        ark_pod_spec::write_atomic(&layout.stage2_config(), &plan.stage2.to_json())
+        ark_os::write_atomic(&layout.stage2_config(), &plan.stage2.to_json())
             .with_context(|| format!("{}", layout.stage2_config().display()))?;
     }
     if !interactive {
@@ -97,10 +76,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
     }
 
     // Signals are handled by one thread (sigwait); block them before any thread exists.
-    let mut stop_signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        stop_signals.add(s);
-    }
+    let stop_signals = stage1::stop_signals();
     stop_signals
         .thread_block()
         .context("blocking stop signals")?;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use ark_pod_spec::layout::guest;
-use ark_pod_spec::manifest::{Flavor, PodManifest};
+use ark_pod_spec::manifest::{Flavor, KvmRoot, PodManifest};
 use ark_pod_spec::stage2::{
     ControlTransport, OnExit, Stage2Config, Stage2Mount, StatusTransport, STAGE2_CMDLINE_KEY,
 };
@@ -28,23 +28,13 @@ pub const VMM_OVERHEAD_MIB: u64 = 64;
 /// directory: a Unix socket path is limited to 107 bytes, and pod directories can be longer.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 
-/// Option keys stage0 sets in `manifest.stage1.options` (see src/pod/plan.rs).
-pub mod options {
-    pub const ROOT: &str = "kvm.root";
-    pub const ROOT_IMAGE: &str = "kvm.root.image";
-    pub const ROOT_FSTYPE: &str = "kvm.root.fstype";
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("pod {0} is a {1} pod, not a kvm pod")]
     WrongFlavor(String, &'static str),
     #[error("kvm.root={0:?}: want fs or blk")]
     BadRoot(String),
-    #[error(
-        "kvm.root=blk: the pod has no root image option ({})",
-        options::ROOT_IMAGE
-    )]
+    #[error("kvm.root=blk: the pod has no root image option (kvm.root.image)")]
     NoRootImage,
     #[error("root image {0}: {1}")]
     RootImage(PathBuf, std::io::Error),
@@ -196,22 +186,17 @@ pub fn plan(
 }
 
 fn root(layout: &PodLayout, manifest: &PodManifest) -> Result<Root, PlanError> {
-    let opts = &manifest.stage1.options;
-    match opts.get(options::ROOT).map(String::as_str) {
-        None | Some("fs") => Ok(Root::Fs),
-        Some("blk") => {
-            let rel = opts
-                .get(options::ROOT_IMAGE)
-                .ok_or(PlanError::NoRootImage)?;
+    let opts = &manifest.stage1.options.kvm;
+    match &opts.root {
+        None | Some(KvmRoot::Fs) => Ok(Root::Fs),
+        Some(KvmRoot::Blk) => {
+            let rel = opts.root_image.as_ref().ok_or(PlanError::NoRootImage)?;
             let image = layout.dir().join(rel);
             std::fs::metadata(&image).map_err(|e| PlanError::RootImage(image.clone(), e))?;
-            let fstype = opts
-                .get(options::ROOT_FSTYPE)
-                .cloned()
-                .unwrap_or_else(|| "erofs".into());
+            let fstype = opts.blk_fstype().to_string();
             Ok(Root::Blk { image, fstype })
         }
-        Some(other) => Err(PlanError::BadRoot(other.into())),
+        Some(KvmRoot::Other(other)) => Err(PlanError::BadRoot(other.clone())),
     }
 }
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ark_pod_spec::status::{AppStatus, StatusDir, StatusMessage, STATUS_ACK};
+use ark_os::StatusDir;
+use ark_pod_spec::status::{AppStatus, StatusMessage, STATUS_ACK};
 
 const POLL: Duration = Duration::from_millis(200);
 /// At most this many final statuses are kept in memory.

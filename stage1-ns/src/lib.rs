@@ -10,12 +10,14 @@
 
 mod spawn;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ark_pod_spec::cgroup::{app_leaf, Cgroups, PodCgroups, DEFAULT_ALLOWED};
+use ark_os::cgroup::{app_leaf, Cgroups, PodCgroups, DEFAULT_ALLOWED};
+use ark_os::StatusDir;
+use ark_pod_spec::stage1::{lock_fd_from_env, stop_signals_with, RunArgs};
 use ark_pod_spec::{
-    guest, AppCgroup, OnExit, PodLayout, PodManifest, Stage2Config, StatusDir, StatusTransport,
+    guest, AppCgroup, OnExit, PodLayout, PodManifest, Stage2Config, StatusTransport,
     EXIT_STAGE1_ERROR,
 };
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -36,59 +38,37 @@ impl Isolation {
             Isolation::Fly => "ark-stage1-fly",
         }
     }
-}
-
-#[derive(Debug, clap::Parser)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Run the prepared pod in DIR until every app has ended.
-    Run {
-        /// The pod directory stage0 prepared.
-        #[arg(long)]
-        pod_dir: PathBuf,
-        /// Chatty logs on stderr (guest-init's too).
-        #[arg(long)]
-        debug: bool,
-        /// The pod's interactive app gets this process's terminal (as the manifest says).
-        #[arg(long)]
-        interactive: bool,
-    },
+    fn about(self) -> &'static str {
+        match self {
+            Isolation::Ns => "ark stage1: a pod in its own namespaces",
+            Isolation::Fly => "ark stage1: a pod in the host's namespaces (fly)",
+        }
+    }
 }
 
 /// Entry point of both binaries: parses the command line and runs the pod. Returns the exit
 /// code.
 pub fn main(iso: Isolation) -> i32 {
-    use clap::Parser;
     // From the first instruction on, a stop is a graceful stop: the signals wait (pending)
     // until guest-init runs and are forwarded to it then (see `supervise`).
     let _ = forwarded_signals().thread_block();
-    let cli = Cli::parse();
+    let args = RunArgs::parse(iso.prog(), iso.about());
     keep_lock_from_children();
-    match cli.command {
-        Command::Run { pod_dir, debug, .. } => match run(iso, &pod_dir, debug) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("{}: {e:#}", iso.prog());
-                EXIT_STAGE1_ERROR
-            }
-        },
+    match run(iso, &args.pod_dir, args.debug) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}: {e:#}", iso.prog());
+            EXIT_STAGE1_ERROR
+        }
     }
 }
 
-/// stage0 hands over the pod's lock (held while the pod runs) as `ARK_POD_LOCK_FD`. The stage1
+/// stage0 hands over the pod's lock (held while the pod runs) as [`ark_pod_spec::stage1::LOCK_FD_ENV`]. The stage1
 /// holds it; guest-init and the apps must not, or a leftover process would keep a dead pod
 /// looking alive.
 fn keep_lock_from_children() {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    if let Some(fd) = std::env::var("ARK_POD_LOCK_FD")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    {
+    if let Some(fd) = lock_fd_from_env() {
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
 }
@@ -165,7 +145,7 @@ pub fn stage2_config(
         .iter()
         .filter(|_| !cgroups.pod_dirs.is_empty())
         .map(|a| {
-            let dir = |h: &ark_pod_spec::cgroup::Hierarchy| {
+            let dir = |h: &ark_os::cgroup::Hierarchy| {
                 format!("{}/{}/{}", guest::CGROUP_DIR, h.name(), app_leaf(&a.name))
             };
             AppCgroup {
@@ -182,16 +162,7 @@ pub fn stage2_config(
 }
 
 fn forwarded_signals() -> SigSet {
-    let mut s = SigSet::empty();
-    for sig in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
-        s.add(sig);
-    }
-    s
+    stop_signals_with(&[Signal::SIGCHLD])
 }
 
 /// Runs the pod to its end; returns the pod's exit code. Statuses and `pod.json` are written
@@ -236,17 +207,17 @@ fn run_pod(iso: Isolation, pod: &Pod, cgroups: &Cgroups, debug: bool) -> Result<
     if pod.manifest.net == ark_pod_spec::NetMode::Host {
         // Apps on the host's network resolve names as the host does (a missing file is fine).
         if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
-            ark_pod_spec::write_atomic_volatile(&pod.layout.in_root(guest::RESOLV_CONF), &resolv)
+            ark_os::write_atomic_volatile(&pod.layout.in_root(guest::RESOLV_CONF), &resolv)
                 .context("write resolv.conf")?;
         }
     }
-    ark_pod_spec::write_atomic_volatile(&pod.layout.stage2_config(), &cfg.to_json())
+    ark_os::write_atomic_volatile(&pod.layout.stage2_config(), &cfg.to_json())
         .context("write stage2 config")?;
 
     let signals = forwarded_signals();
     signals.thread_block().context("block signals")?;
     let child = spawn::spawn_stage2(iso, pod, &pod_cgroups)?;
-    ark_pod_spec::write_atomic_volatile(
+    ark_os::write_atomic_volatile(
         &pod.layout.stage2_pid_file(),
         child.as_raw().to_string().as_bytes(),
     )
@@ -288,7 +259,7 @@ fn supervise(child: Pid, signals: &SigSet) -> Result<WaitStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ark_pod_spec::cgroup::Hierarchy;
+    use ark_os::cgroup::Hierarchy;
 
     fn manifest() -> PodManifest {
         PodManifest::from_json(

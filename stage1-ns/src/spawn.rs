@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use ark_pod_spec::cgroup::PodCgroups;
+use ark_os::cgroup::PodCgroups;
 use ark_pod_spec::{guest, NetMode};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -90,7 +90,7 @@ fn child(iso: Isolation, pod: &Pod, cgroups: &PodCgroups, parent: Pid) -> Result
         bail!("stage1 died while starting stage2");
     }
     for dir in cgroups.stage2_dirs() {
-        ark_pod_spec::cgroup::join_single_threaded(&dir)
+        ark_os::cgroup::join_single_threaded(&dir)
             .with_context(|| format!("join cgroup {}", dir.display()))?;
     }
     let mut flags = CloneFlags::CLONE_NEWNS;

@@ -1,13 +1,12 @@
 //! ark-stage1-ns for real: hand-built pod directories run with the static ark-init as PID 1 of
 //! the pod's namespaces. Needs root and busybox-static.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
 use ark_pod_spec::AppState;
-use common::{pod, skip_unless_able, stderr, stdout, wait_for};
+use ark_tests::fixtures::{pod, stderr, stdout, wait_for};
+use ark_tests::skip_unless_able;
 use serde_json::json;
 
 fn bin() -> &'static Path {
@@ -234,7 +233,7 @@ fn sigkill_of_stage1_takes_the_pod_down() {
         "guest-init survived"
     );
     // What gc does for such a pod: the cgroups are left, and removable.
-    let cg = ark_pod_spec::cgroup::Cgroups::detect();
+    let cg = ark_os::cgroup::Cgroups::detect();
     cg.remove_pod(&p.manifest.uuid).unwrap();
     assert!(p.cgroups_left().is_empty());
 }

@@ -220,36 +220,25 @@ pub fn parse_status(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Mount points at or under `dir` (canonicalized: mountinfo has real paths), deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let prefix = dir.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
+    ark_os::mountinfo::mounts_under(&dir)
         .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
-        .map(str::to_string)
+        .iter()
+        .map(|p| p.display().to_string())
         .collect()
 }
 
 /// Cgroup directories named after pod `uuid` in any mounted hierarchy.
 pub fn pod_cgroups(uuid: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in info.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        if !post.starts_with("cgroup") {
-            continue;
-        }
-        if let Some(mnt) = pre.split(' ').nth(4) {
-            let d = Path::new(mnt).join("ark").join(uuid);
-            if d.exists() {
-                found.push(d);
-            }
-        }
-    }
-    found
+    ark_os::mountinfo::read()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.fs_type.starts_with("cgroup"))
+        .map(|m| m.mount_point.join("ark").join(uuid))
+        .filter(|d| d.exists())
+        .collect()
 }
 
 /// Waits for a child to exit within `timeout`; kills it and panics otherwise.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ark_pod_spec::cgroup::{devices, DEFAULT_ALLOWED};
+use ark_os::cgroup::{devices, DEFAULT_ALLOWED};
 use ark_tests::loopdev::LoopDevice;
 use ark_tests::pods::{pod_cgroups, scenarios, wait_child, PodEnv};
 use ark_tests::skip;
@@ -30,15 +30,9 @@ fn unchanged(file: &Path) -> bool {
 
 /// Mount points of a filesystem type (`cgroup2`) or of a v1 controller (`devices`).
 fn mount_of(what: &str) -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let mut post = post.split(' ');
-        let fstype = post.next()?;
-        let opts = post.nth(1)?;
-        let hit = fstype == what || (fstype == "cgroup" && opts.split(',').any(|o| o == what));
-        hit.then(|| pre.split(' ').nth(4).map(PathBuf::from))
-            .flatten()
+    ark_os::mountinfo::read().ok()?.into_iter().find_map(|m| {
+        let hit = m.fs_type == what || (m.fs_type == "cgroup" && m.has_super_option(what));
+        hit.then_some(m.mount_point)
     })
 }
 

@@ -360,20 +360,14 @@ fn device_nodes_are_inert_and_kernel_knobs_read_only() {
         "{out}"
     );
     assert!(out.contains(" 00 00 00 00"), "/dev/zero: {out}");
-    // mountinfo: field 5 is the mount point, then the per-mount options.
-    let mounts: Vec<(String, String)> = out
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 6).then(|| (f[4].to_string(), f[5].to_string()))
-        })
-        .collect();
+    // The pod's mountinfo, among the other lines of output.
+    let mounts = ark_os::mountinfo::parse(&out);
     let opts = |p: &str| {
         mounts
             .iter()
             .rev()
-            .find(|(m, _)| m == p)
-            .map(|(_, o)| o.clone())
+            .find(|m| m.mount_point == std::path::Path::new(p))
+            .map(|m| m.mount_options.clone())
     };
     for p in [
         "/proc/kcore",
@@ -600,19 +594,18 @@ fn kvm_app_gets_the_same_fences() {
         assert!(!out.contains(bad), "{bad}:\n{out}");
     }
     assert!(out.contains("NULL-OK"), "{out}");
-    let sys = out
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some("/proc/sys"))
-        .unwrap_or_else(|| panic!("/proc/sys not bound read-only:\n{out}"));
+    let mounts = ark_os::mountinfo::parse(&out.replace('\r', ""));
+    let at = |p: &str| {
+        mounts
+            .iter()
+            .find(|m| m.mount_point == std::path::Path::new(p))
+    };
+    let sys = at("/proc/sys").unwrap_or_else(|| panic!("/proc/sys not bound read-only:\n{out}"));
+    assert!(sys.has_mount_option("ro"), "{sys:?}");
     assert!(
-        sys.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"),
-        "{sys}"
-    );
-    assert!(
-        out.lines().any(|l| matches!(
-            l.split(' ').nth(4),
-            Some("/proc/kcore" | "/proc/keys" | "/proc/timer_list")
-        )),
+        ["/proc/kcore", "/proc/keys", "/proc/timer_list"]
+            .iter()
+            .any(|p| at(p).is_some()),
         "no masked path in the VM:\n{out}"
     );
 }

@@ -187,7 +187,7 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 }
 
 fn main() {
-    ark_pod_spec::fds::cloexec_inherited_or_exit("ark-vmm");
+    ark_os::fds::cloexec_inherited_or_exit("ark-vmm");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ARK_VMM_LOG")

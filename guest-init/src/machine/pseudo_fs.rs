@@ -10,11 +10,7 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use super::mount_fs;
 
 fn is_mountpoint(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let p = p.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+    crate::os::mountinfo::is_mount_point(p)
 }
 
 /// /proc, /sys, /dev, /dev/pts, /dev/shm and /run in guest-init's own root. `devtmpfs`: in a

@@ -45,16 +45,7 @@ impl Signals {
 
 /// Signals guest-init handles through its signalfd (blocked otherwise).
 fn handled_signals() -> SigSet {
-    let mut s = SigSet::empty();
-    for sig in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
-        s.add(sig);
-    }
-    s
+    ark_pod_spec::stage1::stop_signals_with(&[Signal::SIGCHLD])
 }
 
 /// fly: not PID 1, but orphans of the apps must still be reaped by someone in the pod.

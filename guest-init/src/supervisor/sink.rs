@@ -5,8 +5,9 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use ark_os::StatusDir;
 use ark_pod_spec::{
-    AppStatus, PodManifest, Stage2Config, StatusDir, StatusMessage, StatusTransport, STATUS_ACK,
+    AppStatus, PodManifest, Stage2Config, StatusMessage, StatusTransport, STATUS_ACK,
 };
 
 pub trait StatusSink {

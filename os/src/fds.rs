@@ -21,7 +21,7 @@ pub fn cloexec_inherited() -> io::Result<()> {
 pub fn cloexec_inherited_or_exit(prog: &str) {
     if let Err(e) = cloexec_inherited() {
         eprintln!("{prog}: marking inherited file descriptors close-on-exec: {e}");
-        std::process::exit(crate::EXIT_STAGE1_ERROR);
+        std::process::exit(ark_pod_spec::EXIT_STAGE1_ERROR);
     }
 }
 

@@ -1,27 +1,25 @@
-//! Builds pod directories by hand, the way stage0 lays them out (docs/pod-manifest.md): a
-//! busybox app root, the manifest, the static ark-init. Shared by the ns and fly tests.
-#![allow(dead_code)]
+//! Pod directories built by hand, the way stage0 lays them out (docs/pod-manifest.md): a
+//! busybox app root, the manifest, the static ark-init; for running a stage1 binary without
+//! stage0 (stage1-ns's and stage1-fly's own tests). Pods made through `ark` are
+//! [`crate::pods::PodEnv`].
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use ark_pod_spec::{PodLayout, PodManifest, StatusDir};
+use ark_os::StatusDir;
+use ark_pod_spec::{PodLayout, PodManifest};
 
 pub const BUSYBOX: &str = "/bin/busybox";
-const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "id", "pwd", "env", "dd", "true", "false", "ls", "hostname",
-    "grep", "touch", "kill", "head", "wc", "printf", "test", "mkdir",
-];
+/// Applets the stage1 tests use beyond [`crate::images::BUSYBOX_APPLETS`].
+const MORE_APPLETS: &[&str] = &["dd", "grep", "kill", "head", "wc", "printf", "test"];
 
 /// The static ark-init: `$ARK_INIT`, else what `./build.sh` installed, else its musl build.
 pub fn ark_init() -> PathBuf {
     if let Some(p) = std::env::var_os("ARK_INIT") {
         return p.into();
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target = crate::target_dir();
     let candidates = [
         target.join("ark/libexec/ark/ark-init"),
         target.join("x86_64-unknown-linux-musl/release/ark-init"),
@@ -40,7 +38,7 @@ pub fn ark_init() -> PathBuf {
 
 /// Why this host cannot run these tests, if it cannot.
 pub fn cannot_run() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
+    if !crate::is_root() {
         return Some("needs root (namespaces, mounts, cgroups)".into());
     }
     if !Path::new(BUSYBOX).is_file() {
@@ -49,22 +47,24 @@ pub fn cannot_run() -> Option<String> {
     None
 }
 
+/// Returns from the test (saying why) when [`cannot_run`] says so.
+#[macro_export]
 macro_rules! skip_unless_able {
     () => {
-        if let Some(why) = common::cannot_run() {
-            eprintln!("SKIPPED {}: {why}", module_path!());
-            return;
+        if let Some(why) = $crate::fixtures::cannot_run() {
+            $crate::skip!("{why}");
         }
     };
 }
-pub(crate) use skip_unless_able;
 
+/// The image fixture's busybox root ([`crate::images::busybox_rootfs`]) with the accounts
+/// the stage1 tests switch to (`alice`, 1000:100, in `users` and `wheel`).
 pub fn busybox_root(root: &Path) {
-    for d in ["bin", "etc", "tmp", "root", "home/alice"] {
+    crate::images::busybox_rootfs(root);
+    for d in ["root", "home/alice"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    for a in APPLETS {
+    for a in MORE_APPLETS {
         symlink("busybox", root.join("bin").join(a)).unwrap();
     }
     std::fs::write(
@@ -136,7 +136,14 @@ fn rand_u64() -> u64 {
 impl TestPod {
     pub fn command(&self, bin: &Path) -> Command {
         let mut c = Command::new(bin);
-        c.arg("run").arg("--pod-dir").arg(self.layout.dir());
+        c.args(
+            ark_pod_spec::stage1::RunArgs {
+                pod_dir: self.layout.dir().to_path_buf(),
+                debug: false,
+                interactive: false,
+            }
+            .to_args(),
+        );
         c.stdin(Stdio::null());
         c
     }
@@ -159,18 +166,12 @@ impl TestPod {
 
     /// The pod's cgroup directories still on the host.
     pub fn cgroups_left(&self) -> Vec<PathBuf> {
-        ark_pod_spec::cgroup::Cgroups::detect().pod_dirs(&self.manifest.uuid)
+        crate::pods::pod_cgroups(&self.manifest.uuid)
     }
 
     /// Mounts under the pod directory visible on the host.
     pub fn mounts_left(&self) -> Vec<String> {
-        let dir = self.layout.dir().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
-            .map(str::to_string)
-            .collect()
+        crate::pods::mounts_under(self.layout.dir())
     }
 }
 

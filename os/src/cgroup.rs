@@ -21,7 +21,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::manifest::{PodLimits, PodManifest};
+use ark_pod_spec::manifest::{PodLimits, PodManifest};
 
 pub mod devices;
 
@@ -137,26 +137,15 @@ impl Cgroups {
     pub fn from_mountinfo(info: &str) -> Self {
         let mut v2 = None;
         let mut v1 = Vec::new();
-        for line in info.lines() {
-            let Some((pre, post)) = line.split_once(" - ") else {
-                continue;
-            };
-            let Some(mnt) = pre.split(' ').nth(4) else {
-                continue;
-            };
-            let mut post = post.split(' ');
-            let fstype = post.next().unwrap_or("");
-            let super_opts = post.nth(1).unwrap_or("");
-            match fstype {
-                "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(mnt)),
+        for m in crate::mountinfo::parse(info) {
+            match m.fs_type.as_str() {
+                "cgroup2" if v2.is_none() => v2 = Some(m.mount_point),
                 "cgroup" => {
                     for c in V1_HIERARCHIES {
-                        if super_opts.split(',').any(|o| o == c)
-                            && !v1.iter().any(|h: &Hierarchy| h.name() == c)
-                        {
+                        if m.has_super_option(c) && !v1.iter().any(|h: &Hierarchy| h.name() == c) {
                             v1.push(Hierarchy::V1 {
                                 controller: c.to_string(),
-                                root: PathBuf::from(mnt),
+                                root: m.mount_point.clone(),
                             });
                         }
                     }
@@ -509,7 +498,7 @@ mod tests {
         assert!(none.is_empty());
         let e = none
             .create_confined_pod(
-                &crate::PodManifest::from_json(
+                &PodManifest::from_json(
                     br#"{"version":1,"uuid":"ab12","stage1":{"flavor":"ns"},
                          "apps":[{"name":"a","image":{"id":"sha256:x"},"exec":["true"]}]}"#,
                 )

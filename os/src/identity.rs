@@ -7,7 +7,7 @@
 use std::os::fd::BorrowedFd;
 use std::str::FromStr;
 
-use crate::manifest::{normalize_capability, App, Rlimit};
+use ark_pod_spec::manifest::{normalize_capability, App, Rlimit};
 
 /// Why the switch to an app's identity failed (the step, and the OS error).
 #[derive(Debug, thiserror::Error)]
@@ -361,7 +361,7 @@ staff:x:50:
 
     #[test]
     fn non_root_holds_only_named_capabilities() {
-        let keep: Vec<String> = crate::DEFAULT_CAPABILITIES
+        let keep: Vec<String> = ark_pod_spec::DEFAULT_CAPABILITIES
             .iter()
             .map(|c| c.to_string())
             .collect();
@@ -378,7 +378,7 @@ staff:x:50:
 
     #[test]
     fn every_rlimit_name_maps() {
-        for r in crate::Rlimit::RESOURCES {
+        for r in Rlimit::RESOURCES {
             assert!(rlimit_resource(r).is_some(), "{r}");
         }
     }
