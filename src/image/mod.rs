@@ -4,8 +4,8 @@
 //! present (fetching it if needed), read its config, and get its rendered rootfs.
 //!
 //! ```ignore
-//! let store = ImageStore::open(&global.dir)?;          // <dir>/images
-//! let id = store.fetch("oci-layout:/tmp/img:latest", &FetchOptions::from_global(&global))?;
+//! let store = ImageStore::open(&ctx.dir)?;             // <dir>/images
+//! let id = store.fetch("oci-layout:/tmp/img:latest", &FetchOptions::from_context(&ctx))?;
 //! let config = store.image_config(&id)?;               // entrypoint, cmd, env, user, ...
 //! let rootfs = store.render(&id)?;                     // cached, read-only: copy or overlay it
 //! let hold = store.hold(&id)?;                         // rm/gc keep the tree while held
@@ -13,18 +13,20 @@
 //! ```
 
 mod aci;
-pub mod cli;
 mod digest;
 mod docker_archive;
 pub mod escape;
 mod extract;
+mod fsutil;
 mod limits;
 mod oci_layout;
 pub mod privsep;
 mod progress;
+mod record;
 mod reference;
 pub mod registry;
 mod render;
+mod staging;
 mod store;
 
 use std::collections::BTreeMap;
@@ -35,7 +37,6 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
-#[allow(unused_imports)] // for the pod half, which holds renders across exec
 pub use store::{ImageInfo, ImageKind, ImageStore, RenderHold};
 
 /// An image's identity: the sha256 of its manifest (OCI/Docker) or of the ACI file itself.
@@ -108,15 +109,15 @@ pub struct FetchOptions {
 }
 
 impl FetchOptions {
-    pub fn from_global(global: &crate::cli::GlobalOpts) -> Self {
-        use crate::cli::InsecureOption;
+    /// The checks `ctx` keeps, and its trusted keys; the default platform, no signature dir.
+    pub fn from_context(ctx: &crate::Context) -> Self {
         FetchOptions {
-            insecure_image: global.insecure(InsecureOption::Image),
-            insecure_tls: global.insecure(InsecureOption::Tls),
-            insecure_http: global.insecure(InsecureOption::Http),
+            insecure_image: ctx.insecure.image,
+            insecure_tls: ctx.insecure.tls,
+            insecure_http: ctx.insecure.http,
             platform: None,
             signature_dir: None,
-            trust_dir: global.dir.join("trust"),
+            trust_dir: crate::trust::trust_dir(&ctx.dir),
         }
     }
 }

@@ -26,7 +26,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::registry::{self, DirSink, Fetched, LayoutSink, PullRequest};
+use super::registry::request::{Fetched, PullRequest};
+use super::registry::sink::{DirSink, LayoutSink};
 use crate::trust::signing::{self, DockerReference};
 
 /// The unprivileged identity of the fetch child (Debian's nobody:nogroup).
@@ -533,9 +534,12 @@ fn install_seccomp() -> Result<String> {
         .unwrap_or_else(|| "?".into()))
 }
 
-/// `ark __registry-fetch-child`: reads a [`PullRequest`] line on stdin, streams the layout as
+/// The child's side: reads a [`PullRequest`] line on stdin, runs `pull` (the registry's work,
+/// handed in so this module knows only the protocol) into a sink that streams the layout as
 /// frames on stdout, ends with a result or an error frame.
-pub fn child_main() -> Result<ExitCode> {
+pub fn child_main(
+    pull: impl FnOnce(&PullRequest, &mut dyn LayoutSink) -> Result<Fetched>,
+) -> Result<ExitCode> {
     let identity = check_unprivileged()?;
     let seccomp = install_seccomp()?;
     tracing::debug!("registry fetch child: {identity} seccomp={seccomp}");
@@ -548,7 +552,7 @@ pub fn child_main() -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut sink = PipeSink { out, input };
-    let outcome = registry::pull(&request, &mut sink);
+    let outcome = pull(&request, &mut sink);
     let (tag, payload) = match outcome {
         Ok(f) => (RESULT, serde_json::to_vec(&f)?),
         Err(e) => (ERROR, format!("{e:#}").into_bytes()),

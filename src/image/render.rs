@@ -9,9 +9,11 @@ use anyhow::{bail, Context};
 
 use super::digest::HashingReader;
 use super::extract::{decompress, Extractor};
+use super::fsutil::{flock, fsync_dir, remove_tree};
 use super::limits::RenderLimits;
 use super::progress::Progress;
-use super::store::{flock, fsync_dir, remove_tree, ImageKind, ImageRecord, ImageStore};
+use super::record::{ImageKind, ImageRecord};
+use super::store::ImageStore;
 use super::ImageId;
 
 impl ImageStore {

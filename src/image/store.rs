@@ -15,90 +15,28 @@
 //! `ark image gc` removes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::digest::{Digest, HashingWriter, OVERSIZE};
-use super::limits::ReserveWriter;
+use super::digest::Digest;
+use super::fsutil::try_flock_exclusive;
+pub(crate) use super::fsutil::{flock, fsync_dir, remove_tree, Lock};
 use super::oci_layout::Origin;
-use super::progress::Progress;
+pub use super::record::{ImageInfo, ImageKind};
+use super::record::{ImageRecord, Imported, MAX_JSON};
 use super::reference::{with_default_tag, Source};
+use super::staging::{self, Staging};
 use super::{FetchOptions, ImageConfig, ImageId};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageKind {
-    /// An OCI or Docker schema2 image: manifest, config, layers.
-    Oci,
-    /// An appc ACI: one tar with `manifest` and `rootfs/`.
-    Aci,
-}
-
-/// One layer blob as the manifest lists it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Layer {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-    /// Digest of the uncompressed tar (the config's `rootfs.diff_ids`), checked when rendering.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff_id: Option<Digest>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ImageRecord {
-    pub id: ImageId,
-    pub kind: ImageKind,
-    /// The OCI manifest, or the appc image manifest extracted from the ACI.
-    pub manifest: Digest,
-    pub manifest_media_type: String,
-    /// The OCI config blob; for an ACI, the same as `manifest`.
-    pub config: Digest,
-    /// Layers bottom-up; for an ACI, the ACI file itself.
-    pub layers: Vec<Layer>,
-    /// Total bytes of the image's blobs.
-    pub size: u64,
-    /// What it was fetched as (`docker://...`, `oci-layout:...`).
-    pub source: String,
-    /// Seconds since the epoch.
-    pub imported: u64,
-}
-
-impl ImageRecord {
-    fn blobs(&self) -> impl Iterator<Item = &Digest> {
-        [&self.manifest, &self.config]
-            .into_iter()
-            .chain(self.layers.iter().map(|l| &l.digest))
-    }
-}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Index {
     images: BTreeMap<ImageId, ImageRecord>,
     /// `name:tag` → image.
     names: BTreeMap<String, ImageId>,
-}
-
-/// One image as `ark image list` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageInfo {
-    pub id: ImageId,
-    pub kind: ImageKind,
-    pub names: Vec<String>,
-    pub size: u64,
-    pub imported: u64,
-    pub source: String,
-}
-
-/// What an importer hands to the store once every blob is staged and verified.
-pub(crate) struct Imported {
-    pub record: ImageRecord,
-    pub names: Vec<String>,
 }
 
 pub struct ImageStore {
@@ -113,9 +51,6 @@ fn mounted_as_overlay_lower(dir: &Path) -> io::Result<bool> {
         .any(|lower| lower.starts_with(&dir)))
 }
 
-/// A held flock; released on drop.
-pub(crate) struct Lock(#[allow(dead_code)] File);
-
 impl ImageStore {
     /// Opens (creating if needed) the store under `<dir>/images`, `dir` being ark's `--dir`.
     pub fn open(dir: &Path) -> anyhow::Result<ImageStore> {
@@ -128,7 +63,11 @@ impl ImageStore {
     }
 
     pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(d.hex())
+        staging::blob_path(&self.blobs_dir(), d)
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
     }
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {
@@ -154,7 +93,7 @@ impl ImageStore {
             Err(e) => return self.resolve(reference).map_err(|_| e),
         };
         let _shared = self.lock("store.lock", false)?;
-        let mut staging = Staging::new(self)?;
+        let mut staging = Staging::new(&self.tmp_dir(), &self.blobs_dir())?;
         let imported = match &source {
             Source::OciLayout { path, tag } => {
                 super::oci_layout::import(&mut staging, path, tag.as_deref(), Origin::User(opts))
@@ -556,7 +495,7 @@ impl ImageStore {
             file_name.to_string_lossy(),
             uuid::Uuid::new_v4()
         ));
-        let result = super::oci_layout::export(self, &record, &names, &tmp)
+        let result = super::oci_layout::export(&|d| self.blob_path(d), &record, &names, &tmp)
             .and_then(|()| fs::rename(&tmp, dest).context("renaming into place"));
         if result.is_err() {
             let _ = remove_tree(&tmp);
@@ -573,172 +512,6 @@ pub struct GcReport {
     pub renders: usize,
 }
 
-/// Manifests, configs and index files are small; a bigger one is hostile.
-pub(crate) const MAX_JSON: u64 = 4 << 20;
-
-/// One fetch's private staging directory under `tmp/`. Blobs are written and verified here
-/// and only moved into `blobs/` when the whole image checked out; dropped = deleted.
-pub(crate) struct Staging<'a> {
-    pub store: &'a ImageStore,
-    pub dir: PathBuf,
-    blobs: Vec<(Digest, PathBuf)>,
-    pub progress: Progress,
-}
-
-impl<'a> Staging<'a> {
-    fn new(store: &'a ImageStore) -> anyhow::Result<Self> {
-        let dir = store
-            .tmp_dir()
-            .join(format!("fetch-{}", uuid::Uuid::new_v4()));
-        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Staging {
-            store,
-            dir,
-            blobs: Vec::new(),
-            progress: Progress::new(),
-        })
-    }
-
-    /// Where a blob staged here or already in the store can be read.
-    pub fn path_of(&self, d: &Digest) -> Option<PathBuf> {
-        if let Some((_, p)) = self.blobs.iter().find(|(x, _)| x == d) {
-            return Some(p.clone());
-        }
-        let p = self.store.blob_path(d);
-        p.exists().then_some(p)
-    }
-
-    /// Copies a blob in, hashing as it goes. With `expect`, refuses a blob whose digest or
-    /// size differs (stopping as soon as it grows past the size), and skips the copy if the
-    /// store already has that digest.
-    pub fn put(
-        &mut self,
-        src: &mut dyn Read,
-        expect: Option<(&Digest, u64)>,
-        what: &str,
-    ) -> anyhow::Result<(Digest, u64)> {
-        if let Some((d, size)) = expect {
-            if let Some(p) = self.path_of(d) {
-                let have = fs::metadata(&p)?.len();
-                if have != size {
-                    bail!("{what}: declared size {size} but blob {d} has {have} bytes");
-                }
-                return Ok((d.clone(), size));
-            }
-        }
-        let tmp = self.dir.join(format!("blob-{}", self.blobs.len()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        let reserved = ReserveWriter::new(&file, what, expect.map(|e| e.1))
-            .inspect_err(|_| drop(fs::remove_file(&tmp)))?;
-        let bar = self.progress.bytes(what, expect.map_or(0, |e| e.1));
-        let mut w = HashingWriter::new(bar.wrap_write(reserved), expect.map(|e| e.1));
-        // io::copy reads straight into a BufReader's buffer: 1 MiB writes, not 8 KiB.
-        let copied = io::copy(&mut io::BufReader::with_capacity(1 << 20, src), &mut w);
-        bar.finish_and_clear();
-        if let Err(e) = copied {
-            let _ = fs::remove_file(&tmp);
-            if e.to_string() == OVERSIZE {
-                bail!("{what}: {OVERSIZE} ({})", expect.map_or(0, |e| e.1));
-            }
-            return Err(e).with_context(|| format!("{what}: copying"));
-        }
-        let (_, digest, size) = w.finish();
-        if let Some((d, want)) = expect {
-            if size != want {
-                let _ = fs::remove_file(&tmp);
-                bail!("{what}: blob is {size} bytes, its descriptor says {want}");
-            }
-            if digest != *d {
-                let _ = fs::remove_file(&tmp);
-                bail!("{what}: content has digest {digest}, not the declared {d}");
-            }
-        }
-        file.sync_all()?;
-        self.blobs.push((digest.clone(), tmp));
-        Ok((digest, size))
-    }
-
-    /// Takes over a file already on the store's filesystem (the registry client's download)
-    /// and moves it instead of copying. `hashed`: this process wrote the file itself and
-    /// verified its digest while writing it (the registry client's `DirSink`, never the fetch
-    /// child), so hashing it again would only repeat that; its size is still checked. Otherwise
-    /// it is hashed here.
-    pub fn adopt(
-        &mut self,
-        path: &Path,
-        digest: &Digest,
-        size: u64,
-        hashed: bool,
-        what: &str,
-    ) -> anyhow::Result<()> {
-        if self.path_of(digest).is_some() {
-            return self
-                .put(&mut io::empty(), Some((digest, size)), what)
-                .map(|_| ());
-        }
-        let file =
-            File::open(path).with_context(|| format!("{what}: missing from the download"))?;
-        if hashed {
-            let len = file
-                .metadata()
-                .with_context(|| format!("{what}: reading"))?
-                .len();
-            if len != size {
-                bail!("{what}: blob is {len} bytes, its descriptor says {size}");
-            }
-        } else {
-            let bar = self
-                .progress
-                .bytes(format!("verify {}", digest.short()), size);
-            let mut reader = super::digest::HashingReader::new(bar.wrap_read(&file).take(size + 1));
-            let (actual, len) = reader
-                .finish_read()
-                .with_context(|| format!("{what}: reading"))?;
-            bar.finish_and_clear();
-            if len != size {
-                bail!("{what}: blob is {len} bytes, its descriptor says {size}");
-            }
-            if actual != *digest {
-                bail!("{what}: content has digest {actual}, not the declared {digest}");
-            }
-        }
-        // The downloader need not have synced it; the store's blobs are durable before they count.
-        file.sync_all()?;
-        let dest = self.dir.join(format!("blob-{}", self.blobs.len()));
-        fs::rename(path, &dest).with_context(|| format!("{what}: moving into the store"))?;
-        self.blobs.push((digest.clone(), dest));
-        Ok(())
-    }
-
-    pub fn put_bytes(&mut self, bytes: &[u8], what: &str) -> anyhow::Result<Digest> {
-        Ok(self.put(&mut &bytes[..], None, what)?.0)
-    }
-}
-
-impl Drop for Staging<'_> {
-    fn drop(&mut self) {
-        let _ = remove_tree(&self.dir);
-    }
-}
-
-pub(crate) fn flock(path: &Path, exclusive: bool) -> anyhow::Result<Lock> {
-    use rustix::fs::FlockOperation;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening lock {}", path.display()))?;
-    let op = if exclusive {
-        FlockOperation::LockExclusive
-    } else {
-        FlockOperation::LockShared
-    };
-    rustix::fs::flock(&file, op).with_context(|| format!("locking {}", path.display()))?;
-    Ok(Lock(file))
-}
-
 /// A pod's claim on a rendered rootfs; see [`ImageStore::hold`].
 pub struct RenderHold(Lock);
 
@@ -750,65 +523,4 @@ impl RenderHold {
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).context("clearing FD_CLOEXEC")?;
         Ok(())
     }
-}
-
-/// An exclusive flock if nobody holds the file, else None.
-fn try_flock_exclusive(path: &Path) -> anyhow::Result<Option<Lock>> {
-    use rustix::fs::FlockOperation;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening lock {}", path.display()))?;
-    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(Lock(file))),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("locking {}", path.display())),
-    }
-}
-
-pub(crate) fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
-
-/// `remove_dir_all` that also copes with read-only directories a render left behind.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(path);
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            fn open_up(p: &Path) -> io::Result<()> {
-                fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
-                for entry in fs::read_dir(p)? {
-                    let entry = entry?;
-                    if entry.file_type()?.is_dir() {
-                        open_up(&entry.path())?;
-                    }
-                }
-                Ok(())
-            }
-            open_up(path)?;
-            fs::remove_dir_all(path)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitCode};
+use std::process::Command;
 
 use anyhow::{bail, Context};
 use ark_pod_spec::cgroup::{app_leaf, Cgroups};
@@ -17,9 +17,7 @@ use ark_pod_spec::identity;
 use ark_pod_spec::{App, Flavor, PodLayout, PodManifest};
 use nix::sched::{setns, CloneFlags};
 
-use super::cli::EnterArgs;
 use super::store::Liveness;
-use crate::cli::GlobalOpts;
 
 /// Picks the app to enter: the named one, or the only one.
 pub fn pick_app<'m>(m: &'m PodManifest, name: Option<&str>) -> anyhow::Result<&'m App> {
@@ -86,9 +84,17 @@ pub fn find_app_process(stage2: i32, app: &str) -> Option<i32> {
     None
 }
 
-pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(global)?;
-    let pod = store.reap_if_exited(&store.find(&a.uuid)?)?;
+/// Runs `cmd` (default `/bin/sh`) in app `app` (needed when the pod has several) of running
+/// pod `id`, and returns its exit code (128+N for signal N). This process becomes the app
+/// (namespaces, root, identity) to start it: call it from a process that has nothing else to do.
+pub fn enter(
+    ctx: &crate::Context,
+    id: &str,
+    app: Option<&str>,
+    cmd: &[String],
+) -> anyhow::Result<i32> {
+    let store = super::open_store(ctx)?;
+    let pod = store.reap_if_exited(&store.find(id)?)?;
     if store.liveness(&pod)? != Liveness::Running {
         bail!("pod {} is not running", pod.uuid);
     }
@@ -97,7 +103,7 @@ pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
     if manifest.stage1.flavor == Flavor::Kvm {
         bail!("ark enter does not support kvm pods yet (it will go over vsock to guest-init)");
     }
-    let app = pick_app(&manifest, a.app.as_deref())?;
+    let app = pick_app(&manifest, app)?;
     let stage2: i32 = fs::read_to_string(layout.stage2_pid_file())
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -164,10 +170,10 @@ pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
     // Whatever ark itself inherited stays out of the command: it gets fds 0, 1 and 2.
     ark_pod_spec::fds::cloexec_inherited().context("close-on-exec above stdio")?;
 
-    let argv: Vec<String> = if a.cmd.is_empty() {
+    let argv: Vec<String> = if cmd.is_empty() {
         vec!["/bin/sh".into()]
     } else {
-        a.cmd.clone()
+        cmd.to_vec()
     };
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).env_clear();
@@ -188,11 +194,10 @@ pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
     let status = cmd
         .status()
         .with_context(|| format!("run {} in app {}", argv[0], app.name))?;
-    let code = status
+    Ok(status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(125);
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        .unwrap_or(125))
 }
 
 #[cfg(test)]

@@ -2,19 +2,37 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
-use ark_pod_spec::{write_atomic, Flavor, PodLayout, PodManifest, StatusDir};
+use ark_pod_spec::{write_atomic, Flavor, NetMode, PodLayout, PodManifest, StatusDir};
 use uuid::Uuid;
 
-use super::args::split_apps;
-use super::cli::PrepareArgs;
+use super::args::AppSpec;
 use super::plan::{build_manifest, KvmRoot, PodRequest};
 use super::rootfs::{self, RootfsMode};
 use super::store::{LockedPod, PodState, StoreError};
-use crate::cli::GlobalOpts;
+
+/// What `ark prepare` is asked for: the pod-level options and the apps.
+#[derive(Debug, Clone)]
+pub struct PrepareRequest {
+    pub flavor: Flavor,
+    /// How stage1-kvm gets the pod root.
+    pub kvm_root: KvmRoot,
+    /// `NAME,kind=host,source=PATH[,readOnly=true]` each.
+    pub volumes: Vec<String>,
+    /// Default: `ark-<first 8 of the UUID>`.
+    pub hostname: Option<String>,
+    /// Give the (first) app the terminal's stdin.
+    pub interactive: bool,
+    /// Write the pod's UUID to this file.
+    pub uuid_file_save: Option<PathBuf>,
+    pub net: NetMode,
+    /// `KEY=VALUE` each; a key given again replaces its value.
+    pub annotations: Vec<String>,
+    pub apps: Vec<AppSpec>,
+}
 
 /// A pod this process prepared and still holds locked.
 pub struct Prepared {
@@ -34,12 +52,12 @@ pub enum Durability {
 /// Builds the manifest, creates the pod directory in `prepare/`, fills it, and moves it to
 /// `prepared/`. Any failure removes what was made: a bad request leaves nothing behind.
 pub fn prepare(
-    global: &GlobalOpts,
-    a: &PrepareArgs,
+    ctx: &crate::Context,
+    a: &PrepareRequest,
     durability: Durability,
 ) -> anyhow::Result<Prepared> {
-    let apps = split_apps(&a.images, &a.app_defaults).map_err(|e| anyhow!(e))?;
-    let flavor = Flavor::from(a.stage1);
+    let apps = &a.apps;
+    let flavor = a.flavor;
     let libexec = super::libexec_dir()?;
     let stage1_bin = libexec.join(flavor.binary_name());
     let init_bin = libexec.join("ark-init");
@@ -52,25 +70,25 @@ pub fn prepare(
         }
     }
     let rootfs_mode = RootfsMode::from_env()?;
-    let blk_fstype = match (flavor, a.stage1_kvm_root) {
+    let blk_fstype = match (flavor, a.kvm_root) {
         (Flavor::Kvm, KvmRoot::Blk) => rootfs::block_image_fstype()?,
         _ => "erofs",
     };
 
     // Cheap checks first: a typo should not wait for an image download.
-    super::plan::precheck(&a.volume, &apps).map_err(|e| anyhow!(e))?;
-    let (images, render_holds) = super::images::resolve(global, &apps)?;
+    super::plan::precheck(&a.volumes, apps).map_err(|e| anyhow!(e))?;
+    let (images, render_holds) = super::images::resolve(ctx, apps)?;
     let uuid = Uuid::new_v4();
     let req = PodRequest {
         flavor,
-        volumes: a.volume.clone(),
+        volumes: a.volumes.clone(),
         hostname: a.hostname.clone(),
-        net: a.net.into(),
+        net: a.net,
         interactive: a.interactive,
-        kvm_root: a.stage1_kvm_root,
+        kvm_root: a.kvm_root,
         blk_fstype,
         annotations: a
-            .annotation
+            .annotations
             .iter()
             .map(|kv| match kv.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -79,9 +97,9 @@ pub fn prepare(
             .collect::<anyhow::Result<_>>()?,
     };
     let manifest =
-        build_manifest(&uuid.to_string(), &req, &apps, &images).map_err(|e| anyhow!(e))?;
+        build_manifest(&uuid.to_string(), &req, apps, &images).map_err(|e| anyhow!(e))?;
 
-    let store = super::open_store(global)?;
+    let store = super::open_store(ctx)?;
     let mut pod = store.create(uuid)?;
     let filled = fill(
         &pod.pod.path,
@@ -167,9 +185,9 @@ fn fill(
 }
 
 /// `ark run-prepared UUID`: lock the prepared pod and exec its stage1.
-pub fn run_prepared(global: &GlobalOpts, id: &str, interactive: bool) -> anyhow::Error {
+pub fn run_prepared(ctx: &crate::Context, id: &str, interactive: bool) -> anyhow::Error {
     let go = || -> anyhow::Result<Prepared> {
-        let store = super::open_store(global)?;
+        let store = super::open_store(ctx)?;
         let pod = store.find(id)?;
         let wrong = |state: PodState| StoreError::WrongState {
             uuid: pod.uuid,
@@ -186,7 +204,7 @@ pub fn run_prepared(global: &GlobalOpts, id: &str, interactive: bool) -> anyhow:
         Ok(Prepared { pod: locked })
     };
     match go() {
-        Ok(p) => exec_stage1(global, p, interactive),
+        Ok(p) => exec_stage1(ctx, p, interactive),
         Err(e) => e,
     }
 }
@@ -195,10 +213,10 @@ pub fn run_prepared(global: &GlobalOpts, id: &str, interactive: bool) -> anyhow:
 /// held (the one fd made inheritable, besides stdio), so the lock lives exactly as long as the
 /// stage1.
 /// Returns only on failure.
-pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -> anyhow::Error {
+pub fn exec_stage1(ctx: &crate::Context, prepared: Prepared, interactive: bool) -> anyhow::Error {
     let Prepared { pod: mut locked } = prepared;
     let go = |locked: &mut LockedPod| -> anyhow::Result<Command> {
-        let store = super::open_store(global)?;
+        let store = super::open_store(ctx)?;
         let layout = PodLayout::new(&locked.pod.path);
         let manifest = PodManifest::load(&layout.manifest())?;
         let stage1 = super::libexec_dir()?.join(manifest.stage1.flavor.binary_name());
@@ -211,7 +229,7 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
         fs::write(dir.join("pid"), format!("{}\n", std::process::id()))?;
         let mut cmd = Command::new(&stage1);
         cmd.arg("run").arg("--pod-dir").arg(dir);
-        if global.debug {
+        if ctx.debug {
             cmd.arg("--debug");
         }
         if interactive || manifest.apps.iter().any(|a| a.interactive) {

@@ -23,7 +23,6 @@
 //! `ark fetch --signature-dir /srv/sigs docker://HOST/REPO:TAG` after
 //! `ark trust --prefix HOST/REPO KEYFILE` (`gpg --export [--armor] FINGERPRINT > KEYFILE`).
 
-pub mod cli;
 pub mod keys;
 pub mod signing;
 
