@@ -248,9 +248,11 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
         }
         PodCommand::Run(a) => {
             let prepared = lifecycle::prepare(ctx, &a.request()?, Durability::Process)?;
-            Err(lifecycle::exec_stage1(ctx, prepared, a.interactive))
+            Err(lifecycle::exec_stage1(ctx, prepared, a.interactive).into())
         }
-        PodCommand::RunPrepared(a) => Err(lifecycle::run_prepared(ctx, &a.uuid, a.interactive)),
+        PodCommand::RunPrepared(a) => {
+            Err(lifecycle::run_prepared(ctx, &a.uuid, a.interactive).into())
+        }
         PodCommand::List(a) => {
             list(ctx, &a)?;
             Ok(ExitCode::SUCCESS)
@@ -270,9 +272,9 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Stop(a) => each_pod("stop", "stopped", &a.uuids, |id| {
-            stop::stop(ctx, id, a.force, a.timeout)
+            Ok(stop::stop(ctx, id, a.force, a.timeout)?)
         }),
-        PodCommand::Rm(a) => each_pod("rm", "removed", &a.uuids, |id| gc::rm(ctx, id)),
+        PodCommand::Rm(a) => each_pod("rm", "removed", &a.uuids, |id| Ok(gc::rm(ctx, id)?)),
         PodCommand::Gc(a) => {
             let policy = gc::GcPolicy {
                 grace_period: a.grace_period,

@@ -15,6 +15,7 @@
 mod aci;
 mod digest;
 mod docker_archive;
+pub mod error;
 pub mod escape;
 mod extract;
 mod fsutil;
@@ -37,6 +38,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
+pub use error::{Error, Result};
 pub use store::{ImageInfo, ImageKind, ImageStore, RenderHold};
 
 /// An image's identity: the sha256 of its manifest (OCI/Docker) or of the ACI file itself.
@@ -137,18 +139,19 @@ fn verify_local_signature(
         return Ok(());
     }
     let name = name.unwrap_or("<unnamed>");
+    let refuse = |msg: String| Err(error::Unverified(msg).into());
     let Some(dir) = &opts.signature_dir else {
-        anyhow::bail!(
+        return refuse(format!(
             "image {name:?} ({manifest_digest}) has no signature to verify: pass --signature-dir DIR \
              with simple-signing signatures from a key trusted with `ark trust`, or \
              --insecure-options=image to skip verification"
-        )
+        ));
     };
     let Some(identity) = identity else {
-        anyhow::bail!(
+        return refuse(format!(
             "image {name:?} ({manifest_digest}) names no registry reference (HOST/REPO:TAG) that a \
              signature could be checked against; pass --insecure-options=image to skip verification"
-        )
+        ));
     };
     let fingerprint = crate::trust::verify_simple_signing(
         &opts.trust_dir,
@@ -162,11 +165,13 @@ fn verify_local_signature(
     Ok(())
 }
 
-/// Errors from the OpenPGP library can span lines; ark's errors are one line.
-pub(crate) fn one_line(e: anyhow::Error) -> anyhow::Error {
+/// Errors from the OpenPGP library can span lines; ark's errors are one line. The kind of
+/// error (a refused signature, ...) is kept.
+pub(crate) fn one_line(e: crate::trust::Error) -> anyhow::Error {
     let text = format!("{e:#}");
     if !text.contains('\n') {
-        return e;
+        return e.into();
     }
-    anyhow::anyhow!(text.split_whitespace().collect::<Vec<_>>().join(" "))
+    let flat = anyhow::anyhow!(text.split_whitespace().collect::<Vec<_>>().join(" "));
+    e.with_inner(flat).into()
 }

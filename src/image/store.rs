@@ -23,6 +23,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
+use super::error::{typed, NotInStore, Result};
 use super::fsutil::try_flock_exclusive;
 pub(crate) use super::fsutil::{flock, fsync_dir, remove_tree, Lock};
 use super::oci_layout::Origin;
@@ -53,13 +54,15 @@ fn mounted_as_overlay_lower(dir: &Path) -> io::Result<bool> {
 
 impl ImageStore {
     /// Opens (creating if needed) the store under `<dir>/images`, `dir` being ark's `--dir`.
-    pub fn open(dir: &Path) -> anyhow::Result<ImageStore> {
-        let root = dir.join("images");
-        for sub in ["blobs/sha256", "renders", "tmp"] {
-            fs::create_dir_all(root.join(sub))
-                .with_context(|| format!("creating image store {}", root.display()))?;
-        }
-        Ok(ImageStore { root })
+    pub fn open(dir: &Path) -> Result<ImageStore> {
+        typed(|| {
+            let root = dir.join("images");
+            for sub in ["blobs/sha256", "renders", "tmp"] {
+                fs::create_dir_all(root.join(sub))
+                    .with_context(|| format!("creating image store {}", root.display()))?;
+            }
+            Ok(ImageStore { root })
+        })
     }
 
     pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -86,29 +89,34 @@ impl ImageStore {
     /// store has already are not copied again; names move to the image just fetched. A
     /// reference without a transport (`sha256:...`, a short ID, `name[:tag]`) names an image
     /// already in the store.
-    pub fn fetch(&self, reference: &str, opts: &FetchOptions) -> anyhow::Result<ImageId> {
-        let source = match Source::parse(reference) {
-            Ok(source) => source,
-            // Not a transport reference: an image already in the store, by ID or name.
-            Err(e) => return self.resolve(reference).map_err(|_| e),
-        };
-        let _shared = self.lock("store.lock", false)?;
-        let mut staging = Staging::new(&self.tmp_dir(), &self.blobs_dir())?;
-        let imported = match &source {
-            Source::OciLayout { path, tag } => {
-                super::oci_layout::import(&mut staging, path, tag.as_deref(), Origin::User(opts))
+    pub fn fetch(&self, reference: &str, opts: &FetchOptions) -> Result<ImageId> {
+        typed(|| {
+            let source = match Source::parse(reference) {
+                Ok(source) => source,
+                // Not a transport reference: an image already in the store, by ID or name.
+                Err(e) => return self.resolve(reference).map_err(|_| e),
+            };
+            let _shared = self.lock("store.lock", false)?;
+            let mut staging = Staging::new(&self.tmp_dir(), &self.blobs_dir())?;
+            let imported = match &source {
+                Source::OciLayout { path, tag } => super::oci_layout::import(
+                    &mut staging,
+                    path,
+                    tag.as_deref(),
+                    Origin::User(opts),
+                ),
+                Source::DockerArchive { path, reference } => {
+                    super::docker_archive::import(&mut staging, path, reference.as_deref(), opts)
+                }
+                Source::Aci(path) => super::aci::import(&mut staging, path, opts),
+                Source::Docker(r) => self.fetch_docker(&mut staging, r, opts),
             }
-            Source::DockerArchive { path, reference } => {
-                super::docker_archive::import(&mut staging, path, reference.as_deref(), opts)
-            }
-            Source::Aci(path) => super::aci::import(&mut staging, path, opts),
-            Source::Docker(r) => self.fetch_docker(&mut staging, r, opts),
-        }
-        .and_then(|imported| super::reference::check_names(&imported.names).map(|()| imported))
-        .with_context(|| format!("fetching {reference}"))?;
-        let mut imported = imported;
-        imported.record.source = reference.to_string();
-        self.commit(staging, imported)
+            .and_then(|imported| super::reference::check_names(&imported.names).map(|()| imported))
+            .with_context(|| format!("fetching {reference}"))?;
+            let mut imported = imported;
+            imported.record.source = reference.to_string();
+            self.commit(staging, imported)
+        })
     }
 
     /// `docker://`: the registry client writes a verified OCI layout into our staging dir
@@ -262,67 +270,74 @@ impl ImageStore {
         self.read_index()?
             .images
             .remove(id)
-            .with_context(|| format!("image {id} is not in the store"))
+            .ok_or_else(|| NotInStore(format!("image {id} is not in the store")).into())
     }
 
     /// Finds a stored image by full or short ID (`sha256:` optional) or by `name[:tag]`
     /// (`:latest` implied; a name may omit its registry host if that leaves one match).
-    pub fn resolve(&self, name_or_id: &str) -> anyhow::Result<ImageId> {
-        let index = self.read_index()?;
-        let wanted = name_or_id.strip_prefix("docker://").unwrap_or(name_or_id);
-        let named = with_default_tag(wanted);
-        if let Some(id) = index.names.get(&named) {
-            return Ok(id.clone());
-        }
-        let by_suffix: BTreeSet<&ImageId> = index
-            .names
-            .iter()
-            .filter(|(n, _)| n.ends_with(&format!("/{named}")))
-            .map(|(_, id)| id)
-            .collect();
-        if by_suffix.len() == 1 {
-            return Ok((*by_suffix.iter().next().unwrap()).clone());
-        }
-        let hex = wanted.strip_prefix("sha256:").unwrap_or(wanted);
-        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let hex = hex.to_ascii_lowercase();
-            let matches: Vec<&ImageId> = index
-                .images
-                .keys()
-                .filter(|id| id.0.hex().starts_with(&hex))
-                .collect();
-            match matches.len() {
-                1 => return Ok(matches[0].clone()),
-                0 => {}
-                n => bail!("{name_or_id:?} is ambiguous: it is the start of {n} image IDs"),
+    pub fn resolve(&self, name_or_id: &str) -> Result<ImageId> {
+        typed(|| {
+            let index = self.read_index()?;
+            let wanted = name_or_id.strip_prefix("docker://").unwrap_or(name_or_id);
+            let named = with_default_tag(wanted);
+            if let Some(id) = index.names.get(&named) {
+                return Ok(id.clone());
             }
-        }
-        if by_suffix.len() > 1 {
-            bail!("{name_or_id:?} is ambiguous: it names images from several registries");
-        }
-        bail!("no image {name_or_id:?} in the store (see `ark image list`)")
+            let by_suffix: BTreeSet<&ImageId> = index
+                .names
+                .iter()
+                .filter(|(n, _)| n.ends_with(&format!("/{named}")))
+                .map(|(_, id)| id)
+                .collect();
+            if by_suffix.len() == 1 {
+                return Ok((*by_suffix.iter().next().unwrap()).clone());
+            }
+            let hex = wanted.strip_prefix("sha256:").unwrap_or(wanted);
+            if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let hex = hex.to_ascii_lowercase();
+                let matches: Vec<&ImageId> = index
+                    .images
+                    .keys()
+                    .filter(|id| id.0.hex().starts_with(&hex))
+                    .collect();
+                match matches.len() {
+                    1 => return Ok(matches[0].clone()),
+                    0 => {}
+                    n => bail!("{name_or_id:?} is ambiguous: it is the start of {n} image IDs"),
+                }
+            }
+            if by_suffix.len() > 1 {
+                bail!("{name_or_id:?} is ambiguous: it names images from several registries");
+            }
+            Err(NotInStore(format!(
+                "no image {name_or_id:?} in the store (see `ark image list`)"
+            ))
+            .into())
+        })
     }
 
-    pub fn list(&self) -> anyhow::Result<Vec<ImageInfo>> {
-        let index = self.read_index()?;
-        let mut names: BTreeMap<&ImageId, Vec<String>> = BTreeMap::new();
-        for (name, id) in &index.names {
-            names.entry(id).or_default().push(name.clone());
-        }
-        let mut out: Vec<ImageInfo> = index
-            .images
-            .values()
-            .map(|r| ImageInfo {
-                id: r.id.clone(),
-                kind: r.kind,
-                names: names.get(&r.id).cloned().unwrap_or_default(),
-                size: r.size,
-                imported: r.imported,
-                source: r.source.clone(),
-            })
-            .collect();
-        out.sort_by(|a, b| b.imported.cmp(&a.imported).then(a.id.cmp(&b.id)));
-        Ok(out)
+    pub fn list(&self) -> Result<Vec<ImageInfo>> {
+        typed(|| {
+            let index = self.read_index()?;
+            let mut names: BTreeMap<&ImageId, Vec<String>> = BTreeMap::new();
+            for (name, id) in &index.names {
+                names.entry(id).or_default().push(name.clone());
+            }
+            let mut out: Vec<ImageInfo> = index
+                .images
+                .values()
+                .map(|r| ImageInfo {
+                    id: r.id.clone(),
+                    kind: r.kind,
+                    names: names.get(&r.id).cloned().unwrap_or_default(),
+                    size: r.size,
+                    imported: r.imported,
+                    source: r.source.clone(),
+                })
+                .collect();
+            out.sort_by(|a, b| b.imported.cmp(&a.imported).then(a.id.cmp(&b.id)));
+            Ok(out)
+        })
     }
 
     pub(crate) fn read_blob(&self, d: &Digest, limit: u64) -> anyhow::Result<Vec<u8>> {
@@ -337,40 +352,46 @@ impl ImageStore {
     }
 
     /// The image's manifest as stored (OCI/Docker manifest JSON, or the ACI's manifest).
-    pub fn manifest(&self, id: &ImageId) -> anyhow::Result<Vec<u8>> {
-        let record = self.record(id)?;
-        self.read_blob(&record.manifest, MAX_JSON)
+    pub fn manifest(&self, id: &ImageId) -> Result<Vec<u8>> {
+        typed(|| {
+            let record = self.record(id)?;
+            self.read_blob(&record.manifest, MAX_JSON)
+        })
     }
 
     /// Entrypoint, cmd, env, user, working dir, labels and annotations of a stored image.
-    pub fn image_config(&self, id: &ImageId) -> anyhow::Result<ImageConfig> {
-        let record = self.record(id)?;
-        match record.kind {
-            ImageKind::Oci => {
-                let manifest = self.read_blob(&record.manifest, MAX_JSON)?;
-                let config = self.read_blob(&record.config, MAX_JSON)?;
-                super::oci_layout::image_config(&manifest, &config)
+    pub fn image_config(&self, id: &ImageId) -> Result<ImageConfig> {
+        typed(|| {
+            let record = self.record(id)?;
+            match record.kind {
+                ImageKind::Oci => {
+                    let manifest = self.read_blob(&record.manifest, MAX_JSON)?;
+                    let config = self.read_blob(&record.config, MAX_JSON)?;
+                    super::oci_layout::image_config(&manifest, &config)
+                }
+                ImageKind::Aci => {
+                    let manifest = self.read_blob(&record.manifest, MAX_JSON)?;
+                    super::aci::image_config(&manifest)
+                }
             }
-            ImageKind::Aci => {
-                let manifest = self.read_blob(&record.manifest, MAX_JSON)?;
-                super::aci::image_config(&manifest)
-            }
-        }
-        .with_context(|| format!("reading the config of image {id}"))
+            .with_context(|| format!("reading the config of image {id}"))
+        })
     }
 
     /// Removes images (by ID or name) and their blobs and render that no other image uses.
-    pub fn remove(&self, name_or_id: &str) -> anyhow::Result<ImageId> {
-        let _excl = self.lock("store.lock", true)?;
-        let id = self.resolve(name_or_id)?;
-        self.update_index(|index| {
-            index.images.remove(&id);
-            index.names.retain(|_, v| *v != id);
-            Ok(())
-        })?;
-        self.remove_render(id.0.hex())?;
-        self.sweep_blobs()?;
-        Ok(id)
+    pub fn remove(&self, name_or_id: &str) -> Result<ImageId> {
+        typed(|| {
+            let _excl = self.lock("store.lock", true)?;
+            let id = self.resolve(name_or_id)?;
+            self.update_index(|index| {
+                index.images.remove(&id);
+                index.names.retain(|_, v| *v != id);
+                Ok(())
+            })?;
+            self.remove_render(id.0.hex())?;
+            self.sweep_blobs()?;
+            Ok(id)
+        })
     }
 
     /// Removes an image's render unless a pod holds it (see [`ImageStore::hold`]); a held
@@ -403,9 +424,11 @@ impl ImageStore {
     /// Marks the image's render as in use for as long as the returned hold (an open file with a
     /// shared flock) lives — across `exec` too, if [`RenderHold::keep_across_exec`] is called —
     /// so `ark image rm`/`gc` leave the tree alone while a pod runs on it.
-    pub fn hold(&self, id: &ImageId) -> anyhow::Result<RenderHold> {
-        let path = self.renders_dir().join(format!("{}.use", id.0.hex()));
-        Ok(RenderHold(flock(&path, false)?))
+    pub fn hold(&self, id: &ImageId) -> Result<RenderHold> {
+        typed(|| {
+            let path = self.renders_dir().join(format!("{}.use", id.0.hex()));
+            Ok(RenderHold(flock(&path, false)?))
+        })
     }
 
     /// Deletes blobs no image references; the caller holds store.lock exclusively.
@@ -432,75 +455,81 @@ impl ImageStore {
 
     /// Reclaims what interrupted commands left: staging dirs, unreferenced blobs, renders of
     /// removed images. Waits for running fetches and renders to finish.
-    pub fn gc(&self) -> anyhow::Result<GcReport> {
-        let _excl = self.lock("store.lock", true)?;
-        let mut report = GcReport::default();
-        for entry in fs::read_dir(self.tmp_dir())? {
-            let path = entry?.path();
-            remove_tree(&path).with_context(|| format!("removing {}", path.display()))?;
-            report.tmp += 1;
-        }
-        let (blobs, bytes) = self.sweep_blobs()?;
-        report.blobs = blobs;
-        report.blob_bytes = bytes;
-        let index = self.read_index()?;
-        let live: BTreeSet<String> = index
-            .images
-            .keys()
-            .map(|id| id.0.hex().to_string())
-            .collect();
-        for entry in fs::read_dir(self.renders_dir())? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            let Some(hex) = name.get(..64).filter(|h| !live.contains(*h)) else {
-                continue;
-            };
-            if name.len() == 64 && self.remove_render(hex)? {
-                report.renders += 1;
-            } else if name.len() > 64 && !self.renders_dir().join(hex).exists() {
-                // A lock file whose render is gone (or never finished).
-                if let Some(_free) =
-                    try_flock_exclusive(&self.renders_dir().join(format!("{hex}.use")))?
-                {
-                    let _ = fs::remove_file(self.renders_dir().join(&name));
+    pub fn gc(&self) -> Result<GcReport> {
+        typed(|| {
+            let _excl = self.lock("store.lock", true)?;
+            let mut report = GcReport::default();
+            for entry in fs::read_dir(self.tmp_dir())? {
+                let path = entry?.path();
+                remove_tree(&path).with_context(|| format!("removing {}", path.display()))?;
+                report.tmp += 1;
+            }
+            let (blobs, bytes) = self.sweep_blobs()?;
+            report.blobs = blobs;
+            report.blob_bytes = bytes;
+            let index = self.read_index()?;
+            let live: BTreeSet<String> = index
+                .images
+                .keys()
+                .map(|id| id.0.hex().to_string())
+                .collect();
+            for entry in fs::read_dir(self.renders_dir())? {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                let Some(hex) = name.get(..64).filter(|h| !live.contains(*h)) else {
+                    continue;
+                };
+                if name.len() == 64 && self.remove_render(hex)? {
+                    report.renders += 1;
+                } else if name.len() > 64 && !self.renders_dir().join(hex).exists() {
+                    // A lock file whose render is gone (or never finished).
+                    if let Some(_free) =
+                        try_flock_exclusive(&self.renders_dir().join(format!("{hex}.use")))?
+                    {
+                        let _ = fs::remove_file(self.renders_dir().join(&name));
+                    }
                 }
             }
-        }
-        Ok(report)
+            Ok(report)
+        })
     }
 
     /// Writes an image as an OCI image layout at `dest` (which must not exist yet).
-    pub fn export(&self, id: &ImageId, dest: &Path) -> anyhow::Result<()> {
-        let record = self.record(id)?;
-        if record.kind != ImageKind::Oci {
-            bail!("image {id} is an ACI; only OCI/Docker images can be exported as an OCI layout");
-        }
-        if dest.exists() {
-            bail!("{} already exists", dest.display());
-        }
-        let names: Vec<String> = self
-            .read_index()?
-            .names
-            .iter()
-            .filter(|(_, v)| **v == record.id)
-            .map(|(n, _)| n.clone())
-            .collect();
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let file_name = dest.file_name().context("export path has no file name")?;
-        // Build beside the destination, then rename: a half-written layout is never visible.
-        let tmp = parent.join(format!(
-            ".{}.tmp-{}",
-            file_name.to_string_lossy(),
-            uuid::Uuid::new_v4()
-        ));
-        let result = super::oci_layout::export(&|d| self.blob_path(d), &record, &names, &tmp)
-            .and_then(|()| fs::rename(&tmp, dest).context("renaming into place"));
-        if result.is_err() {
-            let _ = remove_tree(&tmp);
-        }
-        result.with_context(|| format!("exporting {id} to {}", dest.display()))
+    pub fn export(&self, id: &ImageId, dest: &Path) -> Result<()> {
+        typed(|| {
+            let record = self.record(id)?;
+            if record.kind != ImageKind::Oci {
+                bail!(
+                    "image {id} is an ACI; only OCI/Docker images can be exported as an OCI layout"
+                );
+            }
+            if dest.exists() {
+                bail!("{} already exists", dest.display());
+            }
+            let names: Vec<String> = self
+                .read_index()?
+                .names
+                .iter()
+                .filter(|(_, v)| **v == record.id)
+                .map(|(n, _)| n.clone())
+                .collect();
+            let parent = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let file_name = dest.file_name().context("export path has no file name")?;
+            // Build beside the destination, then rename: a half-written layout is never visible.
+            let tmp = parent.join(format!(
+                ".{}.tmp-{}",
+                file_name.to_string_lossy(),
+                uuid::Uuid::new_v4()
+            ));
+            let result = super::oci_layout::export(&|d| self.blob_path(d), &record, &names, &tmp)
+                .and_then(|()| fs::rename(&tmp, dest).context("renaming into place"));
+            if result.is_err() {
+                let _ = remove_tree(&tmp);
+            }
+            result.with_context(|| format!("exporting {id} to {}", dest.display()))
+        })
     }
 }
 

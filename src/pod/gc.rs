@@ -64,54 +64,58 @@ pub struct GcReport {
 
 /// Removes exited pods past their grace period, expired prepared pods, crashed prepares,
 /// what an interrupted gc left in `garbage/` and stale `prepare/` leftovers.
-pub fn gc(ctx: &crate::Context, policy: &GcPolicy) -> anyhow::Result<GcReport> {
-    let store = super::open_store(ctx)?;
-    let cgroups = Cgroups::detect();
-    let mut report = GcReport::default();
-    for pod in store.list()? {
-        // Dead `run/` pods become exited first (and start their grace period now).
-        let pod = store.reap_if_exited(&pod)?;
-        if !gc_decision(&store, &pod, policy)? {
-            continue;
+pub fn gc(ctx: &crate::Context, policy: &GcPolicy) -> super::Result<GcReport> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        let cgroups = Cgroups::detect();
+        let mut report = GcReport::default();
+        for pod in store.list()? {
+            // Dead `run/` pods become exited first (and start their grace period now).
+            let pod = store.reap_if_exited(&pod)?;
+            if !gc_decision(&store, &pod, policy)? {
+                continue;
+            }
+            let Some(locked) = store.try_lock(&pod)? else {
+                continue; // Someone holds it: not garbage after all.
+            };
+            // It may have moved while we looked (e.g. run-prepared won the race).
+            if locked.pod.state != pod.state {
+                continue;
+            }
+            match destroy(&store, locked, &cgroups) {
+                Ok(()) => report.removed.push(pod.uuid),
+                Err(e) => report.failed.push(e),
+            }
         }
-        let Some(locked) = store.try_lock(&pod)? else {
-            continue; // Someone holds it: not garbage after all.
-        };
-        // It may have moved while we looked (e.g. run-prepared won the race).
-        if locked.pod.state != pod.state {
-            continue;
+        for dir in store.stale_new_dirs()? {
+            if let Err(e) = remove_pod_dir(&dir) {
+                report.failed.push(e);
+            }
         }
-        match destroy(&store, locked, &cgroups) {
-            Ok(()) => report.removed.push(pod.uuid),
-            Err(e) => report.failed.push(e),
-        }
-    }
-    for dir in store.stale_new_dirs()? {
-        if let Err(e) = remove_pod_dir(&dir) {
-            report.failed.push(e);
-        }
-    }
-    Ok(report)
+        Ok(report)
+    })
 }
 
 /// Removes one pod that is not running (nor being prepared or run) and returns its UUID.
-pub fn rm(ctx: &crate::Context, id: &str) -> anyhow::Result<String> {
-    let store = super::open_store(ctx)?;
-    let pod = store.reap_if_exited(&store.find(id)?)?;
-    let Some(locked) = store.try_lock(&pod)? else {
-        bail!(
-            "pod {} is {} (stop it first)",
-            pod.uuid,
-            if pod.state == PodState::Run {
-                "running"
-            } else {
-                "busy"
-            }
-        );
-    };
-    let uuid = locked.pod.uuid.to_string();
-    destroy(&store, locked, &Cgroups::detect())?;
-    Ok(uuid)
+pub fn rm(ctx: &crate::Context, id: &str) -> super::Result<String> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        let pod = store.reap_if_exited(&store.find(id)?)?;
+        let Some(locked) = store.try_lock(&pod)? else {
+            bail!(
+                "pod {} is {} (stop it first)",
+                pod.uuid,
+                if pod.state == PodState::Run {
+                    "running"
+                } else {
+                    "busy"
+                }
+            );
+        };
+        let uuid = locked.pod.uuid.to_string();
+        destroy(&store, locked, &Cgroups::detect())?;
+        Ok(uuid)
+    })
 }
 
 #[cfg(test)]

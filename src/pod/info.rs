@@ -180,54 +180,60 @@ pub fn status_text(s: &PodSummary) -> String {
 }
 
 /// A pod's summary; with `wait`, once it has exited.
-pub fn status(ctx: &crate::Context, id: &str, wait: bool) -> anyhow::Result<PodSummary> {
-    let store = super::open_store(ctx)?;
-    let mut pod = store.find(id)?;
-    if wait {
-        loop {
-            match pod.state {
-                PodState::Prepare | PodState::Prepared => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    pod = store.refind(&pod.uuid)?;
+pub fn status(ctx: &crate::Context, id: &str, wait: bool) -> super::Result<PodSummary> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        let mut pod = store.find(id)?;
+        if wait {
+            loop {
+                match pod.state {
+                    PodState::Prepare | PodState::Prepared => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        pod = store.refind(&pod.uuid)?;
+                    }
+                    PodState::Run => {
+                        // Blocks until the stage1 lets go of the lock, i.e. the pod ended.
+                        let locked = store.lock_wait(&pod)?;
+                        pod = locked.pod.clone();
+                        drop(locked);
+                        pod = store.reap_if_exited(&pod)?;
+                        break;
+                    }
+                    _ => break,
                 }
-                PodState::Run => {
-                    // Blocks until the stage1 lets go of the lock, i.e. the pod ended.
-                    let locked = store.lock_wait(&pod)?;
-                    pod = locked.pod.clone();
-                    drop(locked);
-                    pod = store.reap_if_exited(&pod)?;
-                    break;
-                }
-                _ => break,
             }
         }
-    }
-    summarize(&store, &pod)
+        summarize(&store, &pod)
+    })
 }
 
 /// Every pod, oldest first.
-pub fn list(ctx: &crate::Context) -> anyhow::Result<Vec<PodSummary>> {
-    let store = super::open_store(ctx)?;
-    let mut pods = Vec::new();
-    for p in store.list()? {
-        match summarize(&store, &p) {
-            Ok(s) => pods.push(s),
-            // Removed by a concurrent gc between listing and reading: not a pod any more.
-            Err(e) => tracing::debug!("pod {}: {e:#}", p.uuid),
+pub fn list(ctx: &crate::Context) -> super::Result<Vec<PodSummary>> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        let mut pods = Vec::new();
+        for p in store.list()? {
+            match summarize(&store, &p) {
+                Ok(s) => pods.push(s),
+                // Removed by a concurrent gc between listing and reading: not a pod any more.
+                Err(e) => tracing::debug!("pod {}: {e:#}", p.uuid),
+            }
         }
-    }
-    pods.sort_by_key(|p| p.created_at.unwrap_or(0));
-    Ok(pods)
+        pods.sort_by_key(|p| p.created_at.unwrap_or(0));
+        Ok(pods)
+    })
 }
 
 /// A pod's manifest as stored.
-pub fn manifest(ctx: &crate::Context, id: &str) -> anyhow::Result<Vec<u8>> {
-    use anyhow::Context as _;
-    let store = super::open_store(ctx)?;
-    let pod = store.find(id)?;
-    let path = PodLayout::new(&pod.path).manifest();
-    std::fs::read(&path)
-        .with_context(|| format!("pod {}: no manifest (still preparing?)", pod.uuid))
+pub fn manifest(ctx: &crate::Context, id: &str) -> super::Result<Vec<u8>> {
+    super::error::typed(|| {
+        use anyhow::Context as _;
+        let store = super::open_store(ctx)?;
+        let pod = store.find(id)?;
+        let path = PodLayout::new(&pod.path).manifest();
+        std::fs::read(&path)
+            .with_context(|| format!("pod {}: no manifest (still preparing?)", pod.uuid))
+    })
 }
 
 #[cfg(test)]

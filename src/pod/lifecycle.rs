@@ -10,6 +10,7 @@ use ark_pod_spec::{write_atomic, Flavor, NetMode, PodLayout, PodManifest, Status
 use uuid::Uuid;
 
 use super::args::AppSpec;
+use super::error::{Error, Invalid, Result};
 use super::plan::{build_manifest, KvmRoot, PodRequest};
 use super::rootfs::{self, RootfsMode};
 use super::store::{LockedPod, PodState, StoreError};
@@ -55,74 +56,75 @@ pub fn prepare(
     ctx: &crate::Context,
     a: &PrepareRequest,
     durability: Durability,
-) -> anyhow::Result<Prepared> {
-    let apps = &a.apps;
-    let flavor = a.flavor;
-    let libexec = super::libexec_dir()?;
-    let stage1_bin = libexec.join(flavor.binary_name());
-    let init_bin = libexec.join("ark-init");
-    for b in [&stage1_bin, &init_bin] {
-        if !b.is_file() {
-            bail!(
-                "{} is missing (install ark with ./build.sh, or set ARK_LIBEXEC_DIR)",
-                b.display()
-            );
+) -> Result<Prepared> {
+    super::error::typed(|| {
+        let apps = &a.apps;
+        let flavor = a.flavor;
+        let libexec = super::libexec_dir()?;
+        let stage1_bin = libexec.join(flavor.binary_name());
+        let init_bin = libexec.join("ark-init");
+        for b in [&stage1_bin, &init_bin] {
+            if !b.is_file() {
+                bail!(
+                    "{} is missing (install ark with ./build.sh, or set ARK_LIBEXEC_DIR)",
+                    b.display()
+                );
+            }
         }
-    }
-    let rootfs_mode = RootfsMode::from_env()?;
-    let blk_fstype = match (flavor, a.kvm_root) {
-        (Flavor::Kvm, KvmRoot::Blk) => rootfs::block_image_fstype()?,
-        _ => "erofs",
-    };
+        let rootfs_mode = RootfsMode::from_env()?;
+        let blk_fstype = match (flavor, a.kvm_root) {
+            (Flavor::Kvm, KvmRoot::Blk) => rootfs::block_image_fstype()?,
+            _ => "erofs",
+        };
 
-    // Cheap checks first: a typo should not wait for an image download.
-    super::plan::precheck(&a.volumes, apps).map_err(|e| anyhow!(e))?;
-    let (images, render_holds) = super::images::resolve(ctx, apps)?;
-    let uuid = Uuid::new_v4();
-    let req = PodRequest {
-        flavor,
-        volumes: a.volumes.clone(),
-        hostname: a.hostname.clone(),
-        net: a.net,
-        interactive: a.interactive,
-        kvm_root: a.kvm_root,
-        blk_fstype,
-        annotations: a
-            .annotations
-            .iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(anyhow!("--annotation {kv:?} is not KEY=VALUE")),
-            })
-            .collect::<anyhow::Result<_>>()?,
-    };
-    let manifest =
-        build_manifest(&uuid.to_string(), &req, apps, &images).map_err(|e| anyhow!(e))?;
+        // Cheap checks first: a typo should not wait for an image download.
+        super::plan::precheck(&a.volumes, apps).map_err(Invalid)?;
+        let (images, render_holds) = super::images::resolve(ctx, apps)?;
+        let uuid = Uuid::new_v4();
+        let req = PodRequest {
+            flavor,
+            volumes: a.volumes.clone(),
+            hostname: a.hostname.clone(),
+            net: a.net,
+            interactive: a.interactive,
+            kvm_root: a.kvm_root,
+            blk_fstype,
+            annotations: a
+                .annotations
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => Err(Invalid(format!("--annotation {kv:?} is not KEY=VALUE"))),
+                })
+                .collect::<Result<_, Invalid>>()?,
+        };
+        let manifest = build_manifest(&uuid.to_string(), &req, apps, &images).map_err(Invalid)?;
 
-    let store = super::open_store(ctx)?;
-    let mut pod = store.create(uuid)?;
-    let filled = fill(
-        &pod.pod.path,
-        &manifest,
-        &images,
-        &init_bin,
-        rootfs_mode,
-        durability,
-    )
-    .and_then(|()| match &a.uuid_file_save {
-        Some(path) => fs::write(path, format!("{uuid}\n"))
-            .with_context(|| format!("--uuid-file-save {}", path.display())),
-        None => Ok(()),
-    });
-    if let Err(e) = filled {
-        if let Err(ce) = rootfs::remove_pod_dir(&pod.pod.path) {
-            tracing::warn!("cleaning up pod {uuid}: {ce:#} (ark gc will retry)");
+        let store = super::open_store(ctx)?;
+        let mut pod = store.create(uuid)?;
+        let filled = fill(
+            &pod.pod.path,
+            &manifest,
+            &images,
+            &init_bin,
+            rootfs_mode,
+            durability,
+        )
+        .and_then(|()| match &a.uuid_file_save {
+            Some(path) => fs::write(path, format!("{uuid}\n"))
+                .with_context(|| format!("--uuid-file-save {}", path.display())),
+            None => Ok(()),
+        });
+        if let Err(e) = filled {
+            if let Err(ce) = rootfs::remove_pod_dir(&pod.pod.path) {
+                tracing::warn!("cleaning up pod {uuid}: {ce:#} (ark gc will retry)");
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    drop(render_holds);
-    pod.move_to(&store, PodState::Prepared)?;
-    Ok(Prepared { pod })
+        drop(render_holds);
+        pod.move_to(&store, PodState::Prepared)?;
+        Ok(Prepared { pod })
+    })
 }
 
 fn fill(
@@ -185,7 +187,7 @@ fn fill(
 }
 
 /// `ark run-prepared UUID`: lock the prepared pod and exec its stage1.
-pub fn run_prepared(ctx: &crate::Context, id: &str, interactive: bool) -> anyhow::Error {
+pub fn run_prepared(ctx: &crate::Context, id: &str, interactive: bool) -> Error {
     let go = || -> anyhow::Result<Prepared> {
         let store = super::open_store(ctx)?;
         let pod = store.find(id)?;
@@ -205,7 +207,7 @@ pub fn run_prepared(ctx: &crate::Context, id: &str, interactive: bool) -> anyhow
     };
     match go() {
         Ok(p) => exec_stage1(ctx, p, interactive),
-        Err(e) => e,
+        Err(e) => e.into(),
     }
 }
 
@@ -213,7 +215,7 @@ pub fn run_prepared(ctx: &crate::Context, id: &str, interactive: bool) -> anyhow
 /// held (the one fd made inheritable, besides stdio), so the lock lives exactly as long as the
 /// stage1.
 /// Returns only on failure.
-pub fn exec_stage1(ctx: &crate::Context, prepared: Prepared, interactive: bool) -> anyhow::Error {
+pub fn exec_stage1(ctx: &crate::Context, prepared: Prepared, interactive: bool) -> Error {
     let Prepared { pod: mut locked } = prepared;
     let go = |locked: &mut LockedPod| -> anyhow::Result<Command> {
         let store = super::open_store(ctx)?;
@@ -243,7 +245,7 @@ pub fn exec_stage1(ctx: &crate::Context, prepared: Prepared, interactive: bool) 
     };
     let mut cmd = match go(&mut locked) {
         Ok(c) => c,
-        Err(e) => return e,
+        Err(e) => return e.into(),
     };
     // A stop (SIGTERM/SIGINT/SIGHUP) that arrives between exec and the stage1's own signal
     // setup must not kill a half-started pod: the mask survives exec, so it stays pending until
@@ -258,7 +260,7 @@ pub fn exec_stage1(ctx: &crate::Context, prepared: Prepared, interactive: bool) 
     if let Ok(m) = PodManifest::load(&layout.manifest()) {
         let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
     }
-    anyhow!(why)
+    Error::Stage1(anyhow!(why))
 }
 
 fn stop_signals() -> nix::sys::signal::SigSet {

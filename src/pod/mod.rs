@@ -8,6 +8,7 @@
 
 pub mod args;
 pub mod enter;
+pub mod error;
 pub mod gc;
 pub mod images;
 pub mod info;
@@ -21,6 +22,8 @@ pub mod units;
 use std::path::PathBuf;
 
 use anyhow::Context;
+
+pub use error::{Error, Result};
 
 /// The pods tree of this data directory.
 pub fn open_store(ctx: &crate::Context) -> anyhow::Result<store::PodStore> {

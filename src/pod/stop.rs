@@ -19,9 +19,11 @@ pub fn stop(
     id: &str,
     force: bool,
     timeout: Duration,
-) -> anyhow::Result<String> {
-    let store = super::open_store(ctx)?;
-    stop_one(&store, id, force, timeout)
+) -> super::Result<String> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        stop_one(&store, id, force, timeout)
+    })
 }
 
 /// Whether `pid` is a process of this pod's stage1: running, and its executable is a stage1
