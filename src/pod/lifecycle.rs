@@ -211,36 +211,60 @@ pub fn run_prepared(ctx: &crate::Context, id: &str, interactive: bool) -> Error 
     }
 }
 
+/// Moves the pod to `run/` and builds its stage1's command line, the pod lock fd made
+/// inheritable (the one fd the stage1 gets besides stdio), so the lock lives exactly as long as
+/// the stage1.
+fn stage1_command(
+    ctx: &crate::Context,
+    locked: &mut LockedPod,
+    interactive: bool,
+) -> anyhow::Result<Command> {
+    let store = super::open_store(ctx)?;
+    let layout = PodLayout::new(&locked.pod.path);
+    let manifest = PodManifest::load(&layout.manifest())?;
+    let stage1 = super::libexec_dir()?.join(manifest.stage1.flavor.binary_name());
+    if !stage1.is_file() {
+        bail!("{} is missing", stage1.display());
+    }
+    locked.move_to(&store, PodState::Run)?;
+    let dir = &locked.pod.path;
+    let mut cmd = Command::new(&stage1);
+    cmd.arg("run").arg("--pod-dir").arg(dir);
+    if ctx.debug {
+        cmd.arg("--debug");
+    }
+    if interactive || manifest.apps.iter().any(|a| a.interactive) {
+        cmd.arg("--interactive");
+    }
+    // For a stage1 that wants to keep its children from inheriting the lock.
+    cmd.env("ARK_POD_LOCK_FD", locked.lock_fd().to_string());
+    // The one fd the stage1 gets besides 0, 1 and 2.
+    locked.keep_across_exec()?;
+    Ok(cmd)
+}
+
+/// The stage1's pid, for `status` and `stop`. No fsync: it means nothing after a reboot anyway.
+fn record_pid(pod_dir: &Path, pid: u32) -> std::io::Result<()> {
+    fs::write(pod_dir.join("pid"), format!("{pid}\n"))
+}
+
+/// The stage1 never started: say so in the pod's status (before the lock drops).
+fn stage1_did_not_start(locked: &LockedPod, why: String) -> Error {
+    let layout = PodLayout::new(&locked.pod.path);
+    if let Ok(m) = PodManifest::load(&layout.manifest()) {
+        let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
+    }
+    Error::Stage1(anyhow!(why))
+}
+
 /// Moves the pod to `run/`, records our pid, and execs its stage1 with the pod lock still
-/// held (the one fd made inheritable, besides stdio), so the lock lives exactly as long as the
-/// stage1.
+/// held, so this process becomes the stage1 (its pid is the pod's; the caller waits on it).
 /// Returns only on failure.
 pub fn exec_stage1(ctx: &crate::Context, prepared: Prepared, interactive: bool) -> Error {
     let Prepared { pod: mut locked } = prepared;
     let go = |locked: &mut LockedPod| -> anyhow::Result<Command> {
-        let store = super::open_store(ctx)?;
-        let layout = PodLayout::new(&locked.pod.path);
-        let manifest = PodManifest::load(&layout.manifest())?;
-        let stage1 = super::libexec_dir()?.join(manifest.stage1.flavor.binary_name());
-        if !stage1.is_file() {
-            bail!("{} is missing", stage1.display());
-        }
-        locked.move_to(&store, PodState::Run)?;
-        let dir = &locked.pod.path;
-        // No fsync: the pid means nothing after a reboot anyway.
-        fs::write(dir.join("pid"), format!("{}\n", std::process::id()))?;
-        let mut cmd = Command::new(&stage1);
-        cmd.arg("run").arg("--pod-dir").arg(dir);
-        if ctx.debug {
-            cmd.arg("--debug");
-        }
-        if interactive || manifest.apps.iter().any(|a| a.interactive) {
-            cmd.arg("--interactive");
-        }
-        // For a stage1 that wants to keep its children from inheriting the lock.
-        cmd.env("ARK_POD_LOCK_FD", locked.lock_fd().to_string());
-        // The one fd the stage1 gets besides 0, 1 and 2.
-        locked.keep_across_exec()?;
+        let cmd = stage1_command(ctx, locked, interactive)?;
+        record_pid(&locked.pod.path, std::process::id())?;
         Ok(cmd)
     };
     let mut cmd = match go(&mut locked) {
@@ -254,13 +278,77 @@ pub fn exec_stage1(ctx: &crate::Context, prepared: Prepared, interactive: bool) 
     let _ = stop_signals.thread_block();
     let err = cmd.exec();
     let _ = stop_signals.thread_unblock();
-    // Still here: the stage1 never started. Say so in the pod's status before the lock drops.
-    let why = format!("exec {:?}: {err}", cmd.get_program());
-    let layout = PodLayout::new(&locked.pod.path);
-    if let Ok(m) = PodManifest::load(&layout.manifest()) {
-        let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
+    stage1_did_not_start(&locked, format!("exec {:?}: {err}", cmd.get_program()))
+}
+
+/// A pod's stage1 running as a child of this process (see [`spawn_stage1`]).
+#[derive(Debug)]
+pub struct Stage1Child {
+    pub uuid: Uuid,
+    /// The pod directory (in `run/` while the pod runs).
+    pub pod_dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl Stage1Child {
+    /// The stage1's pid (the one `ark status` shows and `ark stop` signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
-    Error::Stage1(anyhow!(why))
+
+    /// Waits for the pod to end; returns its exit code, as `ark run` would exit (128+N for a
+    /// stage1 killed by signal N).
+    pub fn wait(&mut self) -> Result<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::Io(anyhow!("waiting for the stage1 of pod {}: {e}", self.uuid)))?;
+        Ok(status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR))
+    }
+}
+
+/// Like [`exec_stage1`], but starts the stage1 as a child and returns, for a front end that
+/// supervises pods. The pod lock goes to the stage1 alone (this process closes its copy without
+/// unlocking), so the pod counts as running exactly as long as the stage1 does.
+pub fn spawn_stage1(
+    ctx: &crate::Context,
+    prepared: Prepared,
+    interactive: bool,
+) -> Result<Stage1Child> {
+    let Prepared { pod: mut locked } = prepared;
+    let mut cmd = stage1_command(ctx, &mut locked, interactive)?;
+    let stop_signals = stop_signals();
+    // As across exec_stage1's exec: a stop before the stage1's signal setup stays pending.
+    // SAFETY: only sigprocmask (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            stop_signals
+                .thread_block()
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        });
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(err) => {
+            let why = format!("start {:?}: {err}", cmd.get_program());
+            return Err(stage1_did_not_start(&locked, why));
+        }
+    };
+    // Drop `cmd` first: it holds nothing, but the lock must be the stage1's before we return.
+    drop(cmd);
+    if let Err(e) = record_pid(&locked.pod.path, child.id()) {
+        tracing::warn!("pod {}: recording the stage1's pid: {e}", locked.pod.uuid);
+    }
+    let pod = locked.hand_over_lock();
+    Ok(Stage1Child {
+        uuid: pod.uuid,
+        pod_dir: pod.path,
+        child,
+    })
 }
 
 fn stop_signals() -> nix::sys::signal::SigSet {
