@@ -345,8 +345,13 @@ fn drive_child(
             }
             RESULT if dir.in_blob() => bail!("fetch child reported a result in mid-blob"),
             RESULT => return parse_frame("result", &payload),
-            // The child's own words, but a subverted child's: escaped like any registry string.
-            ERROR => bail!("{}", String::from_utf8_lossy(&payload).escape_debug()),
+            // The child's own words, registry strings in them already quoted with {:?}; but a
+            // subverted child's: its control characters escaped (not its quotes and
+            // backslashes, which escape_debug would double on text escaped once already).
+            ERROR => bail!(
+                "{}",
+                super::escape::controls_escaped(&String::from_utf8_lossy(&payload))
+            ),
             other => bail!("fetch child sent an unknown frame {other:#x}"),
         }
     }
