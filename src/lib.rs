@@ -5,6 +5,7 @@
 //! types; the front end maps the typed errors to its exit codes and messages.
 
 pub mod data_dir;
+mod error;
 pub mod image;
 pub mod mountinfo;
 pub mod pod;

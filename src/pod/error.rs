@@ -67,10 +67,7 @@ impl From<StoreError> for Error {
     }
 }
 
-/// Runs `f` (the body of a public call, written with anyhow) and sorts what it fails with.
-pub(crate) fn typed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> Result<T> {
-    f().map_err(Error::from)
-}
+pub(crate) use crate::error::typed;
 
 #[cfg(test)]
 mod tests {

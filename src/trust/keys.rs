@@ -11,11 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::NoSuchKey;
 use super::Fingerprint;
-
-/// Runs `f` (the body of a public call) and sorts what it fails with.
-fn typed<T>(f: impl FnOnce() -> Result<T>) -> super::Result<T> {
-    f().map_err(super::Error::from)
-}
+use crate::error::typed;
 
 /// What a stored key is trusted for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
