@@ -2,7 +2,35 @@
 //! (the `ark` command line in `src/cli/`, later an OCI runtime or a containerd shim).
 //!
 //! Every entry point takes a plain [`Context`] (and plain option structs), never command-line
-//! types; the front end maps the typed errors to its exit codes and messages.
+//! types; the front end maps the typed errors ([`image::Error`], [`pod::Error`],
+//! [`trust::Error`]) to its exit codes and messages. A front end that supervises its pods
+//! starts the stage1 as its child:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), ark::pod::Error> {
+//! use ark::pod::args::{AppOptions, AppSpec};
+//! use ark::pod::lifecycle::{prepare, spawn_stage1, Durability, PrepareRequest};
+//! let ctx = ark::Context::new("/var/lib/ark");
+//! let request = PrepareRequest {
+//!     flavor: ark_pod_spec::Flavor::Ns,
+//!     kvm_root: Default::default(),
+//!     volumes: vec![],
+//!     hostname: None,
+//!     interactive: false,
+//!     uuid_file_save: None,
+//!     net: ark_pod_spec::NetMode::None,
+//!     annotations: vec![],
+//!     apps: vec![AppSpec {
+//!         image: "docker://registry.example/app:1".into(),
+//!         flags: AppOptions::default(),
+//!         args: None,
+//!     }],
+//! };
+//! let mut pod = spawn_stage1(&ctx, prepare(&ctx, &request, Durability::Synced)?, false)?;
+//! println!("pod {} runs as pid {}", pod.uuid, pod.pid());
+//! let exit_code = pod.wait()?;
+//! # Ok(()) }
+//! ```
 
 pub mod data_dir;
 mod error;

@@ -3,13 +3,17 @@
 //! Public facade used by the pod half (`crate::pod`): open the store, make sure an image is
 //! present (fetching it if needed), read its config, and get its rendered rootfs.
 //!
-//! ```ignore
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use ark::image::{FetchOptions, ImageStore};
+//! let ctx = ark::Context::new("/var/lib/ark");
 //! let store = ImageStore::open(&ctx.dir)?;             // <dir>/images
 //! let id = store.fetch("oci-layout:/tmp/img:latest", &FetchOptions::from_context(&ctx))?;
 //! let config = store.image_config(&id)?;               // entrypoint, cmd, env, user, ...
 //! let rootfs = store.render(&id)?;                     // cached, read-only: copy or overlay it
 //! let hold = store.hold(&id)?;                         // rm/gc keep the tree while held
 //! hold.keep_across_exec()?;                            // ... for the pod's whole life
+//! # Ok(()) }
 //! ```
 
 mod aci;
