@@ -211,9 +211,9 @@ pub fn run_prepared(ctx: &crate::Context, id: &str, interactive: bool) -> Error 
     }
 }
 
-/// Moves the pod to `run/` and builds its stage1's command line, the pod lock fd made
-/// inheritable (the one fd the stage1 gets besides stdio), so the lock lives exactly as long as
-/// the stage1.
+/// Moves the pod to `run/` and builds its stage1's command line; the caller makes the pod lock
+/// fd inheritable (the one fd the stage1 gets besides stdio), so the lock lives exactly as long
+/// as the stage1.
 fn stage1_command(
     ctx: &crate::Context,
     locked: &mut LockedPod,
@@ -238,8 +238,6 @@ fn stage1_command(
     }
     // For a stage1 that wants to keep its children from inheriting the lock.
     cmd.env("ARK_POD_LOCK_FD", locked.lock_fd().to_string());
-    // The one fd the stage1 gets besides 0, 1 and 2.
-    locked.keep_across_exec()?;
     Ok(cmd)
 }
 
@@ -265,6 +263,8 @@ pub fn exec_stage1(ctx: &crate::Context, prepared: Prepared, interactive: bool) 
     let go = |locked: &mut LockedPod| -> anyhow::Result<Command> {
         let cmd = stage1_command(ctx, locked, interactive)?;
         record_pid(&locked.pod.path, std::process::id())?;
+        // The one fd the stage1 gets besides 0, 1 and 2 (main made every other close-on-exec).
+        locked.keep_across_exec()?;
         Ok(cmd)
     };
     let mut cmd = match go(&mut locked) {
@@ -322,10 +322,19 @@ pub fn spawn_stage1(
     let Prepared { pod: mut locked } = prepared;
     let mut cmd = stage1_command(ctx, &mut locked, interactive)?;
     let stop_signals = stop_signals();
-    // As across exec_stage1's exec: a stop before the stage1's signal setup stays pending.
-    // SAFETY: only sigprocmask (async-signal-safe) between fork and exec.
+    let lock_fd = locked.lock_fd();
+    // SAFETY: only async-signal-safe calls (close_range/fcntl, sigprocmask) between fork and
+    // exec, no allocation.
     unsafe {
         cmd.pre_exec(move || {
+            // Whatever fds the front end holds without close-on-exec stay out of the pod: the
+            // stage1 gets 0, 1, 2 and the lock (cleared here, in the child only, so no other
+            // process this front end starts meanwhile inherits the lock).
+            ark_pod_spec::fds::cloexec_from_in_child(ark_pod_spec::fds::FIRST_NON_STDIO_FD)?;
+            if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // As across exec_stage1's exec: a stop before the stage1's signal setup stays pending.
             stop_signals
                 .thread_block()
                 .map_err(|e| std::io::Error::from_raw_os_error(e as i32))

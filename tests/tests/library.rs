@@ -43,6 +43,11 @@ fn a_front_end_starts_an_ns_pod_as_its_child_and_gets_its_exit_code() {
         }],
     };
     let prepared = prepare(&ctx, &request, Durability::Synced).expect("prepare");
+    // A front end's own fd without close-on-exec (ark's main marks every inherited fd so; a
+    // front end may not): it must not reach the pod.
+    let stray_path = env.path().join("front-end-secret");
+    let stray = std::fs::File::create(&stray_path).unwrap();
+    let stray_fd = nix::unistd::dup(std::os::fd::AsRawFd::as_raw_fd(&stray)).unwrap();
     let mut pod = spawn_stage1(&ctx, prepared, false).expect("start the stage1 as a child");
     let uuid = pod.uuid.to_string();
     assert!(
@@ -55,6 +60,15 @@ fn a_front_end_starts_an_ns_pod_as_its_child_and_gets_its_exit_code() {
     let status = env.status(&uuid);
     assert_eq!(status["state"], "running", "{status:?}");
     assert_eq!(status["pid"], pod.pid().to_string(), "{status:?}");
+    let stage1_fds: Vec<_> = std::fs::read_dir(format!("/proc/{}/fd", pod.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .collect();
+    assert!(
+        !stage1_fds.contains(&stray_path),
+        "the stage1 inherited the front end's fd {stray_fd}: {stage1_fds:?}"
+    );
+    nix::unistd::close(stray_fd).unwrap();
 
     let started = Instant::now();
     let code = pod.wait().expect("wait for the pod");
