@@ -1,11 +1,8 @@
-//! ark stage0: the command-line front end. No daemon: every command does its work and exits;
-//! `ark run` ends by exec'ing the pod's stage1, so the caller waits on the pod itself.
+//! ark stage0: the command-line front end over the `ark` library. No daemon: every command
+//! does its work and exits; `ark run` ends by exec'ing the pod's stage1, so the caller waits on
+//! the pod itself.
 
 mod cli;
-mod data_dir;
-mod image;
-mod pod;
-mod trust;
 
 use std::process::ExitCode;
 

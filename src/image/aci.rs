@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use super::extract::decompress;
 use super::limits::{Metered, RenderLimits, StoreSpace, StreamMeter};
-use super::store::{now, ImageKind, ImageRecord, Imported, Layer, Staging, MAX_JSON};
+use super::record::{now, ImageKind, ImageRecord, Imported, Layer, MAX_JSON};
+use super::staging::Staging;
 use super::{FetchOptions, ImageConfig, ImageId};
 
 pub const ACI_MEDIA_TYPE: &str = "application/vnd.appc.aci";

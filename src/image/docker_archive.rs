@@ -15,8 +15,9 @@ use super::digest::Digest;
 use super::extract::clean_path;
 use super::limits::StoreSpace;
 use super::oci_layout::{check_image, OCI_CONFIG, OCI_MANIFEST};
+use super::record::{now, ImageKind, ImageRecord, Imported, MAX_JSON};
 use super::reference::with_default_tag;
-use super::store::{now, ImageKind, ImageRecord, Imported, Staging, MAX_JSON};
+use super::staging::Staging;
 use super::{FetchOptions, ImageId};
 
 #[derive(Debug, Deserialize)]

@@ -3,28 +3,35 @@
 //! Public facade used by the pod half (`crate::pod`): open the store, make sure an image is
 //! present (fetching it if needed), read its config, and get its rendered rootfs.
 //!
-//! ```ignore
-//! let store = ImageStore::open(&global.dir)?;          // <dir>/images
-//! let id = store.fetch("oci-layout:/tmp/img:latest", &FetchOptions::from_global(&global))?;
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use ark::image::{FetchOptions, ImageStore};
+//! let ctx = ark::Context::new("/var/lib/ark");
+//! let store = ImageStore::open(&ctx.dir)?;             // <dir>/images
+//! let id = store.fetch("oci-layout:/tmp/img:latest", &FetchOptions::from_context(&ctx))?;
 //! let config = store.image_config(&id)?;               // entrypoint, cmd, env, user, ...
 //! let rootfs = store.render(&id)?;                     // cached, read-only: copy or overlay it
 //! let hold = store.hold(&id)?;                         // rm/gc keep the tree while held
 //! hold.keep_across_exec()?;                            // ... for the pod's whole life
+//! # Ok(()) }
 //! ```
 
 mod aci;
-pub mod cli;
 mod digest;
 mod docker_archive;
+pub mod error;
 pub mod escape;
 mod extract;
+mod fsutil;
 mod limits;
 mod oci_layout;
 pub mod privsep;
 mod progress;
+mod record;
 mod reference;
 pub mod registry;
 mod render;
+mod staging;
 mod store;
 
 use std::collections::BTreeMap;
@@ -35,7 +42,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
-#[allow(unused_imports)] // for the pod half, which holds renders across exec
+pub use error::{Error, Result};
 pub use store::{ImageInfo, ImageKind, ImageStore, RenderHold};
 
 /// An image's identity: the sha256 of its manifest (OCI/Docker) or of the ACI file itself.
@@ -108,15 +115,15 @@ pub struct FetchOptions {
 }
 
 impl FetchOptions {
-    pub fn from_global(global: &crate::cli::GlobalOpts) -> Self {
-        use crate::cli::InsecureOption;
+    /// The checks `ctx` keeps, and its trusted keys; the default platform, no signature dir.
+    pub fn from_context(ctx: &crate::Context) -> Self {
         FetchOptions {
-            insecure_image: global.insecure(InsecureOption::Image),
-            insecure_tls: global.insecure(InsecureOption::Tls),
-            insecure_http: global.insecure(InsecureOption::Http),
+            insecure_image: ctx.insecure.image,
+            insecure_tls: ctx.insecure.tls,
+            insecure_http: ctx.insecure.http,
             platform: None,
             signature_dir: None,
-            trust_dir: global.dir.join("trust"),
+            trust_dir: crate::trust::trust_dir(&ctx.dir),
         }
     }
 }
@@ -136,18 +143,19 @@ fn verify_local_signature(
         return Ok(());
     }
     let name = name.unwrap_or("<unnamed>");
+    let refuse = |msg: String| Err(error::Unverified(msg).into());
     let Some(dir) = &opts.signature_dir else {
-        anyhow::bail!(
+        return refuse(format!(
             "image {name:?} ({manifest_digest}) has no signature to verify: pass --signature-dir DIR \
              with simple-signing signatures from a key trusted with `ark trust`, or \
              --insecure-options=image to skip verification"
-        )
+        ));
     };
     let Some(identity) = identity else {
-        anyhow::bail!(
+        return refuse(format!(
             "image {name:?} ({manifest_digest}) names no registry reference (HOST/REPO:TAG) that a \
              signature could be checked against; pass --insecure-options=image to skip verification"
-        )
+        ));
     };
     let fingerprint = crate::trust::verify_simple_signing(
         &opts.trust_dir,
@@ -161,11 +169,13 @@ fn verify_local_signature(
     Ok(())
 }
 
-/// Errors from the OpenPGP library can span lines; ark's errors are one line.
-pub(crate) fn one_line(e: anyhow::Error) -> anyhow::Error {
+/// Errors from the OpenPGP library can span lines; ark's errors are one line. The kind of
+/// error (a refused signature, ...) is kept.
+pub(crate) fn one_line(e: crate::trust::Error) -> anyhow::Error {
     let text = format!("{e:#}");
     if !text.contains('\n') {
-        return e;
+        return e.into();
     }
-    anyhow::anyhow!(text.split_whitespace().collect::<Vec<_>>().join(" "))
+    let flat = anyhow::anyhow!(text.split_whitespace().collect::<Vec<_>>().join(" "));
+    e.with_inner(flat).into()
 }

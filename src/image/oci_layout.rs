@@ -11,7 +11,8 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest}
 
 use super::digest::Digest;
 use super::limits::StoreSpace;
-use super::store::{now, ImageKind, ImageRecord, ImageStore, Imported, Layer, Staging, MAX_JSON};
+use super::record::{now, ImageKind, ImageRecord, Imported, Layer, MAX_JSON};
+use super::staging::Staging;
 use super::{FetchOptions, ImageConfig, ImageId};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -353,8 +354,9 @@ pub fn image_config(manifest: &[u8], config: &[u8]) -> anyhow::Result<ImageConfi
 }
 
 /// Writes the image as an OCI layout in `dir` (created here).
+/// `blob_path` says where the store keeps a blob.
 pub fn export(
-    store: &ImageStore,
+    blob_path: &dyn Fn(&Digest) -> std::path::PathBuf,
     record: &ImageRecord,
     names: &[String],
     dir: &Path,
@@ -362,20 +364,17 @@ pub fn export(
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    let digests = [&record.manifest, &record.config]
-        .into_iter()
-        .chain(record.layers.iter().map(|l| &l.digest));
-    for d in digests {
+    for d in record.blobs() {
         let dest = blobs.join(d.hex());
         if dest.exists() {
             continue;
         }
         // Blobs are immutable, so a hard link is a safe copy; fall back across filesystems.
-        if fs::hard_link(store.blob_path(d), &dest).is_err() {
-            fs::copy(store.blob_path(d), &dest).with_context(|| format!("copying blob {d}"))?;
+        if fs::hard_link(blob_path(d), &dest).is_err() {
+            fs::copy(blob_path(d), &dest).with_context(|| format!("copying blob {d}"))?;
         }
     }
-    let manifest_size = fs::metadata(store.blob_path(&record.manifest))?.len();
+    let manifest_size = fs::metadata(blob_path(&record.manifest))?.len();
     let mut desc = serde_json::json!({
         "mediaType": record.manifest_media_type,
         "digest": record.manifest.to_string(),

@@ -26,7 +26,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::registry::{self, DirSink, Fetched, LayoutSink, PullRequest};
+use super::registry::request::{Fetched, PullRequest};
+use super::registry::sink::{DirSink, LayoutSink};
 use crate::trust::signing::{self, DockerReference};
 
 /// The unprivileged identity of the fetch child (Debian's nobody:nogroup).
@@ -247,7 +248,7 @@ fn check_child_result(
             let index: serde_json::Value = serde_json::from_slice(&index).map_err(|e| {
                 anyhow!(
                     "image index {index_digest} is not JSON: {}",
-                    crate::image::escape::controls_escaped(&e.to_string())
+                    e.to_string().escape_debug()
                 )
             })?;
             let names_manifest = index["manifests"].as_array().is_some_and(|m| {
@@ -344,10 +345,12 @@ fn drive_child(
             }
             RESULT if dir.in_blob() => bail!("fetch child reported a result in mid-blob"),
             RESULT => return parse_frame("result", &payload),
-            // The child's own words, but a subverted child's: escaped like any registry string.
+            // The child's own words, registry strings in them already quoted with {:?}; but a
+            // subverted child's: its control characters escaped (not its quotes and
+            // backslashes, which escape_debug would double on text escaped once already).
             ERROR => bail!(
                 "{}",
-                crate::image::escape::controls_escaped(&String::from_utf8_lossy(&payload))
+                super::escape::controls_escaped(&String::from_utf8_lossy(&payload))
             ),
             other => bail!("fetch child sent an unknown frame {other:#x}"),
         }
@@ -361,7 +364,7 @@ fn parse_frame<T: serde::de::DeserializeOwned>(kind: &str, payload: &[u8]) -> Re
         anyhow!(
             "fetch child sent a bad {kind} frame ({} bytes): {}",
             payload.len(),
-            crate::image::escape::controls_escaped(&e.to_string())
+            e.to_string().escape_debug()
         )
     })
 }
@@ -536,9 +539,12 @@ fn install_seccomp() -> Result<String> {
         .unwrap_or_else(|| "?".into()))
 }
 
-/// `ark __registry-fetch-child`: reads a [`PullRequest`] line on stdin, streams the layout as
+/// The child's side: reads a [`PullRequest`] line on stdin, runs `pull` (the registry's work,
+/// handed in so this module knows only the protocol) into a sink that streams the layout as
 /// frames on stdout, ends with a result or an error frame.
-pub fn child_main() -> Result<ExitCode> {
+pub fn child_main(
+    pull: impl FnOnce(&PullRequest, &mut dyn LayoutSink) -> Result<Fetched>,
+) -> Result<ExitCode> {
     let identity = check_unprivileged()?;
     let seccomp = install_seccomp()?;
     tracing::debug!("registry fetch child: {identity} seccomp={seccomp}");
@@ -551,7 +557,7 @@ pub fn child_main() -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut sink = PipeSink { out, input };
-    let outcome = registry::pull(&request, &mut sink);
+    let outcome = pull(&request, &mut sink);
     let (tag, payload) = match outcome {
         Ok(f) => (RESULT, serde_json::to_vec(&f)?),
         Err(e) => (ERROR, format!("{e:#}").into_bytes()),

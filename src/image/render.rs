@@ -8,43 +8,48 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 use super::digest::HashingReader;
+use super::error::{typed, Result};
 use super::extract::{decompress, Extractor};
+use super::fsutil::{flock, fsync_dir, remove_tree};
 use super::limits::RenderLimits;
 use super::progress::Progress;
-use super::store::{flock, fsync_dir, remove_tree, ImageKind, ImageRecord, ImageStore};
+use super::record::{ImageKind, ImageRecord};
+use super::store::ImageStore;
 use super::ImageId;
 
 impl ImageStore {
     /// The image's rendered rootfs, rendering it first if this is the first ask. Concurrent
     /// callers wait for one render; a render interrupted half way is never visible. The tree is
     /// shared by every pod of this image: use it read-only (as an overlay lower dir, say).
-    pub fn render(&self, id: &ImageId) -> anyhow::Result<PathBuf> {
-        let final_dir = self.renders_dir().join(id.0.hex());
-        let rootfs = final_dir.join("rootfs");
-        if rootfs.is_dir() {
-            return Ok(rootfs);
-        }
-        let record = self.record(id)?;
-        let _shared = self.lock("store.lock", false)?;
-        let _render = flock(
-            &self.renders_dir().join(format!("{}.lock", id.0.hex())),
-            true,
-        )?;
-        if rootfs.is_dir() {
-            return Ok(rootfs);
-        }
-        let tmp = self
-            .tmp_dir()
-            .join(format!("render-{}", uuid::Uuid::new_v4()));
-        let result = self.render_into(&record, &tmp).and_then(|()| {
-            fs::rename(&tmp, &final_dir).context("moving the render into place")?;
-            fsync_dir(&self.renders_dir())
-        });
-        if result.is_err() {
-            let _ = remove_tree(&tmp);
-        }
-        result.with_context(|| format!("rendering image {id}"))?;
-        Ok(rootfs)
+    pub fn render(&self, id: &ImageId) -> Result<PathBuf> {
+        typed(|| {
+            let final_dir = self.renders_dir().join(id.0.hex());
+            let rootfs = final_dir.join("rootfs");
+            if rootfs.is_dir() {
+                return Ok(rootfs);
+            }
+            let record = self.record(id)?;
+            let _shared = self.lock("store.lock", false)?;
+            let _render = flock(
+                &self.renders_dir().join(format!("{}.lock", id.0.hex())),
+                true,
+            )?;
+            if rootfs.is_dir() {
+                return Ok(rootfs);
+            }
+            let tmp = self
+                .tmp_dir()
+                .join(format!("render-{}", uuid::Uuid::new_v4()));
+            let result = self.render_into(&record, &tmp).and_then(|()| {
+                fs::rename(&tmp, &final_dir).context("moving the render into place")?;
+                fsync_dir(&self.renders_dir())
+            });
+            if result.is_err() {
+                let _ = remove_tree(&tmp);
+            }
+            result.with_context(|| format!("rendering image {id}"))?;
+            Ok(rootfs)
+        })
     }
 
     fn render_into(&self, record: &ImageRecord, dir: &Path) -> anyhow::Result<()> {
@@ -105,27 +110,29 @@ impl ImageStore {
     }
 
     /// Copies the (cached) rendered rootfs to `dest`, which must not exist or be empty.
-    pub fn render_to(&self, id: &ImageId, dest: &Path) -> anyhow::Result<()> {
-        if dest.exists() && fs::read_dir(dest)?.next().is_some() {
-            bail!("{} exists and is not empty", dest.display());
-        }
-        let rootfs = self.render(id)?;
-        // A concurrent `ark image rm` must not pull the tree away mid-copy.
-        let _hold = self.hold(id)?;
-        fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-        // cp -a keeps modes, owners, times, links, devices and xattrs, and is what users
-        // would do by hand; the source is ark's own tree.
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg("--preserve=all")
-            .arg("--no-target-directory")
-            .arg(&rootfs)
-            .arg(dest)
-            .status()
-            .context("running cp")?;
-        if !status.success() {
-            bail!("copying the rootfs to {} failed ({status})", dest.display());
-        }
-        Ok(())
+    pub fn render_to(&self, id: &ImageId, dest: &Path) -> Result<()> {
+        typed(|| {
+            if dest.exists() && fs::read_dir(dest)?.next().is_some() {
+                bail!("{} exists and is not empty", dest.display());
+            }
+            let rootfs = self.render(id)?;
+            // A concurrent `ark image rm` must not pull the tree away mid-copy.
+            let _hold = self.hold(id)?;
+            fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+            // cp -a keeps modes, owners, times, links, devices and xattrs, and is what users
+            // would do by hand; the source is ark's own tree.
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg("--preserve=all")
+                .arg("--no-target-directory")
+                .arg(&rootfs)
+                .arg(dest)
+                .status()
+                .context("running cp")?;
+            if !status.success() {
+                bail!("copying the rootfs to {} failed ({status})", dest.display());
+            }
+            Ok(())
+        })
     }
 }

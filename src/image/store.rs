@@ -15,90 +15,29 @@
 //! `ark image gc` removes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::digest::{Digest, HashingWriter, OVERSIZE};
-use super::limits::ReserveWriter;
+use super::digest::Digest;
+use super::error::{typed, NotInStore, Result};
+use super::fsutil::try_flock_exclusive;
+pub(crate) use super::fsutil::{flock, fsync_dir, remove_tree, Lock};
 use super::oci_layout::Origin;
-use super::progress::Progress;
+pub use super::record::{ImageInfo, ImageKind};
+use super::record::{ImageRecord, Imported, MAX_JSON};
 use super::reference::{with_default_tag, Source};
+use super::staging::{self, Staging};
 use super::{FetchOptions, ImageConfig, ImageId};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageKind {
-    /// An OCI or Docker schema2 image: manifest, config, layers.
-    Oci,
-    /// An appc ACI: one tar with `manifest` and `rootfs/`.
-    Aci,
-}
-
-/// One layer blob as the manifest lists it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Layer {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-    /// Digest of the uncompressed tar (the config's `rootfs.diff_ids`), checked when rendering.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff_id: Option<Digest>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ImageRecord {
-    pub id: ImageId,
-    pub kind: ImageKind,
-    /// The OCI manifest, or the appc image manifest extracted from the ACI.
-    pub manifest: Digest,
-    pub manifest_media_type: String,
-    /// The OCI config blob; for an ACI, the same as `manifest`.
-    pub config: Digest,
-    /// Layers bottom-up; for an ACI, the ACI file itself.
-    pub layers: Vec<Layer>,
-    /// Total bytes of the image's blobs.
-    pub size: u64,
-    /// What it was fetched as (`docker://...`, `oci-layout:...`).
-    pub source: String,
-    /// Seconds since the epoch.
-    pub imported: u64,
-}
-
-impl ImageRecord {
-    fn blobs(&self) -> impl Iterator<Item = &Digest> {
-        [&self.manifest, &self.config]
-            .into_iter()
-            .chain(self.layers.iter().map(|l| &l.digest))
-    }
-}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Index {
     images: BTreeMap<ImageId, ImageRecord>,
     /// `name:tag` → image.
     names: BTreeMap<String, ImageId>,
-}
-
-/// One image as `ark image list` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageInfo {
-    pub id: ImageId,
-    pub kind: ImageKind,
-    pub names: Vec<String>,
-    pub size: u64,
-    pub imported: u64,
-    pub source: String,
-}
-
-/// What an importer hands to the store once every blob is staged and verified.
-pub(crate) struct Imported {
-    pub record: ImageRecord,
-    pub names: Vec<String>,
 }
 
 pub struct ImageStore {
@@ -113,22 +52,25 @@ fn mounted_as_overlay_lower(dir: &Path) -> io::Result<bool> {
         .any(|lower| lower.starts_with(&dir)))
 }
 
-/// A held flock; released on drop.
-pub(crate) struct Lock(#[allow(dead_code)] File);
-
 impl ImageStore {
     /// Opens (creating if needed) the store under `<dir>/images`, `dir` being ark's `--dir`.
-    pub fn open(dir: &Path) -> anyhow::Result<ImageStore> {
-        let root = dir.join("images");
-        for sub in ["blobs/sha256", "renders", "tmp"] {
-            fs::create_dir_all(root.join(sub))
-                .with_context(|| format!("creating image store {}", root.display()))?;
-        }
-        Ok(ImageStore { root })
+    pub fn open(dir: &Path) -> Result<ImageStore> {
+        typed(|| {
+            let root = dir.join("images");
+            for sub in ["blobs/sha256", "renders", "tmp"] {
+                fs::create_dir_all(root.join(sub))
+                    .with_context(|| format!("creating image store {}", root.display()))?;
+            }
+            Ok(ImageStore { root })
+        })
     }
 
     pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(d.hex())
+        staging::blob_path(&self.blobs_dir(), d)
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
     }
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {
@@ -147,29 +89,34 @@ impl ImageStore {
     /// store has already are not copied again; names move to the image just fetched. A
     /// reference without a transport (`sha256:...`, a short ID, `name[:tag]`) names an image
     /// already in the store.
-    pub fn fetch(&self, reference: &str, opts: &FetchOptions) -> anyhow::Result<ImageId> {
-        let source = match Source::parse(reference) {
-            Ok(source) => source,
-            // Not a transport reference: an image already in the store, by ID or name.
-            Err(e) => return self.resolve(reference).map_err(|_| e),
-        };
-        let _shared = self.lock("store.lock", false)?;
-        let mut staging = Staging::new(self)?;
-        let imported = match &source {
-            Source::OciLayout { path, tag } => {
-                super::oci_layout::import(&mut staging, path, tag.as_deref(), Origin::User(opts))
+    pub fn fetch(&self, reference: &str, opts: &FetchOptions) -> Result<ImageId> {
+        typed(|| {
+            let source = match Source::parse(reference) {
+                Ok(source) => source,
+                // Not a transport reference: an image already in the store, by ID or name.
+                Err(e) => return self.resolve(reference).map_err(|_| e),
+            };
+            let _shared = self.lock("store.lock", false)?;
+            let mut staging = Staging::new(&self.tmp_dir(), &self.blobs_dir())?;
+            let imported = match &source {
+                Source::OciLayout { path, tag } => super::oci_layout::import(
+                    &mut staging,
+                    path,
+                    tag.as_deref(),
+                    Origin::User(opts),
+                ),
+                Source::DockerArchive { path, reference } => {
+                    super::docker_archive::import(&mut staging, path, reference.as_deref(), opts)
+                }
+                Source::Aci(path) => super::aci::import(&mut staging, path, opts),
+                Source::Docker(r) => self.fetch_docker(&mut staging, r, opts),
             }
-            Source::DockerArchive { path, reference } => {
-                super::docker_archive::import(&mut staging, path, reference.as_deref(), opts)
-            }
-            Source::Aci(path) => super::aci::import(&mut staging, path, opts),
-            Source::Docker(r) => self.fetch_docker(&mut staging, r, opts),
-        }
-        .and_then(|imported| super::reference::check_names(&imported.names).map(|()| imported))
-        .with_context(|| format!("fetching {reference}"))?;
-        let mut imported = imported;
-        imported.record.source = reference.to_string();
-        self.commit(staging, imported)
+            .and_then(|imported| super::reference::check_names(&imported.names).map(|()| imported))
+            .with_context(|| format!("fetching {reference}"))?;
+            let mut imported = imported;
+            imported.record.source = reference.to_string();
+            self.commit(staging, imported)
+        })
     }
 
     /// `docker://`: the registry client writes a verified OCI layout into our staging dir
@@ -323,67 +270,74 @@ impl ImageStore {
         self.read_index()?
             .images
             .remove(id)
-            .with_context(|| format!("image {id} is not in the store"))
+            .ok_or_else(|| NotInStore(format!("image {id} is not in the store")).into())
     }
 
     /// Finds a stored image by full or short ID (`sha256:` optional) or by `name[:tag]`
     /// (`:latest` implied; a name may omit its registry host if that leaves one match).
-    pub fn resolve(&self, name_or_id: &str) -> anyhow::Result<ImageId> {
-        let index = self.read_index()?;
-        let wanted = name_or_id.strip_prefix("docker://").unwrap_or(name_or_id);
-        let named = with_default_tag(wanted);
-        if let Some(id) = index.names.get(&named) {
-            return Ok(id.clone());
-        }
-        let by_suffix: BTreeSet<&ImageId> = index
-            .names
-            .iter()
-            .filter(|(n, _)| n.ends_with(&format!("/{named}")))
-            .map(|(_, id)| id)
-            .collect();
-        if by_suffix.len() == 1 {
-            return Ok((*by_suffix.iter().next().unwrap()).clone());
-        }
-        let hex = wanted.strip_prefix("sha256:").unwrap_or(wanted);
-        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let hex = hex.to_ascii_lowercase();
-            let matches: Vec<&ImageId> = index
-                .images
-                .keys()
-                .filter(|id| id.0.hex().starts_with(&hex))
-                .collect();
-            match matches.len() {
-                1 => return Ok(matches[0].clone()),
-                0 => {}
-                n => bail!("{name_or_id:?} is ambiguous: it is the start of {n} image IDs"),
+    pub fn resolve(&self, name_or_id: &str) -> Result<ImageId> {
+        typed(|| {
+            let index = self.read_index()?;
+            let wanted = name_or_id.strip_prefix("docker://").unwrap_or(name_or_id);
+            let named = with_default_tag(wanted);
+            if let Some(id) = index.names.get(&named) {
+                return Ok(id.clone());
             }
-        }
-        if by_suffix.len() > 1 {
-            bail!("{name_or_id:?} is ambiguous: it names images from several registries");
-        }
-        bail!("no image {name_or_id:?} in the store (see `ark image list`)")
+            let by_suffix: BTreeSet<&ImageId> = index
+                .names
+                .iter()
+                .filter(|(n, _)| n.ends_with(&format!("/{named}")))
+                .map(|(_, id)| id)
+                .collect();
+            if by_suffix.len() == 1 {
+                return Ok((*by_suffix.iter().next().unwrap()).clone());
+            }
+            let hex = wanted.strip_prefix("sha256:").unwrap_or(wanted);
+            if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let hex = hex.to_ascii_lowercase();
+                let matches: Vec<&ImageId> = index
+                    .images
+                    .keys()
+                    .filter(|id| id.0.hex().starts_with(&hex))
+                    .collect();
+                match matches.len() {
+                    1 => return Ok(matches[0].clone()),
+                    0 => {}
+                    n => bail!("{name_or_id:?} is ambiguous: it is the start of {n} image IDs"),
+                }
+            }
+            if by_suffix.len() > 1 {
+                bail!("{name_or_id:?} is ambiguous: it names images from several registries");
+            }
+            Err(NotInStore(format!(
+                "no image {name_or_id:?} in the store (see `ark image list`)"
+            ))
+            .into())
+        })
     }
 
-    pub fn list(&self) -> anyhow::Result<Vec<ImageInfo>> {
-        let index = self.read_index()?;
-        let mut names: BTreeMap<&ImageId, Vec<String>> = BTreeMap::new();
-        for (name, id) in &index.names {
-            names.entry(id).or_default().push(name.clone());
-        }
-        let mut out: Vec<ImageInfo> = index
-            .images
-            .values()
-            .map(|r| ImageInfo {
-                id: r.id.clone(),
-                kind: r.kind,
-                names: names.get(&r.id).cloned().unwrap_or_default(),
-                size: r.size,
-                imported: r.imported,
-                source: r.source.clone(),
-            })
-            .collect();
-        out.sort_by(|a, b| b.imported.cmp(&a.imported).then(a.id.cmp(&b.id)));
-        Ok(out)
+    pub fn list(&self) -> Result<Vec<ImageInfo>> {
+        typed(|| {
+            let index = self.read_index()?;
+            let mut names: BTreeMap<&ImageId, Vec<String>> = BTreeMap::new();
+            for (name, id) in &index.names {
+                names.entry(id).or_default().push(name.clone());
+            }
+            let mut out: Vec<ImageInfo> = index
+                .images
+                .values()
+                .map(|r| ImageInfo {
+                    id: r.id.clone(),
+                    kind: r.kind,
+                    names: names.get(&r.id).cloned().unwrap_or_default(),
+                    size: r.size,
+                    imported: r.imported,
+                    source: r.source.clone(),
+                })
+                .collect();
+            out.sort_by(|a, b| b.imported.cmp(&a.imported).then(a.id.cmp(&b.id)));
+            Ok(out)
+        })
     }
 
     pub(crate) fn read_blob(&self, d: &Digest, limit: u64) -> anyhow::Result<Vec<u8>> {
@@ -398,40 +352,46 @@ impl ImageStore {
     }
 
     /// The image's manifest as stored (OCI/Docker manifest JSON, or the ACI's manifest).
-    pub fn manifest(&self, id: &ImageId) -> anyhow::Result<Vec<u8>> {
-        let record = self.record(id)?;
-        self.read_blob(&record.manifest, MAX_JSON)
+    pub fn manifest(&self, id: &ImageId) -> Result<Vec<u8>> {
+        typed(|| {
+            let record = self.record(id)?;
+            self.read_blob(&record.manifest, MAX_JSON)
+        })
     }
 
     /// Entrypoint, cmd, env, user, working dir, labels and annotations of a stored image.
-    pub fn image_config(&self, id: &ImageId) -> anyhow::Result<ImageConfig> {
-        let record = self.record(id)?;
-        match record.kind {
-            ImageKind::Oci => {
-                let manifest = self.read_blob(&record.manifest, MAX_JSON)?;
-                let config = self.read_blob(&record.config, MAX_JSON)?;
-                super::oci_layout::image_config(&manifest, &config)
+    pub fn image_config(&self, id: &ImageId) -> Result<ImageConfig> {
+        typed(|| {
+            let record = self.record(id)?;
+            match record.kind {
+                ImageKind::Oci => {
+                    let manifest = self.read_blob(&record.manifest, MAX_JSON)?;
+                    let config = self.read_blob(&record.config, MAX_JSON)?;
+                    super::oci_layout::image_config(&manifest, &config)
+                }
+                ImageKind::Aci => {
+                    let manifest = self.read_blob(&record.manifest, MAX_JSON)?;
+                    super::aci::image_config(&manifest)
+                }
             }
-            ImageKind::Aci => {
-                let manifest = self.read_blob(&record.manifest, MAX_JSON)?;
-                super::aci::image_config(&manifest)
-            }
-        }
-        .with_context(|| format!("reading the config of image {id}"))
+            .with_context(|| format!("reading the config of image {id}"))
+        })
     }
 
     /// Removes images (by ID or name) and their blobs and render that no other image uses.
-    pub fn remove(&self, name_or_id: &str) -> anyhow::Result<ImageId> {
-        let _excl = self.lock("store.lock", true)?;
-        let id = self.resolve(name_or_id)?;
-        self.update_index(|index| {
-            index.images.remove(&id);
-            index.names.retain(|_, v| *v != id);
-            Ok(())
-        })?;
-        self.remove_render(id.0.hex())?;
-        self.sweep_blobs()?;
-        Ok(id)
+    pub fn remove(&self, name_or_id: &str) -> Result<ImageId> {
+        typed(|| {
+            let _excl = self.lock("store.lock", true)?;
+            let id = self.resolve(name_or_id)?;
+            self.update_index(|index| {
+                index.images.remove(&id);
+                index.names.retain(|_, v| *v != id);
+                Ok(())
+            })?;
+            self.remove_render(id.0.hex())?;
+            self.sweep_blobs()?;
+            Ok(id)
+        })
     }
 
     /// Removes an image's render unless a pod holds it (see [`ImageStore::hold`]); a held
@@ -464,9 +424,11 @@ impl ImageStore {
     /// Marks the image's render as in use for as long as the returned hold (an open file with a
     /// shared flock) lives — across `exec` too, if [`RenderHold::keep_across_exec`] is called —
     /// so `ark image rm`/`gc` leave the tree alone while a pod runs on it.
-    pub fn hold(&self, id: &ImageId) -> anyhow::Result<RenderHold> {
-        let path = self.renders_dir().join(format!("{}.use", id.0.hex()));
-        Ok(RenderHold(flock(&path, false)?))
+    pub fn hold(&self, id: &ImageId) -> Result<RenderHold> {
+        typed(|| {
+            let path = self.renders_dir().join(format!("{}.use", id.0.hex()));
+            Ok(RenderHold(flock(&path, false)?))
+        })
     }
 
     /// Deletes blobs no image references; the caller holds store.lock exclusively.
@@ -493,75 +455,81 @@ impl ImageStore {
 
     /// Reclaims what interrupted commands left: staging dirs, unreferenced blobs, renders of
     /// removed images. Waits for running fetches and renders to finish.
-    pub fn gc(&self) -> anyhow::Result<GcReport> {
-        let _excl = self.lock("store.lock", true)?;
-        let mut report = GcReport::default();
-        for entry in fs::read_dir(self.tmp_dir())? {
-            let path = entry?.path();
-            remove_tree(&path).with_context(|| format!("removing {}", path.display()))?;
-            report.tmp += 1;
-        }
-        let (blobs, bytes) = self.sweep_blobs()?;
-        report.blobs = blobs;
-        report.blob_bytes = bytes;
-        let index = self.read_index()?;
-        let live: BTreeSet<String> = index
-            .images
-            .keys()
-            .map(|id| id.0.hex().to_string())
-            .collect();
-        for entry in fs::read_dir(self.renders_dir())? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            let Some(hex) = name.get(..64).filter(|h| !live.contains(*h)) else {
-                continue;
-            };
-            if name.len() == 64 && self.remove_render(hex)? {
-                report.renders += 1;
-            } else if name.len() > 64 && !self.renders_dir().join(hex).exists() {
-                // A lock file whose render is gone (or never finished).
-                if let Some(_free) =
-                    try_flock_exclusive(&self.renders_dir().join(format!("{hex}.use")))?
-                {
-                    let _ = fs::remove_file(self.renders_dir().join(&name));
+    pub fn gc(&self) -> Result<GcReport> {
+        typed(|| {
+            let _excl = self.lock("store.lock", true)?;
+            let mut report = GcReport::default();
+            for entry in fs::read_dir(self.tmp_dir())? {
+                let path = entry?.path();
+                remove_tree(&path).with_context(|| format!("removing {}", path.display()))?;
+                report.tmp += 1;
+            }
+            let (blobs, bytes) = self.sweep_blobs()?;
+            report.blobs = blobs;
+            report.blob_bytes = bytes;
+            let index = self.read_index()?;
+            let live: BTreeSet<String> = index
+                .images
+                .keys()
+                .map(|id| id.0.hex().to_string())
+                .collect();
+            for entry in fs::read_dir(self.renders_dir())? {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                let Some(hex) = name.get(..64).filter(|h| !live.contains(*h)) else {
+                    continue;
+                };
+                if name.len() == 64 && self.remove_render(hex)? {
+                    report.renders += 1;
+                } else if name.len() > 64 && !self.renders_dir().join(hex).exists() {
+                    // A lock file whose render is gone (or never finished).
+                    if let Some(_free) =
+                        try_flock_exclusive(&self.renders_dir().join(format!("{hex}.use")))?
+                    {
+                        let _ = fs::remove_file(self.renders_dir().join(&name));
+                    }
                 }
             }
-        }
-        Ok(report)
+            Ok(report)
+        })
     }
 
     /// Writes an image as an OCI image layout at `dest` (which must not exist yet).
-    pub fn export(&self, id: &ImageId, dest: &Path) -> anyhow::Result<()> {
-        let record = self.record(id)?;
-        if record.kind != ImageKind::Oci {
-            bail!("image {id} is an ACI; only OCI/Docker images can be exported as an OCI layout");
-        }
-        if dest.exists() {
-            bail!("{} already exists", dest.display());
-        }
-        let names: Vec<String> = self
-            .read_index()?
-            .names
-            .iter()
-            .filter(|(_, v)| **v == record.id)
-            .map(|(n, _)| n.clone())
-            .collect();
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let file_name = dest.file_name().context("export path has no file name")?;
-        // Build beside the destination, then rename: a half-written layout is never visible.
-        let tmp = parent.join(format!(
-            ".{}.tmp-{}",
-            file_name.to_string_lossy(),
-            uuid::Uuid::new_v4()
-        ));
-        let result = super::oci_layout::export(self, &record, &names, &tmp)
-            .and_then(|()| fs::rename(&tmp, dest).context("renaming into place"));
-        if result.is_err() {
-            let _ = remove_tree(&tmp);
-        }
-        result.with_context(|| format!("exporting {id} to {}", dest.display()))
+    pub fn export(&self, id: &ImageId, dest: &Path) -> Result<()> {
+        typed(|| {
+            let record = self.record(id)?;
+            if record.kind != ImageKind::Oci {
+                bail!(
+                    "image {id} is an ACI; only OCI/Docker images can be exported as an OCI layout"
+                );
+            }
+            if dest.exists() {
+                bail!("{} already exists", dest.display());
+            }
+            let names: Vec<String> = self
+                .read_index()?
+                .names
+                .iter()
+                .filter(|(_, v)| **v == record.id)
+                .map(|(n, _)| n.clone())
+                .collect();
+            let parent = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let file_name = dest.file_name().context("export path has no file name")?;
+            // Build beside the destination, then rename: a half-written layout is never visible.
+            let tmp = parent.join(format!(
+                ".{}.tmp-{}",
+                file_name.to_string_lossy(),
+                uuid::Uuid::new_v4()
+            ));
+            let result = super::oci_layout::export(&|d| self.blob_path(d), &record, &names, &tmp)
+                .and_then(|()| fs::rename(&tmp, dest).context("renaming into place"));
+            if result.is_err() {
+                let _ = remove_tree(&tmp);
+            }
+            result.with_context(|| format!("exporting {id} to {}", dest.display()))
+        })
     }
 }
 
@@ -571,172 +539,6 @@ pub struct GcReport {
     pub blobs: usize,
     pub blob_bytes: u64,
     pub renders: usize,
-}
-
-/// Manifests, configs and index files are small; a bigger one is hostile.
-pub(crate) const MAX_JSON: u64 = 4 << 20;
-
-/// One fetch's private staging directory under `tmp/`. Blobs are written and verified here
-/// and only moved into `blobs/` when the whole image checked out; dropped = deleted.
-pub(crate) struct Staging<'a> {
-    pub store: &'a ImageStore,
-    pub dir: PathBuf,
-    blobs: Vec<(Digest, PathBuf)>,
-    pub progress: Progress,
-}
-
-impl<'a> Staging<'a> {
-    fn new(store: &'a ImageStore) -> anyhow::Result<Self> {
-        let dir = store
-            .tmp_dir()
-            .join(format!("fetch-{}", uuid::Uuid::new_v4()));
-        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Staging {
-            store,
-            dir,
-            blobs: Vec::new(),
-            progress: Progress::new(),
-        })
-    }
-
-    /// Where a blob staged here or already in the store can be read.
-    pub fn path_of(&self, d: &Digest) -> Option<PathBuf> {
-        if let Some((_, p)) = self.blobs.iter().find(|(x, _)| x == d) {
-            return Some(p.clone());
-        }
-        let p = self.store.blob_path(d);
-        p.exists().then_some(p)
-    }
-
-    /// Copies a blob in, hashing as it goes. With `expect`, refuses a blob whose digest or
-    /// size differs (stopping as soon as it grows past the size), and skips the copy if the
-    /// store already has that digest.
-    pub fn put(
-        &mut self,
-        src: &mut dyn Read,
-        expect: Option<(&Digest, u64)>,
-        what: &str,
-    ) -> anyhow::Result<(Digest, u64)> {
-        if let Some((d, size)) = expect {
-            if let Some(p) = self.path_of(d) {
-                let have = fs::metadata(&p)?.len();
-                if have != size {
-                    bail!("{what}: declared size {size} but blob {d} has {have} bytes");
-                }
-                return Ok((d.clone(), size));
-            }
-        }
-        let tmp = self.dir.join(format!("blob-{}", self.blobs.len()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        let reserved = ReserveWriter::new(&file, what, expect.map(|e| e.1))
-            .inspect_err(|_| drop(fs::remove_file(&tmp)))?;
-        let bar = self.progress.bytes(what, expect.map_or(0, |e| e.1));
-        let mut w = HashingWriter::new(bar.wrap_write(reserved), expect.map(|e| e.1));
-        // io::copy reads straight into a BufReader's buffer: 1 MiB writes, not 8 KiB.
-        let copied = io::copy(&mut io::BufReader::with_capacity(1 << 20, src), &mut w);
-        bar.finish_and_clear();
-        if let Err(e) = copied {
-            let _ = fs::remove_file(&tmp);
-            if e.to_string() == OVERSIZE {
-                bail!("{what}: {OVERSIZE} ({})", expect.map_or(0, |e| e.1));
-            }
-            return Err(e).with_context(|| format!("{what}: copying"));
-        }
-        let (_, digest, size) = w.finish();
-        if let Some((d, want)) = expect {
-            if size != want {
-                let _ = fs::remove_file(&tmp);
-                bail!("{what}: blob is {size} bytes, its descriptor says {want}");
-            }
-            if digest != *d {
-                let _ = fs::remove_file(&tmp);
-                bail!("{what}: content has digest {digest}, not the declared {d}");
-            }
-        }
-        file.sync_all()?;
-        self.blobs.push((digest.clone(), tmp));
-        Ok((digest, size))
-    }
-
-    /// Takes over a file already on the store's filesystem (the registry client's download)
-    /// and moves it instead of copying. `hashed`: this process wrote the file itself and
-    /// verified its digest while writing it (the registry client's `DirSink`, never the fetch
-    /// child), so hashing it again would only repeat that; its size is still checked. Otherwise
-    /// it is hashed here.
-    pub fn adopt(
-        &mut self,
-        path: &Path,
-        digest: &Digest,
-        size: u64,
-        hashed: bool,
-        what: &str,
-    ) -> anyhow::Result<()> {
-        if self.path_of(digest).is_some() {
-            return self
-                .put(&mut io::empty(), Some((digest, size)), what)
-                .map(|_| ());
-        }
-        let file =
-            File::open(path).with_context(|| format!("{what}: missing from the download"))?;
-        if hashed {
-            let len = file
-                .metadata()
-                .with_context(|| format!("{what}: reading"))?
-                .len();
-            if len != size {
-                bail!("{what}: blob is {len} bytes, its descriptor says {size}");
-            }
-        } else {
-            let bar = self
-                .progress
-                .bytes(format!("verify {}", digest.short()), size);
-            let mut reader = super::digest::HashingReader::new(bar.wrap_read(&file).take(size + 1));
-            let (actual, len) = reader
-                .finish_read()
-                .with_context(|| format!("{what}: reading"))?;
-            bar.finish_and_clear();
-            if len != size {
-                bail!("{what}: blob is {len} bytes, its descriptor says {size}");
-            }
-            if actual != *digest {
-                bail!("{what}: content has digest {actual}, not the declared {digest}");
-            }
-        }
-        // The downloader need not have synced it; the store's blobs are durable before they count.
-        file.sync_all()?;
-        let dest = self.dir.join(format!("blob-{}", self.blobs.len()));
-        fs::rename(path, &dest).with_context(|| format!("{what}: moving into the store"))?;
-        self.blobs.push((digest.clone(), dest));
-        Ok(())
-    }
-
-    pub fn put_bytes(&mut self, bytes: &[u8], what: &str) -> anyhow::Result<Digest> {
-        Ok(self.put(&mut &bytes[..], None, what)?.0)
-    }
-}
-
-impl Drop for Staging<'_> {
-    fn drop(&mut self) {
-        let _ = remove_tree(&self.dir);
-    }
-}
-
-pub(crate) fn flock(path: &Path, exclusive: bool) -> anyhow::Result<Lock> {
-    use rustix::fs::FlockOperation;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening lock {}", path.display()))?;
-    let op = if exclusive {
-        FlockOperation::LockExclusive
-    } else {
-        FlockOperation::LockShared
-    };
-    rustix::fs::flock(&file, op).with_context(|| format!("locking {}", path.display()))?;
-    Ok(Lock(file))
 }
 
 /// A pod's claim on a rendered rootfs; see [`ImageStore::hold`].
@@ -750,65 +552,4 @@ impl RenderHold {
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).context("clearing FD_CLOEXEC")?;
         Ok(())
     }
-}
-
-/// An exclusive flock if nobody holds the file, else None.
-fn try_flock_exclusive(path: &Path) -> anyhow::Result<Option<Lock>> {
-    use rustix::fs::FlockOperation;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening lock {}", path.display()))?;
-    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(Lock(file))),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("locking {}", path.display())),
-    }
-}
-
-pub(crate) fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
-
-/// `remove_dir_all` that also copes with read-only directories a render left behind.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(path);
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            fn open_up(p: &Path) -> io::Result<()> {
-                fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
-                for entry in fs::read_dir(p)? {
-                    let entry = entry?;
-                    if entry.file_type()?.is_dir() {
-                        open_up(&entry.path())?;
-                    }
-                }
-                Ok(())
-            }
-            open_up(path)?;
-            fs::remove_dir_all(path)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -1,13 +1,7 @@
-//! The per-app part of `ark prepare`/`ark run`'s command line:
-//! `[pod flags] IMAGE [app flags] [-- ARGS] [--- IMAGE [app flags] [-- ARGS]]...`.
-//!
-//! clap parses the pod flags and takes everything from the first image on as raw words; this
-//! module splits those words into apps (on `---`), each app's flags (parsed by clap again, as
-//! [`AppFlags`]) and its arguments (after `--`), as rkt did.
+//! What a pod request says about its apps, and the `key=value` list parser every such option
+//! uses (`--volume`, `--mount`).
 
 use std::collections::BTreeMap;
-
-use clap::{Args, Parser};
 
 /// The comma-separated `key=value` list of a flag such as `--volume NAME,source=A,readOnly=true`
 /// or `--mount volume=V,target=/T`: the one parser every such flag uses. `keys` lists the keys
@@ -42,141 +36,45 @@ pub fn key_values<'a>(
     Ok(out)
 }
 
-/// Flags that describe one app. Given before the first image they are defaults for every app;
-/// given after an image they apply to that app (lists append, single values replace).
-#[derive(Debug, Clone, Default, PartialEq, Args)]
-pub struct AppFlags {
+/// What a pod request says about one app beyond its image (the `ark` command line's app flags,
+/// defaults already merged in).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppOptions {
     /// The app's name in the pod (default: derived from the image name).
-    #[arg(long)]
     pub name: Option<String>,
     /// Program to run instead of the image's entrypoint/cmd.
-    #[arg(long)]
     pub exec: Option<String>,
     /// Environment variable for the app, KEY=VALUE (repeatable).
-    #[arg(long = "set-env", value_name = "KEY=VALUE")]
     pub set_env: Vec<String>,
     /// User to run as: a name from the image's /etc/passwd or a numeric uid.
-    #[arg(long)]
     pub user: Option<String>,
     /// Group to run as: a name from the image's /etc/group or a numeric gid.
-    #[arg(long)]
     pub group: Option<String>,
     /// Working directory inside the app.
-    #[arg(long = "working-dir")]
     pub working_dir: Option<String>,
     /// Mount a pod volume into the app: volume=NAME,target=PATH (repeatable).
-    #[arg(long, value_name = "volume=NAME,target=PATH")]
     pub mount: Vec<String>,
     /// Memory limit, e.g. 256M or 1G.
-    #[arg(long)]
     pub memory: Option<String>,
     /// CPU limit, e.g. 1.5 or 500m.
-    #[arg(long)]
     pub cpus: Option<String>,
     /// Most processes the app may have.
-    #[arg(long = "pids-limit")]
     pub pids_limit: Option<u64>,
     /// Keep only these capabilities, comma-separated (e.g. CAP_NET_BIND_SERVICE,CAP_CHOWN).
-    #[arg(
-        long = "caps-retain",
-        value_delimiter = ',',
-        conflicts_with = "caps_remove"
-    )]
     pub caps_retain: Option<Vec<String>>,
     /// Drop these capabilities from the default set, comma-separated.
-    #[arg(long = "caps-remove", value_delimiter = ',')]
     pub caps_remove: Option<Vec<String>>,
     /// Extra group IDs for the app, comma-separated.
-    #[arg(long = "supplementary-gids", value_delimiter = ',')]
     pub supplementary_gids: Option<Vec<u32>>,
-}
-
-impl AppFlags {
-    /// `self` (the defaults) overlaid with one app's own flags.
-    pub fn merged_with(&self, app: &AppFlags) -> AppFlags {
-        AppFlags {
-            name: app.name.clone().or_else(|| self.name.clone()),
-            exec: app.exec.clone().or_else(|| self.exec.clone()),
-            set_env: self.set_env.iter().chain(&app.set_env).cloned().collect(),
-            user: app.user.clone().or_else(|| self.user.clone()),
-            group: app.group.clone().or_else(|| self.group.clone()),
-            working_dir: app.working_dir.clone().or_else(|| self.working_dir.clone()),
-            mount: self.mount.iter().chain(&app.mount).cloned().collect(),
-            memory: app.memory.clone().or_else(|| self.memory.clone()),
-            cpus: app.cpus.clone().or_else(|| self.cpus.clone()),
-            pids_limit: app.pids_limit.or(self.pids_limit),
-            // A per-app capability choice replaces the default one as a whole.
-            caps_retain: if app.caps_retain.is_some() || app.caps_remove.is_some() {
-                app.caps_retain.clone()
-            } else {
-                self.caps_retain.clone()
-            },
-            caps_remove: if app.caps_retain.is_some() || app.caps_remove.is_some() {
-                app.caps_remove.clone()
-            } else {
-                self.caps_remove.clone()
-            },
-            supplementary_gids: app
-                .supplementary_gids
-                .clone()
-                .or_else(|| self.supplementary_gids.clone()),
-        }
-    }
-}
-
-#[derive(Debug, Parser)]
-#[command(name = "app flags", no_binary_name = true, disable_help_flag = true)]
-struct AppFlagsParser {
-    #[command(flatten)]
-    flags: AppFlags,
 }
 
 /// One app as given on the command line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppSpec {
     pub image: String,
-    pub flags: AppFlags,
+    pub flags: AppOptions,
     /// Words after `--`: `None` when there was no `--` (keep the image's cmd).
     pub args: Option<Vec<String>>,
-}
-
-/// Splits the raw words from the first image on into apps, merging `defaults` into each.
-pub fn split_apps(words: &[String], defaults: &AppFlags) -> Result<Vec<AppSpec>, String> {
-    if words.is_empty() {
-        return Err("no image given".into());
-    }
-    let mut apps = Vec::new();
-    for chunk in words.split(|w| w == "---") {
-        let Some((image, rest)) = chunk.split_first() else {
-            return Err("`---` must be followed by an image".into());
-        };
-        if image.starts_with('-') {
-            return Err(format!(
-                "expected an image, found {image:?} (pod flags go before the first image)"
-            ));
-        }
-        let (flag_words, args) = match rest.iter().position(|w| w == "--") {
-            Some(i) => (&rest[..i], Some(rest[i + 1..].to_vec())),
-            None => (rest, None),
-        };
-        let own = AppFlagsParser::try_parse_from(flag_words)
-            .map_err(|e| {
-                let msg = e.to_string();
-                let first = msg
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim_start_matches("error: ");
-                format!("app {image}: {first}")
-            })?
-            .flags;
-        apps.push(AppSpec {
-            image: image.clone(),
-            flags: defaults.merged_with(&own),
-            args,
-        });
-    }
-    Ok(apps)
 }
 
 #[cfg(test)]
@@ -231,115 +129,5 @@ mod tests {
                 .read_only
         );
         assert_eq!(parse_mount("volume=a,target=/a").unwrap().target, "/a");
-    }
-
-    fn words(s: &[&str]) -> Vec<String> {
-        s.iter().map(|w| w.to_string()).collect()
-    }
-
-    #[test]
-    fn one_app_with_args() {
-        let apps = split_apps(
-            &words(&["busybox", "--", "sh", "-c", "echo hi; exit 3"]),
-            &AppFlags::default(),
-        )
-        .unwrap();
-        assert_eq!(apps.len(), 1);
-        assert_eq!(apps[0].image, "busybox");
-        assert_eq!(
-            apps[0].args.as_deref().unwrap(),
-            ["sh", "-c", "echo hi; exit 3"]
-        );
-    }
-
-    #[test]
-    fn no_double_dash_keeps_image_cmd_and_empty_args_are_explicit() {
-        let apps = split_apps(&words(&["a", "---", "b", "--"]), &AppFlags::default()).unwrap();
-        assert_eq!(apps[0].args, None);
-        assert_eq!(apps[1].args, Some(vec![]));
-    }
-
-    #[test]
-    fn multi_app_with_per_app_flags_and_defaults() {
-        let defaults = AppFlags {
-            set_env: vec!["A=1".into()],
-            memory: Some("64M".into()),
-            ..Default::default()
-        };
-        let apps = split_apps(
-            &words(&[
-                "img1",
-                "--name=one",
-                "--set-env",
-                "B=2",
-                "--",
-                "sh",
-                "-c",
-                "x --- y",
-                "---",
-                "img2",
-                "--name",
-                "two",
-                "--memory=128M",
-                "--user=nobody",
-                "--mount",
-                "volume=data,target=/data",
-                "--",
-                "--",
-                "---",
-            ]),
-            &defaults,
-        );
-        // A `---` right at the end has no image after it.
-        assert!(apps.is_err());
-
-        let apps = split_apps(
-            &words(&[
-                "img1",
-                "--name=one",
-                "--set-env",
-                "B=2",
-                "--",
-                "sh",
-                "-c",
-                "x",
-                "---",
-                "img2",
-                "--name",
-                "two",
-                "--memory=128M",
-                "--user=nobody",
-                "--mount",
-                "volume=data,target=/data",
-                "--",
-                "--",
-            ]),
-            &defaults,
-        )
-        .unwrap();
-        assert_eq!(apps.len(), 2);
-        assert_eq!(apps[0].flags.name.as_deref(), Some("one"));
-        assert_eq!(apps[0].flags.set_env, ["A=1", "B=2"]);
-        assert_eq!(apps[0].flags.memory.as_deref(), Some("64M"));
-        assert_eq!(apps[0].args.as_deref().unwrap(), ["sh", "-c", "x"]);
-        assert_eq!(apps[1].image, "img2");
-        assert_eq!(apps[1].flags.name.as_deref(), Some("two"));
-        assert_eq!(apps[1].flags.memory.as_deref(), Some("128M"));
-        assert_eq!(apps[1].flags.user.as_deref(), Some("nobody"));
-        assert_eq!(apps[1].flags.set_env, ["A=1"]);
-        assert_eq!(apps[1].flags.mount, ["volume=data,target=/data"]);
-        // Only the first `--` separates: later ones are the app's own arguments.
-        assert_eq!(apps[1].args.as_deref().unwrap(), ["--"]);
-    }
-
-    #[test]
-    fn bad_app_flags_are_one_line_errors() {
-        let e = split_apps(&words(&["img", "--volume=x"]), &AppFlags::default()).unwrap_err();
-        assert!(e.starts_with("app img: "), "{e}");
-        assert!(!e.contains('\n'), "{e}");
-        let e = split_apps(&words(&["--exec=/bin/sh"]), &AppFlags::default()).unwrap_err();
-        assert!(e.contains("expected an image"), "{e}");
-        assert!(split_apps(&[], &AppFlags::default()).is_err());
-        assert!(split_apps(&words(&["img", "extra"]), &AppFlags::default()).is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitCode};
+use std::process::Command;
 
 use anyhow::{bail, Context};
 use ark_os::cgroup::{app_leaf, Cgroups};
@@ -17,9 +17,7 @@ use ark_os::identity;
 use ark_pod_spec::{App, Flavor, PodLayout, PodManifest};
 use nix::sched::{setns, CloneFlags};
 
-use super::cli::EnterArgs;
 use super::store::Liveness;
-use crate::cli::GlobalOpts;
 
 /// Picks the app to enter: the named one, or the only one.
 pub fn pick_app<'m>(m: &'m PodManifest, name: Option<&str>) -> anyhow::Result<&'m App> {
@@ -86,113 +84,123 @@ pub fn find_app_process(stage2: i32, app: &str) -> Option<i32> {
     None
 }
 
-pub fn enter(global: &GlobalOpts, a: &EnterArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(global)?;
-    let pod = store.reap_if_exited(&store.find(&a.uuid)?)?;
-    if store.liveness(&pod)? != Liveness::Running {
-        bail!("pod {} is not running", pod.uuid);
-    }
-    let layout = PodLayout::new(&pod.path);
-    let manifest = PodManifest::load(&layout.manifest())?;
-    if manifest.stage1.flavor == Flavor::Kvm {
-        bail!("ark enter does not support kvm pods yet (it will go over vsock to guest-init)");
-    }
-    let app = pick_app(&manifest, a.app.as_deref())?;
-    let stage2: i32 = fs::read_to_string(layout.stage2_pid_file())
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .with_context(|| format!("pod {}: stage2 has not started yet", pod.uuid))?;
-    let pid = find_app_process(stage2, &app.name)
-        .with_context(|| format!("app {} is not running", app.name))?;
+/// Runs `cmd` (default `/bin/sh`) in app `app` (needed when the pod has several) of running
+/// pod `id`, and returns its exit code (128+N for signal N). This process becomes the app
+/// (namespaces, root, identity) to start it: call it from a process that has nothing else to do.
+pub fn enter(
+    ctx: &crate::Context,
+    id: &str,
+    app: Option<&str>,
+    cmd: &[String],
+) -> super::Result<i32> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        let pod = store.reap_if_exited(&store.find(id)?)?;
+        if store.liveness(&pod)? != Liveness::Running {
+            bail!("pod {} is not running", pod.uuid);
+        }
+        let layout = PodLayout::new(&pod.path);
+        let manifest = PodManifest::load(&layout.manifest())?;
+        if manifest.stage1.flavor == Flavor::Kvm {
+            bail!("ark enter does not support kvm pods yet (it will go over vsock to guest-init)");
+        }
+        let app = pick_app(&manifest, app)?;
+        let stage2: i32 = fs::read_to_string(layout.stage2_pid_file())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .with_context(|| format!("pod {}: stage2 has not started yet", pod.uuid))?;
+        let pid = find_app_process(stage2, &app.name)
+            .with_context(|| format!("app {} is not running", app.name))?;
 
-    // Everything from /proc/<pid> is opened before the first setns changes what /proc means.
-    let mut namespaces = Vec::new();
-    for (ns, flag) in [
-        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("mnt", CloneFlags::CLONE_NEWNS),
-    ] {
-        let theirs = format!("/proc/{pid}/ns/{ns}");
-        let same = match (
-            fs::metadata(&theirs),
-            fs::metadata(format!("/proc/self/ns/{ns}")),
-        ) {
-            (Ok(t), Ok(o)) => t.ino() == o.ino() && t.dev() == o.dev(),
-            _ => false,
+        // Everything from /proc/<pid> is opened before the first setns changes what /proc means.
+        let mut namespaces = Vec::new();
+        for (ns, flag) in [
+            ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("pid", CloneFlags::CLONE_NEWPID),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ] {
+            let theirs = format!("/proc/{pid}/ns/{ns}");
+            let same = match (
+                fs::metadata(&theirs),
+                fs::metadata(format!("/proc/self/ns/{ns}")),
+            ) {
+                (Ok(t), Ok(o)) => t.ino() == o.ino() && t.dev() == o.dev(),
+                _ => false,
+            };
+            if !same {
+                let f = File::open(&theirs).with_context(|| format!("open {theirs}"))?;
+                namespaces.push((ns, f, flag));
+            }
+        }
+        let root = File::open(format!("/proc/{pid}/root")).context("open the app's root")?;
+        // Who the app is, from its own passwd and group files, read inside its root as the pod
+        // dir holds it (not /proc/PID/root: the app may have chrooted into files of its making).
+        let app_root = ark_os::inroot::open_root(&layout.app_rootfs(&app.name))
+            .with_context(|| format!("open the root of app {}", app.name))?;
+        let id = identity::resolve_app(app, app_root.as_fd())
+            .map_err(|e| anyhow::anyhow!("app {}: {e}", app.name))?;
+        drop(app_root);
+        let caps =
+            identity::capability_sets(id.uid, &app.capabilities_keep, app.capabilities_explicit);
+
+        // Join the app's cgroups so the command counts against the app's limits.
+        let uuid = pod.uuid.to_string();
+        for h in Cgroups::detect().hierarchies {
+            let procs = h
+                .pod_dir(&uuid)
+                .join(app_leaf(&app.name))
+                .join("cgroup.procs");
+            if procs.exists() {
+                let _ = fs::write(&procs, std::process::id().to_string());
+            }
+        }
+        for (ns, f, flag) in &namespaces {
+            setns(f, *flag).with_context(|| format!("join the app's {ns} namespace"))?;
+        }
+        nix::unistd::fchdir(root.as_raw_fd()).context("enter the app's root")?;
+        nix::unistd::chroot(".").context("chroot into the app's root")?;
+        if std::env::set_current_dir(&app.working_dir).is_err() {
+            std::env::set_current_dir("/")?;
+        }
+
+        // From here on this process is the app: the command inherits all of it.
+        identity::set_rlimits(&app.rlimits).context("the app's rlimits")?;
+        identity::switch_to(&id, &caps).context("the app's identity")?;
+        // Whatever ark itself inherited stays out of the command: it gets fds 0, 1 and 2.
+        ark_os::fds::cloexec_inherited().context("close-on-exec above stdio")?;
+
+        let argv: Vec<String> = if cmd.is_empty() {
+            vec!["/bin/sh".into()]
+        } else {
+            cmd.to_vec()
         };
-        if !same {
-            let f = File::open(&theirs).with_context(|| format!("open {theirs}"))?;
-            namespaces.push((ns, f, flag));
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env_clear();
+        cmd.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+        cmd.env("HOME", &id.home);
+        if let Ok(term) = std::env::var("TERM") {
+            cmd.env("TERM", term);
         }
-    }
-    let root = File::open(format!("/proc/{pid}/root")).context("open the app's root")?;
-    // Who the app is, from its own passwd and group files, read inside its root as the pod
-    // dir holds it (not /proc/PID/root: the app may have chrooted into files of its making).
-    let app_root = ark_os::inroot::open_root(&layout.app_rootfs(&app.name))
-        .with_context(|| format!("open the root of app {}", app.name))?;
-    let id = identity::resolve_app(app, app_root.as_fd())
-        .map_err(|e| anyhow::anyhow!("app {}: {e}", app.name))?;
-    drop(app_root);
-    let caps = identity::capability_sets(id.uid, &app.capabilities_keep, app.capabilities_explicit);
-
-    // Join the app's cgroups so the command counts against the app's limits.
-    let uuid = pod.uuid.to_string();
-    for h in Cgroups::detect().hierarchies {
-        let procs = h
-            .pod_dir(&uuid)
-            .join(app_leaf(&app.name))
-            .join("cgroup.procs");
-        if procs.exists() {
-            let _ = fs::write(&procs, std::process::id().to_string());
+        for e in &app.env {
+            cmd.env(&e.name, &e.value);
         }
-    }
-    for (ns, f, flag) in &namespaces {
-        setns(f, *flag).with_context(|| format!("join the app's {ns} namespace"))?;
-    }
-    nix::unistd::fchdir(root.as_raw_fd()).context("enter the app's root")?;
-    nix::unistd::chroot(".").context("chroot into the app's root")?;
-    if std::env::set_current_dir(&app.working_dir).is_err() {
-        std::env::set_current_dir("/")?;
-    }
-
-    // From here on this process is the app: the command inherits all of it.
-    identity::set_rlimits(&app.rlimits).context("the app's rlimits")?;
-    identity::switch_to(&id, &caps).context("the app's identity")?;
-    // Whatever ark itself inherited stays out of the command: it gets fds 0, 1 and 2.
-    ark_os::fds::cloexec_inherited().context("close-on-exec above stdio")?;
-
-    let argv: Vec<String> = if a.cmd.is_empty() {
-        vec!["/bin/sh".into()]
-    } else {
-        a.cmd.clone()
-    };
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).env_clear();
-    cmd.env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
-    cmd.env("HOME", &id.home);
-    if let Ok(term) = std::env::var("TERM") {
-        cmd.env("TERM", term);
-    }
-    for e in &app.env {
-        cmd.env(&e.name, &e.value);
-    }
-    cmd.env("ARK_APP_NAME", &app.name)
-        .env("ARK_POD_UUID", &uuid);
-    // The child is the first of ours in the pod's pid namespace.
-    let status = cmd
-        .status()
-        .with_context(|| format!("run {} in app {}", argv[0], app.name))?;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(125);
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        cmd.env("ARK_APP_NAME", &app.name)
+            .env("ARK_POD_UUID", &uuid);
+        // The child is the first of ours in the pod's pid namespace.
+        let status = cmd
+            .status()
+            .with_context(|| format!("run {} in app {}", argv[0], app.name))?;
+        Ok(status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(125))
+    })
 }
 
 #[cfg(test)]

@@ -4,16 +4,13 @@
 //! being run) is never touched. A crashed gc leaves pods in `garbage/`, which the next one
 //! finishes.
 
-use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 use ark_os::cgroup::Cgroups;
 
-use super::cli::{GcArgs, RmArgs};
 use super::rootfs::remove_pod_dir;
 use super::store::{exited_at, LockedPod, PodRef, PodState, PodStore};
-use crate::cli::GlobalOpts;
 
 fn age(t: Option<SystemTime>) -> Duration {
     t.and_then(|t| SystemTime::now().duration_since(t).ok())
@@ -34,7 +31,7 @@ fn destroy(store: &PodStore, mut pod: LockedPod, cgroups: &Cgroups) -> anyhow::R
 }
 
 /// What gc does with one pod, given the policy; `None` = leave it.
-fn gc_decision(store: &PodStore, pod: &PodRef, a: &GcArgs) -> anyhow::Result<bool> {
+fn gc_decision(store: &PodStore, pod: &PodRef, a: &GcPolicy) -> anyhow::Result<bool> {
     Ok(match pod.state {
         // Locked = a prepare in progress; unlocked = a crashed prepare's leftover.
         PodState::Prepare => !store.is_locked(pod)?,
@@ -48,81 +45,77 @@ fn gc_decision(store: &PodStore, pod: &PodRef, a: &GcArgs) -> anyhow::Result<boo
     })
 }
 
-pub fn gc(global: &GlobalOpts, a: &GcArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(global)?;
-    let cgroups = Cgroups::detect();
-    let mut errors = 0;
-    for pod in store.list()? {
-        // Dead `run/` pods become exited first (and start their grace period now).
-        let pod = store.reap_if_exited(&pod)?;
-        if !gc_decision(&store, &pod, a)? {
-            continue;
-        }
-        let Some(locked) = store.try_lock(&pod)? else {
-            continue; // Someone holds it: not garbage after all.
-        };
-        // It may have moved while we looked (e.g. run-prepared won the race).
-        if locked.pod.state != pod.state {
-            continue;
-        }
-        match destroy(&store, locked, &cgroups) {
-            Ok(()) => println!("{}", pod.uuid),
-            Err(e) => {
-                eprintln!("ark: gc: {e:#}");
-                errors += 1;
-            }
-        }
-    }
-    for dir in store.stale_new_dirs()? {
-        if let Err(e) = remove_pod_dir(&dir) {
-            eprintln!("ark: gc: {e:#}");
-            errors += 1;
-        }
-    }
-    if errors > 0 {
-        bail!("{errors} pods could not be removed (they stay in garbage/ for the next gc)");
-    }
-    Ok(ExitCode::SUCCESS)
+/// How long gc keeps what it may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcPolicy {
+    /// How long exited pods are kept before removal.
+    pub grace_period: Duration,
+    /// How long prepared pods may wait to be run before removal.
+    pub expire_prepared: Duration,
 }
 
-pub fn rm(global: &GlobalOpts, a: &RmArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(global)?;
-    let cgroups = Cgroups::detect();
-    let mut failed = None;
-    for id in &a.uuids {
-        let r = (|| -> anyhow::Result<String> {
-            let pod = store.reap_if_exited(&store.find(id)?)?;
+/// What one gc did: the pods it removed, and what it could not remove.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<uuid::Uuid>,
+    /// One error per pod or leftover that stays for the next gc.
+    pub failed: Vec<anyhow::Error>,
+}
+
+/// Removes exited pods past their grace period, expired prepared pods, crashed prepares,
+/// what an interrupted gc left in `garbage/` and stale `prepare/` leftovers.
+pub fn gc(ctx: &crate::Context, policy: &GcPolicy) -> super::Result<GcReport> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        let cgroups = Cgroups::detect();
+        let mut report = GcReport::default();
+        for pod in store.list()? {
+            // Dead `run/` pods become exited first (and start their grace period now).
+            let pod = store.reap_if_exited(&pod)?;
+            if !gc_decision(&store, &pod, policy)? {
+                continue;
+            }
             let Some(locked) = store.try_lock(&pod)? else {
-                bail!(
-                    "pod {} is {} (stop it first)",
-                    pod.uuid,
-                    if pod.state == PodState::Run {
-                        "running"
-                    } else {
-                        "busy"
-                    }
-                );
+                continue; // Someone holds it: not garbage after all.
             };
-            let uuid = locked.pod.uuid.to_string();
-            destroy(&store, locked, &cgroups)?;
-            Ok(uuid)
-        })();
-        match r {
-            Ok(uuid) => println!("{uuid}"),
-            Err(e) => {
-                // One pod: its error is the command's error (printed once, by main).
-                if a.uuids.len() > 1 {
-                    eprintln!("ark: rm {id}: {e:#}");
-                }
-                failed = Some(e);
+            // It may have moved while we looked (e.g. run-prepared won the race).
+            if locked.pod.state != pod.state {
+                continue;
+            }
+            match destroy(&store, locked, &cgroups) {
+                Ok(()) => report.removed.push(pod.uuid),
+                Err(e) => report.failed.push(e),
             }
         }
-    }
-    match failed {
-        Some(e) if a.uuids.len() == 1 => Err(e),
-        Some(_) => bail!("some pods could not be removed"),
-        None => Ok(ExitCode::SUCCESS),
-    }
+        for dir in store.stale_new_dirs()? {
+            if let Err(e) = remove_pod_dir(&dir) {
+                report.failed.push(e);
+            }
+        }
+        Ok(report)
+    })
+}
+
+/// Removes one pod that is not running (nor being prepared or run) and returns its UUID.
+pub fn rm(ctx: &crate::Context, id: &str) -> super::Result<String> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        let pod = store.reap_if_exited(&store.find(id)?)?;
+        let Some(locked) = store.try_lock(&pod)? else {
+            bail!(
+                "pod {} is {} (stop it first)",
+                pod.uuid,
+                if pod.state == PodState::Run {
+                    "running"
+                } else {
+                    "busy"
+                }
+            );
+        };
+        let uuid = locked.pod.uuid.to_string();
+        destroy(&store, locked, &Cgroups::detect())?;
+        Ok(uuid)
+    })
 }
 
 #[cfg(test)]
@@ -130,8 +123,8 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
-    fn args(grace: u64) -> GcArgs {
-        GcArgs {
+    fn args(grace: u64) -> GcPolicy {
+        GcPolicy {
             grace_period: Duration::from_secs(grace),
             expire_prepared: Duration::from_secs(3600),
         }

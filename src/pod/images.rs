@@ -5,18 +5,17 @@ use anyhow::Context;
 
 use super::args::AppSpec;
 use super::plan::ImageInfo;
-use crate::cli::GlobalOpts;
 use crate::image::{FetchOptions, ImageStore, RenderHold};
 
 /// The images of `apps`, and a hold on each render: kept until the pod's overlays are mounted
 /// (from then on the image store sees the render in the host's overlay mounts), so
 /// `ark image rm`/`gc` cannot delete a render between `render()` and the mount. Holds are close-on-exec: nothing reaches the stage1 or the apps.
 pub fn resolve(
-    global: &GlobalOpts,
+    ctx: &crate::Context,
     apps: &[AppSpec],
 ) -> anyhow::Result<(Vec<ImageInfo>, Vec<RenderHold>)> {
-    let store = ImageStore::open(&global.dir).context("open the image store")?;
-    let opts = FetchOptions::from_global(global);
+    let store = ImageStore::open(&ctx.dir).context("open the image store")?;
+    let opts = FetchOptions::from_context(ctx);
     let mut holds = Vec::new();
     let mut out: Vec<ImageInfo> = Vec::with_capacity(apps.len());
     for app in apps {

@@ -4,16 +4,13 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use ark_os::StatusDir;
 use ark_pod_spec::{format_unix_ms, AppState, AppStatus, PodLayout, PodManifest};
 use serde::Serialize;
 
-use super::cli::{Format, ListArgs, StatusArgs};
 use super::store::{Liveness, PodRef, PodState, PodStore};
-use crate::cli::GlobalOpts;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AppSummary {
@@ -183,96 +180,61 @@ pub fn status_text(s: &PodSummary) -> String {
     out
 }
 
-pub fn status(global: &GlobalOpts, a: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(global)?;
-    let mut pod = store.find(&a.uuid)?;
-    if a.wait {
-        loop {
-            match pod.state {
-                PodState::Prepare | PodState::Prepared => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    pod = store.refind(&pod.uuid)?;
+/// A pod's summary; with `wait`, once it has exited.
+pub fn status(ctx: &crate::Context, id: &str, wait: bool) -> super::Result<PodSummary> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        let mut pod = store.find(id)?;
+        if wait {
+            loop {
+                match pod.state {
+                    PodState::Prepare | PodState::Prepared => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        pod = store.refind(&pod.uuid)?;
+                    }
+                    PodState::Run => {
+                        // Blocks until the stage1 lets go of the lock, i.e. the pod ended.
+                        let locked = store.lock_wait(&pod)?;
+                        pod = locked.pod.clone();
+                        drop(locked);
+                        pod = store.reap_if_exited(&pod)?;
+                        break;
+                    }
+                    _ => break,
                 }
-                PodState::Run => {
-                    // Blocks until the stage1 lets go of the lock, i.e. the pod ended.
-                    let locked = store.lock_wait(&pod)?;
-                    pod = locked.pod.clone();
-                    drop(locked);
-                    pod = store.reap_if_exited(&pod)?;
-                    break;
-                }
-                _ => break,
             }
         }
-    }
-    let s = summarize(&store, &pod)?;
-    match a.format {
-        Format::Text => print!("{}", status_text(&s)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&s)?),
-    }
-    Ok(ExitCode::SUCCESS)
+        summarize(&store, &pod)
+    })
 }
 
-pub fn list(global: &GlobalOpts, a: &ListArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(global)?;
-    let mut pods = Vec::new();
-    for p in store.list()? {
-        match summarize(&store, &p) {
-            Ok(s) => pods.push(s),
-            // Removed by a concurrent gc between listing and reading: not a pod any more.
-            Err(e) => tracing::debug!("pod {}: {e:#}", p.uuid),
-        }
-    }
-    pods.sort_by_key(|p| p.created_at.unwrap_or(0));
-    match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&pods)?),
-        Format::Text => {
-            let rows: Vec<[String; 5]> = pods
-                .iter()
-                .map(|p| {
-                    let uuid = if a.full {
-                        p.uuid.clone()
-                    } else {
-                        p.uuid[..8].to_string()
-                    };
-                    let apps = p
-                        .apps
-                        .iter()
-                        .map(|x| x.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let images = p
-                        .apps
-                        .iter()
-                        .map(|x| x.image.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let created = p.created_at.map(format_unix_ms).unwrap_or_default();
-                    [uuid, apps, images, p.state.to_string(), created]
-                })
-                .collect();
-            let header = ["UUID", "APPS", "IMAGES", "STATE", "CREATED"].map(String::from);
-            let mut widths = [0usize; 5];
-            for r in std::iter::once(&header).chain(&rows) {
-                for (w, c) in widths.iter_mut().zip(r) {
-                    *w = (*w).max(c.len());
-                }
+/// Every pod, oldest first.
+pub fn list(ctx: &crate::Context) -> super::Result<Vec<PodSummary>> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        let mut pods = Vec::new();
+        for p in store.list()? {
+            match summarize(&store, &p) {
+                Ok(s) => pods.push(s),
+                // Removed by a concurrent gc between listing and reading: not a pod any more.
+                Err(e) => tracing::debug!("pod {}: {e:#}", p.uuid),
             }
-            let print_row = |r: &[String; 5]| {
-                let line: Vec<String> = r
-                    .iter()
-                    .zip(widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect();
-                println!("{}", line.join("  ").trim_end());
-            };
-            if !a.no_legend {
-                print_row(&header);
-            }
-            rows.iter().for_each(print_row);
         }
-    }
-    Ok(ExitCode::SUCCESS)
+        pods.sort_by_key(|p| p.created_at.unwrap_or(0));
+        Ok(pods)
+    })
+}
+
+/// A pod's manifest as stored.
+pub fn manifest(ctx: &crate::Context, id: &str) -> super::Result<Vec<u8>> {
+    super::error::typed(|| {
+        use anyhow::Context as _;
+        let store = super::open_store(ctx)?;
+        let pod = store.find(id)?;
+        let path = PodLayout::new(&pod.path).manifest();
+        std::fs::read(&path)
+            .with_context(|| format!("pod {}: no manifest (still preparing?)", pod.uuid))
+    })
 }
 
 #[cfg(test)]

@@ -2,21 +2,40 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
 use ark_os::{write_atomic, write_atomic_volatile, StatusDir};
 use ark_pod_spec::stage1::{stop_signals, RunArgs, LOCK_FD_ENV};
-use ark_pod_spec::{Flavor, PodLayout, PodManifest};
+use ark_pod_spec::{Flavor, NetMode, PodLayout, PodManifest};
 use uuid::Uuid;
 
-use super::args::split_apps;
-use super::cli::PrepareArgs;
+use super::args::AppSpec;
+use super::error::{Error, Invalid, Result};
 use super::plan::{build_manifest, KvmRoot, PodRequest};
 use super::rootfs::{self, RootfsMode};
 use super::store::{LockedPod, PodState, StoreError};
-use crate::cli::GlobalOpts;
+
+/// What `ark prepare` is asked for: the pod-level options and the apps.
+#[derive(Debug, Clone)]
+pub struct PrepareRequest {
+    pub flavor: Flavor,
+    /// How stage1-kvm gets the pod root.
+    pub kvm_root: KvmRoot,
+    /// `NAME,kind=host,source=PATH[,readOnly=true]` each.
+    pub volumes: Vec<String>,
+    /// Default: `ark-<first 8 of the UUID>`.
+    pub hostname: Option<String>,
+    /// Give the (first) app the terminal's stdin.
+    pub interactive: bool,
+    /// Write the pod's UUID to this file.
+    pub uuid_file_save: Option<PathBuf>,
+    pub net: NetMode,
+    /// `KEY=VALUE` each; a key given again replaces its value.
+    pub annotations: Vec<String>,
+    pub apps: Vec<AppSpec>,
+}
 
 /// A pod this process prepared and still holds locked.
 pub struct Prepared {
@@ -36,77 +55,78 @@ pub enum Durability {
 /// Builds the manifest, creates the pod directory in `prepare/`, fills it, and moves it to
 /// `prepared/`. Any failure removes what was made: a bad request leaves nothing behind.
 pub fn prepare(
-    global: &GlobalOpts,
-    a: &PrepareArgs,
+    ctx: &crate::Context,
+    a: &PrepareRequest,
     durability: Durability,
-) -> anyhow::Result<Prepared> {
-    let apps = split_apps(&a.images, &a.app_defaults).map_err(|e| anyhow!(e))?;
-    let flavor = Flavor::from(a.stage1);
-    let libexec = super::libexec_dir()?;
-    let stage1_bin = libexec.join(flavor.binary_name());
-    let init_bin = libexec.join("ark-init");
-    for b in [&stage1_bin, &init_bin] {
-        if !b.is_file() {
-            bail!(
-                "{} is missing (install ark with ./build.sh, or set ARK_LIBEXEC_DIR)",
-                b.display()
-            );
+) -> Result<Prepared> {
+    super::error::typed(|| {
+        let apps = &a.apps;
+        let flavor = a.flavor;
+        let libexec = super::libexec_dir()?;
+        let stage1_bin = libexec.join(flavor.binary_name());
+        let init_bin = libexec.join("ark-init");
+        for b in [&stage1_bin, &init_bin] {
+            if !b.is_file() {
+                bail!(
+                    "{} is missing (install ark with ./build.sh, or set ARK_LIBEXEC_DIR)",
+                    b.display()
+                );
+            }
         }
-    }
-    let rootfs_mode = RootfsMode::from_env()?;
-    let blk_fstype = match (flavor, a.stage1_kvm_root) {
-        (Flavor::Kvm, KvmRoot::Blk) => rootfs::block_image_fstype()?,
-        _ => "erofs",
-    };
+        let rootfs_mode = RootfsMode::from_env()?;
+        let blk_fstype = match (flavor, a.kvm_root) {
+            (Flavor::Kvm, KvmRoot::Blk) => rootfs::block_image_fstype()?,
+            _ => "erofs",
+        };
 
-    // Cheap checks first: a typo should not wait for an image download.
-    super::plan::precheck(&a.volume, &apps).map_err(|e| anyhow!(e))?;
-    let (images, render_holds) = super::images::resolve(global, &apps)?;
-    let uuid = Uuid::new_v4();
-    let req = PodRequest {
-        flavor,
-        volumes: a.volume.clone(),
-        hostname: a.hostname.clone(),
-        net: a.net.into(),
-        interactive: a.interactive,
-        kvm_root: a.stage1_kvm_root,
-        blk_fstype,
-        annotations: a
-            .annotation
-            .iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(anyhow!("--annotation {kv:?} is not KEY=VALUE")),
-            })
-            .collect::<anyhow::Result<_>>()?,
-    };
-    let manifest =
-        build_manifest(&uuid.to_string(), &req, &apps, &images).map_err(|e| anyhow!(e))?;
+        // Cheap checks first: a typo should not wait for an image download.
+        super::plan::precheck(&a.volumes, apps).map_err(Invalid)?;
+        let (images, render_holds) = super::images::resolve(ctx, apps)?;
+        let uuid = Uuid::new_v4();
+        let req = PodRequest {
+            flavor,
+            volumes: a.volumes.clone(),
+            hostname: a.hostname.clone(),
+            net: a.net,
+            interactive: a.interactive,
+            kvm_root: a.kvm_root,
+            blk_fstype,
+            annotations: a
+                .annotations
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => Err(Invalid(format!("--annotation {kv:?} is not KEY=VALUE"))),
+                })
+                .collect::<Result<_, Invalid>>()?,
+        };
+        let manifest = build_manifest(&uuid.to_string(), &req, apps, &images).map_err(Invalid)?;
 
-    let store = super::open_store(global)?;
-    let mut pod = store.create(uuid)?;
-    let filled = fill(
-        &pod.pod.path,
-        &manifest,
-        &images,
-        &init_bin,
-        rootfs_mode,
-        durability,
-    )
-    .and_then(|()| match &a.uuid_file_save {
-        Some(path) => fs::write(path, format!("{uuid}\n"))
-            .with_context(|| format!("--uuid-file-save {}", path.display())),
-        None => Ok(()),
-    });
-    if let Err(e) = filled {
-        if let Err(ce) = rootfs::remove_pod_dir(&pod.pod.path) {
-            tracing::warn!("cleaning up pod {uuid}: {ce:#} (ark gc will retry)");
+        let store = super::open_store(ctx)?;
+        let mut pod = store.create(uuid)?;
+        let filled = fill(
+            &pod.pod.path,
+            &manifest,
+            &images,
+            &init_bin,
+            rootfs_mode,
+            durability,
+        )
+        .and_then(|()| match &a.uuid_file_save {
+            Some(path) => fs::write(path, format!("{uuid}\n"))
+                .with_context(|| format!("--uuid-file-save {}", path.display())),
+            None => Ok(()),
+        });
+        if let Err(e) = filled {
+            if let Err(ce) = rootfs::remove_pod_dir(&pod.pod.path) {
+                tracing::warn!("cleaning up pod {uuid}: {ce:#} (ark gc will retry)");
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    drop(render_holds);
-    pod.move_to(&store, PodState::Prepared)?;
-    Ok(Prepared { pod })
+        drop(render_holds);
+        pod.move_to(&store, PodState::Prepared)?;
+        Ok(Prepared { pod })
+    })
 }
 
 fn fill(
@@ -161,9 +181,9 @@ fn fill(
 }
 
 /// `ark run-prepared UUID`: lock the prepared pod and exec its stage1.
-pub fn run_prepared(global: &GlobalOpts, id: &str, interactive: bool) -> anyhow::Error {
+pub fn run_prepared(ctx: &crate::Context, id: &str, interactive: bool) -> Error {
     let go = || -> anyhow::Result<Prepared> {
-        let store = super::open_store(global)?;
+        let store = super::open_store(ctx)?;
         let pod = store.find(id)?;
         let wrong = |state: PodState| StoreError::WrongState {
             uuid: pod.uuid,
@@ -180,47 +200,71 @@ pub fn run_prepared(global: &GlobalOpts, id: &str, interactive: bool) -> anyhow:
         Ok(Prepared { pod: locked })
     };
     match go() {
-        Ok(p) => exec_stage1(global, p, interactive),
-        Err(e) => e,
+        Ok(p) => exec_stage1(ctx, p, interactive),
+        Err(e) => e.into(),
     }
 }
 
+/// Moves the pod to `run/` and builds its stage1's command line; the caller makes the pod lock
+/// fd inheritable (the one fd the stage1 gets besides stdio), so the lock lives exactly as long
+/// as the stage1.
+fn stage1_command(
+    ctx: &crate::Context,
+    locked: &mut LockedPod,
+    interactive: bool,
+) -> anyhow::Result<Command> {
+    let store = super::open_store(ctx)?;
+    let layout = PodLayout::new(&locked.pod.path);
+    let manifest = PodManifest::load(&layout.manifest())?;
+    let stage1 = super::libexec_dir()?.join(manifest.stage1.flavor.binary_name());
+    if !stage1.is_file() {
+        bail!("{} is missing", stage1.display());
+    }
+    locked.move_to(&store, PodState::Run)?;
+    let dir = &locked.pod.path;
+    let mut cmd = Command::new(&stage1);
+    cmd.args(
+        RunArgs {
+            pod_dir: dir.clone(),
+            debug: ctx.debug,
+            interactive: interactive || manifest.apps.iter().any(|a| a.interactive),
+        }
+        .to_args(),
+    );
+    // For a stage1 that wants to keep its children from inheriting the lock.
+    cmd.env(LOCK_FD_ENV, locked.lock_fd().to_string());
+    Ok(cmd)
+}
+
+/// The stage1's pid, for `status` and `stop`. No fsync: it means nothing after a reboot anyway.
+fn record_pid(pod_dir: &Path, pid: u32) -> std::io::Result<()> {
+    fs::write(pod_dir.join("pid"), format!("{pid}\n"))
+}
+
+/// The stage1 never started: say so in the pod's status (before the lock drops).
+fn stage1_did_not_start(locked: &LockedPod, why: String) -> Error {
+    let layout = PodLayout::new(&locked.pod.path);
+    if let Ok(m) = PodManifest::load(&layout.manifest()) {
+        let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
+    }
+    Error::Stage1(anyhow!(why))
+}
+
 /// Moves the pod to `run/`, records our pid, and execs its stage1 with the pod lock still
-/// held (the one fd made inheritable, besides stdio), so the lock lives exactly as long as the
-/// stage1.
+/// held, so this process becomes the stage1 (its pid is the pod's; the caller waits on it).
 /// Returns only on failure.
-pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -> anyhow::Error {
+pub fn exec_stage1(ctx: &crate::Context, prepared: Prepared, interactive: bool) -> Error {
     let Prepared { pod: mut locked } = prepared;
     let go = |locked: &mut LockedPod| -> anyhow::Result<Command> {
-        let store = super::open_store(global)?;
-        let layout = PodLayout::new(&locked.pod.path);
-        let manifest = PodManifest::load(&layout.manifest())?;
-        let stage1 = super::libexec_dir()?.join(manifest.stage1.flavor.binary_name());
-        if !stage1.is_file() {
-            bail!("{} is missing", stage1.display());
-        }
-        locked.move_to(&store, PodState::Run)?;
-        let dir = &locked.pod.path;
-        // No fsync: the pid means nothing after a reboot anyway.
-        fs::write(dir.join("pid"), format!("{}\n", std::process::id()))?;
-        let mut cmd = Command::new(&stage1);
-        cmd.args(
-            RunArgs {
-                pod_dir: dir.clone(),
-                debug: global.debug,
-                interactive: interactive || manifest.apps.iter().any(|a| a.interactive),
-            }
-            .to_args(),
-        );
-        // For a stage1 that wants to keep its children from inheriting the lock.
-        cmd.env(LOCK_FD_ENV, locked.lock_fd().to_string());
-        // The one fd the stage1 gets besides 0, 1 and 2.
+        let cmd = stage1_command(ctx, locked, interactive)?;
+        record_pid(&locked.pod.path, std::process::id())?;
+        // The one fd the stage1 gets besides 0, 1 and 2 (main made every other close-on-exec).
         locked.keep_across_exec()?;
         Ok(cmd)
     };
     let mut cmd = match go(&mut locked) {
         Ok(c) => c,
-        Err(e) => return e,
+        Err(e) => return e.into(),
     };
     // A stop (SIGTERM/SIGINT/SIGHUP) that arrives between exec and the stage1's own signal
     // setup must not kill a half-started pod: the mask survives exec, so it stays pending until
@@ -229,11 +273,84 @@ pub fn exec_stage1(global: &GlobalOpts, prepared: Prepared, interactive: bool) -
     let _ = stop_signals.thread_block();
     let err = cmd.exec();
     let _ = stop_signals.thread_unblock();
-    // Still here: the stage1 never started. Say so in the pod's status before the lock drops.
-    let why = format!("exec {:?}: {err}", cmd.get_program());
-    let layout = PodLayout::new(&locked.pod.path);
-    if let Ok(m) = PodManifest::load(&layout.manifest()) {
-        let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
+    stage1_did_not_start(&locked, format!("exec {:?}: {err}", cmd.get_program()))
+}
+
+/// A pod's stage1 running as a child of this process (see [`spawn_stage1`]).
+#[derive(Debug)]
+pub struct Stage1Child {
+    pub uuid: Uuid,
+    /// The pod directory (in `run/` while the pod runs).
+    pub pod_dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl Stage1Child {
+    /// The stage1's pid (the one `ark status` shows and `ark stop` signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
-    anyhow!(why)
+
+    /// Waits for the pod to end; returns its exit code, as `ark run` would exit (128+N for a
+    /// stage1 killed by signal N).
+    pub fn wait(&mut self) -> Result<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::Io(anyhow!("waiting for the stage1 of pod {}: {e}", self.uuid)))?;
+        Ok(status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR))
+    }
+}
+
+/// Like [`exec_stage1`], but starts the stage1 as a child and returns, for a front end that
+/// supervises pods. The pod lock goes to the stage1 alone (this process closes its copy without
+/// unlocking), so the pod counts as running exactly as long as the stage1 does.
+pub fn spawn_stage1(
+    ctx: &crate::Context,
+    prepared: Prepared,
+    interactive: bool,
+) -> Result<Stage1Child> {
+    let Prepared { pod: mut locked } = prepared;
+    let mut cmd = stage1_command(ctx, &mut locked, interactive)?;
+    let stop_signals = stop_signals();
+    let lock_fd = locked.lock_fd();
+    // SAFETY: only async-signal-safe calls (close_range/fcntl, sigprocmask) between fork and
+    // exec, no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Whatever fds the front end holds without close-on-exec stay out of the pod: the
+            // stage1 gets 0, 1, 2 and the lock (cleared here, in the child only, so no other
+            // process this front end starts meanwhile inherits the lock).
+            ark_os::fds::cloexec_from_in_child(ark_os::fds::FIRST_NON_STDIO_FD)?;
+            if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // As across exec_stage1's exec: a stop before the stage1's signal setup stays pending.
+            stop_signals
+                .thread_block()
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        });
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(err) => {
+            let why = format!("start {:?}: {err}", cmd.get_program());
+            return Err(stage1_did_not_start(&locked, why));
+        }
+    };
+    // Drop `cmd` first: it holds nothing, but the lock must be the stage1's before we return.
+    drop(cmd);
+    if let Err(e) = record_pid(&locked.pod.path, child.id()) {
+        tracing::warn!("pod {}: recording the stage1's pid: {e}", locked.pod.uuid);
+    }
+    let pod = locked.hand_over_lock();
+    Ok(Stage1Child {
+        uuid: pod.uuid,
+        pod_dir: pod.path,
+        child,
+    })
 }

@@ -1,14 +1,14 @@
 //! The pod half of stage0: prepare a pod directory, hand it to a stage1, track its state.
 //!
 //! - [`store`]: `<dir>/pods/<state>/<uuid>/` and the locks telling live pods from dead ones.
-//! - [`args`], [`plan`]: the command line and image configs → a validated pod manifest.
+//! - [`args`], [`plan`]: a pod request and image configs → a validated pod manifest.
 //! - [`rootfs`]: app roots from the render cache (overlay or copy), block images, unmounting.
 //! - [`lifecycle`]: prepare, run-prepared (exec of the stage1 with the lock held).
 //! - [`info`], [`stop`], [`gc`], [`enter`]: the commands on existing pods.
 
 pub mod args;
-pub mod cli;
 pub mod enter;
+pub mod error;
 pub mod gc;
 pub mod images;
 pub mod info;
@@ -23,15 +23,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::cli::GlobalOpts;
+pub use error::{Error, Result};
 
-/// The pods tree of this `--dir`.
-pub fn open_store(global: &GlobalOpts) -> anyhow::Result<store::PodStore> {
-    std::fs::create_dir_all(&global.dir)
-        .with_context(|| format!("create {}", global.dir.display()))?;
+/// The pods tree of this data directory.
+pub fn open_store(ctx: &crate::Context) -> anyhow::Result<store::PodStore> {
+    std::fs::create_dir_all(&ctx.dir).with_context(|| format!("create {}", ctx.dir.display()))?;
     // Absolute, so the stage1 and mountinfo see the same paths whatever our cwd.
-    let dir =
-        std::fs::canonicalize(&global.dir).with_context(|| format!("{}", global.dir.display()))?;
+    let dir = std::fs::canonicalize(&ctx.dir).with_context(|| format!("{}", ctx.dir.display()))?;
     Ok(store::PodStore::open(&dir)?)
 }
 

@@ -2,7 +2,6 @@
 //! the apps), then SIGKILL after the timeout — to the stage1 and to whatever is left in the
 //! pod's cgroups, so a stopped pod is really gone.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -10,31 +9,21 @@ use ark_os::cgroup::Cgroups;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::cli::StopArgs;
 use super::info::read_pid;
 use super::store::{Liveness, PodRef, PodState, PodStore};
-use crate::cli::GlobalOpts;
 
-pub fn stop(global: &GlobalOpts, a: &StopArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(global)?;
-    let mut failed = None;
-    for id in &a.uuids {
-        match stop_one(&store, id, a.force, a.timeout) {
-            Ok(uuid) => println!("{uuid}"),
-            Err(e) => {
-                // One pod: its error is the command's error (printed once, by main).
-                if a.uuids.len() > 1 {
-                    eprintln!("ark: stop {id}: {e:#}");
-                }
-                failed = Some(e);
-            }
-        }
-    }
-    match failed {
-        Some(e) if a.uuids.len() == 1 => Err(e),
-        Some(_) => bail!("some pods could not be stopped"),
-        None => Ok(ExitCode::SUCCESS),
-    }
+/// Stops one pod (SIGKILL at once with `force`, else SIGTERM and SIGKILL after `timeout`) and
+/// returns its UUID. A pod that has already exited is fine.
+pub fn stop(
+    ctx: &crate::Context,
+    id: &str,
+    force: bool,
+    timeout: Duration,
+) -> super::Result<String> {
+    super::error::typed(|| {
+        let store = super::open_store(ctx)?;
+        stop_one(&store, id, force, timeout)
+    })
 }
 
 /// Whether `pid` is a process of this pod's stage1: running, and its executable is a stage1

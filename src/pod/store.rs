@@ -451,6 +451,20 @@ impl LockedPod {
         .map(drop)
         .map_err(|e| io_err(&self.pod.path)(io::Error::from(e)))
     }
+
+    /// Closes this process's lock fd without unlocking: the lock stays with the child that
+    /// inherited it (a flock belongs to the open file, shared by both fds), and the pod counts
+    /// as locked exactly as long as that child keeps it.
+    pub fn hand_over_lock(self) -> PodRef {
+        let LockedPod { pod, lock } = self;
+        let fd = lock.as_raw_fd();
+        // Flock's Drop would unlock the file for the child too: forget it, close the fd only.
+        std::mem::forget(lock);
+        // SAFETY: `fd` was owned by the forgotten Flock (nothing else closes it) and is not
+        // used after this.
+        unsafe { libc::close(fd) };
+        pod
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use pgp::composed::{ArmorOptions, Deserializable, SignedPublicKey};
 use pgp::types::KeyDetails;
 use serde::{Deserialize, Serialize};
 
+use super::error::NoSuchKey;
 use super::Fingerprint;
+use crate::error::typed;
 
 /// What a stored key is trusted for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,17 +205,19 @@ fn is_fingerprint(s: &str) -> bool {
 }
 
 /// Stores every key in `data` for `scope`. Returns what was stored.
-pub fn add(trust_dir: &Path, scope: Scope, data: &[u8]) -> Result<Vec<TrustedKey>> {
-    let keys = parse_keys(data)?;
-    let dir = scope_dir(trust_dir, &scope);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut stored = Vec::new();
-    for key in &keys {
-        let tk = TrustedKey::from_key(scope.clone(), key)?;
-        write_atomic(&dir, &tk.fingerprint.0, tk.armored.as_bytes())?;
-        stored.push(tk);
-    }
-    Ok(stored)
+pub fn add(trust_dir: &Path, scope: Scope, data: &[u8]) -> super::Result<Vec<TrustedKey>> {
+    typed(|| {
+        let keys = parse_keys(data)?;
+        let dir = scope_dir(trust_dir, &scope);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut stored = Vec::new();
+        for key in &keys {
+            let tk = TrustedKey::from_key(scope.clone(), key)?;
+            write_atomic(&dir, &tk.fingerprint.0, tk.armored.as_bytes())?;
+            stored.push(tk);
+        }
+        Ok(stored)
+    })
 }
 
 /// Writes `dir/name` via a temp file, fsync and rename, so a reader sees the old or the new file.
@@ -236,72 +240,79 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
 }
 
 /// Every stored key, root keys first, then by prefix.
-pub fn list(trust_dir: &Path) -> Result<Vec<TrustedKey>> {
-    let mut out = Vec::new();
-    let mut dirs = vec![(Scope::Root, trust_dir.join("root"))];
-    let prefixes = trust_dir.join("prefixes");
-    match fs::read_dir(&prefixes) {
-        Ok(rd) => {
-            let mut names: Vec<_> = rd.filter_map(|e| e.ok()).collect();
-            names.sort_by_key(|e| e.file_name());
-            for e in names {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(p) = unescape_prefix(&name) {
-                    dirs.push((Scope::Prefix(p), e.path()));
+pub fn list(trust_dir: &Path) -> super::Result<Vec<TrustedKey>> {
+    typed(|| {
+        let mut out = Vec::new();
+        let mut dirs = vec![(Scope::Root, trust_dir.join("root"))];
+        let prefixes = trust_dir.join("prefixes");
+        match fs::read_dir(&prefixes) {
+            Ok(rd) => {
+                let mut names: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+                names.sort_by_key(|e| e.file_name());
+                for e in names {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if let Some(p) = unescape_prefix(&name) {
+                        dirs.push((Scope::Prefix(p), e.path()));
+                    }
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", prefixes.display())),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", prefixes.display())),
-    }
-    for (scope, dir) in dirs {
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-        };
-        let mut files: Vec<_> = rd.filter_map(|e| e.ok()).collect();
-        files.sort_by_key(|e| e.file_name());
-        for f in files {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if !is_fingerprint(&name) {
-                continue; // temp files of an interrupted `ark trust`
+        for (scope, dir) in dirs {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+            };
+            let mut files: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+            files.sort_by_key(|e| e.file_name());
+            for f in files {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if !is_fingerprint(&name) {
+                    continue; // temp files of an interrupted `ark trust`
+                }
+                let data = fs::read(f.path())
+                    .with_context(|| format!("reading {}", f.path().display()))?;
+                let (key, _) = SignedPublicKey::from_reader_single(&data[..])
+                    .map_err(|e| anyhow!("stored key {} is corrupt: {e}", f.path().display()))?;
+                out.push(TrustedKey::from_key(scope.clone(), &key)?);
             }
-            let data =
-                fs::read(f.path()).with_context(|| format!("reading {}", f.path().display()))?;
-            let (key, _) = SignedPublicKey::from_reader_single(&data[..])
-                .map_err(|e| anyhow!("stored key {} is corrupt: {e}", f.path().display()))?;
-            out.push(TrustedKey::from_key(scope.clone(), &key)?);
         }
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 /// Removes the key with this fingerprint from every scope. Returns the scopes it was removed from.
-pub fn remove(trust_dir: &Path, fingerprint: &str) -> Result<Vec<Scope>> {
-    let fp = fingerprint.replace(' ', "").to_ascii_uppercase();
-    if !is_fingerprint(&fp) {
-        bail!(
-            "{fingerprint:?} is not a key fingerprint (40 hex digits, as `ark trust --list` shows)"
-        );
-    }
-    let mut removed = Vec::new();
-    for key in list(trust_dir)? {
-        if key.fingerprint.0 == fp {
-            let dir = scope_dir(trust_dir, &key.scope);
-            fs::remove_file(dir.join(&fp))
-                .with_context(|| format!("removing {}", dir.join(&fp).display()))?;
-            let _ = fs::File::open(&dir).and_then(|d| d.sync_all());
-            if let Scope::Prefix(_) = key.scope {
-                let _ = fs::remove_dir(&dir); // only if now empty
-            }
-            removed.push(key.scope);
+pub fn remove(trust_dir: &Path, fingerprint: &str) -> super::Result<Vec<Scope>> {
+    typed(|| {
+        let fp = fingerprint.replace(' ', "").to_ascii_uppercase();
+        if !is_fingerprint(&fp) {
+            bail!(
+                "{fingerprint:?} is not a key fingerprint (40 hex digits, as `ark trust --list` shows)"
+            );
         }
-    }
-    if removed.is_empty() {
-        bail!("no trusted key has fingerprint {fp} (see `ark trust --list`)");
-    }
-    Ok(removed)
+        let mut removed = Vec::new();
+        for key in list(trust_dir)? {
+            if key.fingerprint.0 == fp {
+                let dir = scope_dir(trust_dir, &key.scope);
+                fs::remove_file(dir.join(&fp))
+                    .with_context(|| format!("removing {}", dir.join(&fp).display()))?;
+                let _ = fs::File::open(&dir).and_then(|d| d.sync_all());
+                if let Scope::Prefix(_) = key.scope {
+                    let _ = fs::remove_dir(&dir); // only if now empty
+                }
+                removed.push(key.scope);
+            }
+        }
+        if removed.is_empty() {
+            return Err(NoSuchKey(format!(
+                "no trusted key has fingerprint {fp} (see `ark trust --list`)"
+            ))
+            .into());
+        }
+        Ok(removed)
+    })
 }
 
 #[cfg(test)]

@@ -23,13 +23,14 @@
 //! `ark fetch --signature-dir /srv/sigs docker://HOST/REPO:TAG` after
 //! `ark trust --prefix HOST/REPO KEYFILE` (`gpg --export [--armor] FINGERPRINT > KEYFILE`).
 
-pub mod cli;
+pub mod error;
 pub mod keys;
 pub mod signing;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use error::{Error, Result};
 use keys::KeySet;
 
 /// Upper-case hex fingerprint of an OpenPGP primary key (what `gpg --fingerprint` shows, without spaces).
@@ -57,13 +58,14 @@ pub fn verify_detached(
     image_name: &str,
     data: &Path,
     signature: &Path,
-) -> anyhow::Result<Fingerprint> {
+) -> Result<Fingerprint> {
     let keys = KeySet::load_for(trust_dir, image_name)?;
     let sig = std::fs::read(signature)
         .map_err(|e| anyhow::anyhow!("reading signature {}: {e}", signature.display()))?;
     let file = std::fs::File::open(data)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", data.display()))?;
     signing::verify_detached_with(&keys, image_name, std::io::BufReader::new(file), &sig)
+        .map_err(Error::Refused)
 }
 
 /// Verifies containers-image "simple signing" signatures for `manifest_digest`, read from the
@@ -76,11 +78,12 @@ pub fn verify_simple_signing(
     docker_reference: &str,
     manifest_digest: &str,
     signature_dir: &Path,
-) -> anyhow::Result<Fingerprint> {
+) -> Result<Fingerprint> {
     let reference = signing::DockerReference::parse(docker_reference)?;
     let keys = KeySet::load_for(trust_dir, &reference.name())?;
     let sigs = signing::read_lookaside(signature_dir, &reference, manifest_digest)?;
     signing::verify_simple_signing_with(&keys, &reference, manifest_digest, &sigs)
+        .map_err(Error::Refused)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The app's identity, through the logic shared with `ark enter` (`pod_spec::identity`): this
+//! The app's identity, through the logic shared with `ark enter` (`ark_os::identity`): this
 //! is guest-init's only use of it, so where that logic lives is this one import.
 
 use std::os::fd::BorrowedFd;

@@ -16,6 +16,7 @@
 //! `~/.docker/config.json`.
 
 pub mod client;
+pub mod request;
 pub mod sink;
 
 use std::collections::BTreeSet;
@@ -23,13 +24,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::image::limits::{human, StoreSpace};
 use crate::trust::keys::KeySet;
 use crate::trust::signing::{self, DockerReference};
 use client::{Client, ClientSettings};
+pub use request::{Fetched, PullRequest};
 pub use sink::{DirSink, LayoutSink};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -177,39 +179,6 @@ pub fn credentials_from_auth_files(host: &str) -> Result<Option<(String, String)
         }
     }
     Ok(None)
-}
-
-/// What was fetched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fetched {
-    /// `sha256:<hex>` of the image manifest written to the layout (the platform's one).
-    pub manifest_digest: String,
-    /// `HOST[:PORT]/REPO`.
-    pub name: String,
-    /// The tag asked for (`latest` if neither tag nor digest was given).
-    pub tag: Option<String>,
-    /// When the reference named an image index / manifest list: its digest (what signatures
-    /// cover). The index is kept as a blob of the layout too.
-    #[serde(default)]
-    pub index_digest: Option<String>,
-}
-
-/// Everything the network half needs; what the parent hands the unprivileged child.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PullRequest {
-    pub reference: String,
-    pub client: ClientSettings,
-    pub platform: Option<String>,
-    /// Keys trusted for the image name; None = don't verify (`--insecure-options=image`).
-    pub keys: Option<KeySet>,
-    /// Layer digests not to download: see [`FetchOptions::have_blobs`].
-    #[serde(default)]
-    pub have_blobs: BTreeSet<String>,
-    /// Bytes the destination's filesystem can take above ark's free-space reserve: an image
-    /// whose blobs declare more is refused before any is downloaded. (The writer of the blobs
-    /// enforces the reserve on its own as well.)
-    #[serde(default)]
-    pub room: Option<u64>,
 }
 
 /// Downloads `reference` (`HOST[:PORT]/REPO[:TAG|@DIGEST]`) into `dest`, an empty directory,
@@ -398,6 +367,12 @@ fn media_type_of(body: &[u8], content_type: Option<&str>, what: &str) -> Result<
 const ACCEPT: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
 /// The network half: resolve, verify the signature, stream every blob into `sink`.
+/// `ark __registry-fetch-child`: the unprivileged half of a fetch, [`pull`] run by
+/// [`privsep::child_main`](crate::image::privsep::child_main).
+pub fn fetch_child_main() -> Result<std::process::ExitCode> {
+    crate::image::privsep::child_main(pull)
+}
+
 pub fn pull(req: &PullRequest, sink: &mut dyn LayoutSink) -> Result<Fetched> {
     let reference = DockerReference::parse(&req.reference)?;
     let platform = Platform::parse(req.platform.as_deref().unwrap_or("linux/amd64"))?;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 
-use super::{FetchOptions, ImageInfo, ImageStore};
-use crate::cli::GlobalOpts;
+use ark::image::{escape, FetchOptions, ImageInfo, ImageKind, ImageStore};
+use ark::Context as Ctx;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -76,8 +76,8 @@ pub enum Format {
     Json,
 }
 
-pub fn run(global: &GlobalOpts, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    let store = ImageStore::open(&global.dir)?;
+pub fn run(ctx: &Ctx, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    let store = ImageStore::open(&ctx.dir)?;
     match cmd {
         ImageCommand::Fetch {
             images,
@@ -87,7 +87,7 @@ pub fn run(global: &GlobalOpts, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let opts = FetchOptions {
                 platform: Some(platform),
                 signature_dir,
-                ..FetchOptions::from_global(global)
+                ..FetchOptions::from_context(ctx)
             };
             for image in images {
                 let id = store.fetch(&image, &opts)?;
@@ -112,15 +112,15 @@ fn run_image(store: &ImageStore, cmd: ImageSubcommand) -> anyhow::Result<()> {
                     );
                     for i in images {
                         let kind = match i.kind {
-                            super::ImageKind::Oci => "oci",
-                            super::ImageKind::Aci => "aci",
+                            ImageKind::Oci => "oci",
+                            ImageKind::Aci => "aci",
                         };
                         let names = if i.names.is_empty() {
                             "-".to_string()
                         } else {
                             // Names with control characters are refused at import; a store
                             // written before that may still hold some.
-                            super::escape::controls_escaped(&i.names.join(",")).into_owned()
+                            escape::controls_escaped(&i.names.join(",")).into_owned()
                         };
                         println!(
                             "sha256:{:<12} {:<4} {:>10} {:<20} {}",

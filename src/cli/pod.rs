@@ -4,14 +4,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use ark_pod_spec::{Flavor, NetMode};
+use anyhow::bail;
+use ark::pod::lifecycle::{self, Durability, PrepareRequest};
+use ark::pod::plan::KvmRoot;
+use ark::pod::{gc, info, stop};
+use ark::Context as Ctx;
+use ark_pod_spec::{format_unix_ms, Flavor, NetMode};
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::args::AppFlags;
-use super::lifecycle::Durability;
-use super::plan::KvmRoot;
-use crate::cli::GlobalOpts;
+use super::apps::{split_apps, AppFlags};
 
 #[derive(Debug, Subcommand)]
 pub enum PodCommand {
@@ -73,14 +74,33 @@ impl From<Net> for NetMode {
     }
 }
 
+/// How `--stage1-kvm-root` asks stage1-kvm to hand the pod root to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Stage1KvmRoot {
+    /// virtio-fs share of the stage1 root.
+    #[default]
+    Fs,
+    /// A block image of the stage1 root made at prepare (erofs, else ext4).
+    Blk,
+}
+
+impl From<Stage1KvmRoot> for KvmRoot {
+    fn from(r: Stage1KvmRoot) -> KvmRoot {
+        match r {
+            Stage1KvmRoot::Fs => KvmRoot::Fs,
+            Stage1KvmRoot::Blk => KvmRoot::Blk,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct PrepareArgs {
     /// Isolation flavor: kvm (a microVM), ns (namespaces + cgroup), fly (chroot only).
     #[arg(long, value_enum, default_value_t = Stage1Flavor::Kvm)]
     pub stage1: Stage1Flavor,
     /// How stage1-kvm gets the pod root: fs (virtio-fs) or blk (an erofs/ext4 image made now).
-    #[arg(long = "stage1-kvm-root", value_enum, default_value_t = KvmRoot::Fs)]
-    pub stage1_kvm_root: KvmRoot,
+    #[arg(long = "stage1-kvm-root", value_enum, default_value_t = Stage1KvmRoot::Fs)]
+    pub stage1_kvm_root: Stage1KvmRoot,
     /// A pod volume: NAME,kind=host,source=PATH[,readOnly=true] (repeatable).
     #[arg(long)]
     pub volume: Vec<String>,
@@ -198,50 +218,176 @@ pub struct CatManifestArgs {
 }
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
-    super::units::parse_duration(s)
+    ark::pod::units::parse_duration(s)
 }
 
-pub fn run(global: &GlobalOpts, cmd: PodCommand) -> anyhow::Result<ExitCode> {
+impl PrepareArgs {
+    /// The library's request: the app words split into apps (a bad one is a one-line error).
+    fn request(&self) -> anyhow::Result<PrepareRequest> {
+        let apps = split_apps(&self.images, &self.app_defaults).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(PrepareRequest {
+            flavor: self.stage1.into(),
+            kvm_root: self.stage1_kvm_root.into(),
+            volumes: self.volume.clone(),
+            hostname: self.hostname.clone(),
+            interactive: self.interactive,
+            uuid_file_save: self.uuid_file_save.clone(),
+            net: self.net.into(),
+            annotations: self.annotation.clone(),
+            apps,
+        })
+    }
+}
+
+pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PodCommand::Prepare(a) => {
-            let prepared = super::lifecycle::prepare(global, &a, Durability::Synced)?;
+            let prepared = lifecycle::prepare(ctx, &a.request()?, Durability::Synced)?;
             println!("{}", prepared.pod.pod.uuid);
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Run(a) => {
-            let prepared = super::lifecycle::prepare(global, &a, Durability::Process)?;
-            let e = super::lifecycle::exec_stage1(global, prepared, a.interactive);
-            Err(e)
+            let prepared = lifecycle::prepare(ctx, &a.request()?, Durability::Process)?;
+            Err(lifecycle::exec_stage1(ctx, prepared, a.interactive).into())
         }
         PodCommand::RunPrepared(a) => {
-            let e = super::lifecycle::run_prepared(global, &a.uuid, a.interactive);
-            Err(e)
+            Err(lifecycle::run_prepared(ctx, &a.uuid, a.interactive).into())
         }
-        PodCommand::List(a) => super::info::list(global, &a),
-        PodCommand::Status(a) => super::info::status(global, &a),
+        PodCommand::List(a) => {
+            list(ctx, &a)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PodCommand::Status(a) => {
+            let s = info::status(ctx, &a.uuid, a.wait)?;
+            match a.format {
+                Format::Text => print!("{}", info::status_text(&s)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         PodCommand::CatManifest(a) => {
-            let store = super::open_store(global)?;
-            let pod = store.find(&a.uuid)?;
-            let path = ark_pod_spec::PodLayout::new(&pod.path).manifest();
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("pod {}: no manifest (still preparing?)", pod.uuid))?;
+            let bytes = info::manifest(ctx, &a.uuid)?;
             use std::io::Write;
             std::io::stdout().write_all(&bytes)?;
             Ok(ExitCode::SUCCESS)
         }
-        PodCommand::Stop(a) => super::stop::stop(global, &a),
-        PodCommand::Rm(a) => super::gc::rm(global, &a),
-        PodCommand::Gc(a) => super::gc::gc(global, &a),
-        PodCommand::Enter(a) => super::enter::enter(global, &a),
+        PodCommand::Stop(a) => each_pod("stop", "stopped", &a.uuids, |id| {
+            Ok(stop::stop(ctx, id, a.force, a.timeout)?)
+        }),
+        PodCommand::Rm(a) => each_pod("rm", "removed", &a.uuids, |id| Ok(gc::rm(ctx, id)?)),
+        PodCommand::Gc(a) => {
+            let policy = gc::GcPolicy {
+                grace_period: a.grace_period,
+                expire_prepared: a.expire_prepared,
+            };
+            let report = gc::gc(ctx, &policy)?;
+            for uuid in &report.removed {
+                println!("{uuid}");
+            }
+            for e in &report.failed {
+                eprintln!("ark: gc: {e:#}");
+            }
+            if !report.failed.is_empty() {
+                bail!(
+                    "{} pods could not be removed (they stay in garbage/ for the next gc)",
+                    report.failed.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PodCommand::Enter(a) => {
+            let code = ark::pod::enter::enter(ctx, &a.uuid, a.app.as_deref(), &a.cmd)?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
     }
+}
+
+/// `verb` on each pod, printing each UUID done. One pod: its error is the command's error
+/// (printed once, by main); several: each failure on its own line, then one summary error.
+fn each_pod(
+    verb: &str,
+    done: &str,
+    ids: &[String],
+    mut one: impl FnMut(&str) -> anyhow::Result<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut failed = None;
+    for id in ids {
+        match one(id) {
+            Ok(uuid) => println!("{uuid}"),
+            Err(e) => {
+                if ids.len() > 1 {
+                    eprintln!("ark: {verb} {id}: {e:#}");
+                }
+                failed = Some(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) if ids.len() == 1 => Err(e),
+        Some(_) => bail!("some pods could not be {done}"),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `ark list`: a table (or JSON) of every pod.
+fn list(ctx: &Ctx, a: &ListArgs) -> anyhow::Result<()> {
+    let pods = info::list(ctx)?;
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&pods)?),
+        Format::Text => {
+            let rows: Vec<[String; 5]> = pods
+                .iter()
+                .map(|p| {
+                    let uuid = if a.full {
+                        p.uuid.clone()
+                    } else {
+                        p.uuid[..8].to_string()
+                    };
+                    let apps = p
+                        .apps
+                        .iter()
+                        .map(|x| x.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let images = p
+                        .apps
+                        .iter()
+                        .map(|x| x.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let created = p.created_at.map(format_unix_ms).unwrap_or_default();
+                    [uuid, apps, images, p.state.to_string(), created]
+                })
+                .collect();
+            let header = ["UUID", "APPS", "IMAGES", "STATE", "CREATED"].map(String::from);
+            let mut widths = [0usize; 5];
+            for r in std::iter::once(&header).chain(&rows) {
+                for (w, c) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            let print_row = |r: &[String; 5]| {
+                let line: Vec<String> = r
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", line.join("  ").trim_end());
+            };
+            if !a.no_legend {
+                print_row(&header);
+            }
+            rows.iter().for_each(print_row);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use clap::Parser;
 
-    use crate::cli::{Cli, Command};
-
+    use super::super::{Cli, Command};
     use super::*;
 
     fn parse(args: &[&str]) -> PodCommand {
@@ -292,7 +438,7 @@ mod tests {
                 "-x"
             ]
         );
-        let apps = super::super::args::split_apps(&a.images, &a.app_defaults).unwrap();
+        let apps = split_apps(&a.images, &a.app_defaults).unwrap();
         assert_eq!(apps.len(), 2);
         assert_eq!(apps[1].args.as_deref().unwrap(), ["--", "-x"]);
     }
@@ -313,7 +459,7 @@ mod tests {
         ]) else {
             panic!()
         };
-        assert_eq!(a.stage1_kvm_root, KvmRoot::Blk);
+        assert_eq!(a.stage1_kvm_root, Stage1KvmRoot::Blk);
         assert_eq!(a.net, Net::None);
         assert!(a.interactive);
         assert_eq!(a.volume, ["d,kind=host,source=/tmp"]);

@@ -1,5 +1,14 @@
-//! Top-level command line. Each half of stage0 owns its own subcommands:
-//! `image::cli` (fetch, image, trust) and `pod::cli` (prepare, run, list, ...).
+//! The `ark` command line: parses arguments and calls the `ark` library with a plain
+//! [`ark::Context`]; maps what fails to exit code 125 and one line on stderr.
+//! [`image`] (fetch, image), [`trust`] (trust) and [`pod`] (prepare, run, list, ...) own their
+//! subcommands.
+
+mod apps;
+mod image;
+#[cfg(test)]
+mod plan_tests;
+mod pod;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,16 +66,29 @@ impl GlobalOpts {
             .iter()
             .any(|o| *o == opt || *o == InsecureOption::All)
     }
+
+    /// What the library needs of these options.
+    pub fn context(&self) -> ark::Context {
+        ark::Context {
+            dir: self.dir.clone(),
+            insecure: ark::Insecure {
+                image: self.insecure(InsecureOption::Image),
+                tls: self.insecure(InsecureOption::Tls),
+                http: self.insecure(InsecureOption::Http),
+            },
+            debug: self.debug,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     #[command(flatten)]
-    Image(crate::image::cli::ImageCommand),
+    Image(image::ImageCommand),
     #[command(flatten)]
-    Trust(crate::trust::cli::TrustCommand),
+    Trust(trust::TrustCommand),
     #[command(flatten)]
-    Pod(crate::pod::cli::PodCommand),
+    Pod(pod::PodCommand),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completion { shell: clap_complete::Shell },
 }
@@ -75,7 +97,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.debug);
     let secured = match uses_data_dir(&cli.command) {
-        true => crate::data_dir::secure(&cli.global.dir),
+        true => ark::data_dir::secure(&cli.global.dir),
         false => Ok(()),
     };
     let result = secured.and_then(|()| dispatch(&cli.global, cli.command));
@@ -86,7 +108,7 @@ pub fn main() -> ExitCode {
             // (even where a crate quoted it raw) cannot drive the terminal or fake a line.
             eprintln!(
                 "ark: {}",
-                crate::image::escape::controls_escaped(&format!("{e:#}"))
+                ark::image::escape::controls_escaped(&format!("{e:#}"))
             );
             ExitCode::from(EXIT_ARK_ERROR)
         }
@@ -98,16 +120,16 @@ pub fn main() -> ExitCode {
 fn uses_data_dir(cmd: &Command) -> bool {
     !matches!(
         cmd,
-        Command::Completion { .. }
-            | Command::Trust(crate::trust::cli::TrustCommand::RegistryFetchChild)
+        Command::Completion { .. } | Command::Trust(trust::TrustCommand::RegistryFetchChild)
     )
 }
 
 fn dispatch(global: &GlobalOpts, command: Command) -> anyhow::Result<ExitCode> {
+    let ctx = global.context();
     match command {
-        Command::Image(cmd) => crate::image::cli::run(global, cmd),
-        Command::Trust(cmd) => crate::trust::cli::run(global, cmd),
-        Command::Pod(cmd) => crate::pod::cli::run(global, cmd),
+        Command::Image(cmd) => image::run(&ctx, cmd),
+        Command::Trust(cmd) => trust::run(&ctx, cmd),
+        Command::Pod(cmd) => pod::run(&ctx, cmd),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ark", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
 
-use super::keys::{self, Scope};
-use crate::cli::GlobalOpts;
+use ark::trust::keys::{self, Scope};
+use ark::Context as Ctx;
 
 #[derive(Debug, Subcommand)]
 pub enum TrustCommand {
@@ -37,15 +37,15 @@ pub struct TrustArgs {
     pub keyfile: Option<PathBuf>,
 }
 
-pub fn run(global: &GlobalOpts, cmd: TrustCommand) -> anyhow::Result<ExitCode> {
+pub fn run(ctx: &Ctx, cmd: TrustCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TrustCommand::Trust(args) => trust(global, args),
-        TrustCommand::RegistryFetchChild => crate::image::privsep::child_main(),
+        TrustCommand::Trust(args) => trust(ctx, args),
+        TrustCommand::RegistryFetchChild => ark::image::registry::fetch_child_main(),
     }
 }
 
-fn trust(global: &GlobalOpts, args: TrustArgs) -> anyhow::Result<ExitCode> {
-    let dir = super::trust_dir(&global.dir);
+fn trust(ctx: &Ctx, args: TrustArgs) -> anyhow::Result<ExitCode> {
+    let dir = ark::trust::trust_dir(&ctx.dir);
     if args.list {
         let keys = keys::list(&dir)?;
         if keys.is_empty() {
