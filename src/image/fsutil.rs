@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 
 /// A held flock; released on drop.
+#[derive(Debug)]
 pub(crate) struct Lock(pub(crate) File);
 
 pub(crate) fn flock(path: &Path, exclusive: bool) -> anyhow::Result<Lock> {

@@ -40,6 +40,7 @@ struct Index {
     names: BTreeMap<String, ImageId>,
 }
 
+#[derive(Debug)]
 pub struct ImageStore {
     root: PathBuf,
 }
@@ -542,6 +543,7 @@ pub struct GcReport {
 }
 
 /// A pod's claim on a rendered rootfs; see [`ImageStore::hold`].
+#[derive(Debug)]
 pub struct RenderHold(Lock);
 
 impl RenderHold {

@@ -38,6 +38,7 @@ pub struct PrepareRequest {
 }
 
 /// A pod this process prepared and still holds locked.
+#[derive(Debug)]
 pub struct Prepared {
     pub pod: LockedPod,
 }

@@ -68,6 +68,22 @@ pub struct Client {
     authorization: Option<String>,
 }
 
+/// By hand: the credentials and the `Authorization` value are secrets; say only whether set.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("host", &self.host)
+            .field("repo", &self.repo)
+            .field("base", &self.base)
+            .field("insecure_http", &self.settings.insecure_http)
+            .field("insecure_tls", &self.settings.insecure_tls)
+            .field("timeout", &self.settings.timeout)
+            .field("has_credentials", &self.settings.credentials.is_some())
+            .field("authorized", &self.authorization.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 fn system_roots() -> Option<ureq::tls::RootCerts> {
     // Debian's bundle, so private CAs added with update-ca-certificates work; else webpki-roots.
     let pem = std::fs::read("/etc/ssl/certs/ca-certificates.crt").ok()?;

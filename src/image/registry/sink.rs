@@ -63,6 +63,17 @@ pub struct DirSink {
     complete: std::collections::HashSet<String>,
 }
 
+/// By hand: the open blob's hasher, file and progress bar say nothing useful.
+impl std::fmt::Debug for DirSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirSink")
+            .field("dest", &self.dest)
+            .field("open_blob", &self.open.as_ref().map(|b| &b.digest))
+            .field("complete", &self.complete)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DirSink {
     pub fn new(dest: &Path, progress: bool) -> Result<Self> {
         let blobs = dest.join("blobs/sha256");
@@ -216,6 +227,7 @@ impl Drop for DirSink {
 }
 
 /// In-process pulls (not root): the directory plus the lookaside signatures read directly.
+#[derive(Debug)]
 pub struct LocalSink<'a> {
     pub dir: &'a mut DirSink,
     pub signature_dir: Option<PathBuf>,
