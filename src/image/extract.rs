@@ -222,9 +222,13 @@ impl Extractor {
         let header = entry.header().clone();
         let kind = header.entry_type();
         let mode = header.mode().context("mode")? & 0o7777;
-        let uid = header.uid().context("uid")? as u32;
-        let gid = header.gid().context("gid")? as u32;
-        let mtime = header.mtime().unwrap_or(0) as i64;
+        // Header numbers can be base-256 and up to 64 bits: refuse what does not fit, never wrap.
+        let uid = header.uid().context("uid")?;
+        let uid = u32::try_from(uid).map_err(|_| anyhow!("uid {uid} out of range"))?;
+        let gid = header.gid().context("gid")?;
+        let gid = u32::try_from(gid).map_err(|_| anyhow!("gid {gid} out of range"))?;
+        let mtime = header.mtime().unwrap_or(0);
+        let mtime = i64::try_from(mtime).map_err(|_| anyhow!("mtime {mtime} out of range"))?;
         let Some(path) = clean_path(raw)? else {
             if kind.is_dir() {
                 self.root_meta = Some((mode, mtime));
