@@ -202,7 +202,7 @@ fn human_size(bytes: u64) -> String {
 
 /// UTC `YYYY-MM-DD HH:MM:SS` without pulling in a date crate.
 fn human_time(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
+    let days = i64::try_from(secs / 86400).expect("u64::MAX / 86400 fits in i64");
     let rem = secs % 86400;
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;

@@ -297,7 +297,8 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
         }
         PodCommand::Enter(a) => {
             let code = ark::pod::enter::enter(ctx, &a.uuid, a.app.as_deref(), &a.cmd)?;
-            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+            let code = u8::try_from(code.clamp(0, 255)).expect("clamped to 0..=255");
+            Ok(ExitCode::from(code))
         }
     }
 }

@@ -136,7 +136,7 @@ fn spawn_child() -> Result<Child> {
             cmd.env(k, v);
         }
     }
-    let parent = std::process::id() as libc::pid_t;
+    let parent = rustix::process::getpid().as_raw_nonzero().get();
     // SAFETY: between fork and exec only async-signal-safe syscalls are made; no allocation.
     unsafe {
         cmd.pre_exec(move || {

@@ -215,7 +215,7 @@ mod tests {
             .env("ARK_APP_NAME", "probe-app")
             .spawn()
             .unwrap();
-        let me = std::process::id() as i32;
+        let me = rustix::process::getpid().as_raw_nonzero().get();
         // Until the child has exec'd, its environ is ours: poll briefly.
         let mut found = None;
         for _ in 0..100 {
@@ -225,7 +225,8 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert_eq!(found, Some(child.id() as i32));
+        let child_pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
+        assert_eq!(found, Some(child_pid));
         assert_eq!(find_app_process(me, "other"), None);
         child.kill().unwrap();
         child.wait().unwrap();

@@ -48,7 +48,7 @@ pub struct PodSummary {
 
 fn mtime_ms(p: &Path) -> Option<u64> {
     let t = fs::metadata(p).ok()?.modified().ok()?;
-    Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
+    u64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
 }
 
 /// The stage1 pid recorded by `run-prepared`.
@@ -110,7 +110,7 @@ pub fn summarize(store: &PodStore, pod: &PodRef) -> anyhow::Result<PodSummary> {
         summary.exit_code = Some(ark_pod_spec::EXIT_STAGE1_ERROR);
         summary.finished_at = super::store::exited_at(&pod.path)
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as u64);
+            .and_then(|d| u64::try_from(d.as_millis()).ok());
     }
     Ok(summary)
 }

@@ -27,7 +27,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
         return Err(format!("{s:?} is not a positive size"));
     }
-    Ok(bytes as u64)
+    // Checked above: finite, at least 1, at most 2^64 (which `as` saturates to u64::MAX).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let bytes = bytes as u64;
+    Ok(bytes)
 }
 
 /// `1.5` → 1500 millicpus; `500m` → 500 (Kubernetes spelling).
@@ -39,7 +42,12 @@ pub fn parse_cpus(s: &str) -> Result<u32, String> {
         t.parse::<f64>().ok().map(|v| v * 1000.0)
     };
     match milli {
-        Some(v) if (1.0..=1_000_000.0).contains(&v) => Ok(v.round() as u32),
+        Some(v) if (1.0..=1_000_000.0).contains(&v) => {
+            // Within 1..=1e6 by the guard: positive and far below u32::MAX.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let milli = v.round() as u32;
+            Ok(milli)
+        }
         _ => Err(format!("{s:?} is not a CPU count (like 1, 1.5 or 500m)")),
     }
 }
