@@ -79,6 +79,7 @@ pub fn busybox_root(root: &Path) {
     .unwrap();
 }
 
+#[derive(Debug)]
 pub struct TestPod {
     pub tmp: tempfile::TempDir,
     pub layout: PodLayout,

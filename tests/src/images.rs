@@ -94,6 +94,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// One tar entry for hand-made layers. Names are written raw, so they may be hostile.
+#[derive(Debug)]
 pub enum Entry {
     Dir(&'static str, u32),
     File(String, Vec<u8>, u32),
@@ -218,7 +219,7 @@ pub fn compress_with(tool: &str, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// A hand-made OCI layout: layers (tar bytes, gzipped here) and knobs to make it lie.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct LayoutBuilder {
     pub layers: Vec<Vec<u8>>,
     /// Replace the manifest bytes (e.g. with invalid JSON).
@@ -416,6 +417,7 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, u32, String)> {
 }
 
 /// A throwaway gpg home with one signing key (real `gpg`); the agent is stopped on drop.
+#[derive(Debug)]
 pub struct TestKey {
     pub home: tempfile::TempDir,
     pub fingerprint: String,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `losetup --find --show FILE`, detached on drop (also when the test panics).
+#[derive(Debug)]
 pub struct LoopDevice {
     pub dev: PathBuf,
     pub major: u32,

@@ -39,6 +39,7 @@ pub fn pods_unavailable() -> Option<String> {
 }
 
 /// One test's ark data directory and the commands on it.
+#[derive(Debug)]
 pub struct PodEnv {
     pub dir: tempfile::TempDir,
     pub image: String,

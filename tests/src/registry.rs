@@ -105,6 +105,7 @@ pub fn base64(data: &[u8], url: bool) -> String {
 }
 
 /// How a test registry authenticates.
+#[derive(Debug)]
 pub enum RegistryAuth {
     None,
     /// htpasswd basic auth with this user and bcrypt hash.
@@ -122,6 +123,7 @@ pub enum RegistryAuth {
 }
 
 /// A `docker-registry` process on 127.0.0.1, killed on drop.
+#[derive(Debug)]
 pub struct Registry {
     child: Child,
     /// `127.0.0.1:PORT`.
@@ -409,6 +411,7 @@ pub fn remote_manifest(reference: &str) -> serde_json::Value {
 }
 
 /// A throw-away GnuPG home with real keys.
+#[derive(Debug)]
 pub struct Gpg {
     pub home: tempfile::TempDir,
 }
@@ -522,6 +525,7 @@ pub fn ark(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 /// A loopback bearer-token service for `docker-registry`'s `auth: token`: it answers
 /// `GET /token?service=..&scope=..` from `user:password` (basic auth) with an RS256 JWT signed
 /// by a fresh key (via openssl) whose self-signed certificate the registry trusts.
+#[derive(Debug)]
 pub struct TokenServer {
     pub realm: String,
     pub service: String,
@@ -735,6 +739,7 @@ pub enum Lie {
 }
 
 /// A tiny registry in the test process serving one image (`test/lies:latest`) with one lie.
+#[derive(Debug)]
 pub struct FakeRegistry {
     pub addr: String,
     /// The manifest digest of the image it pretends to have.
@@ -746,7 +751,7 @@ pub struct FakeRegistry {
 }
 
 /// Steps two threads agree on: one opens a step, the other waits (bounded) for it.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Gate {
     step: Mutex<u32>,
     moved: Condvar,
@@ -952,6 +957,7 @@ impl FakeState {
 
 /// A listener on a non-loopback address of this host that records the first bytes of every
 /// connection, and answers a plain-http `GET /v2/` (then 404s), to see what a client sends.
+#[derive(Debug)]
 pub struct Recorder {
     pub addr: String,
     pub first_bytes: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -991,6 +997,7 @@ impl Recorder {
 
 /// A small tmpfs mounted for a test (a store whose filesystem fills quickly), unmounted when
 /// dropped.
+#[derive(Debug)]
 pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
