@@ -125,11 +125,11 @@ pub fn pod(flavor: &str, mut json: serde_json::Value) -> TestPod {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
+    h.write_u128(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_nanos() as u64,
+            .as_nanos(),
     );
     h.finish()
 }

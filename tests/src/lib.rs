@@ -10,6 +10,11 @@ pub mod vm;
 
 use std::path::{Path, PathBuf};
 
+/// A spawned child's pid as nix takes it (Linux pids are at most 2^22, so they fit in pid_t).
+pub fn child_pid(child: &std::process::Child) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid fits in pid_t"))
+}
+
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

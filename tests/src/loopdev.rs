@@ -39,8 +39,9 @@ impl LoopDevice {
         if !meta.file_type().is_block_device() {
             return Err(format!("{} is not a block device", guard.dev.display()));
         }
-        guard.major = nix::sys::stat::major(meta.rdev()) as u32;
-        guard.minor = nix::sys::stat::minor(meta.rdev()) as u32;
+        let out_of_range = |_| format!("{}: device number out of range", guard.dev.display());
+        guard.major = u32::try_from(nix::sys::stat::major(meta.rdev())).map_err(out_of_range)?;
+        guard.minor = u32::try_from(nix::sys::stat::minor(meta.rdev())).map_err(out_of_range)?;
         Ok(guard)
     }
 }

@@ -198,7 +198,7 @@ pub fn run_vmm(args: &[String], serial_log: &Path, timeout: Duration) -> anyhow:
         match term_sent {
             None if start.elapsed() > timeout => {
                 let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    crate::child_pid(&child),
                     nix::sys::signal::Signal::SIGTERM,
                 );
                 term_sent = Some(Instant::now());
@@ -236,9 +236,10 @@ pub fn tiny_pvh_elf(code: &[u8]) -> Vec<u8> {
 }
 
 fn elf_image(code: &[u8], pvh: bool) -> Vec<u8> {
-    const LOAD: u64 = 0x20_0000;
-    const EHDR: usize = 64;
-    const PHDR: usize = 56;
+    // Sized as the header fields that hold them, widened losslessly where a wider one does.
+    const LOAD: u32 = 0x20_0000;
+    const EHDR: u16 = 64;
+    const PHDR: u16 = 56;
     // XEN_ELFNOTE_PHYS32_ENTRY: namesz 4 ("Xen\0"), descsz 4, type 18, then the entry.
     let mut note = Vec::new();
     if pvh {
@@ -246,10 +247,10 @@ fn elf_image(code: &[u8], pvh: bool) -> Vec<u8> {
             note.extend_from_slice(&word.to_le_bytes());
         }
         note.extend_from_slice(b"Xen\0");
-        note.extend_from_slice(&(LOAD as u32).to_le_bytes());
+        note.extend_from_slice(&LOAD.to_le_bytes());
     }
     let phnum: u16 = if pvh { 2 } else { 1 };
-    let note_off = (EHDR + PHDR * usize::from(phnum)) as u64;
+    let note_off = u64::from(EHDR + PHDR * phnum);
     let off = note_off + note.len() as u64;
     let mut e = Vec::new();
     e.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
@@ -257,12 +258,12 @@ fn elf_image(code: &[u8], pvh: bool) -> Vec<u8> {
     e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
     e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
     e.extend_from_slice(&1u32.to_le_bytes());
-    e.extend_from_slice(&LOAD.to_le_bytes()); // entry
-    e.extend_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
+    e.extend_from_slice(&u64::from(LOAD).to_le_bytes()); // entry
+    e.extend_from_slice(&u64::from(EHDR).to_le_bytes()); // phoff
     e.extend_from_slice(&0u64.to_le_bytes()); // shoff
     e.extend_from_slice(&0u32.to_le_bytes());
-    e.extend_from_slice(&(EHDR as u16).to_le_bytes());
-    e.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    e.extend_from_slice(&EHDR.to_le_bytes());
+    e.extend_from_slice(&PHDR.to_le_bytes());
     e.extend_from_slice(&phnum.to_le_bytes());
     e.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
     let mut phdr = |kind: u32, flags: u32, offset: u64, addr: u64, len: u64, align: u64| {
@@ -272,7 +273,7 @@ fn elf_image(code: &[u8], pvh: bool) -> Vec<u8> {
             e.extend_from_slice(&v.to_le_bytes());
         }
     };
-    phdr(1, 5, off, LOAD, code.len() as u64, 0x1000); // PT_LOAD, R+X
+    phdr(1, 5, off, u64::from(LOAD), code.len() as u64, 0x1000); // PT_LOAD, R+X
     if pvh {
         phdr(4, 4, note_off, 0, note.len() as u64, 4); // PT_NOTE
     }

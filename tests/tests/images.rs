@@ -21,10 +21,9 @@ fn xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     // SAFETY: valid C strings and a buffer of the length passed.
     let len =
         unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if len < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(len as usize);
+    // Negative (-1) is the error return.
+    let len = usize::try_from(len).map_err(|_| std::io::Error::last_os_error())?;
+    buf.truncate(len);
     Ok(buf)
 }
 
@@ -1038,11 +1037,11 @@ fn kill_9_at_random_moments_never_leaves_a_broken_image() {
     let layout = tmp.path().join("big");
     let digest = big_layout(&layout);
     let reference = layout_ref(&layout, "big");
-    let mut seed = std::time::SystemTime::now()
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64
-        | 1;
+        .as_nanos();
+    let mut seed = u64::try_from(nanos).expect("ns since 1970 fit in u64 until 2554") | 1;
     eprintln!("seed {seed}");
     for round in 0..6 {
         seed ^= seed << 13;
@@ -1062,8 +1061,8 @@ fn kill_9_at_random_moments_never_leaves_a_broken_image() {
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().unwrap();
         std::thread::sleep(delay);
-        // SAFETY: plain kill(2) of the process group we just made.
-        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        // The process group we just made (its id is the child's pid).
+        let _ = nix::sys::signal::killpg(ark_tests::child_pid(&child), nix::sys::signal::SIGKILL);
         child.wait().unwrap();
 
         ark_ok(&store, &["image", "gc"]);

@@ -816,7 +816,11 @@ fn a_fetch_stops_at_the_reserve_when_the_store_filesystem_fills_during_it() {
     let reserve = total / 20;
     let filler = free.saturating_sub(reserve + (4 << 20));
     if half_sent {
-        std::fs::write(store.join("filler"), vec![1u8; filler as usize]).unwrap();
+        std::fs::write(
+            store.join("filler"),
+            vec![1u8; usize::try_from(filler).expect("u64 fits in usize on x86_64")],
+        )
+        .unwrap();
     }
     // Watch the filesystem while ark goes on.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

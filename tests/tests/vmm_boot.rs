@@ -88,7 +88,7 @@ impl Background {
     /// Sends SIGTERM and returns ark-vmm's exit code (it must exit within 10 s).
     fn sigterm(mut self) -> Option<i32> {
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            ark_tests::child_pid(&self.child),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
