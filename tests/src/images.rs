@@ -105,8 +105,8 @@ pub enum Entry {
     BlockDev(&'static str, u32, u32),
     /// A file with one extended attribute (a PAX `SCHILY.xattr.*` record before it).
     XattrFile(&'static str, &'static str, &'static [u8]),
-    /// A file owned by uid:gid.
-    OwnedFile(&'static str, u32, u32),
+    /// A file owned by uid:gid (64-bit: a header field in base-256 holds more than a uid_t).
+    OwnedFile(&'static str, u64, u64),
 }
 
 impl Entry {
@@ -176,8 +176,8 @@ pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
             Entry::OwnedFile(_, uid, gid) => (*uid, *gid),
             _ => (0, 0),
         };
-        h.set_uid(uid.into());
-        h.set_gid(gid.into());
+        h.set_uid(uid);
+        h.set_gid(gid);
         h.set_mtime(1_700_000_000);
         h.set_cksum();
         b.append(&h, data).unwrap();

@@ -129,6 +129,20 @@ fn entry_with_dotdot_is_refused() {
 }
 
 #[test]
+fn owner_ids_past_32_bits_are_refused() {
+    // Base-256 header fields hold 64 bits; wrapped to 32, uid 2^32 would have been root.
+    let a = Area::new();
+    a.render_refused(
+        vec![tar_bytes(&[Entry::OwnedFile("f", 1 << 32, 0)])],
+        "uid 4294967296 out of range",
+    );
+    a.render_refused(
+        vec![tar_bytes(&[Entry::OwnedFile("f", 0, (1 << 32) + 7)])],
+        "gid 4294967303 out of range",
+    );
+}
+
+#[test]
 fn entry_with_absolute_path_is_refused() {
     let a = Area::new();
     let name = format!("{}/pwned", a.host_str());
