@@ -3,35 +3,57 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename), so a
-/// reader never sees half a file and an interruption leaves the old version or the new one.
+/// Writes `bytes` to `path` atomically and durably: a new temp file in the same directory
+/// (`O_EXCL`, so nothing that was there is followed or reused), fsync, rename, fsync of the
+/// directory. A reader never sees half a file; an interruption or a crash leaves the old
+/// version or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, bytes, true)
 }
 
-/// [`write_atomic`] without the fsync, for state that only matters while the pod runs (the
+/// [`write_atomic`] without the fsyncs, for state that only matters while the pod runs (the
 /// stage2 config, pids, "running" statuses): a reader still never sees half a file, and a
 /// crash of the host loses nothing that is not rewritten anyway.
 pub fn write_atomic_volatile(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, bytes, false)
 }
 
-fn write_atomic_with(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Unique within the process (threads) and across processes (pid): O_EXCL never collides
+    // with a live writer; a dead writer's leftover under the same name is simply refused.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    if sync {
-        f.sync_all()?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if durable {
+            // The rename itself is only durable once the directory is.
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-    })
+    }
+    result
 }
 
 #[cfg(test)]

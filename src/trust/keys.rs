@@ -1,7 +1,6 @@
 //! The key store: OpenPGP public keys trusted per image-name prefix or as root keys.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -220,23 +219,10 @@ pub fn add(trust_dir: &Path, scope: Scope, data: &[u8]) -> super::Result<Vec<Tru
     })
 }
 
-/// Writes `dir/name` via a temp file, fsync and rename, so a reader sees the old or the new file.
+/// `dir/name` written atomically and durably (`ark_os::write_atomic`).
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dir.join(name))?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", dir.join(name).display()))
+    let path = dir.join(name);
+    ark_os::write_atomic(&path, data).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Every stored key, root keys first, then by prefix.
