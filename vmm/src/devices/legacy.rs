@@ -40,13 +40,14 @@ pub type SerialDevice = Serial<EventFdTrigger, InputReady, Box<dyn Write + Send>
 pub struct SerialPort(pub SerialDevice);
 impl BusDevice for SerialPort {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if data.len() == 1 && offset < 8 {
-            data[0] = self.0.read(offset as u8);
+        match u8::try_from(offset) {
+            Ok(offset @ 0..=7) if data.len() == 1 => data[0] = self.0.read(offset),
+            _ => {}
         }
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() == 1 && offset < 8 {
-            if let Err(e) = self.0.write(offset as u8, data[0]) {
+        if let (Ok(offset @ 0..=7), 1) = (u8::try_from(offset), data.len()) {
+            if let Err(e) = self.0.write(offset, data[0]) {
                 tracing::debug!("serial write: {e:?}");
             }
         }

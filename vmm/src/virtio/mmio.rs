@@ -119,6 +119,13 @@ fn set_low(v: &mut u64, low: u32) {
 fn set_high(v: &mut u64, high: u32) {
     *v = (*v & 0xffff_ffff) | (u64::from(high) << 32);
 }
+/// The low and high halves of a 64-bit register pair.
+fn lo_hi(v: u64) -> (u32, u32) {
+    (
+        u32::try_from(v & 0xffff_ffff).expect("masked to 32 bits"),
+        u32::try_from(v >> 32).expect("shifted to 32 bits"),
+    )
+}
 
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
@@ -233,7 +240,7 @@ impl MmioTransport {
                 return Err(format!("{name} at {addr:#x} not {align}-byte aligned"));
             }
             let inside = GuestAddress(addr).checked_add(len).is_some()
-                && self.mem.check_range(GuestAddress(addr), len as usize);
+                && usize::try_from(len).is_ok_and(|l| self.mem.check_range(GuestAddress(addr), l));
             if !inside {
                 return Err(format!("{name} {addr:#x}+{len:#x} outside guest memory"));
             }
@@ -308,10 +315,15 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (setup, max) in self.queues.iter().zip(&self.queue_max) {
             let mut q = Queue::new(*max).map_err(|e| format!("queue: {e:?}"))?;
-            q.set_size(setup.size as u16); // checked <= max (a u16)
-            q.set_desc_table_address(Some(setup.desc as u32), Some((setup.desc >> 32) as u32));
-            q.set_avail_ring_address(Some(setup.driver as u32), Some((setup.driver >> 32) as u32));
-            q.set_used_ring_address(Some(setup.device as u32), Some((setup.device >> 32) as u32));
+            let size = u16::try_from(setup.size)
+                .map_err(|_| format!("queue size {} over {max}", setup.size))?;
+            q.set_size(size);
+            let (lo, hi) = lo_hi(setup.desc);
+            q.set_desc_table_address(Some(lo), Some(hi));
+            let (lo, hi) = lo_hi(setup.driver);
+            q.set_avail_ring_address(Some(lo), Some(hi));
+            let (lo, hi) = lo_hi(setup.device);
+            q.set_used_ring_address(Some(lo), Some(hi));
             q.set_event_idx(event_idx);
             q.set_ready(true);
             if !q.is_valid(&self.mem) {
@@ -367,8 +379,8 @@ impl MmioTransport {
             REG_DEVICE_ID => self.device_type,
             REG_VENDOR_ID => VENDOR_ID,
             REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.avail_features as u32,
-                1 => (self.avail_features >> 32) as u32,
+                0 => lo_hi(self.avail_features).0,
+                1 => lo_hi(self.avail_features).1,
                 _ => 0,
             },
             // 0 = "this queue does not exist".

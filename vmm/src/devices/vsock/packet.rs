@@ -244,15 +244,17 @@ impl<'a> RxBuffer<'a> {
         if payload.len() > self.payload_capacity() {
             return Err(PacketError::ShortChain(self.writer.available_bytes()));
         }
-        // Bounded by MAX_PKT_PAYLOAD above.
-        hdr.len = payload.len() as u32;
+        // Bounded by MAX_PKT_PAYLOAD above; refused like a short chain if not.
+        let too_long = |_| PacketError::ShortChain(self.writer.available_bytes());
+        hdr.len = u32::try_from(payload.len()).map_err(too_long)?;
+        let used = u32::try_from(HDR_SIZE + payload.len()).map_err(too_long)?;
         self.writer
             .write_obj(RawHeader::from(hdr))
             .map_err(PacketError::Access)?;
         self.writer
             .write_all(payload)
             .map_err(PacketError::Access)?;
-        Ok((HDR_SIZE + payload.len()) as u32)
+        Ok(used)
     }
 }
 
