@@ -24,6 +24,19 @@ pub struct Bus {
     devices: BTreeMap<u64, Entry>,
 }
 
+/// The ranges only: the devices are trait objects behind locks.
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.devices
+                    .iter()
+                    .map(|(start, (len, _))| format!("{start:#x}+{len:#x}")),
+            )
+            .finish()
+    }
+}
+
 impl Bus {
     pub fn insert(
         &mut self,

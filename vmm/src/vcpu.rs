@@ -42,6 +42,7 @@ pub fn register_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+#[derive(Debug)]
 pub struct Vcpu {
     pub id: u8,
     pub fd: VcpuFd,

@@ -67,6 +67,7 @@ const INT_CONFIG: u32 = 2;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// The device's interrupt line: InterruptStatus bits plus an irqfd.
+#[derive(Debug)]
 pub struct MmioInterrupt {
     status: AtomicU32,
     config_generation: AtomicU32,
@@ -143,6 +144,22 @@ pub struct MmioTransport {
     queue_sel: u32,
     status: u32,
     activated: bool,
+}
+
+/// The transport's registers, without the device (a trait object behind a lock).
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device_type)
+            .field("interrupt", &self.interrupt)
+            .field("queue_events", &self.queue_events)
+            .field("queues", &self.queues)
+            .field("driver_features", &self.driver_features)
+            .field("queue_sel", &self.queue_sel)
+            .field("status", &self.status)
+            .field("activated", &self.activated)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MmioTransport {

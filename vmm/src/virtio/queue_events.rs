@@ -40,6 +40,7 @@ pub struct Turn {
 }
 
 /// Owns the activate eventfd and the queue eventfds of the live and of reset sessions.
+#[derive(Debug)]
 pub struct QueueEvents {
     /// Names the device in logs and errors.
     device: &'static str,

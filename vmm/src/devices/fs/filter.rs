@@ -131,6 +131,7 @@ fn open_writes(flags: u32) -> bool {
 }
 
 /// The guest-facing filesystem: `inner` behind name checks and the read-only policy.
+#[derive(Debug)]
 pub struct GuestFs<F> {
     inner: F,
     read_only: bool,

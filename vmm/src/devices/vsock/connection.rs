@@ -51,6 +51,7 @@ pub enum State {
 }
 
 /// What `next_rx` produced.
+#[derive(Debug)]
 pub enum RxOutcome {
     /// A packet of this used length was written to the rx buffer.
     Sent(u32),
@@ -58,6 +59,7 @@ pub enum RxOutcome {
     Nothing,
 }
 
+#[derive(Debug)]
 pub struct Connection {
     pub key: ConnKey,
     guest_cid: u64,

@@ -217,6 +217,15 @@ pub struct RxBuffer<'a> {
     writer: Writer<'a>,
 }
 
+/// virtio-queue's Writer is not Debug: its room is what matters.
+impl std::fmt::Debug for RxBuffer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxBuffer")
+            .field("available_bytes", &self.writer.available_bytes())
+            .finish()
+    }
+}
+
 impl<'a> RxBuffer<'a> {
     /// Checks the chain is device-writable, inside guest memory and large enough for a header.
     pub fn new(
