@@ -12,6 +12,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{GuestMemory, Interrupt, InterruptKind};
 
+// virtio_bindings spells the descriptor flags as u32; the descriptor field is u16.
+#[allow(clippy::cast_possible_truncation)] // 1
+pub const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+#[allow(clippy::cast_possible_truncation)] // 2
+pub const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
 /// Counts used-buffer interrupts; a config interrupt fails the test (no device sends one).
 #[derive(Debug, Default)]
 pub struct CountingInterrupt(pub AtomicUsize);
@@ -42,9 +48,9 @@ pub fn chain(first: u16, descs: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
         .iter()
         .enumerate()
         .map(|(i, &(addr, len, write))| {
-            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let mut flags = if write { F_WRITE } else { 0 };
             if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
+                flags |= F_NEXT;
             }
             SplitDescriptor::new(addr, len, flags, first + i as u16 + 1).into()
         })

@@ -6,12 +6,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::virtio::test_utils::{F_NEXT, F_WRITE};
 use fuse_backend_rs::abi::fuse_abi::{
     AttrOut, CreateIn, EntryOut, FallocateIn, FsOptions, GetattrIn, GetxattrIn, InHeader, InitIn,
     InitIn2, InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, Rename2In,
     SetattrIn, SetattrValid, SetxattrIn, WriteIn, WriteOut,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
@@ -122,18 +122,8 @@ impl Harness {
             .write_slice(&vec![0xa5u8; resp_len as usize], GuestAddress(RESP))
             .unwrap();
         let descs = [
-            RawDescriptor::from(SplitDescriptor::new(
-                REQ,
-                request.len() as u32,
-                VRING_DESC_F_NEXT as u16,
-                1,
-            )),
-            RawDescriptor::from(SplitDescriptor::new(
-                RESP,
-                resp_len,
-                VRING_DESC_F_WRITE as u16,
-                0,
-            )),
+            RawDescriptor::from(SplitDescriptor::new(REQ, request.len() as u32, F_NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(RESP, resp_len, F_WRITE, 0)),
         ];
         let used = self.submit_raw(&descs);
         let header: OutHeader = self.mem.read_obj(GuestAddress(RESP)).unwrap();
@@ -191,7 +181,7 @@ impl Harness {
 
     fn open(&mut self, nodeid: u64, flags: i32) -> Reply {
         let open = OpenIn {
-            flags: flags as u32,
+            flags: flags.cast_unsigned(),
             fuse_flags: 0,
         };
         self.call(Opcode::Open, nodeid, open.as_slice())
@@ -209,7 +199,7 @@ impl Harness {
 
     fn create(&mut self, parent: u64, name: &str, flags: i32) -> Reply {
         let args = CreateIn {
-            flags: flags as u32,
+            flags: flags.cast_unsigned(),
             mode: libc::S_IFREG | 0o644,
             umask: 0o022,
             fuse_flags: 0,
@@ -230,7 +220,7 @@ impl Harness {
 
     fn create_mode(&mut self, parent: u64, name: &str, flags: i32, mode: u32, umask: u32) -> Reply {
         let args = CreateIn {
-            flags: flags as u32,
+            flags: flags.cast_unsigned(),
             mode,
             umask,
             fuse_flags: 0,
@@ -732,33 +722,18 @@ fn malformed_requests_get_errors_or_are_dropped() {
     let msg = header(40, Opcode::Statfs as u32);
     h.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
     let outside = [
-        RawDescriptor::from(SplitDescriptor::new(REQ, 40, VRING_DESC_F_NEXT as u16, 1)),
-        RawDescriptor::from(SplitDescriptor::new(
-            MEM_SIZE as u64 - 8,
-            4096,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        )),
+        RawDescriptor::from(SplitDescriptor::new(REQ, 40, F_NEXT, 1)),
+        RawDescriptor::from(SplitDescriptor::new(MEM_SIZE as u64 - 8, 4096, F_WRITE, 0)),
     ];
     assert_eq!(h.submit_raw(&outside), 0);
     let backwards = [
-        RawDescriptor::from(SplitDescriptor::new(
-            RESP,
-            64,
-            (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-            1,
-        )),
+        RawDescriptor::from(SplitDescriptor::new(RESP, 64, F_WRITE | F_NEXT, 1)),
         RawDescriptor::from(SplitDescriptor::new(REQ, 40, 0, 0)),
     ];
     assert_eq!(h.submit_raw(&backwards), 0);
     let looped = [
-        RawDescriptor::from(SplitDescriptor::new(REQ, 40, VRING_DESC_F_NEXT as u16, 1)),
-        RawDescriptor::from(SplitDescriptor::new(
-            RESP,
-            64,
-            (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-            0,
-        )),
+        RawDescriptor::from(SplitDescriptor::new(REQ, 40, F_NEXT, 1)),
+        RawDescriptor::from(SplitDescriptor::new(RESP, 64, F_WRITE | F_NEXT, 0)),
     ];
     // A 0 -> 1 -> 0 loop ends at the queue size; it is readable-after-writable: dropped.
     assert_eq!(h.submit_raw(&looped), 0);
@@ -813,13 +788,8 @@ fn event_loop_dispatches_both_queues() {
     mem.write_slice(init.as_slice(), GuestAddress(REQ + 40))
         .unwrap();
     let chain = [
-        RawDescriptor::from(SplitDescriptor::new(REQ, 56, VRING_DESC_F_NEXT as u16, 1)),
-        RawDescriptor::from(SplitDescriptor::new(
-            RESP,
-            4096,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        )),
+        RawDescriptor::from(SplitDescriptor::new(REQ, 56, F_NEXT, 1)),
+        RawDescriptor::from(SplitDescriptor::new(RESP, 4096, F_WRITE, 0)),
     ];
     request.add_desc_chains(&chain, 0).unwrap();
     events[1].write(1).unwrap();
@@ -1110,7 +1080,7 @@ fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
             buf.len(),
         )
     };
-    (n >= 0).then(|| buf[..n as usize].to_vec())
+    usize::try_from(n).ok().map(|n| buf[..n].to_vec())
 }
 
 /// `security.capability` grants privilege on exec, `trusted.overlay.*` steers a host overlayfs
@@ -1378,7 +1348,7 @@ fn special_files_in_the_share_are_never_opened_or_loosened() {
     let tmpfile = libc::O_TMPFILE | libc::O_RDWR;
     assert_eq!(h.open(ROOT, tmpfile).errno(), libc::EINVAL);
     let opendir = OpenIn {
-        flags: tmpfile as u32,
+        flags: tmpfile.cast_unsigned(),
         fuse_flags: 0,
     };
     let r = h.call(Opcode::Opendir, ROOT, opendir.as_slice());

@@ -269,7 +269,7 @@ impl<'a> RxBuffer<'a> {
 
 #[cfg(test)]
 mod tests {
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use crate::virtio::test_utils::{F_NEXT, F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
@@ -490,20 +490,14 @@ mod tests {
         let vq = MockSplitQueue::new(&mem, 16);
         let descs: [RawDescriptor; 5] = [
             // chain 0: header + 8-byte payload area, both writable
-            SplitDescriptor::new(
-                0x8000,
-                HDR_SIZE as u32,
-                (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-                1,
-            )
-            .into(),
-            SplitDescriptor::new(0x9000, 8, VRING_DESC_F_WRITE as u16, 0).into(),
+            SplitDescriptor::new(0x8000, HDR_SIZE as u32, F_WRITE | F_NEXT, 1).into(),
+            SplitDescriptor::new(0x9000, 8, F_WRITE, 0).into(),
             // chain 2: readable
             SplitDescriptor::new(0xa000, 64, 0, 0).into(),
             // chain 3: too short
-            SplitDescriptor::new(0xb000, 43, VRING_DESC_F_WRITE as u16, 0).into(),
+            SplitDescriptor::new(0xb000, 43, F_WRITE, 0).into(),
             // chain 4: outside memory
-            SplitDescriptor::new(0x1_0000_0000, 64, VRING_DESC_F_WRITE as u16, 0).into(),
+            SplitDescriptor::new(0x1_0000_0000, 64, F_WRITE, 0).into(),
         ];
         vq.add_desc_chains(&descs, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
@@ -580,12 +574,12 @@ mod tests {
                         _ => (rnd() % 160) as u32,
                     };
                     let mut flags = if rnd() % 4 == 0 {
-                        (rnd() % 8) as u16 & !(VRING_DESC_F_NEXT as u16)
+                        (rnd() % 8) as u16 & !(F_NEXT)
                     } else {
                         0
                     };
                     if i + 1 < n {
-                        flags |= VRING_DESC_F_NEXT as u16;
+                        flags |= F_NEXT;
                     }
                     let next = if rnd() % 8 == 0 {
                         (rnd() % 16) as u16

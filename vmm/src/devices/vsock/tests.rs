@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::virtio::test_utils::{F_NEXT, F_WRITE};
 use event_manager::{EventManager, SubscriberOps};
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::VirtqUsedElem;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
@@ -92,9 +92,9 @@ impl DriverQueue {
             self.next_desc = (self.next_desc + 1) % QSIZE;
             let addr = addr.unwrap_or_else(|| self.buf_addr(index));
             addrs.push(addr);
-            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let mut flags = if write { F_WRITE } else { 0 };
             if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
+                flags |= F_NEXT;
             }
             let d: RawDescriptor = SplitDescriptor::new(addr, len, flags, self.next_desc).into();
             mem.write_obj(d, self.desc.unchecked_add(16 * u64::from(index)))
