@@ -566,13 +566,17 @@ mod tests {
             self.acked = features;
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
-            let o = offset as usize;
+            let Ok(o) = usize::try_from(offset) else {
+                return;
+            };
             if o + data.len() <= self.config.len() {
                 data.copy_from_slice(&self.config[o..o + data.len()]);
             }
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
-            let o = offset as usize;
+            let Ok(o) = usize::try_from(offset) else {
+                return;
+            };
             if o + data.len() <= self.config.len() {
                 self.config[o..o + data.len()].copy_from_slice(data);
             }
@@ -643,11 +647,11 @@ mod tests {
         fn setup_queue(&mut self, q: u32, size: u32, base: u64) {
             self.w(REG_QUEUE_SEL, q);
             self.w(REG_QUEUE_NUM, size);
-            self.w(REG_QUEUE_DESC_LOW, base as u32);
-            self.w(REG_QUEUE_DESC_HIGH, (base >> 32) as u32);
-            self.w(REG_QUEUE_DRIVER_LOW, base.wrapping_add(0x1000) as u32);
+            self.w(REG_QUEUE_DESC_LOW, lo_hi(base).0);
+            self.w(REG_QUEUE_DESC_HIGH, lo_hi(base).1);
+            self.w(REG_QUEUE_DRIVER_LOW, lo_hi(base.wrapping_add(0x1000)).0);
             self.w(REG_QUEUE_DRIVER_HIGH, 0);
-            self.w(REG_QUEUE_DEVICE_LOW, base.wrapping_add(0x2000) as u32);
+            self.w(REG_QUEUE_DEVICE_LOW, lo_hi(base.wrapping_add(0x2000)).0);
             self.w(REG_QUEUE_DEVICE_HIGH, 0);
             self.w(REG_QUEUE_READY, 1);
         }

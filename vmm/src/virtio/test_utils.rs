@@ -18,6 +18,16 @@ pub const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
 #[allow(clippy::cast_possible_truncation)] // 2
 pub const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
+/// A test buffer's length as the u32 a descriptor or header holds (test buffers are small).
+pub fn len32(n: usize) -> u32 {
+    u32::try_from(n).expect("test buffers are far below 4 GiB")
+}
+
+/// A descriptor index or count as the u16 a queue holds (test queues are small).
+pub fn idx16(n: usize) -> u16 {
+    u16::try_from(n).expect("test queues are far below 64 Ki entries")
+}
+
 /// Counts used-buffer interrupts; a config interrupt fails the test (no device sends one).
 #[derive(Debug, Default)]
 pub struct CountingInterrupt(pub AtomicUsize);
@@ -52,7 +62,7 @@ pub fn chain(first: u16, descs: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
             if i + 1 < descs.len() {
                 flags |= F_NEXT;
             }
-            SplitDescriptor::new(addr, len, flags, first + i as u16 + 1).into()
+            SplitDescriptor::new(addr, len, flags, first + idx16(i) + 1).into()
         })
         .collect()
 }

@@ -129,7 +129,7 @@ impl Harness {
 
 fn disk_file(fill: u8) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(&vec![fill; (DISK_SECTORS * 512) as usize])
+    f.write_all(&vec![fill; usize::try_from(DISK_SECTORS * 512).unwrap()])
         .unwrap();
     f.flush().unwrap();
     f

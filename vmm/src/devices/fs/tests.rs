@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::virtio::test_utils::{F_NEXT, F_WRITE};
+use crate::virtio::test_utils::{len32, F_NEXT, F_WRITE};
 use fuse_backend_rs::abi::fuse_abi::{
     AttrOut, CreateIn, EntryOut, FallocateIn, FsOptions, GetattrIn, GetxattrIn, InHeader, InitIn,
     InitIn2, InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, Rename2In,
@@ -122,7 +122,7 @@ impl Harness {
             .write_slice(&vec![0xa5u8; resp_len as usize], GuestAddress(RESP))
             .unwrap();
         let descs = [
-            RawDescriptor::from(SplitDescriptor::new(REQ, request.len() as u32, F_NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(REQ, len32(request.len()), F_NEXT, 1)),
             RawDescriptor::from(SplitDescriptor::new(RESP, resp_len, F_WRITE, 0)),
         ];
         let used = self.submit_raw(&descs);
@@ -142,7 +142,7 @@ impl Harness {
     fn call_as(&mut self, opcode: Opcode, nodeid: u64, body: &[u8], uid: u32, gid: u32) -> Reply {
         self.unique += 1;
         let header = InHeader {
-            len: (40 + body.len()) as u32,
+            len: len32(40 + body.len()),
             opcode: opcode as u32,
             unique: self.unique,
             nodeid,
@@ -245,7 +245,7 @@ impl Harness {
     fn write(&mut self, nodeid: u64, fh: u64, data: &[u8]) -> Reply {
         let write = WriteIn {
             fh,
-            size: data.len() as u32,
+            size: len32(data.len()),
             ..Default::default()
         };
         let mut body = write.as_slice().to_vec();
@@ -335,7 +335,8 @@ fn linux_style_init_negotiation() {
         major: 7,
         minor: 38,
         max_readahead: 128 * 1024,
-        flags: wanted.bits() as u32,
+        // The low half; with INIT_EXT, flags2 carries the high one.
+        flags: u32::try_from(wanted.bits() & 0xffff_ffff).unwrap(),
     };
     let mut body = init.as_slice().to_vec();
     body.extend_from_slice(InitIn2::default().as_slice());
@@ -422,7 +423,7 @@ fn writes_in_rw_mode_reach_the_host() {
     let write = WriteIn {
         fh: open.fh,
         offset: 0,
-        size: data.len() as u32,
+        size: len32(data.len()),
         ..Default::default()
     };
     let mut body = write.as_slice().to_vec();
@@ -437,7 +438,7 @@ fn writes_in_rw_mode_reach_the_host() {
     let write = WriteIn {
         fh: open.fh,
         offset: 0,
-        size: big.len() as u32,
+        size: len32(big.len()),
         ..Default::default()
     };
     let mut body = write.as_slice().to_vec();
@@ -499,7 +500,7 @@ fn writes_in_rw_mode_reach_the_host() {
     // Host device nodes cannot be created.
     let mknod = MknodIn {
         mode: libc::S_IFCHR | 0o666,
-        rdev: libc::makedev(1, 3) as u32,
+        rdev: u32::try_from(libc::makedev(1, 3)).unwrap(),
         umask: 0,
         padding: 0,
     };
@@ -858,8 +859,8 @@ fn mode_setattr(mode: u32) -> SetattrIn {
 fn mknod_checks_the_type_left_after_the_guest_umask() {
     let dir = share();
     let mut h = Harness::new(dir.path(), false);
-    let sda = libc::makedev(8, 0) as u32;
-    let mem = libc::makedev(1, 1) as u32;
+    let sda = u32::try_from(libc::makedev(8, 0)).unwrap();
+    let mem = u32::try_from(libc::makedev(1, 1)).unwrap();
 
     // The instances: a block device, then a character device.
     let r = h.mknod(ROOT, "blk", 0o070666, sda, 0o010000);
@@ -1111,7 +1112,7 @@ fn xattrs_the_host_honours_are_refused() {
     let e: EntryOut = h.lookup(ROOT, b"hello.txt").ok();
     for name in PRIVILEGED {
         let args = SetxattrIn {
-            size: value.len() as u32,
+            size: len32(value.len()),
             flags: 0,
         };
         let mut body = with_name(args.as_slice(), name);

@@ -269,7 +269,7 @@ impl<'a> RxBuffer<'a> {
 
 #[cfg(test)]
 mod tests {
-    use crate::virtio::test_utils::{F_NEXT, F_WRITE};
+    use crate::virtio::test_utils::{len32, F_NEXT, F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
@@ -354,7 +354,7 @@ mod tests {
         mem.write_slice(b"hello", GuestAddress(0x9000)).unwrap();
         let (h, p) = parse(
             &mem,
-            &[(0x8000, HDR_SIZE as u32, false), (0x9000, 5, false)],
+            &[(0x8000, len32(HDR_SIZE), false), (0x9000, 5, false)],
         )
         .unwrap();
         assert_eq!(h.op, op::RW);
@@ -364,11 +364,11 @@ mod tests {
         put_hdr(&mem, 0xa000, hdr(op::RW, 3));
         mem.write_slice(b"abc", GuestAddress(0xa000 + HDR_SIZE as u64))
             .unwrap();
-        let (_, p) = parse(&mem, &[(0xa000, HDR_SIZE as u32 + 3, false)]).unwrap();
+        let (_, p) = parse(&mem, &[(0xa000, len32(HDR_SIZE) + 3, false)]).unwrap();
         assert_eq!(p, b"abc");
         let (_, p) = parse(
             &mem,
-            &[(0xa000, 10, false), (0xa00a, HDR_SIZE as u32 - 7, false)],
+            &[(0xa000, 10, false), (0xa00a, len32(HDR_SIZE) - 7, false)],
         )
         .unwrap();
         assert_eq!(p, b"abc");
@@ -378,7 +378,7 @@ mod tests {
     fn rejects_hostile_chains() {
         let mem = memory();
         put_hdr(&mem, 0x8000, hdr(op::REQUEST, 0));
-        let h = HDR_SIZE as u32;
+        let h = len32(HDR_SIZE);
         // Outside memory, past its end, wrapping the address space.
         assert!(matches!(
             parse(&mem, &[(0x4000_0000, h, false)]),
@@ -417,7 +417,7 @@ mod tests {
     #[test]
     fn rejects_bad_header_fields() {
         let mem = memory();
-        let h = HDR_SIZE as u32;
+        let h = len32(HDR_SIZE);
         let check = |hd: Header, extra: u32| {
             put_hdr(&mem, 0x8000, hd);
             parse(&mem, &[(0x8000, h + extra, false)])
@@ -490,7 +490,7 @@ mod tests {
         let vq = MockSplitQueue::new(&mem, 16);
         let descs: [RawDescriptor; 5] = [
             // chain 0: header + 8-byte payload area, both writable
-            SplitDescriptor::new(0x8000, HDR_SIZE as u32, F_WRITE | F_NEXT, 1).into(),
+            SplitDescriptor::new(0x8000, len32(HDR_SIZE), F_WRITE | F_NEXT, 1).into(),
             SplitDescriptor::new(0x9000, 8, F_WRITE, 0).into(),
             // chain 2: readable
             SplitDescriptor::new(0xa000, 64, 0, 0).into(),
@@ -506,7 +506,7 @@ mod tests {
         assert_eq!(buf.payload_capacity(), 8);
         let mut h = hdr(op::RW, 0);
         h.len = 999; // overwritten from the payload
-        assert_eq!(buf.write(h, b"12345").unwrap(), HDR_SIZE as u32 + 5);
+        assert_eq!(buf.write(h, b"12345").unwrap(), len32(HDR_SIZE) + 5);
         let back: Header = mem
             .read_obj::<RawHeader>(GuestAddress(0x8000))
             .unwrap()
@@ -533,6 +533,7 @@ mod tests {
     /// Random chains over memory seeded with random and near-valid headers: the parsers never
     /// panic, and whatever `parse_tx` accepts satisfies every documented invariant.
     #[test]
+    #[allow(clippy::cast_possible_truncation)] // keeping the low bits of random numbers is the point
     fn random_chains_never_panic_and_accepted_packets_are_valid() {
         let seed = getrandom::u64().unwrap() | 1;
         let mut x = seed;
@@ -574,7 +575,7 @@ mod tests {
                         _ => (rnd() % 160) as u32,
                     };
                     let mut flags = if rnd() % 4 == 0 {
-                        (rnd() % 8) as u16 & !(F_NEXT)
+                        (rnd() % 8) as u16 & !F_NEXT
                     } else {
                         0
                     };
