@@ -152,7 +152,7 @@ pub fn load_linux(
                 version: 1,
                 cmdline_paddr: CMDLINE_START,
                 memmap_paddr: PVH_MEMMAP_START,
-                memmap_entries: e820.len() as u32,
+                memmap_entries: u32::try_from(e820.len()).expect("e820_map returns a few entries"),
                 ..Default::default()
             };
             if let Some((addr, size)) = initrd {
@@ -189,14 +189,17 @@ pub fn load_linux(
             params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
             params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
             params.hdr.header = KERNEL_HDR_MAGIC;
-            params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-            params.hdr.cmdline_size = cmdline_len as u32;
+            params.hdr.cmd_line_ptr =
+                u32::try_from(CMDLINE_START).expect("the command line is in low memory");
+            params.hdr.cmdline_size = u32::try_from(cmdline_len)
+                .map_err(|_| Error::Cmdline(format!("{cmdline_len} bytes is too long")))?;
             if params.hdr.kernel_alignment == 0 {
                 params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
             }
             if let Some((addr, size)) = initrd {
-                params.hdr.ramdisk_image = addr as u32;
-                params.hdr.ramdisk_size = size as u32;
+                // load_initrd put addr + size below initrd_addr_max + 1 <= 4 GiB.
+                params.hdr.ramdisk_image = u32::try_from(addr).expect("initrd below 4 GiB");
+                params.hdr.ramdisk_size = u32::try_from(size).expect("initrd below 4 GiB");
             }
             for (i, (addr, size, type_)) in e820.iter().enumerate() {
                 params.e820_table[i] = boot_e820_entry {
@@ -205,7 +208,7 @@ pub fn load_linux(
                     type_: *type_,
                 };
             }
-            params.e820_entries = e820.len() as u8;
+            params.e820_entries = u8::try_from(e820.len()).expect("e820_map returns a few entries");
             mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
                 .map_err(Error::Memory)?;
             GuestAddress(ZERO_PAGE_START)
@@ -289,8 +292,11 @@ mod tests {
         assert_eq!(entry.boot_info, GuestAddress(ZERO_PAGE_START));
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!({ p.hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
-        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
-        assert_eq!({ p.hdr.cmdline_size }, "console=ttyS0".len() as u32 + 1);
+        assert_eq!(u64::from(p.hdr.cmd_line_ptr), CMDLINE_START);
+        assert_eq!(
+            { p.hdr.cmdline_size },
+            u32::try_from("console=ttyS0".len() + 1).unwrap()
+        );
         let mut c = [0u8; 14];
         mem.read_slice(&mut c, GuestAddress(CMDLINE_START)).unwrap();
         assert_eq!(&c, b"console=ttyS0\0");
@@ -369,7 +375,7 @@ mod tests {
         assert_eq!({ p.hdr.xloadflags }, 1);
         assert_eq!({ p.hdr.kernel_alignment }, KERNEL_MIN_ALIGNMENT);
         assert_eq!({ p.hdr.type_of_loader }, KERNEL_LOADER_OTHER);
-        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!(u64::from(p.hdr.cmd_line_ptr), CMDLINE_START);
         // The kernel's initrd_addr_max (256 MiB) caps where the initrd goes.
         assert!({ p.hdr.ramdisk_image } + 4 <= 0x1000_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 4);

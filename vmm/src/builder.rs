@@ -101,8 +101,10 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
     let vm = kvm
         .create_vm()
         .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
-    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
-        .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
+    vm.set_tss_address(
+        usize::try_from(layout::KVM_TSS_ADDRESS).expect("usize is 64 bits on x86_64"),
+    )
+    .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
     if let Err(e) = vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS) {
         tracing::debug!("KVM_SET_IDENTITY_MAP_ADDR: {e} (only needed on some hosts)");
     }
@@ -128,7 +130,7 @@ fn create_memory(vm: &VmFd, memory_mib: u32) -> Result<GuestMemory, Error> {
         .map_err(|e| Error::GuestMemory(memory_mib, e))?;
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot: u32::try_from(slot).expect("a few memory regions"),
             flags: 0,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),

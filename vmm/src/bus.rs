@@ -24,6 +24,19 @@ pub struct Bus {
     devices: BTreeMap<u64, Entry>,
 }
 
+/// The ranges only: the devices are trait objects behind locks.
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.devices
+                    .iter()
+                    .map(|(start, (len, _))| format!("{start:#x}+{len:#x}")),
+            )
+            .finish()
+    }
+}
+
 impl Bus {
     pub fn insert(
         &mut self,
@@ -76,7 +89,7 @@ mod tests {
     struct Echo(Vec<(u64, u8)>);
     impl BusDevice for Echo {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill(offset.to_le_bytes()[0]);
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
             self.0.push((offset, data[0]));

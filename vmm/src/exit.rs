@@ -45,6 +45,7 @@ pub type ExitReason = Result<VmExit, crate::Error>;
 
 /// Shared by vCPU threads, devices and the host: records why the VM stops and wakes the event
 /// loop through an eventfd.
+#[derive(Debug)]
 pub struct ExitSignal {
     reason: Mutex<Option<ExitReason>>,
     stopping: AtomicBool,
@@ -101,7 +102,7 @@ impl ExitSignal {
 /// devices dropped, `run` returns [`VmExit::HostStop`]). Cheap to clone. One handle per VM: once
 /// stopped it stays stopped, and a stop requested before `run_with_stop` starts the VM ends it
 /// as soon as it is built.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct StopHandle(pub(crate) Arc<ExitSignal>);
 
 impl StopHandle {

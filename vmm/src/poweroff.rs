@@ -63,6 +63,7 @@ impl VcpuActivity {
 
 /// Probe rounds shared by the watch (which starts them) and the vCPU threads (which answer).
 /// Each report is `round << 2 | activity`, so a late answer to an old round never counts.
+#[derive(Debug)]
 pub struct HaltProbe {
     round: AtomicU64,
     reports: Vec<AtomicU64>,
@@ -108,6 +109,7 @@ impl HaltProbe {
 
 /// The event-loop side: a periodic timer that ends a probe round and kicks every vCPU for the
 /// next one, and ends the VM ([`VmExit::GuestStop`]) once the guest has powered off.
+#[derive(Debug)]
 pub struct PowerOffWatch {
     timer: TimerFd,
     probe: Arc<HaltProbe>,

@@ -371,6 +371,7 @@ mod tests {
             // SAFETY: unshare(0) changes nothing; it only probes whether the call is allowed.
             assert_eq!(unsafe { libc::unshare(0) }, 0, "allowed before the filter");
             apply(&filter).unwrap();
+            // SAFETY: as above; the filter now makes it fail with EPERM.
             assert_eq!(unsafe { libc::unshare(0) }, -1);
             assert_eq!(
                 std::io::Error::last_os_error().raw_os_error(),

@@ -42,6 +42,7 @@ pub fn register_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+#[derive(Debug)]
 pub struct Vcpu {
     pub id: u8,
     pub fd: VcpuFd,
@@ -125,7 +126,9 @@ pub fn monotonic_ns() -> u128 {
     };
     // SAFETY: clock_gettime only writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+    // CLOCK_MONOTONIC is never negative.
+    let non_negative = |n: i64| u128::try_from(n).unwrap_or(0);
+    non_negative(ts.tv_sec) * 1_000_000_000 + non_negative(ts.tv_nsec)
 }
 
 /// Handles one exit; `Some` when the VM must stop.

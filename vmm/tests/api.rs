@@ -269,8 +269,9 @@ fn ark_vmm_runs_its_event_loop_under_the_allowlist_and_the_denylist() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let threads = filters_by_thread(child.id());
+    let pid = libc::pid_t::try_from(child.id()).expect("Linux pids fit pid_t");
     // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(3), "{threads:?}");
     let count = |name: &str| {

@@ -51,12 +51,11 @@ pub const DEVICE_IRQS: &[u32] = &[5, 6, 7, 9, 10, 11, 12, 13, 14, 15];
 /// Guest RAM ranges for `mem_size` bytes: below the MMIO hole first, the rest above 4 GiB.
 pub fn ram_ranges(mem_size: u64) -> Vec<(GuestAddress, usize)> {
     let low = mem_size.min(layout::MMIO_HOLE_START);
-    let mut ranges = vec![(GuestAddress(0), low as usize)];
+    // usize is 64 bits on x86_64, the only target the VMM builds for.
+    let to_len = |n: u64| usize::try_from(n).expect("usize is 64 bits on x86_64");
+    let mut ranges = vec![(GuestAddress(0), to_len(low))];
     if mem_size > low {
-        ranges.push((
-            GuestAddress(layout::MMIO_HOLE_END),
-            (mem_size - low) as usize,
-        ));
+        ranges.push((GuestAddress(layout::MMIO_HOLE_END), to_len(mem_size - low)));
     }
     ranges
 }

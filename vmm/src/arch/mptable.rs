@@ -72,7 +72,7 @@ pub fn build(base: u64, cpus: u8) -> Vec<u8> {
         .u8(ioapic_id)
         .u8(IOAPIC_VERSION)
         .u8(1)
-        .u32(IOAPIC_ADDR as u32);
+        .u32(u32::try_from(IOAPIC_ADDR).expect("the IOAPIC is below 4 GiB"));
     count += 1;
     // ISA IRQ n → IOAPIC pin n (IRQ 0 → pin 2 as on PCs would need an override; the in-kernel
     // irqchip routes GSI n to pin n, so keep it 1:1). Type 3 = I/O interrupt, INT, conforming.
@@ -95,7 +95,8 @@ pub fn build(base: u64, cpus: u8) -> Vec<u8> {
     let fps_len = 16u32;
     let table_addr = base + u64::from(fps_len);
     let mut header = Buf::default();
-    let total_len = 44 + entries.0.len() as u16;
+    // At most 255 CPUs and 24 pins of 8-20 byte entries: far below 64 KiB.
+    let total_len = 44 + u16::try_from(entries.0.len()).expect("MP table entries fit in 64 KiB");
     header
         .bytes(b"PCMP")
         .u16(total_len)
@@ -106,7 +107,7 @@ pub fn build(base: u64, cpus: u8) -> Vec<u8> {
         .u32(0)
         .u16(0)
         .u16(count)
-        .u32(APIC_ADDR as u32)
+        .u32(u32::try_from(APIC_ADDR).expect("the LAPIC is below 4 GiB"))
         .u16(0)
         .u8(0)
         .u8(0);
@@ -116,7 +117,7 @@ pub fn build(base: u64, cpus: u8) -> Vec<u8> {
 
     let mut fps = Buf::default();
     fps.bytes(b"_MP_")
-        .u32(table_addr as u32)
+        .u32(u32::try_from(table_addr).expect("the MP table is in low memory"))
         .u8(1)
         .u8(4)
         .u8(0)

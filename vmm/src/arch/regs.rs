@@ -44,7 +44,8 @@ fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 /// The KVM segment a GDT entry at `index` describes.
 fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let g = ((entry >> 55) & 1) as u8;
-    let limit_raw = (((entry >> 32) & 0x000f_0000) | (entry & 0xffff)) as u32;
+    let limit_raw =
+        u32::try_from(((entry >> 32) & 0x000f_0000) | (entry & 0xffff)).expect("masked to 20 bits");
     kvm_segment {
         base: ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000),
         limit: if g == 1 {
@@ -92,7 +93,8 @@ pub fn setup_sregs<M: GuestMemory>(mem: &M, vcpu: &VcpuFd, protocol: BootProtoco
     let data_seg = segment_from_gdt(gdt[2], 2);
     let tss_seg = segment_from_gdt(gdt[3], 3);
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit =
+        u16::try_from(std::mem::size_of_val(&gdt) - 1).expect("a 4-entry GDT is 32 bytes");
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = code_seg;
@@ -222,12 +224,12 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<()> {
     let set = |regs: &mut [std::os::raw::c_char; 1024], off: usize, mode: u32| {
         let mut b = [0u8; 4];
         for (i, x) in b.iter_mut().enumerate() {
-            *x = regs[off + i] as u8;
+            *x = regs[off + i].cast_unsigned();
         }
         let v = u32::from_le_bytes(b);
         let v = (v & !0x700) | (mode << 8);
         for (i, x) in v.to_le_bytes().iter().enumerate() {
-            regs[off + i] = *x as std::os::raw::c_char;
+            regs[off + i] = x.cast_signed();
         }
     };
     set(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);

@@ -34,7 +34,7 @@ impl DeviceManager {
             vm.register_ioevent(
                 &evt,
                 &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
-                q as u32,
+                u32::try_from(q).expect("a device has a few queues"),
             )
             .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
             queue_events.push(evt);

@@ -15,6 +15,7 @@ use crate::bus::BusDevice;
 use crate::exit::{ExitSignal, VmExit};
 
 /// Raises an irq through an eventfd registered as a KVM irqfd.
+#[derive(Debug)]
 pub struct EventFdTrigger(pub EventFd);
 impl Trigger for EventFdTrigger {
     type E = io::Error;
@@ -24,6 +25,7 @@ impl Trigger for EventFdTrigger {
 }
 
 /// Tells the input side that the guest drained the receive FIFO, so stdin may be read again.
+#[derive(Debug)]
 pub struct InputReady(pub EventFd);
 impl SerialEvents for InputReady {
     fn buffer_read(&self) {}
@@ -38,15 +40,22 @@ pub type SerialDevice = Serial<EventFdTrigger, InputReady, Box<dyn Write + Send>
 
 /// COM1 on the port I/O bus.
 pub struct SerialPort(pub SerialDevice);
+/// The UART's state is behind vm-superio's (non-Debug) types; the name is what logs need.
+impl std::fmt::Debug for SerialPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialPort").finish_non_exhaustive()
+    }
+}
 impl BusDevice for SerialPort {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if data.len() == 1 && offset < 8 {
-            data[0] = self.0.read(offset as u8);
+        match u8::try_from(offset) {
+            Ok(offset @ 0..=7) if data.len() == 1 => data[0] = self.0.read(offset),
+            _ => {}
         }
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() == 1 && offset < 8 {
-            if let Err(e) = self.0.write(offset as u8, data[0]) {
+        if let (Ok(offset @ 0..=7), 1) = (u8::try_from(offset), data.len()) {
+            if let Err(e) = self.0.write(offset, data[0]) {
                 tracing::debug!("serial write: {e:?}");
             }
         }
@@ -61,6 +70,17 @@ pub struct SerialInput {
     input_fd: i32,
     ready: EventFd,
     input_registered: bool,
+}
+
+/// Without `input` (a `dyn Read`).
+impl std::fmt::Debug for SerialInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialInput")
+            .field("input_fd", &self.input_fd)
+            .field("ready", &self.ready)
+            .field("input_registered", &self.input_registered)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SerialInput {
@@ -148,6 +168,7 @@ impl MutEventSubscriber for SerialInput {
 
 /// i8042 keyboard controller, reduced to what a guest without a keyboard touches: status reads
 /// say "no data, input buffer empty", and the CPU-reset command (0xfe on port 0x64) ends the VM.
+#[derive(Debug)]
 pub struct I8042 {
     exit: Arc<ExitSignal>,
 }

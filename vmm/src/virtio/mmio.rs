@@ -67,6 +67,7 @@ const INT_CONFIG: u32 = 2;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// The device's interrupt line: InterruptStatus bits plus an irqfd.
+#[derive(Debug)]
 pub struct MmioInterrupt {
     status: AtomicU32,
     config_generation: AtomicU32,
@@ -119,6 +120,13 @@ fn set_low(v: &mut u64, low: u32) {
 fn set_high(v: &mut u64, high: u32) {
     *v = (*v & 0xffff_ffff) | (u64::from(high) << 32);
 }
+/// The low and high halves of a 64-bit register pair.
+fn lo_hi(v: u64) -> (u32, u32) {
+    (
+        u32::try_from(v & 0xffff_ffff).expect("masked to 32 bits"),
+        u32::try_from(v >> 32).expect("shifted to 32 bits"),
+    )
+}
 
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
@@ -136,6 +144,22 @@ pub struct MmioTransport {
     queue_sel: u32,
     status: u32,
     activated: bool,
+}
+
+/// The transport's registers, without the device (a trait object behind a lock).
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device_type)
+            .field("interrupt", &self.interrupt)
+            .field("queue_events", &self.queue_events)
+            .field("queues", &self.queues)
+            .field("driver_features", &self.driver_features)
+            .field("queue_sel", &self.queue_sel)
+            .field("status", &self.status)
+            .field("activated", &self.activated)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MmioTransport {
@@ -233,7 +257,7 @@ impl MmioTransport {
                 return Err(format!("{name} at {addr:#x} not {align}-byte aligned"));
             }
             let inside = GuestAddress(addr).checked_add(len).is_some()
-                && self.mem.check_range(GuestAddress(addr), len as usize);
+                && usize::try_from(len).is_ok_and(|l| self.mem.check_range(GuestAddress(addr), l));
             if !inside {
                 return Err(format!("{name} {addr:#x}+{len:#x} outside guest memory"));
             }
@@ -308,10 +332,15 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (setup, max) in self.queues.iter().zip(&self.queue_max) {
             let mut q = Queue::new(*max).map_err(|e| format!("queue: {e:?}"))?;
-            q.set_size(setup.size as u16); // checked <= max (a u16)
-            q.set_desc_table_address(Some(setup.desc as u32), Some((setup.desc >> 32) as u32));
-            q.set_avail_ring_address(Some(setup.driver as u32), Some((setup.driver >> 32) as u32));
-            q.set_used_ring_address(Some(setup.device as u32), Some((setup.device >> 32) as u32));
+            let size = u16::try_from(setup.size)
+                .map_err(|_| format!("queue size {} over {max}", setup.size))?;
+            q.set_size(size);
+            let (lo, hi) = lo_hi(setup.desc);
+            q.set_desc_table_address(Some(lo), Some(hi));
+            let (lo, hi) = lo_hi(setup.driver);
+            q.set_avail_ring_address(Some(lo), Some(hi));
+            let (lo, hi) = lo_hi(setup.device);
+            q.set_used_ring_address(Some(lo), Some(hi));
             q.set_event_idx(event_idx);
             q.set_ready(true);
             if !q.is_valid(&self.mem) {
@@ -367,8 +396,8 @@ impl MmioTransport {
             REG_DEVICE_ID => self.device_type,
             REG_VENDOR_ID => VENDOR_ID,
             REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.avail_features as u32,
-                1 => (self.avail_features >> 32) as u32,
+                0 => lo_hi(self.avail_features).0,
+                1 => lo_hi(self.avail_features).1,
                 _ => 0,
             },
             // 0 = "this queue does not exist".
@@ -537,13 +566,17 @@ mod tests {
             self.acked = features;
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
-            let o = offset as usize;
+            let Ok(o) = usize::try_from(offset) else {
+                return;
+            };
             if o + data.len() <= self.config.len() {
                 data.copy_from_slice(&self.config[o..o + data.len()]);
             }
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
-            let o = offset as usize;
+            let Ok(o) = usize::try_from(offset) else {
+                return;
+            };
             if o + data.len() <= self.config.len() {
                 self.config[o..o + data.len()].copy_from_slice(data);
             }
@@ -614,11 +647,11 @@ mod tests {
         fn setup_queue(&mut self, q: u32, size: u32, base: u64) {
             self.w(REG_QUEUE_SEL, q);
             self.w(REG_QUEUE_NUM, size);
-            self.w(REG_QUEUE_DESC_LOW, base as u32);
-            self.w(REG_QUEUE_DESC_HIGH, (base >> 32) as u32);
-            self.w(REG_QUEUE_DRIVER_LOW, base.wrapping_add(0x1000) as u32);
+            self.w(REG_QUEUE_DESC_LOW, lo_hi(base).0);
+            self.w(REG_QUEUE_DESC_HIGH, lo_hi(base).1);
+            self.w(REG_QUEUE_DRIVER_LOW, lo_hi(base.wrapping_add(0x1000)).0);
             self.w(REG_QUEUE_DRIVER_HIGH, 0);
-            self.w(REG_QUEUE_DEVICE_LOW, base.wrapping_add(0x2000) as u32);
+            self.w(REG_QUEUE_DEVICE_LOW, lo_hi(base.wrapping_add(0x2000)).0);
             self.w(REG_QUEUE_DEVICE_HIGH, 0);
             self.w(REG_QUEUE_READY, 1);
         }

@@ -58,7 +58,7 @@ pub enum InterruptKind {
 }
 
 /// Signals the guest: sets the transport's InterruptStatus bit and raises the device's irq.
-pub trait Interrupt: Send + Sync {
+pub trait Interrupt: Send + Sync + std::fmt::Debug {
     fn trigger(&self, kind: InterruptKind) -> std::io::Result<()>;
 }
 
@@ -68,6 +68,7 @@ pub trait Interrupt: Send + Sync {
 /// failed activation sets DEVICE_NEEDS_RESET. It calls `activate`, `reset`, `read_config` and
 /// `write_config` on a vCPU thread (which runs under a seccomp filter: no new fds, no
 /// sockets, no thread spawns there; do such work in the event loop after `activate_evt`).
+#[derive(Debug)]
 pub struct ActivateContext {
     pub mem: GuestMemory,
     /// One per queue, in queue-index order, already validated by the transport (size, alignment,

@@ -40,6 +40,7 @@ pub struct Turn {
 }
 
 /// Owns the activate eventfd and the queue eventfds of the live and of reset sessions.
+#[derive(Debug)]
 pub struct QueueEvents {
     /// Names the device in logs and errors.
     device: &'static str,
@@ -133,8 +134,8 @@ impl QueueEvents {
             return;
         }
         for (index, evt) in self.live.iter().enumerate() {
-            // Queue counts are tiny (virtio-mmio caps them far below u32::MAX).
-            if let Err(e) = ops.add(Events::with_data(evt, index as u32, EventSet::IN)) {
+            let index = u32::try_from(index).expect("virtio-mmio caps queue counts far below u32");
+            if let Err(e) = ops.add(Events::with_data(evt, index, EventSet::IN)) {
                 tracing::error!("{}: registering queue {index}'s eventfd: {e}", self.device);
             }
         }

@@ -16,6 +16,7 @@ use super::{
 };
 
 /// What a device serves between activation and reset.
+#[derive(Debug)]
 pub struct ActiveQueues {
     pub mem: GuestMemory,
     /// In queue-index order, as many as the device has.
@@ -75,6 +76,7 @@ impl ActiveQueues {
     }
 }
 
+#[derive(Debug)]
 pub struct VirtioState {
     /// Names the device in logs and errors ("virtio-blk", ...).
     pub name: &'static str,

@@ -12,6 +12,22 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{GuestMemory, Interrupt, InterruptKind};
 
+// virtio_bindings spells the descriptor flags as u32; the descriptor field is u16.
+#[allow(clippy::cast_possible_truncation)] // 1
+pub const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+#[allow(clippy::cast_possible_truncation)] // 2
+pub const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+/// A test buffer's length as the u32 a descriptor or header holds (test buffers are small).
+pub fn len32(n: usize) -> u32 {
+    u32::try_from(n).expect("test buffers are far below 4 GiB")
+}
+
+/// A descriptor index or count as the u16 a queue holds (test queues are small).
+pub fn idx16(n: usize) -> u16 {
+    u16::try_from(n).expect("test queues are far below 64 Ki entries")
+}
+
 /// Counts used-buffer interrupts; a config interrupt fails the test (no device sends one).
 #[derive(Debug, Default)]
 pub struct CountingInterrupt(pub AtomicUsize);
@@ -42,11 +58,11 @@ pub fn chain(first: u16, descs: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
         .iter()
         .enumerate()
         .map(|(i, &(addr, len, write))| {
-            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let mut flags = if write { F_WRITE } else { 0 };
             if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
+                flags |= F_NEXT;
             }
-            SplitDescriptor::new(addr, len, flags, first + i as u16 + 1).into()
+            SplitDescriptor::new(addr, len, flags, first + idx16(i) + 1).into()
         })
         .collect()
 }

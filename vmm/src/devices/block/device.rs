@@ -86,7 +86,7 @@ fn build_config(disk: &Disk) -> [u8; CONFIG_LEN] {
         |offset: usize, bytes: &[u8]| c[offset..offset + bytes.len()].copy_from_slice(bytes);
     put(0, &disk.capacity_sectors().to_le_bytes());
     put(12, &SEG_MAX.to_le_bytes());
-    put(20, &(SECTOR_SIZE as u32).to_le_bytes());
+    put(20, &u32::try_from(SECTOR_SIZE).expect("512").to_le_bytes());
     put(34, &1u16.to_le_bytes());
     if disk.supports_discard() {
         put(36, &MAX_DISCARD_SECTORS.to_le_bytes());

@@ -75,14 +75,19 @@ impl Disk {
         } else {
             // Probe past the end with KEEP_SIZE: a no-op that only tells whether the filesystem
             // (or block device) implements the operation.
+            // A size past off_t (impossible for a real file) means no probe: unsupported.
+            let end = libc::off_t::try_from(capacity_sectors << SECTOR_SHIFT);
+            let sector = libc::off_t::try_from(SECTOR_SIZE).expect("512");
             let probe = |flags| {
-                fallocate(
-                    file.as_raw_fd(),
-                    flags | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                    (capacity_sectors << SECTOR_SHIFT) as libc::off_t,
-                    SECTOR_SIZE as libc::off_t,
-                )
-                .is_ok()
+                end.is_ok_and(|end| {
+                    fallocate(
+                        file.as_raw_fd(),
+                        flags | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                        end,
+                        sector,
+                    )
+                    .is_ok()
+                })
             };
             (
                 probe(FallocateFlags::FALLOC_FL_PUNCH_HOLE),

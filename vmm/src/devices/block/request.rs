@@ -20,6 +20,14 @@ use crate::virtio::GuestMemory;
 
 pub const SECTOR_SHIFT: u32 = 9;
 pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
+
+// virtio_bindings spells the status codes as u32; they are 0, 1 and 2.
+#[allow(clippy::cast_possible_truncation)] // 0
+pub const STATUS_OK: u8 = VIRTIO_BLK_S_OK as u8;
+#[allow(clippy::cast_possible_truncation)] // 1
+pub const STATUS_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+#[allow(clippy::cast_possible_truncation)] // 2
+pub const STATUS_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 /// Data segments per request we advertise (config `seg_max`).
 pub const SEG_MAX: u32 = 128;
 /// Header + data segments + status; anything longer is not a request a driver honouring
@@ -115,10 +123,8 @@ pub enum ParseError {
 impl ParseError {
     fn status(&self) -> u8 {
         match self {
-            ParseError::Unsupported(_) | ParseError::BadDiscardFlags(_) => {
-                VIRTIO_BLK_S_UNSUPP as u8
-            }
-            _ => VIRTIO_BLK_S_IOERR as u8,
+            ParseError::Unsupported(_) | ParseError::BadDiscardFlags(_) => STATUS_UNSUPP,
+            _ => STATUS_IOERR,
         }
     }
 }
@@ -169,13 +175,16 @@ fn take_prefix(mem: &GuestMemory, segs: &mut Vec<Segment>, n: usize) -> Option<V
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let seg = segs.first_mut()?;
-        let take = (n - out.len()).min(seg.len as usize);
-        let mut buf = vec![0u8; take];
+        // Counted in u32, the type of the guest's descriptor length.
+        let take = u32::try_from(n - out.len())
+            .unwrap_or(u32::MAX)
+            .min(seg.len);
+        let mut buf = vec![0u8; take as usize];
         mem.read_slice(&mut buf, seg.addr).ok()?;
         out.extend_from_slice(&buf);
         // `take <= seg.len` and the segment was range-checked, so this cannot overflow.
-        seg.addr = seg.addr.unchecked_add(take as u64);
-        seg.len -= take as u32;
+        seg.addr = seg.addr.unchecked_add(u64::from(take));
+        seg.len -= take;
         if seg.len == 0 {
             segs.remove(0);
         }
@@ -379,12 +388,13 @@ pub fn execute(mem: &GuestMemory, request: &Request, disk: &mut Disk) -> (u8, u3
                 if rest.is_empty() {
                     break;
                 }
-                let n = rest.len().min(seg.len as usize);
-                if mem.write_slice(&rest[..n], seg.addr).is_err() {
-                    return (VIRTIO_BLK_S_IOERR as u8, written);
+                // Counted in u32, the type of the guest's descriptor length.
+                let n = u32::try_from(rest.len()).unwrap_or(u32::MAX).min(seg.len);
+                if mem.write_slice(&rest[..n as usize], seg.addr).is_err() {
+                    return (STATUS_IOERR, written);
                 }
-                rest = &rest[n..];
-                written += n as u32;
+                rest = &rest[n as usize..];
+                written += n;
             }
             Ok(written)
         }
@@ -399,13 +409,13 @@ pub fn execute(mem: &GuestMemory, request: &Request, disk: &mut Disk) -> (u8, u3
                 }
             })
             .map(|_| 0),
-        RequestType::Unsupported(_) => return (VIRTIO_BLK_S_UNSUPP as u8, 0),
+        RequestType::Unsupported(_) => return (STATUS_UNSUPP, 0),
     };
     match result {
-        Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
+        Ok(written) => (STATUS_OK, written),
         Err(e) => {
             tracing::warn!(error = %e, request = ?request.request_type, "virtio-blk I/O failed");
-            (VIRTIO_BLK_S_IOERR as u8, 0)
+            (STATUS_IOERR, 0)
         }
     }
 }

@@ -4,9 +4,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use super::request::{STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
+use crate::virtio::test_utils::{F_NEXT, F_WRITE};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_bindings::virtio_blk::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
@@ -128,7 +129,7 @@ impl Harness {
 
 fn disk_file(fill: u8) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(&vec![fill; (DISK_SECTORS * 512) as usize])
+    f.write_all(&vec![fill; usize::try_from(DISK_SECTORS * 512).unwrap()])
         .unwrap();
     f.flush().unwrap();
     f
@@ -177,7 +178,7 @@ fn write_read_flush_get_id_round_trip() {
     // OUT split over two data descriptors.
     h.header(VIRTIO_BLK_T_OUT, 3);
     let used = h.submit(&[r(HDR, 16), r(DATA, 512), r(DATA + 512, 512), w(STATUS, 1)]);
-    assert_eq!((used, h.status()), (1, VIRTIO_BLK_S_OK as u8));
+    assert_eq!((used, h.status()), (1, STATUS_OK));
     let host = file_bytes(f.path());
     assert_eq!(&host[3 * 512..5 * 512], &pattern[..]);
     assert!(host[..3 * 512].iter().all(|&b| b == 0));
@@ -186,7 +187,7 @@ fn write_read_flush_get_id_round_trip() {
     // IN into a clean buffer.
     h.mem.write_slice(&[0u8; 1024], GuestAddress(DATA)).unwrap();
     assert_eq!(h.io(VIRTIO_BLK_T_IN, 3, 1024), 1025);
-    assert_eq!(h.status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.status(), STATUS_OK);
     let mut back = vec![0u8; 1024];
     h.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
     assert_eq!(back, pattern);
@@ -194,12 +195,12 @@ fn write_read_flush_get_id_round_trip() {
     // FLUSH: header + status only.
     h.header(VIRTIO_BLK_T_FLUSH, 0);
     assert_eq!(h.submit(&[r(HDR, 16), w(STATUS, 1)]), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.status(), STATUS_OK);
 
     // GET_ID: 20 bytes, stable for the same image.
     h.header(VIRTIO_BLK_T_GET_ID, 0);
     assert_eq!(h.submit(&[r(HDR, 16), w(DATA, 20), w(STATUS, 1)]), 21);
-    assert_eq!(h.status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.status(), STATUS_OK);
     let mut id = [0u8; 20];
     h.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
     assert!(id.starts_with(b"ark"), "{id:?}");
@@ -214,7 +215,7 @@ fn header_split_across_descriptors_is_accepted() {
     let mut h = Harness::new(f.path(), false);
     h.header(VIRTIO_BLK_T_IN, 1);
     let used = h.submit(&[r(HDR, 10), r(HDR + 10, 6), w(DATA, 512), w(STATUS, 1)]);
-    assert_eq!((used, h.status()), (513, VIRTIO_BLK_S_OK as u8));
+    assert_eq!((used, h.status()), (513, STATUS_OK));
     let mut back = [0u8; 512];
     h.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
     assert!(back.iter().all(|&b| b == 0x5a));
@@ -234,22 +235,22 @@ fn read_only_refuses_writes_without_touching_the_file() {
         .write_slice(&[0xeeu8; 512], GuestAddress(DATA))
         .unwrap();
     assert_eq!(h.io(VIRTIO_BLK_T_OUT, 0, 512), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
 
     h.header(VIRTIO_BLK_T_FLUSH, 0);
     h.submit(&[r(HDR, 16), w(STATUS, 1)]);
-    assert_eq!(h.status(), VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(h.status(), STATUS_UNSUPP);
 
     h.header(VIRTIO_BLK_T_DISCARD, 0);
     h.mem.write_obj(0u64, GuestAddress(DATA)).unwrap();
     h.mem.write_obj(8u32, GuestAddress(DATA + 8)).unwrap();
     h.mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
     h.submit(&[r(HDR, 16), r(DATA, 16), w(STATUS, 1)]);
-    assert_eq!(h.status(), VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(h.status(), STATUS_UNSUPP);
 
     // Reads still work.
     assert_eq!(h.io(VIRTIO_BLK_T_IN, 0, 512), 513);
-    assert_eq!(h.status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.status(), STATUS_OK);
     assert_eq!(file_bytes(f.path()), before);
 }
 
@@ -272,7 +273,7 @@ fn discard_and_write_zeroes_free_the_range() {
     seg(&h, DATA + 16, 16, 8, 0);
     h.header(VIRTIO_BLK_T_DISCARD, 0);
     assert_eq!(h.submit(&[r(HDR, 16), r(DATA, 32), w(STATUS, 1)]), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.status(), STATUS_OK);
     let host = file_bytes(f.path());
     assert_eq!(
         host.len() as u64,
@@ -287,19 +288,19 @@ fn discard_and_write_zeroes_free_the_range() {
     seg(&h, DATA, DISK_SECTORS - 4, 8, 0);
     h.header(VIRTIO_BLK_T_DISCARD, 0);
     h.submit(&[r(HDR, 16), r(DATA, 16), w(STATUS, 1)]);
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
     // Unknown flags on discard: unsupported.
     seg(&h, DATA, 0, 8, 0x80);
     h.header(VIRTIO_BLK_T_DISCARD, 0);
     h.submit(&[r(HDR, 16), r(DATA, 16), w(STATUS, 1)]);
-    assert_eq!(h.status(), VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(h.status(), STATUS_UNSUPP);
     assert_eq!(file_bytes(f.path()), host);
 
     if h.blk.disk().supports_write_zeroes() {
         seg(&h, DATA, 8, 8, 0);
         h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
         h.submit(&[r(HDR, 16), r(DATA, 16), w(STATUS, 1)]);
-        assert_eq!(h.status(), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(h.status(), STATUS_OK);
         let host = file_bytes(f.path());
         assert!(host[4096..8192].iter().all(|&b| b == 0));
         assert!(host[12288..].iter().all(|&b| b == 0xaa));
@@ -320,16 +321,12 @@ fn out_of_range_and_overflowing_sectors_are_refused() {
     ] {
         for t in [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT] {
             assert_eq!(h.io(t, sector, len), 1, "sector {sector} type {t}");
-            assert_eq!(
-                h.status(),
-                VIRTIO_BLK_S_IOERR as u8,
-                "sector {sector} type {t}"
-            );
+            assert_eq!(h.status(), STATUS_IOERR, "sector {sector} type {t}");
         }
     }
     // The last sector itself is fine.
     assert_eq!(h.io(VIRTIO_BLK_T_IN, DISK_SECTORS - 1, 512), 513);
-    assert_eq!(h.status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.status(), STATUS_OK);
     assert_eq!(file_bytes(f.path()), before);
 }
 
@@ -343,20 +340,20 @@ fn hostile_chains_never_panic_and_never_touch_the_file() {
     // Data descriptor outside guest memory (and straddling its end): IOERR in the status.
     h.header(VIRTIO_BLK_T_OUT, 0);
     assert_eq!(h.submit(&[r(HDR, 16), r(end - 100, 512), w(STATUS, 1)]), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
     h.header(VIRTIO_BLK_T_IN, 0);
     assert_eq!(h.submit(&[r(HDR, 16), w(1 << 40, 512), w(STATUS, 1)]), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
     // Huge length.
     h.header(VIRTIO_BLK_T_IN, 0);
     assert_eq!(
         h.submit(&[r(HDR, 16), w(DATA, 0xffff_fe00), w(STATUS, 1)]),
         1
     );
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
     // Header outside memory.
     assert_eq!(h.submit(&[r(u64::MAX - 8, 16), w(STATUS, 1)]), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
 
     // Status descriptor missing, read-only, empty or outside memory: dropped (used len 0),
     // the status byte untouched and the data never written.
@@ -378,21 +375,21 @@ fn hostile_chains_never_panic_and_never_touch_the_file() {
     // Short header, unaligned length, wrong direction, readable after writable, unknown type.
     h.header(VIRTIO_BLK_T_IN, 0);
     assert_eq!(h.submit(&[r(HDR, 8), w(STATUS, 1)]), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
     assert_eq!(h.io(VIRTIO_BLK_T_IN, 0, 100), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
     h.header(VIRTIO_BLK_T_OUT, 0);
     assert_eq!(h.submit(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
     h.header(VIRTIO_BLK_T_OUT, 0);
     assert_eq!(
         h.submit(&[r(HDR, 16), w(DATA, 512), r(DATA, 512), w(STATUS, 1)]),
         1
     );
-    assert_eq!(h.status(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(), STATUS_IOERR);
     h.header(99, 0);
     assert_eq!(h.submit(&[r(HDR, 16), w(STATUS, 1)]), 1);
-    assert_eq!(h.status(), VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(h.status(), STATUS_UNSUPP);
 
     // Over-long chain (more than seg_max + 2 descriptors).
     h.header(VIRTIO_BLK_T_OUT, 0);
@@ -404,15 +401,15 @@ fn hostile_chains_never_panic_and_never_touch_the_file() {
 
     // A descriptor loop: 0 -> 1 -> 0 ... ends by the chain's ttl, no status byte: dropped.
     let looped = [
-        RawDescriptor::from(SplitDescriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1)),
-        RawDescriptor::from(SplitDescriptor::new(DATA, 512, VRING_DESC_F_NEXT as u16, 0)),
+        RawDescriptor::from(SplitDescriptor::new(HDR, 16, F_NEXT, 1)),
+        RawDescriptor::from(SplitDescriptor::new(DATA, 512, F_NEXT, 0)),
     ];
     assert_eq!(h.submit_raw(&looped), 0);
     // A next index beyond the table.
     let wild = [RawDescriptor::from(SplitDescriptor::new(
         HDR,
         16,
-        VRING_DESC_F_NEXT as u16,
+        F_NEXT,
         Q + 7,
     ))];
     assert_eq!(h.submit_raw(&wild), 0);
@@ -421,7 +418,7 @@ fn hostile_chains_never_panic_and_never_touch_the_file() {
 
     // The device still works afterwards.
     assert_eq!(h.io(VIRTIO_BLK_T_IN, 0, 512), 513);
-    assert_eq!(h.status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.status(), STATUS_OK);
 }
 
 #[test]
@@ -492,19 +489,9 @@ fn event_loop_activation_and_queue_notify() {
     mem.write_obj(VIRTIO_BLK_T_IN, GuestAddress(HDR)).unwrap();
     mem.write_obj(2u64, GuestAddress(HDR + 8)).unwrap();
     let chain = [
-        RawDescriptor::from(SplitDescriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1)),
-        RawDescriptor::from(SplitDescriptor::new(
-            DATA,
-            512,
-            (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-            2,
-        )),
-        RawDescriptor::from(SplitDescriptor::new(
-            STATUS,
-            1,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        )),
+        RawDescriptor::from(SplitDescriptor::new(HDR, 16, F_NEXT, 1)),
+        RawDescriptor::from(SplitDescriptor::new(DATA, 512, F_WRITE | F_NEXT, 2)),
+        RawDescriptor::from(SplitDescriptor::new(STATUS, 1, F_WRITE, 0)),
     ];
     mock.add_desc_chains(&chain, 0).unwrap();
     queue_evt.write(1).unwrap();
@@ -556,12 +543,7 @@ fn parser_refuses_out_on_read_only_before_any_io() {
         .build_desc_chain(&[
             RawDescriptor::from(SplitDescriptor::new(HDR, 16, 0, 0)),
             RawDescriptor::from(SplitDescriptor::new(DATA, 512, 0, 0)),
-            RawDescriptor::from(SplitDescriptor::new(
-                STATUS,
-                1,
-                VRING_DESC_F_WRITE as u16,
-                0,
-            )),
+            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, F_WRITE, 0)),
         ])
         .unwrap();
     let limits = request::Limits {

@@ -26,6 +26,18 @@ pub struct Console {
     pub(super) buf: Vec<u8>,
 }
 
+/// Without `output` (a `dyn Write`) and the buffer.
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("input", &self.input)
+            .field("input_registered", &self.input_registered)
+            .field("input_ready", &self.input_ready)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Console {
     /// `output` receives everything the guest writes; `input`, if any, must be pollable and is
     /// what the guest reads.

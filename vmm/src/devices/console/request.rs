@@ -90,6 +90,5 @@ pub(super) fn fill_in(
         return Ok(InputRead::Eof);
     }
     writer.write_all(&buf[..n]).map_err(ChainError::Access)?;
-    // n <= MAX_CHUNK.
-    Ok(InputRead::Data(n as u32))
+    Ok(InputRead::Data(u32::try_from(n).expect("n <= MAX_CHUNK")))
 }

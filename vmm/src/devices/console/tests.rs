@@ -87,7 +87,7 @@ impl<'a> Harness<'a> {
         let first = self.next_desc[q];
         let vq = if q == RX_QUEUE { &self.rx } else { &self.tx };
         add_chain(vq, first, descs);
-        self.next_desc[q] += descs.len() as u16;
+        self.next_desc[q] += crate::virtio::test_utils::idx16(descs.len());
         self.kicks[q].write(1).unwrap();
         self.run();
     }
@@ -164,7 +164,7 @@ fn input_waits_for_guest_buffers_and_is_not_read_unboundedly() {
     for i in 0..(written / 4096 + 4) {
         let addr = 0x100000 + (i as u64 % 64) * 0x1000;
         h.add(RX_QUEUE, &[(addr, 4096, true)]);
-        if i as u16 + 1 >= 16 {
+        if i + 1 >= 16 {
             break;
         }
     }

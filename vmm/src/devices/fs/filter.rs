@@ -95,7 +95,8 @@ pub fn check_xattr_name(name: &CStr) -> io::Result<()> {
 /// openat ignores O_CREAT|O_EXCL and follows a symlink the guest planted (CREATE would hold
 /// a host file outside the share); O_TMPFILE on a directory makes an unnamed host file.
 fn check_open_flags(flags: u32) -> io::Result<()> {
-    let flags = flags as i32;
+    // The same bits as the guest sent, typed as libc spells the O_* flags.
+    let flags = flags.cast_signed();
     if flags & libc::O_PATH != 0 || flags & (libc::O_TMPFILE & !libc::O_DIRECTORY) != 0 {
         Err(einval())
     } else {
@@ -122,13 +123,15 @@ pub fn check_name(name: &CStr, allow_dots: bool) -> io::Result<()> {
 
 /// Open flags that could modify the file or create one.
 fn open_writes(flags: u32) -> bool {
-    let flags = flags as i32;
+    // The same bits as the guest sent, typed as libc spells the O_* flags.
+    let flags = flags.cast_signed();
     flags & libc::O_ACCMODE != libc::O_RDONLY
         || flags & (libc::O_TRUNC | libc::O_CREAT) != 0
         || flags & libc::O_TMPFILE == libc::O_TMPFILE
 }
 
 /// The guest-facing filesystem: `inner` behind name checks and the read-only policy.
+#[derive(Debug)]
 pub struct GuestFs<F> {
     inner: F,
     read_only: bool,

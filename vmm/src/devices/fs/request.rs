@@ -114,15 +114,16 @@ fn reply_error(
     if writer.available_bytes() < OUT_HEADER_LEN {
         return 0;
     }
+    let len = u32::try_from(OUT_HEADER_LEN).expect("a 16-byte header");
     let header = OutHeader {
-        len: OUT_HEADER_LEN as u32,
+        len,
         error: -errno,
         unique,
     };
     if writer.write_all(header.as_slice()).is_err() || writer.commit(None).is_err() {
         return 0;
     }
-    OUT_HEADER_LEN as u32
+    len
 }
 
 /// Serves one chain and returns the used length to report (0 when dropped or when the

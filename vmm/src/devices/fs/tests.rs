@@ -6,12 +6,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::virtio::test_utils::{len32, F_NEXT, F_WRITE};
 use fuse_backend_rs::abi::fuse_abi::{
     AttrOut, CreateIn, EntryOut, FallocateIn, FsOptions, GetattrIn, GetxattrIn, InHeader, InitIn,
     InitIn2, InitOut, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn, Rename2In,
     SetattrIn, SetattrValid, SetxattrIn, WriteIn, WriteOut,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
@@ -122,18 +122,8 @@ impl Harness {
             .write_slice(&vec![0xa5u8; resp_len as usize], GuestAddress(RESP))
             .unwrap();
         let descs = [
-            RawDescriptor::from(SplitDescriptor::new(
-                REQ,
-                request.len() as u32,
-                VRING_DESC_F_NEXT as u16,
-                1,
-            )),
-            RawDescriptor::from(SplitDescriptor::new(
-                RESP,
-                resp_len,
-                VRING_DESC_F_WRITE as u16,
-                0,
-            )),
+            RawDescriptor::from(SplitDescriptor::new(REQ, len32(request.len()), F_NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(RESP, resp_len, F_WRITE, 0)),
         ];
         let used = self.submit_raw(&descs);
         let header: OutHeader = self.mem.read_obj(GuestAddress(RESP)).unwrap();
@@ -152,7 +142,7 @@ impl Harness {
     fn call_as(&mut self, opcode: Opcode, nodeid: u64, body: &[u8], uid: u32, gid: u32) -> Reply {
         self.unique += 1;
         let header = InHeader {
-            len: (40 + body.len()) as u32,
+            len: len32(40 + body.len()),
             opcode: opcode as u32,
             unique: self.unique,
             nodeid,
@@ -191,7 +181,7 @@ impl Harness {
 
     fn open(&mut self, nodeid: u64, flags: i32) -> Reply {
         let open = OpenIn {
-            flags: flags as u32,
+            flags: flags.cast_unsigned(),
             fuse_flags: 0,
         };
         self.call(Opcode::Open, nodeid, open.as_slice())
@@ -209,7 +199,7 @@ impl Harness {
 
     fn create(&mut self, parent: u64, name: &str, flags: i32) -> Reply {
         let args = CreateIn {
-            flags: flags as u32,
+            flags: flags.cast_unsigned(),
             mode: libc::S_IFREG | 0o644,
             umask: 0o022,
             fuse_flags: 0,
@@ -230,7 +220,7 @@ impl Harness {
 
     fn create_mode(&mut self, parent: u64, name: &str, flags: i32, mode: u32, umask: u32) -> Reply {
         let args = CreateIn {
-            flags: flags as u32,
+            flags: flags.cast_unsigned(),
             mode,
             umask,
             fuse_flags: 0,
@@ -255,7 +245,7 @@ impl Harness {
     fn write(&mut self, nodeid: u64, fh: u64, data: &[u8]) -> Reply {
         let write = WriteIn {
             fh,
-            size: data.len() as u32,
+            size: len32(data.len()),
             ..Default::default()
         };
         let mut body = write.as_slice().to_vec();
@@ -345,7 +335,8 @@ fn linux_style_init_negotiation() {
         major: 7,
         minor: 38,
         max_readahead: 128 * 1024,
-        flags: wanted.bits() as u32,
+        // The low half; with INIT_EXT, flags2 carries the high one.
+        flags: u32::try_from(wanted.bits() & 0xffff_ffff).unwrap(),
     };
     let mut body = init.as_slice().to_vec();
     body.extend_from_slice(InitIn2::default().as_slice());
@@ -432,7 +423,7 @@ fn writes_in_rw_mode_reach_the_host() {
     let write = WriteIn {
         fh: open.fh,
         offset: 0,
-        size: data.len() as u32,
+        size: len32(data.len()),
         ..Default::default()
     };
     let mut body = write.as_slice().to_vec();
@@ -447,7 +438,7 @@ fn writes_in_rw_mode_reach_the_host() {
     let write = WriteIn {
         fh: open.fh,
         offset: 0,
-        size: big.len() as u32,
+        size: len32(big.len()),
         ..Default::default()
     };
     let mut body = write.as_slice().to_vec();
@@ -509,7 +500,7 @@ fn writes_in_rw_mode_reach_the_host() {
     // Host device nodes cannot be created.
     let mknod = MknodIn {
         mode: libc::S_IFCHR | 0o666,
-        rdev: libc::makedev(1, 3) as u32,
+        rdev: u32::try_from(libc::makedev(1, 3)).unwrap(),
         umask: 0,
         padding: 0,
     };
@@ -732,33 +723,18 @@ fn malformed_requests_get_errors_or_are_dropped() {
     let msg = header(40, Opcode::Statfs as u32);
     h.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
     let outside = [
-        RawDescriptor::from(SplitDescriptor::new(REQ, 40, VRING_DESC_F_NEXT as u16, 1)),
-        RawDescriptor::from(SplitDescriptor::new(
-            MEM_SIZE as u64 - 8,
-            4096,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        )),
+        RawDescriptor::from(SplitDescriptor::new(REQ, 40, F_NEXT, 1)),
+        RawDescriptor::from(SplitDescriptor::new(MEM_SIZE as u64 - 8, 4096, F_WRITE, 0)),
     ];
     assert_eq!(h.submit_raw(&outside), 0);
     let backwards = [
-        RawDescriptor::from(SplitDescriptor::new(
-            RESP,
-            64,
-            (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-            1,
-        )),
+        RawDescriptor::from(SplitDescriptor::new(RESP, 64, F_WRITE | F_NEXT, 1)),
         RawDescriptor::from(SplitDescriptor::new(REQ, 40, 0, 0)),
     ];
     assert_eq!(h.submit_raw(&backwards), 0);
     let looped = [
-        RawDescriptor::from(SplitDescriptor::new(REQ, 40, VRING_DESC_F_NEXT as u16, 1)),
-        RawDescriptor::from(SplitDescriptor::new(
-            RESP,
-            64,
-            (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-            0,
-        )),
+        RawDescriptor::from(SplitDescriptor::new(REQ, 40, F_NEXT, 1)),
+        RawDescriptor::from(SplitDescriptor::new(RESP, 64, F_WRITE | F_NEXT, 0)),
     ];
     // A 0 -> 1 -> 0 loop ends at the queue size; it is readable-after-writable: dropped.
     assert_eq!(h.submit_raw(&looped), 0);
@@ -813,13 +789,8 @@ fn event_loop_dispatches_both_queues() {
     mem.write_slice(init.as_slice(), GuestAddress(REQ + 40))
         .unwrap();
     let chain = [
-        RawDescriptor::from(SplitDescriptor::new(REQ, 56, VRING_DESC_F_NEXT as u16, 1)),
-        RawDescriptor::from(SplitDescriptor::new(
-            RESP,
-            4096,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        )),
+        RawDescriptor::from(SplitDescriptor::new(REQ, 56, F_NEXT, 1)),
+        RawDescriptor::from(SplitDescriptor::new(RESP, 4096, F_WRITE, 0)),
     ];
     request.add_desc_chains(&chain, 0).unwrap();
     events[1].write(1).unwrap();
@@ -888,8 +859,8 @@ fn mode_setattr(mode: u32) -> SetattrIn {
 fn mknod_checks_the_type_left_after_the_guest_umask() {
     let dir = share();
     let mut h = Harness::new(dir.path(), false);
-    let sda = libc::makedev(8, 0) as u32;
-    let mem = libc::makedev(1, 1) as u32;
+    let sda = u32::try_from(libc::makedev(8, 0)).unwrap();
+    let mem = u32::try_from(libc::makedev(1, 1)).unwrap();
 
     // The instances: a block device, then a character device.
     let r = h.mknod(ROOT, "blk", 0o070666, sda, 0o010000);
@@ -1110,7 +1081,7 @@ fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
             buf.len(),
         )
     };
-    (n >= 0).then(|| buf[..n as usize].to_vec())
+    usize::try_from(n).ok().map(|n| buf[..n].to_vec())
 }
 
 /// `security.capability` grants privilege on exec, `trusted.overlay.*` steers a host overlayfs
@@ -1141,7 +1112,7 @@ fn xattrs_the_host_honours_are_refused() {
     let e: EntryOut = h.lookup(ROOT, b"hello.txt").ok();
     for name in PRIVILEGED {
         let args = SetxattrIn {
-            size: value.len() as u32,
+            size: len32(value.len()),
             flags: 0,
         };
         let mut body = with_name(args.as_slice(), name);
@@ -1378,7 +1349,7 @@ fn special_files_in_the_share_are_never_opened_or_loosened() {
     let tmpfile = libc::O_TMPFILE | libc::O_RDWR;
     assert_eq!(h.open(ROOT, tmpfile).errno(), libc::EINVAL);
     let opendir = OpenIn {
-        flags: tmpfile as u32,
+        flags: tmpfile.cast_unsigned(),
         fuse_flags: 0,
     };
     let r = h.call(Opcode::Opendir, ROOT, opendir.as_slice());

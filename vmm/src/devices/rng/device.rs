@@ -7,6 +7,7 @@ use super::{Error, QUEUE_SIZE};
 use crate::virtio::{device_type, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1};
 
 /// The virtio-rng device.
+#[derive(Debug)]
 pub struct Rng {
     pub(super) state: VirtioState,
     pub(super) buf: Vec<u8>,

@@ -36,6 +36,5 @@ pub(super) fn fill_chain(
     buf.resize(len, 0);
     getrandom::fill(&mut buf[..len]).map_err(RequestError::Random)?;
     writer.write_all(&buf[..len]).map_err(RequestError::Write)?;
-    // len <= 64 KiB, so the cast cannot truncate.
-    Ok(len as u32)
+    Ok(u32::try_from(len).expect("len <= MAX_BYTES_PER_REQUEST (64 KiB)"))
 }

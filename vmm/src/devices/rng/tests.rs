@@ -89,7 +89,10 @@ fn caps_request_size() {
     let mut h = Harness::new(&mem);
     add_chain(&h.vq, 0, &[(0x10000, 0x40000, true)]);
     h.kick();
-    assert_eq!(h.used(), vec![(0, MAX_BYTES_PER_REQUEST as u32)]);
+    assert_eq!(
+        h.used(),
+        vec![(0, crate::virtio::test_utils::len32(MAX_BYTES_PER_REQUEST))]
+    );
 }
 
 #[test]

@@ -51,6 +51,7 @@ pub enum State {
 }
 
 /// What `next_rx` produced.
+#[derive(Debug)]
 pub enum RxOutcome {
     /// A packet of this used length was written to the rx buffer.
     Sent(u32),
@@ -58,6 +59,7 @@ pub enum RxOutcome {
     Nothing,
 }
 
+#[derive(Debug)]
 pub struct Connection {
     pub key: ConnKey,
     guest_cid: u64,
@@ -298,7 +300,7 @@ impl Connection {
                 }
             }
         }
-        self.fwd_cnt += Wrapping(written as u32);
+        self.fwd_cnt += wrapping_count(written);
         self.tx_buf.extend(&payload[written..]);
         self.maybe_credit_update();
     }
@@ -310,7 +312,7 @@ impl Connection {
                 Ok(0) => break,
                 Ok(n) => {
                     self.tx_buf.drain(..n);
-                    self.fwd_cnt += Wrapping(n as u32);
+                    self.fwd_cnt += wrapping_count(n);
                 }
                 Err(nix::errno::Errno::EAGAIN) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -439,7 +441,7 @@ impl Connection {
                     self.kill();
                     return sent.map(RxOutcome::Sent);
                 }
-                self.rx_cnt += Wrapping(n as u32);
+                self.rx_cnt += wrapping_count(n);
                 if self.peer_credit() == 0 {
                     self.pending_credit_request = true;
                 }
@@ -458,4 +460,11 @@ impl Connection {
             }
         }
     }
+}
+
+/// `n` bytes as a step of the virtio-vsock byte counters (fwd_cnt, rx_cnt), which count modulo
+/// 2^32: keeping the low 32 bits is the wrap the protocol defines.
+#[allow(clippy::cast_possible_truncation)] // modulo 2^32 by definition
+fn wrapping_count(n: usize) -> Wrapping<u32> {
+    Wrapping(n as u32)
 }

@@ -13,6 +13,7 @@ use super::{Error, QUEUE_SIZES, RX_QUEUE, TIMER_PERIOD, TX_QUEUE};
 use crate::virtio::{device_type, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1};
 
 /// The virtio-vsock device.
+#[derive(Debug)]
 pub struct Vsock {
     pub(super) guest_cid: u64,
     pub(super) uds_path: PathBuf,

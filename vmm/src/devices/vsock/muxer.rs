@@ -39,12 +39,14 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const ACCEPTS_PER_EVENT: usize = 64;
 
 /// A host client that connected to `uds_path` but has not sent its CONNECT line yet.
+#[derive(Debug)]
 struct HostHandshake {
     stream: UnixStream,
     line: Vec<u8>,
     deadline: Instant,
 }
 
+#[derive(Debug)]
 pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,

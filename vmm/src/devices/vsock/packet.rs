@@ -217,6 +217,15 @@ pub struct RxBuffer<'a> {
     writer: Writer<'a>,
 }
 
+/// virtio-queue's Writer is not Debug: its room is what matters.
+impl std::fmt::Debug for RxBuffer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxBuffer")
+            .field("available_bytes", &self.writer.available_bytes())
+            .finish()
+    }
+}
+
 impl<'a> RxBuffer<'a> {
     /// Checks the chain is device-writable, inside guest memory and large enough for a header.
     pub fn new(
@@ -244,21 +253,23 @@ impl<'a> RxBuffer<'a> {
         if payload.len() > self.payload_capacity() {
             return Err(PacketError::ShortChain(self.writer.available_bytes()));
         }
-        // Bounded by MAX_PKT_PAYLOAD above.
-        hdr.len = payload.len() as u32;
+        // Bounded by MAX_PKT_PAYLOAD above; refused like a short chain if not.
+        let too_long = |_| PacketError::ShortChain(self.writer.available_bytes());
+        hdr.len = u32::try_from(payload.len()).map_err(too_long)?;
+        let used = u32::try_from(HDR_SIZE + payload.len()).map_err(too_long)?;
         self.writer
             .write_obj(RawHeader::from(hdr))
             .map_err(PacketError::Access)?;
         self.writer
             .write_all(payload)
             .map_err(PacketError::Access)?;
-        Ok((HDR_SIZE + payload.len()) as u32)
+        Ok(used)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use crate::virtio::test_utils::{len32, F_NEXT, F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
@@ -343,7 +354,7 @@ mod tests {
         mem.write_slice(b"hello", GuestAddress(0x9000)).unwrap();
         let (h, p) = parse(
             &mem,
-            &[(0x8000, HDR_SIZE as u32, false), (0x9000, 5, false)],
+            &[(0x8000, len32(HDR_SIZE), false), (0x9000, 5, false)],
         )
         .unwrap();
         assert_eq!(h.op, op::RW);
@@ -353,11 +364,11 @@ mod tests {
         put_hdr(&mem, 0xa000, hdr(op::RW, 3));
         mem.write_slice(b"abc", GuestAddress(0xa000 + HDR_SIZE as u64))
             .unwrap();
-        let (_, p) = parse(&mem, &[(0xa000, HDR_SIZE as u32 + 3, false)]).unwrap();
+        let (_, p) = parse(&mem, &[(0xa000, len32(HDR_SIZE) + 3, false)]).unwrap();
         assert_eq!(p, b"abc");
         let (_, p) = parse(
             &mem,
-            &[(0xa000, 10, false), (0xa00a, HDR_SIZE as u32 - 7, false)],
+            &[(0xa000, 10, false), (0xa00a, len32(HDR_SIZE) - 7, false)],
         )
         .unwrap();
         assert_eq!(p, b"abc");
@@ -367,7 +378,7 @@ mod tests {
     fn rejects_hostile_chains() {
         let mem = memory();
         put_hdr(&mem, 0x8000, hdr(op::REQUEST, 0));
-        let h = HDR_SIZE as u32;
+        let h = len32(HDR_SIZE);
         // Outside memory, past its end, wrapping the address space.
         assert!(matches!(
             parse(&mem, &[(0x4000_0000, h, false)]),
@@ -406,7 +417,7 @@ mod tests {
     #[test]
     fn rejects_bad_header_fields() {
         let mem = memory();
-        let h = HDR_SIZE as u32;
+        let h = len32(HDR_SIZE);
         let check = |hd: Header, extra: u32| {
             put_hdr(&mem, 0x8000, hd);
             parse(&mem, &[(0x8000, h + extra, false)])
@@ -479,20 +490,14 @@ mod tests {
         let vq = MockSplitQueue::new(&mem, 16);
         let descs: [RawDescriptor; 5] = [
             // chain 0: header + 8-byte payload area, both writable
-            SplitDescriptor::new(
-                0x8000,
-                HDR_SIZE as u32,
-                (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-                1,
-            )
-            .into(),
-            SplitDescriptor::new(0x9000, 8, VRING_DESC_F_WRITE as u16, 0).into(),
+            SplitDescriptor::new(0x8000, len32(HDR_SIZE), F_WRITE | F_NEXT, 1).into(),
+            SplitDescriptor::new(0x9000, 8, F_WRITE, 0).into(),
             // chain 2: readable
             SplitDescriptor::new(0xa000, 64, 0, 0).into(),
             // chain 3: too short
-            SplitDescriptor::new(0xb000, 43, VRING_DESC_F_WRITE as u16, 0).into(),
+            SplitDescriptor::new(0xb000, 43, F_WRITE, 0).into(),
             // chain 4: outside memory
-            SplitDescriptor::new(0x1_0000_0000, 64, VRING_DESC_F_WRITE as u16, 0).into(),
+            SplitDescriptor::new(0x1_0000_0000, 64, F_WRITE, 0).into(),
         ];
         vq.add_desc_chains(&descs, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
@@ -501,7 +506,7 @@ mod tests {
         assert_eq!(buf.payload_capacity(), 8);
         let mut h = hdr(op::RW, 0);
         h.len = 999; // overwritten from the payload
-        assert_eq!(buf.write(h, b"12345").unwrap(), HDR_SIZE as u32 + 5);
+        assert_eq!(buf.write(h, b"12345").unwrap(), len32(HDR_SIZE) + 5);
         let back: Header = mem
             .read_obj::<RawHeader>(GuestAddress(0x8000))
             .unwrap()
@@ -528,6 +533,7 @@ mod tests {
     /// Random chains over memory seeded with random and near-valid headers: the parsers never
     /// panic, and whatever `parse_tx` accepts satisfies every documented invariant.
     #[test]
+    #[allow(clippy::cast_possible_truncation)] // keeping the low bits of random numbers is the point
     fn random_chains_never_panic_and_accepted_packets_are_valid() {
         let seed = getrandom::u64().unwrap() | 1;
         let mut x = seed;
@@ -569,12 +575,12 @@ mod tests {
                         _ => (rnd() % 160) as u32,
                     };
                     let mut flags = if rnd() % 4 == 0 {
-                        (rnd() % 8) as u16 & !(VRING_DESC_F_NEXT as u16)
+                        (rnd() % 8) as u16 & !F_NEXT
                     } else {
                         0
                     };
                     if i + 1 < n {
-                        flags |= VRING_DESC_F_NEXT as u16;
+                        flags |= F_NEXT;
                     }
                     let next = if rnd() % 8 == 0 {
                         (rnd() % 16) as u16

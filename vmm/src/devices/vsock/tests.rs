@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::virtio::test_utils::{len32, F_NEXT, F_WRITE};
 use event_manager::{EventManager, SubscriberOps};
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::VirtqUsedElem;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
@@ -62,7 +62,13 @@ impl DriverQueue {
     fn device_queue(&self) -> Queue {
         let mut q = Queue::new(QSIZE).unwrap();
         q.set_size(QSIZE);
-        let split = |a: GuestAddress| (Some(a.0 as u32), Some((a.0 >> 32) as u32));
+        let split = |a: GuestAddress| {
+            let [l0, l1, l2, l3, h0, h1, h2, h3] = a.0.to_le_bytes();
+            (
+                Some(u32::from_le_bytes([l0, l1, l2, l3])),
+                Some(u32::from_le_bytes([h0, h1, h2, h3])),
+            )
+        };
         let (lo, hi) = split(self.desc);
         q.set_desc_table_address(lo, hi);
         let (lo, hi) = split(self.avail);
@@ -92,9 +98,9 @@ impl DriverQueue {
             self.next_desc = (self.next_desc + 1) % QSIZE;
             let addr = addr.unwrap_or_else(|| self.buf_addr(index));
             addrs.push(addr);
-            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let mut flags = if write { F_WRITE } else { 0 };
             if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
+                flags |= F_NEXT;
             }
             let d: RawDescriptor = SplitDescriptor::new(addr, len, flags, self.next_desc).into();
             mem.write_obj(d, self.desc.unchecked_add(16 * u64::from(index)))
@@ -115,7 +121,7 @@ impl DriverQueue {
         while self.used_seen != idx {
             let slot = u64::from(self.used_seen % QSIZE);
             let e: VirtqUsedElem = mem.read_obj(self.used.unchecked_add(4 + 8 * slot)).unwrap();
-            out.push((e.id() as u16, e.len()));
+            out.push((u16::try_from(e.id()).unwrap(), e.len()));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         out
@@ -242,7 +248,7 @@ impl<'m> Vm<'m> {
         for _ in 0..n {
             let (head, addrs) = self.rxq.add_chain(
                 self.mem,
-                &[(None, HDR_SIZE as u32, true), (None, 4096, true)],
+                &[(None, len32(HDR_SIZE), true), (None, 4096, true)],
             );
             self.rx_bufs.insert(head, (addrs[0], addrs[1]));
         }
@@ -272,14 +278,14 @@ impl<'m> Vm<'m> {
 
     /// The guest sends one packet (header and payload in separate descriptors, like Linux).
     fn send(&mut self, mut h: Header, payload: &[u8]) {
-        h.len = payload.len() as u32;
+        h.len = len32(payload.len());
         let hdr_addr = self.txq.buf_addr(self.txq.next_desc);
         self.mem
             .write_slice(&raw_header(h), GuestAddress(hdr_addr))
             .unwrap();
         if payload.is_empty() {
             self.txq
-                .add_chain(self.mem, &[(None, HDR_SIZE as u32, false)]);
+                .add_chain(self.mem, &[(None, len32(HDR_SIZE), false)]);
         } else {
             let pay_addr = self.txq.buf_addr((self.txq.next_desc + 1) % QSIZE);
             self.mem
@@ -288,8 +294,8 @@ impl<'m> Vm<'m> {
             self.txq.add_chain(
                 self.mem,
                 &[
-                    (None, HDR_SIZE as u32, false),
-                    (None, payload.len() as u32, false),
+                    (None, len32(HDR_SIZE), false),
+                    (None, len32(payload.len()), false),
                 ],
             );
         }
@@ -626,7 +632,7 @@ fn guest_without_rx_buffers_stops_host_reads() {
             got += data.len();
             // Keep the device's view of guest credit open.
             let mut cu = ghdr(op::CREDIT_UPDATE, 1000, 52);
-            cu.fwd_cnt = got as u32;
+            cu.fwd_cnt = len32(got);
             vm.send(cu, &[]);
         }
         if got == written {
@@ -765,7 +771,7 @@ fn hostile_tx_chains_are_dropped_without_effect() {
             .unwrap();
         addr
     };
-    let hl = HDR_SIZE as u32;
+    let hl = len32(HDR_SIZE);
     // Wrong source CID (spoofing another VM), wrong destination CID.
     let mut h = ghdr(op::RW, 1000, 52);
     h.src_cid = 4;
@@ -844,11 +850,11 @@ fn invalid_fields_on_live_connections_reset_them() {
         }),
     ];
     for (i, mutate) in cases.iter().enumerate() {
-        let port = 2000 + i as u32;
+        let port = 2000 + len32(i);
         let mut host = vm.guest_connect(&listener, port, 52);
         let mut h = ghdr(op::RW, port, 52);
         let payload = mutate(&mut h);
-        h.len = payload.len() as u32;
+        h.len = len32(payload.len());
         let addr = 0x3f0_0000;
         vm.mem
             .write_slice(&raw_header(h), GuestAddress(addr))
@@ -856,7 +862,7 @@ fn invalid_fields_on_live_connections_reset_them() {
         vm.mem
             .write_slice(&payload, GuestAddress(addr + HDR_SIZE as u64))
             .unwrap();
-        let used = vm.send_raw(&[(Some(addr), HDR_SIZE as u32 + payload.len() as u32, false)]);
+        let used = vm.send_raw(&[(Some(addr), len32(HDR_SIZE) + len32(payload.len()), false)]);
         assert_eq!(used.len(), 1);
         let pkts = vm.recv();
         assert!(
@@ -886,7 +892,7 @@ fn bad_rx_buffers_are_returned_empty_and_skipped() {
         &used[..3].iter().map(|u| u.1).collect::<Vec<_>>(),
         &[0, 0, 0]
     );
-    assert_eq!(used[3].1, HDR_SIZE as u32);
+    assert_eq!(used[3].1, len32(HDR_SIZE));
 }
 
 #[test]
