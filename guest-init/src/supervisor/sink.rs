@@ -99,7 +99,9 @@ pub fn connect_vsock(cid: u32, port: u32) -> io::Result<std::fs::File> {
             &VsockAddr::new(cid, port),
         ) {
             Ok(()) => {
-                let tv = nix::sys::time::TimeVal::new(ACK_TIMEOUT.as_secs() as i64, 0);
+                let secs =
+                    libc::time_t::try_from(ACK_TIMEOUT.as_secs()).expect("ACK_TIMEOUT is 5 s");
+                let tv = nix::sys::time::TimeVal::new(secs, 0);
                 setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?;
                 return Ok(std::fs::File::from(fd));
             }
