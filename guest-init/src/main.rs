@@ -58,7 +58,7 @@ fn main() {
     if let Err(e) = sink.done() {
         eprintln!("ark-init: status channel: {e}");
     }
-    machine::end(config.on_exit, ok)
+    std::process::exit(machine::end(config.on_exit, ok))
 }
 
 /// `ark_stage2` in the environment (a read-only root, kvm on an erofs image, gets the config

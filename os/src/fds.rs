@@ -16,12 +16,21 @@ pub fn cloexec_inherited() -> io::Result<()> {
     cloexec_from(FIRST_NON_STDIO_FD)
 }
 
-/// [`cloexec_inherited`], or one line on stderr and exit 125 (an ark error) if the fds cannot be
-/// made safe: a binary that cannot keep them from its children must not start any.
-pub fn cloexec_inherited_or_exit(prog: &str) {
-    if let Err(e) = cloexec_inherited() {
+/// [`cloexec_inherited`], or one line on stderr and `Err(125)` (an ark error), the code for
+/// `main` to exit with, if the fds cannot be made safe: a binary that cannot keep them from its
+/// children must not start any.
+pub fn cloexec_inherited_or_report(prog: &str) -> Result<(), i32> {
+    cloexec_inherited().map_err(|e| {
         eprintln!("{prog}: marking inherited file descriptors close-on-exec: {e}");
-        std::process::exit(ark_pod_spec::EXIT_STAGE1_ERROR);
+        ark_pod_spec::EXIT_STAGE1_ERROR
+    })
+}
+
+/// [`cloexec_inherited_or_report`], exiting with its code: for a `main` that returns `()`.
+#[allow(clippy::exit)] // called first thing in main: nothing has started that exiting would cut short
+pub fn cloexec_inherited_or_exit(prog: &str) {
+    if let Err(code) = cloexec_inherited_or_report(prog) {
+        std::process::exit(code);
     }
 }
 
@@ -49,8 +58,8 @@ pub fn cloexec_from_in_child(first: libc::c_uint) -> io::Result<()> {
             if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let last = lim.rlim_cur.min(i32::MAX as libc::rlim_t) as libc::c_int;
-            for fd in first as libc::c_int..last {
+            let last = libc::c_int::try_from(lim.rlim_cur).unwrap_or(libc::c_int::MAX);
+            for fd in libc::c_int::try_from(first).unwrap_or(libc::c_int::MAX)..last {
                 set_cloexec(fd);
             }
             Ok(())
@@ -80,7 +89,7 @@ fn close_range_cloexec(first: libc::c_uint) -> io::Result<()> {
 fn cloexec_listed(first: libc::c_uint) -> io::Result<()> {
     let fds: Vec<libc::c_int> = std::fs::read_dir("/proc/self/fd")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd: &libc::c_int| *fd >= first as libc::c_int)
+        .filter(|fd: &libc::c_int| libc::c_uint::try_from(*fd).is_ok_and(|fd| fd >= first))
         .collect();
     // The directory's own fd is in the list but closed by now: EBADF there is harmless.
     for fd in fds {

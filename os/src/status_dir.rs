@@ -215,9 +215,11 @@ fn prepare_spare(file: &Path) -> io::Result<()> {
         .create(true)
         .truncate(false)
         .open(&spare)?;
+    let len =
+        libc::off_t::try_from(STATUS_FILE_SIZE).expect("STATUS_FILE_SIZE (4 KiB) fits in off_t");
     // SAFETY: fallocate(2) on a descriptor we own. Best effort: a filesystem without it
     // still allocates the blocks on the write below.
-    unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, STATUS_FILE_SIZE as libc::off_t) };
+    unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) };
     // No fsync: the space is taken as the data is written (a crash ends the pod anyway), and
     // the pod's start does not pay for a flush.
     f.write_all_at(&padded(b"")?, 0)

@@ -30,14 +30,14 @@ pub use status::{
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
 /// Formats Unix milliseconds as RFC 3339 UTC (`2024-05-01T12:00:00.123Z`) for humans.
 pub fn format_unix_ms(ms: u64) -> String {
     let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
+    let days = i64::try_from(secs / 86_400).expect("u64::MAX / 86_400_000 fits in i64");
     let rem = secs % 86_400;
     // Days to civil date (Howard Hinnant's algorithm), valid for every date after 1970.
     let z = days + 719_468;

@@ -110,7 +110,7 @@ impl Stage2Config {
         let digit = |c: u8| (c as char).to_digit(16);
         let bytes = hex
             .chunks(2)
-            .map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8))
+            .map(|p| u8::try_from(digit(p[0])? * 16 + digit(p[1])?).ok())
             .collect::<Option<Vec<u8>>>()
             .ok_or_else(|| format!("{STAGE2_CMDLINE_KEY}: not hex"))?;
         Self::from_json(&bytes)

@@ -3,6 +3,9 @@
 //! with stage1-ns; the differences are in `ark_stage1_ns::Isolation::Fly`.
 
 fn main() {
-    ark_os::fds::cloexec_inherited_or_exit("ark-stage1-fly");
-    std::process::exit(ark_stage1_ns::main(ark_stage1_ns::Isolation::Fly));
+    let code = match ark_os::fds::cloexec_inherited_or_report("ark-stage1-fly") {
+        Ok(()) => ark_stage1_ns::main(ark_stage1_ns::Isolation::Fly),
+        Err(code) => code,
+    };
+    std::process::exit(code);
 }

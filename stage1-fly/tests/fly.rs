@@ -83,7 +83,7 @@ fn sigterm_stops_apps_and_orphans_do_not_outlive_the_pod() {
         .parse()
         .unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid fits in pid_t")),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

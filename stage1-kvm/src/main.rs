@@ -32,7 +32,9 @@ const STOP_GRACE_SECS: u64 = 10;
 const STOP_SLACK: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
-    ark_os::fds::cloexec_inherited_or_exit("ark-stage1-kvm");
+    if let Err(code) = ark_os::fds::cloexec_inherited_or_report("ark-stage1-kvm") {
+        return exit_code(code);
+    }
     let RunArgs {
         pod_dir,
         debug,
@@ -45,14 +47,19 @@ fn main() -> ExitCode {
         .with_env_filter(if debug { "debug" } else { "warn" })
         .try_init();
     match run(&pod_dir, debug, interactive) {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Ok(code) => exit_code(code),
         Err(e) => {
             let msg = format!("{e:#}");
             eprintln!("ark-stage1-kvm: {msg}");
             record_failure(&pod_dir, &msg);
-            ExitCode::from(EXIT_STAGE1_ERROR as u8)
+            exit_code(EXIT_STAGE1_ERROR)
         }
     }
+}
+
+/// An exit status as the process can return it: out-of-range codes clamp to 0 or 255.
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).expect("clamped to 0..=255"))
 }
 
 fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {

@@ -103,13 +103,14 @@ pub fn plan(
     stage2.debug = debug;
 
     let mut vm = VmConfig::new(&host.kernel);
-    // Bounded by MAX_MEMORY_MIB (a u32) in guest_memory_mib.
-    vm.memory_mib = guest_memory_mib(manifest)? as u32;
+    vm.memory_mib = guest_memory_mib(manifest)?;
     // The pvm-compat kernel is built without SMP; elsewhere one vCPU per started CPU of --cpus.
     let cpu_millis = cpu_millis(manifest);
     vm.vcpus = match (host.profile, cpu_millis) {
         (Profile::PvmCompat, _) | (_, None) => 1,
-        (_, Some(m)) => m.div_ceil(1000).clamp(1, u64::from(vmm::config::MAX_VCPUS)) as u8,
+        (_, Some(m)) => u8::try_from(m.div_ceil(1000))
+            .unwrap_or(u8::MAX)
+            .clamp(1, vmm::config::MAX_VCPUS),
     };
     vm.serial = SerialConfig::Stdout;
     vm.rng = true;
@@ -215,14 +216,14 @@ pub fn kernel_cmdline(profile: Profile, debug: bool) -> String {
 }
 
 /// Sum of the apps' memory limits (or the pod's), plus a base for the guest itself.
-fn guest_memory_mib(m: &PodManifest) -> Result<u64, PlanError> {
+fn guest_memory_mib(m: &PodManifest) -> Result<u32, PlanError> {
     let apps: u64 = m.apps.iter().filter_map(|a| a.limits.memory_bytes).sum();
     let limits = m.limits.memory_bytes.map_or(apps, |p| p.max(apps));
     let mib = BASE_MEMORY_MIB + limits.div_ceil(1 << 20);
-    if mib > u64::from(vmm::config::MAX_MEMORY_MIB) {
-        return Err(PlanError::TooMuchMemory(mib));
-    }
-    Ok(mib)
+    u32::try_from(mib)
+        .ok()
+        .filter(|mib| *mib <= vmm::config::MAX_MEMORY_MIB)
+        .ok_or(PlanError::TooMuchMemory(mib))
 }
 
 fn cpu_millis(m: &PodManifest) -> Option<u64> {

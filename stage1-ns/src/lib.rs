@@ -74,6 +74,7 @@ fn keep_lock_from_children() {
 }
 
 /// A loaded, checked pod.
+#[derive(Debug)]
 pub struct Pod {
     pub layout: PodLayout,
     pub manifest: PodManifest,

@@ -169,14 +169,15 @@ fn loopback_up() -> Result<()> {
     // SAFETY: ifreq is plain old data; the name fits with its NUL.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
+        *d = libc::c_char::try_from(*s).expect("the name is ASCII");
     }
+    let up = libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP is 1");
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        req.ifr_ifru.ifru_flags |= up;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
             return Err(std::io::Error::last_os_error().into());
         }

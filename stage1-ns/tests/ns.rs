@@ -9,6 +9,11 @@ use ark_tests::fixtures::{pod, stderr, stdout, wait_for};
 use ark_tests::skip_unless_able;
 use serde_json::json;
 
+/// The pid of a child this test spawned, for kill(2).
+fn pid_of(child: &std::process::Child) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid fits in pid_t"))
+}
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ark-stage1-ns"))
 }
@@ -191,11 +196,7 @@ fn sigterm_stops_the_pod_gracefully() {
     assert!(wait_for(5, || p.layout.stage2_pid_file().exists()));
     assert!(!p.cgroups_left().is_empty());
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(pid_of(&child), nix::sys::signal::Signal::SIGTERM).unwrap();
     let t = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -287,7 +288,7 @@ fn a_stop_right_at_start_is_not_lost() {
         }
         let mut child = cmd.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let pid = pid_of(&child);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let ended = wait_for(15, || child.try_wait().unwrap().is_some());
         if !ended {

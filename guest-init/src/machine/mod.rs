@@ -45,17 +45,19 @@ pub fn power_off_on_panic() {
     }));
 }
 
-/// The pod's end: exit (ns/fly) or power the VM off (kvm). No host-wide sync() for ns/fly: the
-/// statuses are fsynced as written, the logs as each app's output ends
-/// (`OutputPipe::sync_log`). A VM syncs its own disks in power_off.
-pub fn end(on_exit: OnExit, ok: bool) -> ! {
+/// The pod's end: the code for `main` to exit with (ns/fly), or power the VM off (kvm, never
+/// returns). No host-wide sync() for ns/fly: the statuses are fsynced as written, the logs as
+/// each app's output ends (`OutputPipe::sync_log`). A VM syncs its own disks in power_off.
+pub fn end(on_exit: OnExit, ok: bool) -> i32 {
     match on_exit {
         OnExit::Reboot => power_off(),
-        OnExit::Exit => std::process::exit(if ok { 0 } else { 1 }),
+        OnExit::Exit => i32::from(!ok),
     }
 }
 
 /// Ends the VM: with `reboot=k` the reset reaches the VMM, which stops. Never returns.
+// PID 1's last resort, also called from the panic hook, where there is no main to return to.
+#[allow(clippy::exit)]
 pub fn power_off() -> ! {
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);

@@ -195,13 +195,17 @@ impl Pod {
     fn handle_signals(&mut self, sink: &mut dyn StatusSink) -> Result<()> {
         let mut reap = false;
         while let Some(info) = self.signals.fd.read_signal().context("read signalfd")? {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGCHLD) => reap = true,
-                Ok(_) => signal_all(
+            // Signals other than the set taken (none arrive here) are ignored.
+            let signal = i32::try_from(info.ssi_signo)
+                .ok()
+                .and_then(|n| Signal::try_from(n).ok());
+            match signal {
+                Some(Signal::SIGCHLD) => reap = true,
+                Some(_) => signal_all(
                     &self.sup.request_stop(Instant::now(), self.grace),
                     Signal::SIGTERM,
                 ),
-                Err(_) => {}
+                None => {}
             }
         }
         // SIGCHLDs coalesce, so always sweep every exited child.

@@ -86,6 +86,7 @@ pub fn connect_vsock(cid: u32, port: u32) -> io::Result<std::fs::File> {
     use nix::sys::socket::{
         connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, VsockAddr,
     };
+    use nix::sys::time::{TimeVal, TimeValLike};
     let mut last = None;
     for _ in 0..50 {
         let fd: OwnedFd = socket(
@@ -99,7 +100,8 @@ pub fn connect_vsock(cid: u32, port: u32) -> io::Result<std::fs::File> {
             &VsockAddr::new(cid, port),
         ) {
             Ok(()) => {
-                let tv = nix::sys::time::TimeVal::new(ACK_TIMEOUT.as_secs() as i64, 0);
+                let secs = i64::try_from(ACK_TIMEOUT.as_secs()).expect("ACK_TIMEOUT is 5 s");
+                let tv = TimeVal::seconds(secs);
                 setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?;
                 return Ok(std::fs::File::from(fd));
             }

@@ -7,13 +7,13 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// What a rule lets a process do with matching nodes (the cgroup v1 `rwm` letters; the bits
 /// are the kernel's `BPF_DEVCG_ACC_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Access(u32);
+pub struct Access(u8);
 
 impl Access {
     pub const MKNOD: Access = Access(1);
@@ -114,7 +114,8 @@ pub fn restrict_v1(dir: &Path, rules: &[DeviceRule]) -> io::Result<()> {
 /// cgroup v2: loads the allowlist program and attaches it to the cgroup directory `dir`. The
 /// attachment keeps the program alive; removing the cgroup detaches it.
 pub fn restrict_v2(dir: &Path, rules: &[DeviceRule]) -> io::Result<()> {
-    let prog = load_program(&program(rules))
+    let prog = program(rules)
+        .and_then(|p| load_program(&p))
         .map_err(|e| io::Error::new(e.kind(), format!("load the device cgroup program: {e}")))?;
     let cgroup = std::fs::File::open(dir).map_err(|e| super::ctx(dir, e))?;
     attach(&prog, &cgroup).map_err(|e| {
@@ -158,8 +159,17 @@ const JMP_EXIT: u8 = 0x95;
 /// The program: `struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; }` in r1,
 /// `access_type` = access << 16 | type. Loads type (r2), access (r3), major (r4), minor (r5),
 /// then one block per rule that jumps to the next block on any mismatch and returns 1 (allow)
-/// at its end; after the last block, 0 (deny).
-pub fn program(rules: &[DeviceRule]) -> Vec<Insn> {
+/// at its end; after the last block, 0 (deny). An error for a major or minor above
+/// `i32::MAX`: the 64-bit compare sign-extends the immediate, so such a rule could never match.
+pub fn program(rules: &[DeviceRule]) -> io::Result<Vec<Insn>> {
+    let imm = |what: &str, n: u32| {
+        i32::try_from(n).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("device {what} {n} is out of range for the device program"),
+            )
+        })
+    };
     let mut p = vec![
         insn(LDX_MEM_W, 2, 1, 0, 0),
         insn(ALU32_AND_K, 2, 0, 0, 0xffff),
@@ -175,28 +185,28 @@ pub fn program(rules: &[DeviceRule]) -> Vec<Insn> {
         if r.access != Access::ALL {
             // The access asked for must be a subset of the rule's: (asked & rule) == asked.
             block.push(insn(ALU32_MOV_X, 1, 3, 0, 0));
-            block.push(insn(ALU32_AND_K, 1, 0, 0, r.access.0 as i32));
+            block.push(insn(ALU32_AND_K, 1, 0, 0, i32::from(r.access.0)));
             block.push(insn(JMP_JNE_X, 1, 3, NEXT, 0));
         }
         if let Some(major) = r.major {
-            block.push(insn(JMP_JNE_K, 4, 0, NEXT, major as i32));
+            block.push(insn(JMP_JNE_K, 4, 0, NEXT, imm("major", major)?));
         }
         if let Some(minor) = r.minor {
-            block.push(insn(JMP_JNE_K, 5, 0, NEXT, minor as i32));
+            block.push(insn(JMP_JNE_K, 5, 0, NEXT, imm("minor", minor)?));
         }
         block.push(insn(ALU64_MOV_K, 0, 0, 0, 1));
         block.push(insn(JMP_EXIT, 0, 0, 0, 0));
         let len = block.len();
         for (i, ins) in block.iter_mut().enumerate() {
             if ins.off == NEXT {
-                ins.off = (len - i - 1) as i16;
+                ins.off = i16::try_from(len - i - 1).expect("a block has at most 6 instructions");
             }
         }
         p.extend(block);
     }
     p.push(insn(ALU64_MOV_K, 0, 0, 0, 0));
     p.push(insn(JMP_EXIT, 0, 0, 0, 0));
-    p
+    Ok(p)
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -235,6 +245,8 @@ struct ProgAttachAttr {
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    let size = libc::c_uint::try_from(std::mem::size_of::<T>())
+        .expect("a bpf_attr prefix is a few dozen bytes");
     // SAFETY: `attr` is a live, initialised #[repr(C)] prefix of union bpf_attr, and its size
     // is passed along; every pointer inside it points to memory the caller keeps alive.
     let r = unsafe {
@@ -242,7 +254,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
             libc::SYS_bpf,
             cmd,
             attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
+            size,
         )
     };
     if r < 0 {
@@ -256,13 +268,22 @@ fn load_program(insns: &[Insn]) -> io::Result<OwnedFd> {
     let license = CString::new("Apache-2.0").expect("no NUL");
     let mut name = [0u8; 16];
     name[..9].copy_from_slice(b"ark_devcg");
+    let insn_cnt = u32::try_from(insns.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a device program of {} instructions is too long",
+                insns.len()
+            ),
+        )
+    })?;
     let attr = |log: &mut Vec<u8>| ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-        insn_cnt: insns.len() as u32,
+        insn_cnt,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         log_level: u32::from(!log.is_empty()),
-        log_size: log.len() as u32,
+        log_size: u32::try_from(log.len()).expect("the verifier log buffer is 16 KiB"),
         log_buf: if log.is_empty() {
             0
         } else {
@@ -272,8 +293,13 @@ fn load_program(insns: &[Insn]) -> io::Result<OwnedFd> {
         ..Default::default()
     };
     match bpf(BPF_PROG_LOAD, &mut attr(&mut Vec::new())) {
-        // SAFETY: BPF_PROG_LOAD returned a new (close-on-exec) descriptor that we now own.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Ok(fd) => {
+            let fd = RawFd::try_from(fd).map_err(|_| {
+                io::Error::other(format!("BPF_PROG_LOAD returned {fd}, not a descriptor"))
+            })?;
+            // SAFETY: BPF_PROG_LOAD returned a new (close-on-exec) descriptor that we now own.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
         Err(e) => {
             // Again with the verifier's log, to say why.
             let mut log = vec![0u8; 16 * 1024];
@@ -292,13 +318,18 @@ fn load_program(insns: &[Insn]) -> io::Result<OwnedFd> {
 
 fn attach(prog: &OwnedFd, cgroup: &std::fs::File) -> io::Result<()> {
     let mut attr = ProgAttachAttr {
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
+        target_fd: fd_arg(cgroup),
+        attach_bpf_fd: fd_arg(prog),
         attach_type: BPF_CGROUP_DEVICE,
         attach_flags: BPF_F_ALLOW_MULTI,
         ..Default::default()
     };
     bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+}
+
+/// A descriptor as `union bpf_attr` carries it (`__u32`).
+fn fd_arg(fd: &impl AsRawFd) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("an open descriptor is non-negative")
 }
 
 #[cfg(test)]
@@ -328,7 +359,7 @@ mod tests {
     /// Runs the generated program on one request, as the kernel would (only the few
     /// instructions `program` emits are understood).
     fn eval(p: &[Insn], kind: DeviceKind, major: u32, minor: u32, access: Access) -> u64 {
-        let ctx = [(access.0 << 16) | kind as u32, major, minor];
+        let ctx = [(u32::from(access.0) << 16) | kind as u32, major, minor];
         let mut r = [0u64; 11];
         let mut pc = 0usize;
         loop {
@@ -336,13 +367,13 @@ mod tests {
             let (dst, src) = ((i.regs & 0xf) as usize, (i.regs >> 4) as usize);
             pc += 1;
             match i.code {
-                LDX_MEM_W => r[dst] = u64::from(ctx[i.off as usize / 4]),
-                ALU32_AND_K => r[dst] = u64::from(r[dst] as u32 & i.imm as u32),
-                ALU32_RSH_K => r[dst] = u64::from((r[dst] as u32) >> i.imm),
-                ALU32_MOV_X => r[dst] = u64::from(r[src] as u32),
-                ALU64_MOV_K => r[dst] = i.imm as i64 as u64,
-                JMP_JNE_K if r[dst] != i.imm as i64 as u64 => pc += i.off as usize,
-                JMP_JNE_X if r[dst] != r[src] => pc += i.off as usize,
+                LDX_MEM_W => r[dst] = u64::from(ctx[forward(i.off) / 4]),
+                ALU32_AND_K => r[dst] = u64::from(low32(r[dst]) & low32(imm64(i.imm))),
+                ALU32_RSH_K => r[dst] = u64::from(low32(r[dst]) >> i.imm),
+                ALU32_MOV_X => r[dst] = u64::from(low32(r[src])),
+                ALU64_MOV_K => r[dst] = imm64(i.imm),
+                JMP_JNE_K if r[dst] != imm64(i.imm) => pc += forward(i.off),
+                JMP_JNE_X if r[dst] != r[src] => pc += forward(i.off),
                 JMP_JNE_K | JMP_JNE_X => {}
                 JMP_EXIT => return r[0],
                 c => panic!("unexpected opcode {c:#x}"),
@@ -350,10 +381,25 @@ mod tests {
         }
     }
 
+    /// The low half of a register, as the ALU32 instructions see it.
+    fn low32(r: u64) -> u32 {
+        u32::try_from(r & u64::from(u32::MAX)).expect("masked to 32 bits")
+    }
+
+    /// An immediate sign-extended to 64 bits, as the 64-bit instructions see it.
+    fn imm64(imm: i32) -> u64 {
+        u64::from_ne_bytes(i64::from(imm).to_ne_bytes())
+    }
+
+    /// A load offset or jump, never negative in the programs `program` emits.
+    fn forward(off: i16) -> usize {
+        usize::try_from(off).expect("no backward offsets")
+    }
+
     #[test]
     fn program_allows_exactly_the_rules() {
         use DeviceKind::{Block, Char};
-        let p = program(&DEFAULT_ALLOWED);
+        let p = program(&DEFAULT_ALLOWED).unwrap();
         let rw = Access(Access::READ.0 | Access::WRITE.0);
         assert_eq!(eval(&p, Char, 1, 3, rw), 1, "null");
         assert_eq!(eval(&p, Char, 1, 9, Access::READ), 1, "urandom");
@@ -367,6 +413,16 @@ mod tests {
         assert_eq!(eval(&p, Char, 1, 3, Access(2 | 1)), 1);
         // Asking for read along with mknod of a disk is not a subset of `m`.
         assert_eq!(eval(&p, Block, 8, 0, Access(2 | 1)), 0);
-        assert_eq!(eval(&program(&[]), Char, 1, 3, Access::READ), 0);
+        assert_eq!(eval(&program(&[]).unwrap(), Char, 1, 3, Access::READ), 0);
+    }
+
+    #[test]
+    fn program_refuses_a_number_it_could_not_compare() {
+        let err = program(&[char_dev(1 << 31, None, Access::ALL)]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("major 2147483648"), "{err}");
+        let minor = char_dev(1, Some(u32::MAX), Access::ALL);
+        assert!(program(&[minor]).is_err());
+        assert!(program(&[char_dev(4095, Some((1 << 20) - 1), Access::ALL)]).is_ok());
     }
 }
