@@ -26,14 +26,6 @@ pub fn cloexec_inherited_or_report(prog: &str) -> Result<(), i32> {
     })
 }
 
-/// [`cloexec_inherited_or_report`], exiting with its code: for a `main` that returns `()`.
-#[allow(clippy::exit)] // called first thing in main: nothing has started that exiting would cut short
-pub fn cloexec_inherited_or_exit(prog: &str) {
-    if let Err(code) = cloexec_inherited_or_report(prog) {
-        std::process::exit(code);
-    }
-}
-
 /// Marks every open fd >= `first` close-on-exec: `close_range(CLOSE_RANGE_CLOEXEC)` (Linux
 /// 5.11), else each fd listed in `/proc/self/fd`.
 pub fn cloexec_from(first: libc::c_uint) -> io::Result<()> {

@@ -217,9 +217,14 @@ pub fn kernel_cmdline(profile: Profile, debug: bool) -> String {
 
 /// Sum of the apps' memory limits (or the pod's), plus a base for the guest itself.
 fn guest_memory_mib(m: &PodManifest) -> Result<u32, PlanError> {
-    let apps: u64 = m.apps.iter().filter_map(|a| a.limits.memory_bytes).sum();
+    // Saturating: manifest values are not trusted to be small; too much is refused below.
+    let apps = m
+        .apps
+        .iter()
+        .filter_map(|a| a.limits.memory_bytes)
+        .fold(0u64, u64::saturating_add);
     let limits = m.limits.memory_bytes.map_or(apps, |p| p.max(apps));
-    let mib = BASE_MEMORY_MIB + limits.div_ceil(1 << 20);
+    let mib = BASE_MEMORY_MIB.saturating_add(limits.div_ceil(1 << 20));
     u32::try_from(mib)
         .ok()
         .filter(|mib| *mib <= vmm::config::MAX_MEMORY_MIB)
@@ -271,6 +276,20 @@ mod tests {
             profile,
             kernel: PathBuf::from("/k/vmlinux"),
         }
+    }
+
+    /// Memory limits that overflow a u64 when summed are refused as too much memory, not a
+    /// panic (debug) or a wrapped, small guest (release).
+    #[test]
+    fn overflowing_memory_limits_are_too_much_memory() {
+        let mut m = manifest("");
+        for a in &mut m.apps {
+            a.limits.memory_bytes = Some(u64::MAX - 1);
+        }
+        assert!(matches!(
+            guest_memory_mib(&m),
+            Err(PlanError::TooMuchMemory(_))
+        ));
     }
 
     #[test]

@@ -187,7 +187,9 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 }
 
 fn main() {
-    ark_os::fds::cloexec_inherited_or_exit("ark-vmm");
+    if let Err(code) = ark_os::fds::cloexec_inherited_or_report("ark-vmm") {
+        std::process::exit(code);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ARK_VMM_LOG")
