@@ -10,6 +10,8 @@ pub mod manifest;
 pub mod stage1;
 pub mod stage2;
 pub mod status;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 
 pub use layout::{guest, PodLayout};
 pub use manifest::{

@@ -154,35 +154,7 @@ impl StatusMessage {
 mod tests {
     use super::*;
 
-    fn manifest(apps: &[&str]) -> PodManifest {
-        let apps: Vec<String> = apps
-            .iter()
-            .map(|a| format!(r#"{{"name":"{a}","image":{{"id":"sha256:x"}},"exec":["true"]}}"#))
-            .collect();
-        PodManifest::from_json(
-            format!(
-                r#"{{"version":1,"uuid":"ab12","apps":[{}],"stage1":{{"flavor":"ns"}}}}"#,
-                apps.join(",")
-            )
-            .as_bytes(),
-        )
-        .unwrap()
-    }
-
-    fn exited(app: &str, code: Option<i32>, sig: Option<i32>) -> AppStatus {
-        AppStatus {
-            app: app.into(),
-            state: AppState::Exited,
-            pid: Some(2),
-            exit_code: code,
-            signal: sig,
-            oom_killed: false,
-            error: None,
-            started_at: Some(1),
-            finished_at: Some(2),
-        }
-    }
-
+    use crate::test_support::{exited, manifest};
     #[test]
     fn exit_code_rules() {
         let m = manifest(&["a", "b", "c"]);
