@@ -8,6 +8,7 @@ pub mod identity;
 pub mod inroot;
 pub mod mountinfo;
 pub mod status_dir;
+pub mod tap;
 
 pub use atomic::{write_atomic, write_atomic_volatile};
 pub use status_dir::StatusDir;

@@ -15,6 +15,8 @@
 //!   status/<app>.json          AppStatus per app (guest-init via the stage1's transport)
 //!   status/pod.json            PodExit once the pod ended (the stage1)
 //!   status/stage2.pid          ns/fly: host pid of guest-init while it runs (the stage1)
+//!   net/netns                  the pod's network namespace, bind-mounted (the stage1; CNI pods)
+//!   net/state.json             PodNetworkState: what CNI attached, for teardown (the stage1)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -75,6 +77,18 @@ impl PodLayout {
     }
     pub fn stage2_pid_file(&self) -> PathBuf {
         self.status_dir().join("stage2.pid")
+    }
+    /// Pod networking's directory (CNI pods only).
+    pub fn net_dir(&self) -> PathBuf {
+        self.dir.join("net")
+    }
+    /// The pod's network namespace, an nsfs bind mount (see [`crate::net`]).
+    pub fn netns(&self) -> PathBuf {
+        self.net_dir().join("netns")
+    }
+    /// [`crate::net::PodNetworkState`].
+    pub fn network_state(&self) -> PathBuf {
+        self.net_dir().join("state.json")
     }
     /// A guest path (absolute, as guest-init sees it) mapped into the stage1 root on the host.
     pub fn in_root(&self, guest_path: &str) -> PathBuf {

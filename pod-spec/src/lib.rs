@@ -7,6 +7,7 @@
 //! The human-readable version of this contract is `docs/pod-manifest.md`; keep both in step.
 pub mod layout;
 pub mod manifest;
+pub mod net;
 pub mod stage1;
 pub mod stage2;
 pub mod status;

@@ -49,6 +49,10 @@ pub struct Stage2Config {
     /// Seconds between SIGTERM and SIGKILL when the pod is stopped by a signal to guest-init.
     #[serde(default = "default_grace")]
     pub stop_grace_secs: u64,
+    /// kvm: the NICs and routes guest-init configures (netlink) before any app starts; `lo`
+    /// comes up whenever guest-init has its own network namespace, with or without this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::GuestNetwork>,
     /// Chatty logs on stderr.
     #[serde(default)]
     pub debug: bool,
@@ -73,6 +77,7 @@ impl Stage2Config {
             app_cgroups: Vec::new(),
             create_app_cgroups: false,
             stop_grace_secs: default_grace(),
+            network: None,
             debug: false,
         }
     }
