@@ -3,6 +3,7 @@
 //! Plain libc/nix/rustix/caps, so it builds for the musl guest-init too.
 pub mod atomic;
 pub mod cgroup;
+pub mod escape;
 pub mod fds;
 pub mod identity;
 pub mod inroot;

@@ -8,6 +8,7 @@
 pub mod layout;
 pub mod manifest;
 pub mod net;
+pub mod pod_net;
 pub mod stage1;
 pub mod stage2;
 pub mod status;
@@ -20,8 +21,11 @@ pub use manifest::{
     PodLimits, PodManifest, Rlimit, Stage1, Stage1Options, Volume, VolumeKind,
     DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES, MANIFEST_VERSION,
 };
+pub use pod_net::{
+    DnsSource, HostsEntry, NetworkRef, PodDns, PortForward, Protocol, DEFAULT_NETWORK,
+};
 pub use stage2::{
-    AppCgroup, ControlCommand, ControlTransport, OnExit, Stage2Config, Stage2Mount,
+    AppCgroup, ControlCommand, ControlTransport, EtcFiles, OnExit, Stage2Config, Stage2Mount,
     StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
 };
 pub use status::{

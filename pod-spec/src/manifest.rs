@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::pod_net::NetMode;
+use crate::pod_net::{HostsEntry, PodDns, PortForward};
+
 /// The only manifest version this build reads and writes.
 pub const MANIFEST_VERSION: u32 = 1;
 
@@ -44,6 +47,24 @@ pub struct PodManifest {
     pub stage1: Stage1,
     #[serde(default)]
     pub net: NetMode,
+    /// Host ports forwarded into the pod (CNI networks only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortForward>,
+    /// Where the apps' `/etc/resolv.conf` comes from.
+    #[serde(default, skip_serializing_if = "PodDns::is_empty")]
+    pub dns: PodDns,
+    /// Lines added to every app's `/etc/hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts_entries: Vec<HostsEntry>,
+    /// Start every app's `/etc/hosts` from the host's instead of the image's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hosts_from_host: bool,
+    /// Where CNI network configs are read (absent: `/etc/ark/net.d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_config_dir: Option<String>,
+    /// Where CNI plugins are looked up, in order (empty: `/usr/lib/cni`, `/opt/cni/bin`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cni_plugin_dirs: Vec<String>,
     /// Limits on the pod as a whole (the pod cgroup; for kvm also the VM's size).
     #[serde(default)]
     pub limits: PodLimits,
@@ -155,15 +176,6 @@ impl std::str::FromStr for Flavor {
             _ => Err(format!("unknown stage1 flavor {s:?} (want kvm, ns or fly)")),
         }
     }
-}
-
-/// Networking: `none` = a fresh network namespace with only loopback; `host` = the host's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetMode {
-    None,
-    #[default]
-    Host,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -633,6 +645,22 @@ impl PodManifest {
         }
         if interactive > 1 {
             return Err(err("apps", "at most one app can be interactive"));
+        }
+        crate::pod_net::validate(
+            &self.net,
+            &self.ports,
+            &self.dns,
+            &self.hosts_entries,
+            is_hostname,
+        )
+        .map_err(|(f, r)| err(f, r))?;
+        for d in self.net_config_dir.iter().chain(&self.cni_plugin_dirs) {
+            if !is_clean_absolute(d) {
+                return Err(err(
+                    "cni",
+                    format!("{d:?} must be an absolute path without '..'"),
+                ));
+            }
         }
         Ok(())
     }

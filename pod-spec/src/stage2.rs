@@ -53,6 +53,9 @@ pub struct Stage2Config {
     /// comes up whenever guest-init has its own network namespace, with or without this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::net::GuestNetwork>,
+    /// The DNS and hosts files guest-init writes into every app's `/etc`.
+    #[serde(default, skip_serializing_if = "EtcFiles::is_empty")]
+    pub etc: EtcFiles,
     /// Chatty logs on stderr.
     #[serde(default)]
     pub debug: bool,
@@ -78,6 +81,7 @@ impl Stage2Config {
             create_app_cgroups: false,
             stop_grace_secs: default_grace(),
             network: None,
+            etc: EtcFiles::default(),
             debug: false,
         }
     }
@@ -119,6 +123,28 @@ impl Stage2Config {
             .collect::<Option<Vec<u8>>>()
             .ok_or_else(|| format!("{STAGE2_CMDLINE_KEY}: not hex"))?;
         Self::from_json(&bytes)
+    }
+}
+
+/// What guest-init writes into each app's `/etc` besides `/etc/hostname` (made by the stage1
+/// from the manifest and the network state: `ark_net::etc_files`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcFiles {
+    /// The whole `/etc/resolv.conf`; absent: the image's file stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<String>,
+    /// The `/etc/hosts` to start from instead of the image's (the host's, `--hosts-entry=host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_base: Option<String>,
+    /// Lines appended to `/etc/hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts_entries: Vec<crate::pod_net::HostsEntry>,
+}
+
+impl EtcFiles {
+    pub fn is_empty(&self) -> bool {
+        *self == EtcFiles::default()
     }
 }
 
