@@ -18,7 +18,8 @@
 //!     hostname: None,
 //!     interactive: false,
 //!     uuid_file_save: None,
-//!     net: ark_pod_spec::NetMode::None,
+//!     net: Some(ark_pod_spec::NetMode::None),
+//!     network: Default::default(),
 //!     annotations: vec![],
 //!     apps: vec![AppSpec {
 //!         image: "docker://registry.example/app:1".into(),

@@ -102,6 +102,7 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
     let ctx = app::ChildContext {
         pod_uuid: &cfg.pod_uuid,
         hostname: cfg.hostname.as_deref(),
+        etc: &cfg.etc,
         debug: cfg.debug,
     };
     pod.start_apps(&plans, &ctx, sink)?;

@@ -115,10 +115,6 @@ pub mod guest {
     pub fn app_log(app: &str) -> String {
         format!("{LOG_DIR}/{app}.log")
     }
-    /// The resolver config a stage1 gives apps on the host network (guest-init copies it to
-    /// each app's `/etc/resolv.conf`).
-    pub const RESOLV_CONF: &str = "/ark/resolv.conf";
-
     pub fn volume_dir(volume: &str) -> String {
         format!("/ark/volumes/{volume}")
     }

@@ -36,6 +36,8 @@ fn image(rootfs: &Path) -> ImageInfo {
         user: None,
         working_dir: None,
         rootfs: rootfs.to_path_buf(),
+        exposed_ports: vec!["80/tcp".into()],
+        port_names: Default::default(),
     }
 }
 
@@ -45,6 +47,7 @@ fn req(flavor: Flavor) -> PodRequest {
         volumes: vec![],
         hostname: None,
         net: NetMode::Host,
+        net_options: Default::default(),
         interactive: false,
         kvm_root: KvmRoot::Fs,
         blk_fstype: "erofs",

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::bail;
 use ark::pod::lifecycle::{self, Durability, PrepareRequest};
 use ark::pod::plan::KvmRoot;
-use ark::pod::{gc, info, stop};
+use ark::pod::{gc, info, net, stop};
 use ark::Context as Ctx;
-use ark_pod_spec::{format_unix_ms, Flavor, NetMode};
+use ark_pod_spec::{format_unix_ms, Flavor};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::apps::{split_apps, AppFlags};
@@ -56,24 +56,6 @@ impl From<Stage1Flavor> for Flavor {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum Net {
-    /// A network namespace with only loopback.
-    None,
-    /// The host's network.
-    #[default]
-    Host,
-}
-
-impl From<Net> for NetMode {
-    fn from(n: Net) -> NetMode {
-        match n {
-            Net::None => NetMode::None,
-            Net::Host => NetMode::Host,
-        }
-    }
-}
-
 /// How `--stage1-kvm-root` asks stage1-kvm to hand the pod root to the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Stage1KvmRoot {
@@ -113,9 +95,41 @@ pub struct PrepareArgs {
     /// Write the pod's UUID to this file.
     #[arg(long = "uuid-file-save")]
     pub uuid_file_save: Option<PathBuf>,
-    /// Networking: none (loopback only) or host.
-    #[arg(long, value_enum, default_value_t = Net::Host)]
-    pub net: Net,
+    /// Networking: default (NAT, rkt's; the ns default), none (loopback only), host (ns and
+    /// fly; the fly and, for now, kvm default), or CNI networks NAME[:ARGS][,NAME...] from
+    /// --net-config-dir.
+    #[arg(long, value_name = "NET")]
+    pub net: Vec<String>,
+    /// Where CNI network configs are read (default /etc/ark/net.d).
+    #[arg(long = "net-config-dir", value_name = "DIR")]
+    pub net_config_dir: Option<PathBuf>,
+    /// Where CNI plugins are looked up, repeatable (default /usr/lib/cni, /opt/cni/bin).
+    #[arg(long = "cni-plugin-dir", value_name = "DIR")]
+    pub cni_plugin_dir: Vec<PathBuf>,
+    /// Forward a host port to a port the image declares: NAME:[HOSTIP:]HOSTPORT (repeatable;
+    /// NAME as the image names it, or PORT-PROTO such as 80-tcp).
+    #[arg(long = "port", value_name = "NAME:[HOSTIP:]HOSTPORT")]
+    pub port: Vec<String>,
+    /// Forward a host port into the pod: [HOSTIP:]HOSTPORT:PODPORT[/PROTO] (repeatable).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:PODPORT[/PROTO]"
+    )]
+    pub publish: Vec<String>,
+    /// A DNS server for the apps' resolv.conf (repeatable), or host (the host's file), or
+    /// none (the image's).
+    #[arg(long = "dns", value_name = "IP|host|none")]
+    pub dns: Vec<String>,
+    /// A DNS search domain (repeatable).
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// A resolv.conf option (repeatable), e.g. ndots:2.
+    #[arg(long = "dns-opt", value_name = "OPTION")]
+    pub dns_opt: Vec<String>,
+    /// An /etc/hosts entry HOST=IP (repeatable), or host to start from the host's /etc/hosts.
+    #[arg(long = "hosts-entry", value_name = "HOST=IP|host")]
+    pub hosts_entry: Vec<String>,
     /// A pod annotation, KEY=VALUE (repeatable; a key given again replaces its value, as in podman).
     #[arg(long = "annotation", value_name = "KEY=VALUE")]
     pub annotation: Vec<String>,
@@ -221,7 +235,43 @@ fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
     ark::pod::units::parse_duration(s)
 }
 
+fn invalid(e: String) -> anyhow::Error {
+    ark::pod::error::Invalid(e).into()
+}
+
 impl PrepareArgs {
+    fn net_options(&self) -> Result<net::NetOptions, String> {
+        let dir = |d: &PathBuf| {
+            let s = d.to_string_lossy().into_owned();
+            if ark_pod_spec::manifest::is_clean_absolute(&s) {
+                Ok(s)
+            } else {
+                Err(format!(
+                    "{}: want an absolute path without '..'",
+                    d.display()
+                ))
+            }
+        };
+        let (hosts_entries, hosts_from_host) = net::parse_hosts_entries(&self.hosts_entry)?;
+        Ok(net::NetOptions {
+            ports: self
+                .port
+                .iter()
+                .map(|p| net::parse_named_port(p))
+                .chain(self.publish.iter().map(|p| net::parse_publish(p)))
+                .collect::<Result<_, _>>()?,
+            dns: net::parse_dns(&self.dns, &self.dns_search, &self.dns_opt)?,
+            hosts_entries,
+            hosts_from_host,
+            config_dir: self.net_config_dir.as_ref().map(dir).transpose()?,
+            plugin_dirs: self
+                .cni_plugin_dir
+                .iter()
+                .map(dir)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
     /// The library's request: the app words split into apps (a bad one is a one-line error).
     fn request(&self) -> anyhow::Result<PrepareRequest> {
         let apps = split_apps(&self.images, &self.app_defaults).map_err(|e| anyhow::anyhow!(e))?;
@@ -232,7 +282,11 @@ impl PrepareArgs {
             hostname: self.hostname.clone(),
             interactive: self.interactive,
             uuid_file_save: self.uuid_file_save.clone(),
-            net: self.net.into(),
+            net: (!self.net.is_empty())
+                .then(|| net::parse_net(&self.net))
+                .transpose()
+                .map_err(invalid)?,
+            network: self.net_options().map_err(invalid)?,
             annotations: self.annotation.clone(),
             apps,
         })
@@ -461,10 +515,36 @@ mod tests {
             panic!()
         };
         assert_eq!(a.stage1_kvm_root, Stage1KvmRoot::Blk);
-        assert_eq!(a.net, Net::None);
+        assert_eq!(a.net, ["none"]);
         assert!(a.interactive);
         assert_eq!(a.volume, ["d,kind=host,source=/tmp"]);
         assert_eq!(a.images, ["img"]);
+        let PodCommand::Run(a) = parse(&[
+            "run",
+            "--stage1=ns",
+            "--net=default",
+            "--port=80-tcp:127.0.0.1:8080",
+            "-p",
+            "9090:90/udp",
+            "--dns=1.1.1.1",
+            "--dns-search=example.org",
+            "--dns-opt=ndots:2",
+            "--hosts-entry=db=10.0.0.2",
+            "--net-config-dir=/etc/x",
+            "--cni-plugin-dir=/usr/lib/cni",
+            "img",
+        ]) else {
+            panic!()
+        };
+        let o = a.net_options().unwrap();
+        assert_eq!(o.ports.len(), 2);
+        assert_eq!(o.dns.servers.len(), 1);
+        assert_eq!(o.hosts_entries[0].host, "db");
+        assert_eq!(o.config_dir.as_deref(), Some("/etc/x"));
+        let PodCommand::Run(a) = parse(&["run", "--net-config-dir=rel", "img"]) else {
+            panic!()
+        };
+        assert!(a.net_options().is_err());
     }
 
     #[test]

@@ -214,6 +214,16 @@ pub fn image_config(manifest: &[u8]) -> anyhow::Result<ImageConfig> {
                 Some(format!("{port}/{proto}"))
             })
             .collect();
+        out.port_names = app
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let name = p.get("name")?.as_str()?;
+                let port = p.get("port")?.as_u64()?;
+                let proto = p.get("protocol").and_then(|v| v.as_str()).unwrap_or("tcp");
+                Some((name.to_string(), format!("{port}/{proto}")))
+            })
+            .collect();
     }
     Ok(out)
 }

@@ -90,6 +90,9 @@ pub struct ImageConfig {
     pub working_dir: Option<String>,
     /// Ports the image says it listens on (`80/tcp`).
     pub exposed_ports: Vec<String>,
+    /// An ACI's port names (`http` → `80/tcp`), for `--port=NAME:...`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_names: BTreeMap<String, String>,
     pub stop_signal: Option<String>,
     /// OCI config labels; for an ACI, its labels (version, os, arch, ...).
     pub labels: BTreeMap<String, String>,

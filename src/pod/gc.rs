@@ -23,6 +23,8 @@ fn destroy(store: &PodStore, mut pod: LockedPod, cgroups: &Cgroups) -> anyhow::R
         pod.move_to(store, PodState::Garbage)?;
     }
     let uuid = pod.pod.uuid.to_string();
+    // The stage1 may have died before its own teardown (kill -9): DEL, netns, state.
+    super::net::teardown(&pod.pod.path).map_err(|e| anyhow::anyhow!("pod {uuid}: {e:#}"))?;
     cgroups
         .remove_pod(&uuid)
         .map_err(|e| anyhow::anyhow!("pod {uuid}: cgroups: {e}"))?;

@@ -47,6 +47,8 @@ pub fn resolve(
             user: config.user,
             working_dir: config.working_dir,
             rootfs,
+            exposed_ports: config.exposed_ports,
+            port_names: config.port_names,
         });
     }
     Ok((out, holds))

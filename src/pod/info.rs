@@ -44,6 +44,12 @@ pub struct PodSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub apps: Vec<AppSummary>,
+    /// What the pod's networks attached (from `net/state.json`, while it is there).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<ark_pod_spec::net::Attachment>,
+    /// The manifest's port forwards.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ark_pod_spec::PortForward>,
 }
 
 fn mtime_ms(p: &Path) -> Option<u64> {
@@ -102,6 +108,17 @@ pub fn summarize(store: &PodStore, pod: &PodRef) -> anyhow::Result<PodSummary> {
         exit_code: exit.as_ref().map(|e| e.exit_code),
         reason: exit.as_ref().and_then(|e| e.reason.clone()),
         apps,
+        networks: match ark_net::read_state(&layout) {
+            Ok(s) => s.map(|s| s.attachments).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("pod {}: {e}", pod.uuid);
+                Vec::new()
+            }
+        },
+        ports: manifest
+            .as_ref()
+            .map(|m| m.ports.clone())
+            .unwrap_or_default(),
     };
     if exited && exit.is_none() {
         // The stage1 died before writing pod.json (kill -9, crash): say so; apps without a
@@ -155,6 +172,30 @@ pub fn status_text(s: &PodSummary) -> String {
     }
     if let Some(r) = &s.reason {
         kv("reason", r.clone());
+    }
+    for n in &s.networks {
+        let addrs: Vec<String> = n
+            .interface
+            .addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        kv(
+            &format!("network-{}", n.network),
+            format!("{} {}", n.interface.name, addrs.join(",")),
+        );
+    }
+    for (i, p) in s.ports.iter().enumerate() {
+        let host = p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+        kv(
+            &format!("port-{i}"),
+            format!(
+                "{host}{}->{}/{}",
+                p.host_port,
+                p.pod_port,
+                p.protocol.as_str()
+            ),
+        );
     }
     for a in &s.apps {
         let Some(st) = &a.status else {
@@ -272,6 +313,24 @@ mod tests {
                     status: None,
                 },
             ],
+            networks: vec![ark_pod_spec::net::Attachment {
+                network: "default".into(),
+                interface: ark_pod_spec::net::Interface {
+                    name: "eth0".into(),
+                    mac: ark_pod_spec::net::Mac([2, 0, 0, 0, 0, 1]),
+                    mtu: None,
+                    addresses: vec!["172.16.28.5/24".parse().unwrap()],
+                },
+                routes: vec![],
+                dns: Default::default(),
+            }],
+            ports: vec![ark_pod_spec::PortForward {
+                name: None,
+                host_ip: Some("127.0.0.1".parse().unwrap()),
+                host_port: 8080,
+                pod_port: 80,
+                protocol: ark_pod_spec::Protocol::Tcp,
+            }],
         };
         let t = status_text(&s);
         for line in [
@@ -283,6 +342,8 @@ mod tests {
             "app-web-signal=9",
             "app-web-oom-killed=true",
             "created=1970-01-01T00:00:00.000Z",
+            "network-default=eth0 172.16.28.5/24",
+            "port-0=127.0.0.1:8080->80/tcp",
         ] {
             assert!(t.lines().any(|l| l == line), "{line} missing in\n{t}");
         }

@@ -31,7 +31,10 @@ pub struct PrepareRequest {
     pub interactive: bool,
     /// Write the pod's UUID to this file.
     pub uuid_file_save: Option<PathBuf>,
-    pub net: NetMode,
+    /// `None`: the flavor's default ([`super::net::default_mode`]).
+    pub net: Option<NetMode>,
+    /// Ports, DNS, hosts entries, CNI directories.
+    pub network: super::net::NetOptions,
     /// `KEY=VALUE` each; a key given again replaces its value.
     pub annotations: Vec<String>,
     pub apps: Vec<AppSpec>,
@@ -82,13 +85,19 @@ pub fn prepare(
 
         // Cheap checks first: a typo should not wait for an image download.
         super::plan::precheck(&a.volumes, apps).map_err(Invalid)?;
+        let net = a
+            .net
+            .clone()
+            .unwrap_or_else(|| super::net::default_mode(flavor));
+        super::net::check_mode(flavor, &net, a.net.is_some()).map_err(Invalid)?;
         let (images, render_holds) = super::images::resolve(ctx, apps)?;
         let uuid = Uuid::new_v4();
         let req = PodRequest {
             flavor,
             volumes: a.volumes.clone(),
             hostname: a.hostname.clone(),
-            net: a.net,
+            net: net.clone(),
+            net_options: a.network.clone(),
             interactive: a.interactive,
             kvm_root: a.kvm_root,
             blk_fstype,
@@ -102,6 +111,12 @@ pub fn prepare(
                 .collect::<Result<_, Invalid>>()?,
         };
         let manifest = build_manifest(&uuid.to_string(), &req, apps, &images).map_err(Invalid)?;
+        // Every network's config loads and its plugins exist, before a pod directory does.
+        if !manifest.net.networks().is_empty() {
+            ark_net::NetRequest::from_manifest(&manifest)
+                .check()
+                .map_err(|e| Invalid(e.to_string()))?;
+        }
 
         let store = super::open_store(ctx)?;
         let mut pod = store.create(uuid)?;

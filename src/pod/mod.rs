@@ -13,6 +13,7 @@ pub mod gc;
 pub mod images;
 pub mod info;
 pub mod lifecycle;
+pub mod net;
 pub mod plan;
 pub mod rootfs;
 pub mod stop;

@@ -31,6 +31,10 @@ pub struct ImageInfo {
     pub working_dir: Option<String>,
     /// The rendered rootfs (render cache; read-only).
     pub rootfs: PathBuf,
+    /// Ports the image declares (`80/tcp`).
+    pub exposed_ports: Vec<String>,
+    /// An ACI's port names (`http` → `80/tcp`).
+    pub port_names: BTreeMap<String, String>,
 }
 
 /// How `--stage1-kvm-root` asks stage1-kvm to hand the pod root to the guest.
@@ -50,6 +54,8 @@ pub struct PodRequest {
     pub volumes: Vec<String>,
     pub hostname: Option<String>,
     pub net: NetMode,
+    /// Ports, DNS, hosts entries, CNI directories.
+    pub net_options: super::net::NetOptions,
     pub interactive: bool,
     pub kvm_root: KvmRoot,
     /// Filesystem type of the block image when `kvm_root` is `Blk` (`erofs` or `ext4`).
@@ -442,7 +448,13 @@ pub fn build_manifest(
             flavor: req.flavor,
             options: stage1_options,
         },
-        net: req.net,
+        net: req.net.clone(),
+        ports: super::net::resolve_ports(&req.net_options.ports, images)?,
+        dns: req.net_options.dns.clone(),
+        hosts_entries: req.net_options.hosts_entries.clone(),
+        hosts_from_host: req.net_options.hosts_from_host,
+        net_config_dir: req.net_options.config_dir.clone(),
+        cni_plugin_dirs: req.net_options.plugin_dirs.clone(),
         limits,
     };
     manifest.validate().map_err(|e| e.to_string())?;

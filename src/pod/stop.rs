@@ -78,6 +78,10 @@ fn stop_one(store: &PodStore, id: &str, force: bool, timeout: Duration) -> anyho
     if !wait_unlocked(store, &pod, Duration::from_secs(10))? {
         bail!("pod {uuid} is still running after SIGKILL");
     }
-    store.reap_if_exited(&store.refind(&pod.uuid)?)?;
+    let exited = store.reap_if_exited(&store.refind(&pod.uuid)?)?;
+    // A killed stage1 never tore its network down.
+    if let Some(locked) = store.try_lock(&exited)? {
+        super::net::teardown(&locked.pod.path)?;
+    }
     Ok(uuid)
 }

@@ -179,6 +179,13 @@ pub fn run(iso: Isolation, pod_dir: &Path, debug: bool) -> Result<i32> {
 
     let cgroups = Cgroups::detect();
     let result = run_pod(iso, &pod, &cgroups, debug);
+    // Every way out of the pod (apps done, a stop, a failed start) passes here; a stage1
+    // killed before this is cleaned up by stage0 (`ark stop`, `rm`, `gc`).
+    if !pod.manifest.net.networks().is_empty() {
+        if let Err(e) = ark_net::teardown(&pod.layout) {
+            eprintln!("{}: {e}", iso.prog());
+        }
+    }
     let _ = std::fs::remove_file(pod.layout.stage2_pid_file());
     let cleanup = cgroups.remove_pod(&pod.manifest.uuid);
     let reason = match &result {
@@ -204,20 +211,16 @@ fn run_pod(iso: Isolation, pod: &Pod, cgroups: &Cgroups, debug: bool) -> Result<
     let pod_cgroups = cgroups
         .create_confined_pod(&pod.manifest, &DEFAULT_ALLOWED)
         .context("create pod cgroups")?;
-    let cfg = stage2_config(iso, &pod.manifest, &pod_cgroups, debug);
-    if pod.manifest.net == ark_pod_spec::NetMode::Host {
-        // Apps on the host's network resolve names as the host does (a missing file is fine).
-        if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
-            ark_os::write_atomic_volatile(&pod.layout.in_root(guest::RESOLV_CONF), &resolv)
-                .context("write resolv.conf")?;
-        }
-    }
+    let mut cfg = stage2_config(iso, &pod.manifest, &pod_cgroups, debug);
+    let net = pod_network(iso, pod)?;
+    cfg.etc = ark_net::etc_files(&pod.manifest, net.as_ref().map(|(s, _)| s));
     ark_os::write_atomic_volatile(&pod.layout.stage2_config(), &cfg.to_json())
         .context("write stage2 config")?;
 
     let signals = forwarded_signals();
     signals.thread_block().context("block signals")?;
-    let child = spawn::spawn_stage2(iso, pod, &pod_cgroups)?;
+    let child = spawn::spawn_stage2(iso, pod, &pod_cgroups, net.as_ref().map(|(_, fd)| fd))?;
+    drop(net);
     ark_os::write_atomic_volatile(
         &pod.layout.stage2_pid_file(),
         child.as_raw().to_string().as_bytes(),
@@ -233,6 +236,27 @@ fn run_pod(iso: Isolation, pod: &Pod, cgroups: &Cgroups, debug: bool) -> Result<
         WaitStatus::Signaled(_, s, _) => Some(format!("stage2 was killed by {s}")),
         other => Some(format!("stage2 ended: {other:?}")),
     })
+}
+
+/// For CNI networks: the pod's network namespace, attached to each network (ark-net), and an
+/// fd of it for guest-init to join.
+fn pod_network(
+    iso: Isolation,
+    pod: &Pod,
+) -> Result<Option<(ark_pod_spec::net::PodNetworkState, std::os::fd::OwnedFd)>> {
+    if pod.manifest.net.networks().is_empty() {
+        return Ok(None);
+    }
+    if iso == Isolation::Fly {
+        bail!("a fly pod shares the host's network namespace: CNI networks need --stage1=ns");
+    }
+    let state = ark_net::setup(
+        &pod.layout,
+        &ark_net::NetRequest::from_manifest(&pod.manifest),
+    )?;
+    let fd = std::fs::File::open(pod.layout.netns())
+        .with_context(|| format!("open {}", pod.layout.netns().display()))?;
+    Ok(Some((state, fd.into())))
 }
 
 /// Waits for stage2, turning SIGTERM/SIGINT/SIGHUP into a SIGTERM to it (a graceful stop:

@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +18,14 @@ use crate::{Isolation, Pod};
 
 /// Forks guest-init, with the caller's signal mask (see the end of [`child`]). For ns the child is PID 1 of a new pid namespace (this process unshares
 /// CLONE_NEWPID first, which affects only its children).
-pub fn spawn_stage2(iso: Isolation, pod: &Pod, cgroups: &PodCgroups) -> Result<Pid> {
+/// `netns`: the pod's network namespace to join (CNI pods); otherwise `none` gets a fresh one
+/// and `host` keeps the host's.
+pub fn spawn_stage2(
+    iso: Isolation,
+    pod: &Pod,
+    cgroups: &PodCgroups,
+    netns: Option<&OwnedFd>,
+) -> Result<Pid> {
     if iso == Isolation::Ns {
         unshare(CloneFlags::CLONE_NEWPID).context("unshare pid namespace")?;
     }
@@ -27,7 +35,7 @@ pub fn spawn_stage2(iso: Isolation, pod: &Pod, cgroups: &PodCgroups) -> Result<P
     match unsafe { fork() }.context("fork stage2")? {
         ForkResult::Child => {
             drop(rd);
-            let err = child(iso, pod, cgroups, parent).unwrap_err();
+            let err = child(iso, pod, cgroups, parent, netns).unwrap_err();
             let mut f = std::fs::File::from(wr);
             let _ = write!(f, "{err:#}");
             drop(f);
@@ -83,7 +91,13 @@ fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<()> {
 }
 
 /// Returns only on error.
-fn child(iso: Isolation, pod: &Pod, cgroups: &PodCgroups, parent: Pid) -> Result<()> {
+fn child(
+    iso: Isolation,
+    pod: &Pod,
+    cgroups: &PodCgroups,
+    parent: Pid,
+    netns: Option<&OwnedFd>,
+) -> Result<()> {
     // A SIGKILLed stage1 takes the pod down (for ns: PID 1 dies, so does the namespace).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("pdeathsig")?;
     if nix::unistd::getppid() != parent && iso == Isolation::Fly {
@@ -102,7 +116,10 @@ fn child(iso: Isolation, pod: &Pod, cgroups: &PodCgroups, parent: Pid) -> Result
     }
     unshare(flags).context("unshare namespaces")?;
     if flags.contains(CloneFlags::CLONE_NEWNET) {
-        loopback_up().context("bring up lo")?;
+        ark_net::loopback_up().context("bring up lo")?;
+    }
+    if let Some(ns) = netns {
+        nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).context("join the pod's netns")?;
     }
     // Nothing mounted for the pod propagates to the host; it all goes with the namespace.
     mount(
@@ -154,33 +171,4 @@ fn child(iso: Isolation, pod: &Pod, cgroups: &PodCgroups, parent: Pid) -> Result
     let env = [CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("no NUL")];
     let e = nix::unistd::execve(&init, &[&init], &env).unwrap_err();
     bail!("exec {}: {e}", guest::INIT)
-}
-
-/// A new network namespace has `lo` down; apps expect 127.0.0.1 to work.
-fn loopback_up() -> Result<()> {
-    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    use std::os::fd::AsRawFd;
-    let sock = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    // SAFETY: ifreq is plain old data; the name fits with its NUL.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = libc::c_char::try_from(*s).expect("the name is ASCII");
-    }
-    let up = libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP is 1");
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        req.ifr_ifru.ifru_flags |= up;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-    }
-    Ok(())
 }

@@ -30,7 +30,8 @@ fn a_front_end_starts_an_ns_pod_as_its_child_and_gets_its_exit_code() {
         hostname: None,
         interactive: false,
         uuid_file_save: None,
-        net: NetMode::Host,
+        net: Some(NetMode::Host),
+        network: Default::default(),
         annotations: vec![],
         apps: vec![AppSpec {
             image: env.image.clone(),

@@ -25,6 +25,8 @@ pub struct ChildContext<'a> {
     pub pod_uuid: &'a str,
     /// The pod's hostname (None for fly, which shares the host's).
     pub hostname: Option<&'a str>,
+    /// resolv.conf and hosts entries for the app's /etc.
+    pub etc: &'a ark_pod_spec::EtcFiles,
     pub debug: bool,
 }
 
@@ -107,7 +109,7 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Vec<String>> {
         os::cgroup::join_single_threaded(Path::new(dir))
             .with_context(|| format!("join cgroup {dir}"))?;
     }
-    let root = rootfs::prepare(plan, ctx.hostname)?;
+    let root = rootfs::prepare(plan, ctx.hostname, ctx.etc)?;
     let root = root.as_fd();
     stdio(plan.interactive)?;
     let id = identity::resolve(root, plan)?;

@@ -16,7 +16,11 @@ use crate::os::inroot::{self, Kind};
 
 /// A mount namespace of its own, and the app's root in it up to (not including) the pivot:
 /// returns a descriptor of the root.
-pub fn prepare(plan: &AppPlan, hostname: Option<&str>) -> Result<OwnedFd> {
+pub fn prepare(
+    plan: &AppPlan,
+    hostname: Option<&str>,
+    etc: &ark_pod_spec::EtcFiles,
+) -> Result<OwnedFd> {
     use nix::sched::{unshare, CloneFlags};
 
     let mut flags = CloneFlags::CLONE_NEWNS;
@@ -42,7 +46,7 @@ pub fn prepare(plan: &AppPlan, hostname: Option<&str>) -> Result<OwnedFd> {
     let root = root_fd.as_fd();
     bind_volumes(root, plan)?;
     // Before /proc and /sys exist in the root: nothing written here can reach them.
-    write_etc(root, hostname);
+    write_etc(root, hostname, etc);
     inroot::mkdir_all(root, &plan.working_dir)
         .with_context(|| format!("working dir {}", plan.working_dir))?;
     mount_app_proc(root)?;
@@ -52,11 +56,12 @@ pub fn prepare(plan: &AppPlan, hostname: Option<&str>) -> Result<OwnedFd> {
 }
 
 /// The files that tie an app to its pod: `/etc/hostname` and the hostname in `/etc/hosts`
-/// (when the pod has its own hostname), and `/etc/resolv.conf` when the stage1 provided one.
+/// (when the pod has its own hostname), the pod's hosts entries, and `/etc/resolv.conf` when
+/// the stage1 provided one.
 /// Each is replaced inside the app's root (never written through what the image put there).
 /// Best effort: a read-only image root keeps its own files (with a warning), it is not an
 /// error.
-fn write_etc(root: BorrowedFd, hostname: Option<&str>) {
+fn write_etc(root: BorrowedFd, hostname: Option<&str>, etc: &ark_pod_spec::EtcFiles) {
     let write = |path: &str, bytes: &[u8]| {
         if let Err(e) = inroot::replace_file(root, path, bytes) {
             eprintln!("ark-init: warning: cannot write {path} in the app's root: {e}");
@@ -64,16 +69,31 @@ fn write_etc(root: BorrowedFd, hostname: Option<&str>) {
     };
     if let Some(h) = hostname {
         write("/etc/hostname", format!("{h}\n").as_bytes());
-        // A hosts file that is not a regular file is not read; its entries are lost.
-        let old = inroot::read_file(root, "/etc/hosts")
-            .ok()
-            .flatten()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        write("/etc/hosts", hosts_file(&old, h).as_bytes());
     }
-    if let Ok(resolv) = std::fs::read(ark_pod_spec::guest::RESOLV_CONF) {
-        write("/etc/resolv.conf", &resolv);
+    if hostname.is_some() || etc.hosts_base.is_some() || !etc.hosts_entries.is_empty() {
+        // A hosts file that is not a regular file is not read; its entries are lost.
+        let old = match &etc.hosts_base {
+            Some(base) => base.clone(),
+            None => inroot::read_file(root, "/etc/hosts")
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+        };
+        let mut hosts = match hostname {
+            Some(h) => hosts_file(&old, h),
+            None => old,
+        };
+        for e in &etc.hosts_entries {
+            if !hosts.is_empty() && !hosts.ends_with('\n') {
+                hosts.push('\n');
+            }
+            hosts.push_str(&format!("{}\t{}\n", e.ip, e.host));
+        }
+        write("/etc/hosts", hosts.as_bytes());
+    }
+    if let Some(resolv) = &etc.resolv_conf {
+        write("/etc/resolv.conf", resolv.as_bytes());
     }
 }
 
