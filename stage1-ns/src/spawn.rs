@@ -26,6 +26,10 @@ pub fn spawn_stage2(
     cgroups: &PodCgroups,
     netns: Option<&OwnedFd>,
 ) -> Result<Pid> {
+    // The stage1's own pid namespace, to return to once guest-init is forked: a fork into a
+    // pid namespace whose init has died fails (ENOMEM), and the network teardown after the pod
+    // ends runs CNI plugins.
+    let own_pidns = std::fs::File::open("/proc/self/ns/pid").context("open own pid namespace")?;
     if iso == Isolation::Ns {
         unshare(CloneFlags::CLONE_NEWPID).context("unshare pid namespace")?;
     }
@@ -44,6 +48,10 @@ pub fn spawn_stage2(
         }
         ForkResult::Parent { child } => {
             drop(wr);
+            if iso == Isolation::Ns {
+                nix::sched::setns(&own_pidns, CloneFlags::CLONE_NEWPID)
+                    .context("return to the stage1's pid namespace")?;
+            }
             let mut msg = String::new();
             let _ = std::fs::File::from(rd).read_to_string(&mut msg);
             if !msg.is_empty() {

@@ -1,0 +1,621 @@
+//! Pod networking in the ns flavor with the real CNI plugins (`/usr/lib/cni`) and iptables:
+//! the built-in `default` network, a bridge network of the test's own, port forwards, `none`,
+//! DNS and hosts entries, teardown after `kill -9` + `ark gc`, failing configs and plugins,
+//! and 10 pods at once. Traffic stays on this machine: the host end of the pod network, or
+//! between pods. Each test has its own `--dir`, and its own network name, subnet and IPAM
+//! directory where it makes a network; `PodEnv`'s drop stops and gcs what a failed test left.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use ark_tests::pods::{wait_child, PodEnv};
+use ark_tests::skip;
+
+/// The built-in `default` network's gateway (the host end of every pod's veth).
+const GATEWAY: &str = "172.16.28.1";
+const DEFAULT_LEASES: &str = "/var/lib/cni/networks/default";
+
+macro_rules! need_net {
+    () => {
+        if let Some(why) = ark_tests::pods::pods_unavailable() {
+            skip!("{why}");
+        }
+        if !Path::new("/usr/lib/cni/ptp").exists() || !Path::new("/usr/lib/cni/portmap").exists() {
+            skip!(
+                "the CNI plugins are not installed in /usr/lib/cni (containernetworking-plugins)"
+            );
+        }
+        if Command::new("iptables-save").output().is_err() {
+            skip!("iptables-save is missing");
+        }
+        ark_tests::pods::scenarios::stage1_installed("ns");
+    };
+}
+
+/// An HTTP server on the host (every address: the pods reach it at the gateway) answering each
+/// request with `token`; runs until the test process ends.
+fn http_server(token: &str) -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+    let port = l.local_addr().unwrap().port();
+    let body = token.to_string();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn iptables() -> String {
+    out(&Command::new("iptables-save")
+        .output()
+        .expect("iptables-save"))
+}
+
+fn links() -> String {
+    out(&Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip link"))
+}
+
+/// Lease files (by IP) in a host-local data dir that name `uuid`.
+fn leases_of(dir: &Path, uuid: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|s| s.starts_with(uuid)))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The host interface a route to `ip` goes out of (a pod's host-side veth).
+fn route_dev(ip: &str) -> Option<String> {
+    let o = out(&Command::new("ip")
+        .args(["-o", "route", "show", ip])
+        .output()
+        .unwrap());
+    let mut w = o.split_whitespace();
+    w.find(|x| *x == "dev").and(w.next()).map(str::to_string)
+}
+
+/// The pod's directory.
+fn pod_dir(env: &PodEnv, uuid: &str) -> PathBuf {
+    env.pod_dirs()
+        .into_iter()
+        .find(|d| d.file_name().is_some_and(|n| n == uuid))
+        .unwrap_or_else(|| panic!("no directory for pod {uuid}"))
+}
+
+/// Waits until a background pod's network is up; returns its UUID and eth0's IPv4 address.
+fn wait_network(env: &PodEnv) -> (String, String) {
+    let uuid = env.wait_pod(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = env.status(&uuid);
+        if let Some(v) = s
+            .iter()
+            .find(|(k, _)| k.starts_with("network-"))
+            .map(|(_, v)| v)
+        {
+            // "eth0 172.16.28.5/24"
+            let addr = v.split_whitespace().nth(1).expect("an address");
+            return (uuid, addr.split('/').next().unwrap().to_string());
+        }
+        assert!(Instant::now() < deadline, "no network for {uuid}: {s:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A conflist in the test's own config dir: a bridge network with its own name, bridge,
+/// subnet and IPAM dir (so parallel tests never share one).
+fn bridge_network(dir: &Path, name: &str, bridge: &str, subnet: &str) -> PathBuf {
+    let conf = dir.join("net.d");
+    let ipam = dir.join("ipam");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join(format!("10-{name}.conflist")),
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [{
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {"type": "host-local", "subnet": subnet, "dataDir": ipam}
+            }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    conf
+}
+
+/// A pod on `default` fetches a page from the host end of its network; `ark status` and
+/// `ark list --format=json` show its network while it runs.
+#[test]
+fn default_network_reaches_the_host() {
+    need_net!();
+    let port = http_server("hello-from-the-host");
+    let env = PodEnv::new();
+    let o = env.output(&[
+        "run",
+        "--stage1=ns",
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        &format!("ip -o -4 addr show eth0; wget -q -O - http://{GATEWAY}:{port}/"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
+    assert!(out(&o).contains("inet 172.16.28."), "{}", out(&o));
+    assert!(out(&o).contains("hello-from-the-host"), "{}", out(&o));
+}
+
+/// `kill -9` of the stage1, then `ark gc`: no veth, netns, iptables rule or IPAM lease is
+/// left (each listed before and after). While the pod runs: the masquerade rule exists, and
+/// status/list show the network.
+#[test]
+fn kill9_then_gc_leaves_no_network() {
+    need_net!();
+    let env = PodEnv::new();
+    let mut child = env.spawn(&[
+        "run",
+        "--stage1=ns",
+        "--net=default",
+        &env.image,
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let (uuid, ip) = wait_network(&env);
+    let dir = pod_dir(&env, &uuid);
+
+    // Before: the lease, the host veth, the netns bind mount, the rules naming the pod.
+    assert_eq!(leases_of(Path::new(DEFAULT_LEASES), &uuid), [ip.clone()]);
+    let veth = route_dev(&ip).expect("a route to the pod");
+    assert!(
+        links().contains(&format!(": {veth}@")),
+        "{veth} not in {}",
+        links()
+    );
+    assert!(ark_tests::pods::mounts_under(&dir)
+        .iter()
+        .any(|m| m.ends_with("/net/netns")));
+    let rules = iptables();
+    let mine: Vec<&str> = rules.lines().filter(|l| l.contains(&uuid)).collect();
+    assert!(!mine.is_empty(), "no rule names {uuid}:\n{rules}");
+    // ptp's ipMasq: a POSTROUTING jump for the pod's address into a chain that masquerades.
+    let jump = mine
+        .iter()
+        .find(|l| l.starts_with("-A POSTROUTING") && l.contains(&format!("-s {ip}/32")))
+        .unwrap_or_else(|| panic!("no POSTROUTING rule for {ip}:\n{rules}"));
+    let chain = jump
+        .split_whitespace()
+        .skip_while(|w| *w != "-j")
+        .nth(1)
+        .unwrap();
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with(&format!("-A {chain} ")) && l.contains("MASQUERADE")),
+        "{chain} does not masquerade:\n{rules}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["list", "--format=json"])).unwrap();
+    let nets = &list[0]["networks"];
+    assert_eq!(nets[0]["network"], "default", "{list}");
+    assert_eq!(nets[0]["interface"]["name"], "eth0", "{list}");
+
+    let pid: i32 = env.status(&uuid)["pid"].parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_child(&mut child, Duration::from_secs(30));
+    // The stage1 could not clean up: everything is still there.
+    assert_eq!(leases_of(Path::new(DEFAULT_LEASES), &uuid), [ip.clone()]);
+    env.ok(&["gc", "--grace-period=0s"]);
+
+    assert!(leases_of(Path::new(DEFAULT_LEASES), &uuid).is_empty());
+    assert!(
+        !links().contains(&format!(": {veth}@")),
+        "{veth} left:\n{}",
+        links()
+    );
+    assert_eq!(route_dev(&ip), None);
+    let rules = iptables();
+    assert!(!rules.contains(&uuid), "rules left:\n{rules}");
+    assert!(env.mounts_left().is_empty(), "{:?}", env.mounts_left());
+    assert!(!dir.exists());
+}
+
+/// Two pods on one bridge network (the test's conflist) reach each other.
+#[test]
+fn two_pods_on_a_bridge_reach_each_other() {
+    need_net!();
+    let env = PodEnv::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let conf = bridge_network(scratch.path(), "ark-t-bridge", "arkt-br0", "10.231.7.0/24");
+    let conf_flag = format!("--net-config-dir={}", conf.display());
+    let mut server = env.spawn(&[
+        "run",
+        "--stage1=ns",
+        "--net=ark-t-bridge",
+        &conf_flag,
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        "echo hello-from-a | busybox nc -l -p 7000",
+    ]);
+    let (_a, a_ip) = wait_network(&env);
+    assert!(a_ip.starts_with("10.231.7."), "{a_ip}");
+    // The second pod (found by its own store, so `only_pod` stays simple).
+    let env_b = PodEnv::new();
+    let o = env_b.output(&[
+        "run",
+        "--stage1=ns",
+        "--net=ark-t-bridge",
+        &conf_flag,
+        &env_b.image,
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "for i in 1 2 3 4 5; do busybox nc -w 3 {a_ip} 7000 </dev/null && break; sleep 1; done"
+        ),
+    ]);
+    assert!(out(&o).contains("hello-from-a"), "{}{}", out(&o), err(&o));
+    let st = wait_child(&mut server, Duration::from_secs(30));
+    assert!(st.success(), "{st:?}");
+    // The bridge's pods are torn down (the bridge itself stays, as CNI leaves it).
+    let left = leases_of(&scratch.path().join("ipam/ark-t-bridge"), "");
+    assert!(left.is_empty(), "leases left: {left:?}");
+}
+
+/// `-p 127.0.0.1:HOSTPORT:80` and `--port=80-tcp:HOSTPORT` (an image that declares 80/tcp)
+/// make 127.0.0.1:HOSTPORT reach a server in the pod.
+#[test]
+fn port_forwards_reach_the_pod_from_localhost() {
+    need_net!();
+    let env = PodEnv::new();
+    // An image declaring port 80/tcp (OCI ExposedPorts: `--port` calls it 80-tcp).
+    let scratch = tempfile::tempdir().unwrap();
+    let layout = scratch.path().join("web-layout");
+    ark_tests::images::busybox_oci_layout_tagged(&layout, "web");
+    let st = Command::new("umoci")
+        .args([
+            "config",
+            "--image",
+            &format!("{}:web", layout.display()),
+            "--config.exposedports",
+            "80/tcp",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let web = format!("oci-layout:{}:web", layout.display());
+    let serve = "mkdir -p /www && echo served-from-the-pod > /www/index.html && exec busybox httpd -f -p 80 -h /www";
+
+    for (flags, host_port) in [
+        (
+            vec!["-p".to_string(), "127.0.0.1:18471:80".to_string()],
+            18471u16,
+        ),
+        (vec!["--port=80-tcp:18472".to_string()], 18472),
+    ] {
+        let env = PodEnv::new();
+        let mut args = vec!["run", "--stage1=ns"];
+        args.extend(flags.iter().map(String::as_str));
+        args.extend([web.as_str(), "--", "sh", "-c", serve]);
+        let _pod = env.spawn(&args);
+        let (uuid, _) = wait_network(&env);
+        let s = env.status(&uuid);
+        assert!(
+            s.get("port-0")
+                .is_some_and(|p| p.contains(&format!("{host_port}->80/tcp"))),
+            "{s:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let body = loop {
+            let o = Command::new("curl")
+                .args(["-s", "-m", "3", &format!("http://127.0.0.1:{host_port}/")])
+                .output()
+                .unwrap();
+            if out(&o).contains("served-from-the-pod") || Instant::now() > deadline {
+                break out(&o);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(
+            body.contains("served-from-the-pod"),
+            "{flags:?}: {body:?}\n{}",
+            iptables()
+        );
+        env.ok(&["stop", &uuid]);
+        // The forward is gone with the pod.
+        assert!(!iptables().contains(&uuid));
+    }
+    // A name the image does not declare: one line, exit 125, no pod.
+    let o = env.output(&[
+        "run",
+        "--stage1=ns",
+        "--port=http:18473",
+        &web,
+        "--",
+        "true",
+    ]);
+    ark_tests::pods::assert_one_line_error(&o, "no app image declares a port named \"http\"");
+    assert!(env.pod_dirs().is_empty());
+}
+
+/// `--net=none`: only `lo`, and it is up.
+#[test]
+fn net_none_has_only_loopback_up() {
+    need_net!();
+    let env = PodEnv::new();
+    let o = env.output(&[
+        "run",
+        "--stage1=ns",
+        "--net=none",
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        "ip -o link",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let lines: Vec<String> = out(&o).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(": lo:") && lines[0].contains("UP"),
+        "{lines:?}"
+    );
+}
+
+/// `--dns`, `--dns-search`, `--dns-opt`, `--hosts-entry` land in the app's files.
+#[test]
+fn dns_and_hosts_entries_land_in_the_app() {
+    need_net!();
+    let env = PodEnv::new();
+    let o = env.output(&[
+        "run",
+        "--stage1=ns",
+        "--net=none",
+        "--dns=192.0.2.53",
+        "--dns=2001:db8::53",
+        "--dns-search=corp.example",
+        "--dns-opt=ndots:3",
+        "--hosts-entry=db.example=10.9.8.7",
+        "--hostname=web1",
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; cat /etc/hostname",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let text = out(&o);
+    let parts: Vec<&str> = text.split("---\n").collect();
+    assert_eq!(
+        parts[0],
+        "nameserver 192.0.2.53\nnameserver 2001:db8::53\nsearch corp.example\noptions ndots:3\n"
+    );
+    assert!(
+        parts[1].lines().any(|l| l == "10.9.8.7\tdb.example"),
+        "{}",
+        parts[1]
+    );
+    assert!(parts[1].contains("localhost web1"), "{}", parts[1]);
+    assert_eq!(parts[2], "web1\n");
+    // Bad values: one line, exit 125.
+    for (flag, needle) in [
+        ("--dns=nope", "--dns=\"nope\""),
+        ("--hosts-entry=db", "HOST=IP"),
+        ("--hosts-entry=bad_host=1.2.3.4", "hosts_entries"),
+    ] {
+        let o = env.output(&[
+            "run",
+            "--stage1=ns",
+            "--net=none",
+            flag,
+            &env.image,
+            "--",
+            "true",
+        ]);
+        ark_tests::pods::assert_one_line_error(&o, needle);
+    }
+}
+
+/// A broken conflist, and a plugin that exits non-zero: the one-line error naming it, exit
+/// 125, and nothing left (the failing chain's earlier plugin is undone: no veth, lease, rule).
+#[test]
+fn broken_config_and_failing_plugin_leave_nothing() {
+    need_net!();
+    let env = PodEnv::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let conf = scratch.path().join("net.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("20-broken.conflist"),
+        "{\"cniVersion\":\"1.0.0\",\"name\":\"broken\",\"plugins\":[",
+    )
+    .unwrap();
+    let conf_flag = format!("--net-config-dir={}", conf.display());
+    let o = env.output(&[
+        "run",
+        "--stage1=ns",
+        "--net=broken",
+        &conf_flag,
+        &env.image,
+        "--",
+        "true",
+    ]);
+    ark_tests::pods::assert_one_line_error(&o, "20-broken.conflist");
+    assert!(env.pod_dirs().is_empty(), "{:?}", env.pod_dirs());
+
+    // ptp (real) then a fake plugin that fails with a CNI error carrying a terminal escape.
+    let plugins = scratch.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let fake = plugins.join("failer");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = DEL ] && exit 0\nprintf '{\"cniVersion\":\"1.0.0\",\"code\":99,\"msg\":\"refused \\\\u001b[2J by policy\"}'\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &fake,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let ipam = scratch.path().join("ipam");
+    std::fs::write(
+        conf.join("30-failing.conflist"),
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "ark-t-failing",
+            "plugins": [
+                {"type": "ptp", "ipMasq": true,
+                 "ipam": {"type": "host-local", "subnet": "10.231.9.0/24", "dataDir": ipam}},
+                {"type": "failer"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::remove_file(conf.join("20-broken.conflist")).unwrap();
+    let o = env.output(&[
+        "run",
+        "--stage1=ns",
+        "--net=ark-t-failing",
+        &conf_flag,
+        &format!("--cni-plugin-dir={}", plugins.display()),
+        "--cni-plugin-dir=/usr/lib/cni",
+        &env.image,
+        "--",
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(125), "{}", err(&o));
+    let e = err(&o);
+    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{e}");
+    assert!(
+        lines[0].contains("network \"ark-t-failing\": plugin failer ADD failed: refused \\u{1b}[2J by policy (code 99)"),
+        "{e}"
+    );
+    assert!(!e.contains('\x1b'));
+    let uuid = env.only_pod().expect("the pod");
+    assert!(leases_of(&ipam.join("ark-t-failing"), &uuid).is_empty());
+    assert!(!iptables().contains(&uuid));
+    // ptp's host end had a route to the pod's address: gone with the veth.
+    let routes = out(&Command::new("ip").args(["-o", "route"]).output().unwrap());
+    assert!(!routes.contains("10.231.9."), "{routes}");
+    assert!(!pod_dir(&env, &uuid).join("net/netns").exists());
+    let mounts = ark_tests::pods::mounts_under(&pod_dir(&env, &uuid));
+    assert!(!mounts.iter().any(|m| m.ends_with("/net/netns")), "{mounts:?}");
+}
+
+/// `--net=host` is refused for kvm with the reason; CNI networks for fly likewise.
+#[test]
+fn host_for_kvm_and_cni_for_fly_are_refused() {
+    need_net!();
+    let env = PodEnv::new();
+    let o = env.output(&[
+        "run",
+        "--stage1=kvm",
+        "--net=host",
+        &env.image,
+        "--",
+        "true",
+    ]);
+    ark_tests::pods::assert_one_line_error(
+        &o,
+        "a kvm pod cannot share the host's network namespace",
+    );
+    let o = env.output(&[
+        "run",
+        "--stage1=fly",
+        "--net=default",
+        &env.image,
+        "--",
+        "true",
+    ]);
+    ark_tests::pods::assert_one_line_error(&o, "a fly pod shares the host's network namespace");
+    assert!(env.pod_dirs().is_empty());
+}
+
+/// 10 pods started at once on `default` get 10 distinct addresses and all reach the server.
+#[test]
+fn ten_pods_at_once_get_distinct_addresses() {
+    need_net!();
+    let port = http_server("ten-pods-token");
+    let env = PodEnv::new();
+    let script = format!("ip -o -4 addr show eth0; wget -q -O - http://{GATEWAY}:{port}/");
+    let mut children: Vec<_> = (0..10)
+        .map(|_| {
+            env.spawn(&[
+                "run",
+                "--stage1=ns",
+                "--net=default",
+                &env.image,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+        })
+        .collect();
+    let mut addrs = std::collections::BTreeSet::new();
+    for c in &mut children {
+        wait_child(c, Duration::from_secs(120));
+    }
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        let text = out(&o);
+        assert!(
+            o.status.success() && text.contains("ten-pods-token"),
+            "{text}{}",
+            err(&o)
+        );
+        let addr = text
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .expect("an address")
+            .to_string();
+        addrs.insert(addr);
+    }
+    assert_eq!(addrs.len(), 10, "{addrs:?}");
+}
