@@ -202,7 +202,10 @@ fn kill9_then_gc_leaves_no_network() {
     let dir = pod_dir(&env, &uuid);
 
     // Before: the lease, the host veth, the netns bind mount, the rules naming the pod.
-    assert_eq!(leases_of(Path::new(DEFAULT_LEASES), &uuid), [ip.clone()]);
+    assert_eq!(
+        leases_of(Path::new(DEFAULT_LEASES), &uuid),
+        vec![ip.clone()]
+    );
     let veth = route_dev(&ip).expect("a route to the pod");
     assert!(
         links().contains(&format!(": {veth}@")),
@@ -245,7 +248,10 @@ fn kill9_then_gc_leaves_no_network() {
     .unwrap();
     wait_child(&mut child, Duration::from_secs(30));
     // The stage1 could not clean up: everything is still there.
-    assert_eq!(leases_of(Path::new(DEFAULT_LEASES), &uuid), [ip.clone()]);
+    assert_eq!(
+        leases_of(Path::new(DEFAULT_LEASES), &uuid),
+        vec![ip.clone()]
+    );
     env.ok(&["gc", "--grace-period=0s"]);
 
     assert!(leases_of(Path::new(DEFAULT_LEASES), &uuid).is_empty());
@@ -340,7 +346,7 @@ fn port_forwards_reach_the_pod_from_localhost() {
         let mut args = vec!["run", "--stage1=ns"];
         args.extend(flags.iter().map(String::as_str));
         args.extend([web.as_str(), "--", "sh", "-c", serve]);
-        let _pod = env.spawn(&args);
+        let mut pod = env.spawn(&args);
         let (uuid, _) = wait_network(&env);
         let s = env.status(&uuid);
         assert!(
@@ -365,6 +371,7 @@ fn port_forwards_reach_the_pod_from_localhost() {
             iptables()
         );
         env.ok(&["stop", &uuid]);
+        wait_child(&mut pod, Duration::from_secs(30));
         // The forward is gone with the pod.
         assert!(!iptables().contains(&uuid));
     }
@@ -544,7 +551,10 @@ fn broken_config_and_failing_plugin_leave_nothing() {
     assert!(!routes.contains("10.231.9."), "{routes}");
     assert!(!pod_dir(&env, &uuid).join("net/netns").exists());
     let mounts = ark_tests::pods::mounts_under(&pod_dir(&env, &uuid));
-    assert!(!mounts.iter().any(|m| m.ends_with("/net/netns")), "{mounts:?}");
+    assert!(
+        !mounts.iter().any(|m| m.ends_with("/net/netns")),
+        "{mounts:?}"
+    );
 }
 
 /// `--net=host` is refused for kvm with the reason; CNI networks for fly likewise.
