@@ -267,10 +267,20 @@ fn kill9_then_gc_leaves_no_network() {
     assert!(!dir.exists());
 }
 
+/// Deletes a bridge the bridge plugin made (CNI leaves bridges in place), pass or fail.
+struct BridgeGuard(&'static str);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", self.0]).output();
+    }
+}
+
 /// Two pods on one bridge network (the test's conflist) reach each other.
 #[test]
 fn two_pods_on_a_bridge_reach_each_other() {
     need_net!();
+    let _bridge = BridgeGuard("arkt-br0");
     let env = PodEnv::new();
     let scratch = tempfile::tempdir().unwrap();
     let conf = bridge_network(scratch.path(), "ark-t-bridge", "arkt-br0", "10.231.7.0/24");
