@@ -541,6 +541,42 @@ echo '{{"cniVersion":"1.0.0","interfaces":[{{"name":"'$CNI_IFNAME'","mac":"02:00
     }
 
     #[test]
+    fn concurrent_teardowns_del_once_and_both_succeed() {
+        if !is_root() {
+            eprintln!("skipped: needs root (network namespaces)");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (conf, bin, log) = (
+            t.path().join("conf"),
+            t.path().join("bin"),
+            t.path().join("log"),
+        );
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(
+            conf.join("a.conflist"),
+            br#"{"cniVersion":"1.0.0","name":"a","plugins":[{"type":"one"}]}"#,
+        )
+        .unwrap();
+        fake_plugins(&bin, &log, "");
+        let layout = PodLayout::new(t.path().join("pod"));
+        setup(&layout, &req(&conf, &bin, &["a"])).unwrap();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let l = layout.clone();
+                std::thread::spawn(move || teardown(&l))
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap().unwrap();
+        }
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(calls.matches("DEL").count(), 1, "{calls}");
+        assert!(!layout.netns().exists());
+    }
+
+    #[test]
     fn unknown_networks_and_missing_plugins_fail_before_anything_is_made() {
         let t = tempfile::tempdir().unwrap();
         let e = req(t.path(), t.path(), &["nope"])
