@@ -180,6 +180,12 @@ fn default_network_reaches_the_host() {
     assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
     assert!(out(&o).contains("inet 172.16.28."), "{}", out(&o));
     assert!(out(&o).contains("hello-from-the-host"), "{}", out(&o));
+    // The stage1 tore the network down on its way out: no lease or rule names the pod.
+    let uuid = env.only_pod().expect("the pod");
+    assert!(leases_of(Path::new(DEFAULT_LEASES), &uuid).is_empty());
+    assert!(!iptables().contains(&uuid), "{}", iptables());
+    assert!(!pod_dir(&env, &uuid).join("net/netns").exists());
+    assert!(!err(&o).contains("teardown"), "{}", err(&o));
 }
 
 /// `kill -9` of the stage1, then `ark gc`: no veth, netns, iptables rule or IPAM lease is
