@@ -747,6 +747,23 @@ mod tests {
         assert_eq!(PodManifest::from_json(&m.to_json()).unwrap(), m);
     }
 
+    fn net(name: &str) -> crate::NetworkRef {
+        crate::NetworkRef {
+            name: name.into(),
+            args: None,
+        }
+    }
+
+    fn port(host_port: u16) -> crate::PortForward {
+        crate::PortForward {
+            name: None,
+            host_ip: None,
+            host_port,
+            pod_port: 80,
+            protocol: crate::Protocol::Tcp,
+        }
+    }
+
     fn bad(f: impl FnOnce(&mut PodManifest)) -> String {
         let mut m = sample();
         f(&mut m);
@@ -775,6 +792,30 @@ mod tests {
             bad(|m| m.hostname = Some("bad_host".into())),
             bad(|m| m.uuid = "../../etc".into()),
             bad(|m| m.apps[0].user = "".into()),
+            // Networking: ports need a CNI network; names, DNS words and hosts are checked.
+            bad(|m| m.ports = vec![port(8080)]),
+            bad(|m| {
+                m.net = NetMode::Networks(vec![net("default"), net("default")]);
+            }),
+            bad(|m| m.net = NetMode::Networks(vec![net("../etc")])),
+            bad(|m| m.net = NetMode::Networks(vec![])),
+            bad(|m| {
+                m.net = NetMode::Networks(vec![net("default")]);
+                m.ports = vec![port(8080), port(8080)];
+            }),
+            bad(|m| {
+                m.dns.source = crate::DnsSource::Host;
+                m.dns.servers = vec!["192.0.2.1".parse().unwrap()];
+            }),
+            bad(|m| m.dns.search = vec!["a b\nnameserver 6.6.6.6".into()]),
+            bad(|m| m.dns.options = vec!["ndots:1\nnameserver 6.6.6.6".into()]),
+            bad(|m| {
+                m.hosts_entries = vec![crate::HostsEntry {
+                    host: "db\n6.6.6.6 evil".into(),
+                    ip: "10.0.0.1".parse().unwrap(),
+                }]
+            }),
+            bad(|m| m.net_config_dir = Some("etc/net.d".into())),
         ];
         for c in cases {
             assert!(c.starts_with("pod manifest: "), "{c}");
