@@ -423,6 +423,28 @@ fn teardown_locked(layout: &PodLayout) -> Result<(), Error> {
     Ok(())
 }
 
+/// What guest-init configures in a VM for the attached networks (kvm): each pod interface with
+/// the CNI result's MAC, MTU and addresses, and every route bound to its interface.
+pub fn guest_network(state: &PodNetworkState) -> ark_pod_spec::net::GuestNetwork {
+    ark_pod_spec::net::GuestNetwork {
+        interfaces: state
+            .attachments
+            .iter()
+            .map(|a| a.interface.clone())
+            .collect(),
+        routes: state
+            .attachments
+            .iter()
+            .flat_map(|a| {
+                a.routes.iter().map(|r| ark_pod_spec::net::Route {
+                    dev: r.dev.clone().or_else(|| Some(a.interface.name.clone())),
+                    ..r.clone()
+                })
+            })
+            .collect(),
+    }
+}
+
 /// Reads `net/state.json` if the pod has one (capped and validated).
 pub fn read_state(layout: &PodLayout) -> Result<Option<PodNetworkState>, String> {
     use std::io::Read;
@@ -538,6 +560,24 @@ echo '{{"cniVersion":"1.0.0","interfaces":[{{"name":"'$CNI_IFNAME'","mac":"02:00
             calls.ends_with("DEL three eth1 no\nDEL two eth0 yes\nDEL one eth0 yes\n"),
             "{calls}"
         );
+    }
+
+    #[test]
+    fn guest_network_binds_routes_to_their_interface() {
+        let r = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:05", "mtu": 1400, "sandbox": "/n"}],
+            "ips": [{"address": "172.16.28.5/24", "gateway": "172.16.28.1", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "172.16.28.1"}]
+        });
+        let state = PodNetworkState {
+            netns: "/n".into(),
+            attachments: vec![result::attachment("default", "eth0", &r).unwrap()],
+        };
+        let g = guest_network(&state);
+        assert_eq!(g.interfaces[0].mtu, Some(1400));
+        assert_eq!(g.routes[0].dev.as_deref(), Some("eth0"));
+        assert_eq!(g.routes[0].gateway, Some("172.16.28.1".parse().unwrap()));
     }
 
     #[test]
