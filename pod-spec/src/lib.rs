@@ -5,6 +5,7 @@
 //! crate so stage0, every stage1 and the static guest-init agree on one definition.
 //!
 //! The human-readable version of this contract is `docs/pod-manifest.md`; keep both in step.
+pub mod agent;
 pub mod layout;
 pub mod manifest;
 pub mod net;
@@ -21,7 +22,7 @@ pub use manifest::{
     DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES, MANIFEST_VERSION,
 };
 pub use stage2::{
-    AppCgroup, ControlCommand, ControlTransport, OnExit, Stage2Config, Stage2Mount,
+    AgentTransport, AppCgroup, ControlCommand, ControlTransport, OnExit, Stage2Config, Stage2Mount,
     StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
 };
 pub use status::{
