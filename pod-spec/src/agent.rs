@@ -185,10 +185,14 @@ impl ExitStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     Exec(ExecRequest),
     /// Send this signal to the process.
-    Signal { signal: i32 },
+    Signal {
+        signal: i32,
+    },
     /// The pty's new size (TIOCSWINSZ).
     Resize(WindowSize),
     /// No more stdin: the process's stdin pipe is closed (a pty gets an EOF character).
@@ -201,9 +205,10 @@ impl Request {
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match self {
             Request::Exec(e) => e.validate(),
-            Request::Signal { signal } if !(1..=MAX_SIGNAL).contains(signal) => {
-                Err(invalid("signal", format!("{signal} is not a signal number")))
-            }
+            Request::Signal { signal } if !(1..=MAX_SIGNAL).contains(signal) => Err(invalid(
+                "signal",
+                format!("{signal} is not a signal number"),
+            )),
             _ => Ok(()),
         }
     }
@@ -349,16 +354,15 @@ impl Validate for Reply {
     }
 }
 
-fn parse_message<T: for<'de> Deserialize<'de> + Validate>(
-    body: &[u8],
-) -> Result<T, ProtocolError> {
+fn parse_message<T: for<'de> Deserialize<'de> + Validate>(body: &[u8]) -> Result<T, ProtocolError> {
     if body.len() > MAX_MESSAGE_LEN {
         return Err(ProtocolError::BodyLength {
             what: "message",
             len: body.len(),
         });
     }
-    let m: T = serde_json::from_slice(body).map_err(|e| ProtocolError::BadMessage(e.to_string()))?;
+    let m: T =
+        serde_json::from_slice(body).map_err(|e| ProtocolError::BadMessage(e.to_string()))?;
     m.check()?;
     Ok(m)
 }

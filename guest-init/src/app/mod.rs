@@ -2,8 +2,8 @@
 //! stage2 step 3). `rootfs` makes the app's mount namespace and root, `identity` who it runs
 //! as, `exec` its environment and program.
 
-mod exec;
-mod identity;
+pub(crate) mod exec;
+pub(crate) mod identity;
 pub mod plan;
 mod rootfs;
 
