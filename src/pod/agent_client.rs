@@ -82,7 +82,9 @@ impl Conn {
         loop {
             let space = self.decoder.space().context("bad frame from the agent")?;
             match nix::unistd::read(self.fd.as_raw_fd(), space) {
-                Ok(0) => bail!("the agent closed the connection before the process's exit status"),
+                Ok(0) | Err(Errno::ECONNRESET) => {
+                    bail!("the agent closed the connection before the process's exit status")
+                }
                 Ok(n) => self.decoder.filled(n),
                 Err(Errno::EAGAIN) => return Ok(None),
                 Err(Errno::EINTR) => continue,

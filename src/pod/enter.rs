@@ -106,11 +106,25 @@ pub fn enter(ctx: &crate::Context, id: &str, o: &EnterOptions) -> super::Result<
             Outcome::Exited(code) => Ok(code),
             Outcome::Refused { code, message } => {
                 drop(_terminal);
-                eprintln!("ark: enter: {}", message.escape_debug());
+                eprintln!("ark: enter: {}", escape_controls(&message));
                 Ok(code)
             }
         }
     })
+}
+
+/// The agent's text as one line: control characters (newlines, escapes) shown escaped.
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 /// How long connecting to the agent may take (a full backlog makes a Unix connect wait).
@@ -197,6 +211,17 @@ fn vsock_connect(fd: &OwnedFd, port: u32) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn agent_text_stays_one_line() {
+        assert_eq!(
+            super::escape_controls("\"x\": not found\n\x1b[2Jfake"),
+            "\"x\": not found\\n\\u{1b}[2Jfake"
+        );
+    }
 }
 
 /// Our terminal in raw mode while attached with `-t`; restored when dropped (every return
