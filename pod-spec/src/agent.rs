@@ -369,7 +369,7 @@ fn parse_message<T: for<'de> Deserialize<'de> + Validate>(body: &[u8]) -> Result
 
 /// Reassembles frames from bytes read off a stream, holding at most one frame: the caller
 /// reads into [`FrameDecoder::space`] (never more than the current frame still needs), then
-/// calls [`FrameDecoder::filled`] and takes frames with [`FrameDecoder::next`].
+/// calls [`FrameDecoder::filled`] and takes frames with [`FrameDecoder::take_frame`].
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
@@ -422,7 +422,7 @@ impl FrameDecoder {
     }
 
     /// The complete frame, if there is one: (kind, body). The next read starts a new frame.
-    pub fn next(&mut self) -> Result<Option<(u8, Vec<u8>)>, ProtocolError> {
+    pub fn take_frame(&mut self) -> Result<Option<(u8, Vec<u8>)>, ProtocolError> {
         if self.filled < 4 {
             return Ok(None);
         }
@@ -453,7 +453,7 @@ mod tests {
             space[..n].copy_from_slice(&rest[..n]);
             d.filled(n);
             rest = &rest[n..];
-            if let Some(f) = d.next()? {
+            if let Some(f) = d.take_frame()? {
                 out.push(f);
             }
         }
@@ -501,7 +501,10 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.space().unwrap().copy_from_slice(&u32::MAX.to_be_bytes());
         d.filled(4);
-        assert!(matches!(d.next(), Err(ProtocolError::FrameLength { .. })));
+        assert!(matches!(
+            d.take_frame(),
+            Err(ProtocolError::FrameLength { .. })
+        ));
         assert!(d.space().is_err());
         assert!(decode_all(&0u32.to_be_bytes()).is_err());
         let over = u32::try_from(MAX_FRAME_LEN + 1).unwrap().to_be_bytes();

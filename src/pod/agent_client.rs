@@ -90,7 +90,11 @@ impl Conn {
                 Err(Errno::EINTR) => continue,
                 Err(e) => bail!("the agent's connection broke: {e}"),
             }
-            if let Some((kind, body)) = self.decoder.next().context("bad frame from the agent")? {
+            if let Some((kind, body)) = self
+                .decoder
+                .take_frame()
+                .context("bad frame from the agent")?
+            {
                 return AgentFrame::decode(kind, &body)
                     .map(Some)
                     .context("bad frame from the agent");

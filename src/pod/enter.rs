@@ -213,17 +213,6 @@ fn vsock_connect(fd: &OwnedFd, port: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn agent_text_stays_one_line() {
-        assert_eq!(
-            super::escape_controls("\"x\": not found\n\x1b[2Jfake"),
-            "\"x\": not found\\n\\u{1b}[2Jfake"
-        );
-    }
-}
-
 /// Our terminal in raw mode while attached with `-t`; restored when dropped (every return
 /// path of [`enter`]: signals are taken by the relay, so none ends ark without it).
 struct RawTerminal {
@@ -246,5 +235,16 @@ impl Drop for RawTerminal {
     fn drop(&mut self) {
         use nix::sys::termios::{tcsetattr, SetArg};
         let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn agent_text_stays_one_line() {
+        assert_eq!(
+            super::escape_controls("\"x\": not found\n\x1b[2Jfake"),
+            "\"x\": not found\\n\\u{1b}[2Jfake"
+        );
     }
 }

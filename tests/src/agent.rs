@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::pods::{wait_child, PodEnv};
 
-/// A pod running `sleep 600` (app `busybox`) in the background.
+/// A pod running `sleep 3600` (app `busybox`) in the background.
 #[derive(Debug)]
 pub struct RunningPod {
     pub env: PodEnv,
@@ -37,7 +37,7 @@ impl RunningPod {
             &env.image,
             "--",
             "sleep",
-            "600",
+            "3600",
         ]);
         let mut pod = RunningPod {
             uuid: String::new(),
@@ -156,7 +156,7 @@ pub fn exec_basics(pod: &RunningPod) {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let out = feed(child, &payload);
     assert!(out.status.success());
     assert!(

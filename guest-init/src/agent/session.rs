@@ -156,7 +156,7 @@ impl Session {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(format!("read from client: {e}")),
             }
-            if let Some((kind, body)) = self.decoder.next().map_err(|e| e.to_string())? {
+            if let Some((kind, body)) = self.decoder.take_frame().map_err(|e| e.to_string())? {
                 return ClientFrame::decode(kind, &body)
                     .map(Some)
                     .map_err(|e| e.to_string());
