@@ -24,7 +24,7 @@ fn text(b: &[u8]) -> String {
 impl RunningPod {
     /// How long things may take in this flavor (a kvm guest spawns slowly).
     pub fn slow(&self) -> Duration {
-        Duration::from_secs(if self.flavor == "kvm" { 300 } else { 60 })
+        Duration::from_secs(if self.flavor == "kvm" { 600 } else { 60 })
     }
 
     /// Starts the pod and waits until its app runs and `ark enter` reaches the agent.

@@ -21,3 +21,49 @@ fn enter_in_kvm() {
     agent::terminal(&pod, scratch.path());
     pod.stop();
 }
+
+/// Regression (issue 12): `echo ... | ark run --stage1=kvm --interactive IMG -- /bin/sh` failed
+/// with `take the terminal: ENOTTY`, exit 125: the VM's console, the app's stdin, was nobody's
+/// controlling terminal. Now the app takes it (setsid + TIOCSCTTY) and the shell runs.
+#[test]
+fn interactive_run_takes_the_console() {
+    if let Some(why) = pods_unavailable().or_else(kvm_unavailable) {
+        skip!("{why}");
+    }
+    if guest_kernel().is_none() {
+        skip!("no guest kernel: set ARK_KERNEL (kernel-config/build.sh)");
+    }
+    use std::io::Write;
+    use std::process::Stdio;
+    let env = ark_tests::pods::PodEnv::new();
+    let mut child = env
+        .ark()
+        .args([
+            "run",
+            "--stage1=kvm",
+            "--interactive",
+            &env.image,
+            "--",
+            "/bin/sh",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo hi-from-$((6*7)); exit 5\n")
+        .unwrap();
+    let st = ark_tests::pods::wait_child(&mut child, std::time::Duration::from_secs(600));
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stderr.contains("ENOTTY"), "{stderr}");
+    assert_eq!(st.code(), Some(5), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("hi-from-42"), "stdout: {stdout}");
+}

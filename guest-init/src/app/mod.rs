@@ -145,6 +145,12 @@ fn foreground() -> Result<()> {
     if !unistd::isatty(stdin.as_raw_fd()).unwrap_or(false) {
         return Ok(());
     }
+    if rustix::termios::tcgetsid(&stdin).is_err() {
+        // A terminal that is nobody's controlling terminal (a VM's console): the app takes it
+        // in a session of its own, which also makes its group the foreground one.
+        unistd::setsid().context("setsid")?;
+        return rustix::process::ioctl_tiocsctty(&stdin).context("take the terminal");
+    }
     unistd::setpgid(unistd::Pid::from_raw(0), unistd::Pid::from_raw(0)).context("setpgid")?;
     // SAFETY: setting a signal to SIG_IGN installs no handler code.
     unsafe { signal(Signal::SIGTTOU, SigHandler::SigIgn) }.context("ignore SIGTTOU")?;
