@@ -75,6 +75,24 @@ fn bind_listener(t: &AgentTransport) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A vsock peer must be the host (CID 2): with a loopback transport in the guest kernel, an
+/// app in the VM could otherwise connect to the agent and run processes as anyone in any app.
+/// (ns/fly: the Unix socket is in guest-init's root, which no app's root reaches.)
+fn from_the_host(conn: &OwnedFd) -> bool {
+    use nix::sys::socket::{getpeername, SockaddrLike, SockaddrStorage};
+    match getpeername::<SockaddrStorage>(conn.as_raw_fd()) {
+        Ok(addr) => match addr.as_vsock_addr() {
+            Some(v) => peer_cid_allowed(v.cid()),
+            None => addr.family() == Some(AddressFamily::Unix),
+        },
+        Err(_) => false,
+    }
+}
+
+fn peer_cid_allowed(cid: u32) -> bool {
+    cid == ark_pod_spec::stage2::VSOCK_HOST_CID
+}
+
 /// Accepts one connection and forks its session. guest-init reaps the session like any
 /// other child (it is no app).
 pub fn accept(listener: &OwnedFd, pod: &PodInfo) {
@@ -86,6 +104,10 @@ pub fn accept(listener: &OwnedFd, pod: &PodInfo) {
             return;
         }
     };
+    if !from_the_host(&fd) {
+        eprintln!("ark-init: agent: refused a vsock connection from inside the VM");
+        return;
+    }
     // SAFETY: guest-init is single-threaded, so the child may run ordinary code after fork.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
@@ -98,5 +120,17 @@ pub fn accept(listener: &OwnedFd, pod: &PodInfo) {
         }
         Ok(ForkResult::Parent { .. }) => {}
         Err(e) => eprintln!("ark-init: agent: fork: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_host_may_connect_over_vsock() {
+        assert!(super::peer_cid_allowed(2));
+        // VMADDR_CID_LOCAL (loopback), and the guest's own CID.
+        assert!(!super::peer_cid_allowed(1));
+        assert!(!super::peer_cid_allowed(3));
+        assert!(!super::peer_cid_allowed(u32::MAX));
     }
 }
