@@ -18,9 +18,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// How long the agent may take to answer the handshake and start the process (a VM's guest
-/// may need seconds to fork and exec).
+/// How long the agent may take to answer the handshake and start the process: ns/fly.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The same in a VM, whose guest may need tens of seconds to fork and exec on a host with
+/// software virtualization (kvm_pvm) under load.
+pub const VM_REPLY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Control messages queued beyond this are dropped (resizes come again on the next SIGWINCH).
 const MAX_QUEUED_CONTROL: usize = 4096;
 
@@ -104,7 +106,7 @@ impl Conn {
 
     /// The next message, writing what is queued meanwhile, by `deadline`. Stream frames
     /// before the process started are off-protocol.
-    fn reply(&mut self, deadline: Instant) -> anyhow::Result<Reply> {
+    fn reply(&mut self, deadline: Instant, timeout: Duration) -> anyhow::Result<Reply> {
         loop {
             self.write_some()?;
             match self.read_some()? {
@@ -118,10 +120,7 @@ impl Conn {
             }
             let mut fds = [PollFd::new(self.fd.as_fd(), ev)];
             match poll(&mut fds, poll_ms(Some(deadline))) {
-                Ok(0) => bail!(
-                    "the agent did not answer within {} s",
-                    REPLY_TIMEOUT.as_secs()
-                ),
+                Ok(0) => bail!("the agent did not answer within {} s", timeout.as_secs()),
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => bail!("poll: {e}"),
             }
@@ -168,7 +167,7 @@ pub fn window_size() -> Option<WindowSize> {
 }
 
 /// Runs `req` through the agent on `conn` and relays stdio until the process ends.
-pub fn run(conn: OwnedFd, req: ExecRequest) -> anyhow::Result<Outcome> {
+pub fn run(conn: OwnedFd, req: ExecRequest, timeout: Duration) -> anyhow::Result<Outcome> {
     // Signals first, so none of them kills us between here and the loop.
     let mut set = SigSet::empty();
     for s in [
@@ -185,11 +184,11 @@ pub fn run(conn: OwnedFd, req: ExecRequest) -> anyhow::Result<Outcome> {
         .context("signalfd")?;
 
     let mut conn = Conn::new(conn)?;
-    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     conn.queue(ClientFrame::Message(Request::Hello {
         version: AGENT_PROTOCOL_VERSION,
     }));
-    match conn.reply(deadline)? {
+    match conn.reply(deadline, timeout)? {
         Reply::Hello { version } if version == AGENT_PROTOCOL_VERSION => {}
         Reply::Hello { version } => {
             bail!("the agent speaks protocol version {version}, not {AGENT_PROTOCOL_VERSION}")
@@ -200,7 +199,7 @@ pub fn run(conn: OwnedFd, req: ExecRequest) -> anyhow::Result<Outcome> {
     let tty = req.tty.is_some();
     let stdin = req.stdin;
     conn.queue(ClientFrame::Message(Request::Exec(req)));
-    match conn.reply(deadline)? {
+    match conn.reply(deadline, timeout)? {
         Reply::Started { .. } => {}
         Reply::Error { code, message } => return Ok(Outcome::Refused { code, message }),
         other => bail!("the agent answered exec with {}", name(&other)),

@@ -102,7 +102,11 @@ pub fn enter(ctx: &crate::Context, id: &str, o: &EnterOptions) -> super::Result<
         let conn = connect(&layout, manifest.stage1.flavor)
             .with_context(|| format!("pod {}: reach its agent", pod.uuid))?;
         let _terminal = if o.tty { RawTerminal::enter() } else { None };
-        match agent_client::run(conn, req)? {
+        let timeout = match manifest.stage1.flavor {
+            Flavor::Kvm => agent_client::VM_REPLY_TIMEOUT,
+            Flavor::Ns | Flavor::Fly => agent_client::REPLY_TIMEOUT,
+        };
+        match agent_client::run(conn, req, timeout)? {
             Outcome::Exited(code) => Ok(code),
             Outcome::Refused { code, message } => {
                 drop(_terminal);
