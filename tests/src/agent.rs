@@ -246,6 +246,95 @@ pub fn concurrent_and_killed(pod: &RunningPod) {
     assert_eq!(st.code(), Some(128 + 15), "SIGTERM reaches the process");
 }
 
+/// The checks in as few enters as a slow guest allows (a kvm_pvm guest under load takes tens
+/// of seconds per process): hostname and exit code, separate streams and 127, two enters at
+/// once, and a killed enter's process gone (both seen from a second enter, which polls inside
+/// the guest).
+pub fn vm_checks(pod: &RunningPod) {
+    let out = pod.enter(&["cat", "/etc/hostname"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "agentpod\n");
+    let out = pod.enter(&["sh", "-c", "echo out; echo err >&2; exit 9"]);
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n", "LF stays LF, stderr stays out");
+    assert_eq!(text(&out.stderr), "err\n");
+    let missing = pod.enter(&["no-such-program"]);
+    assert_eq!(
+        missing.status.code(),
+        Some(127),
+        "{}",
+        text(&missing.stderr)
+    );
+
+    let mut first = pod
+        .enter_cmd(&[
+            "sh",
+            "-c",
+            "echo $$ > /tmp/enter-first.pid; exec sleep 3000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The second enter waits (inside the guest) for the first's process, reports it alive,
+    // then waits for the host to kill the first `ark enter` and reports the process gone.
+    let mut second = pod
+        .enter_cmd(&[
+            "sh",
+            "-c",
+            "for i in $(seq 300); do [ -s /tmp/enter-first.pid ] && break; sleep 1; done; \
+             p=$(cat /tmp/enter-first.pid); kill -0 $p && echo alive; \
+             for i in $(seq 300); do kill -0 $p 2>/dev/null || { echo gone; exit 0; }; \
+             sleep 1; done; exit 1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Polling through a third enter would cost another slow spawn: read the second's output.
+    let mut stdout = second.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + pod.slow();
+    while !String::from_utf8_lossy(&seen).contains("alive") {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0 && Instant::now() < deadline,
+            "the second enter never saw the first: {}",
+            text(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let st = wait_child(&mut second, pod.slow());
+    let mut rest = String::new();
+    use std::io::Read;
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "killing ark enter left its process running: {rest}"
+    );
+    assert!(rest.contains("gone"), "{rest}");
+}
+
+/// `ark enter -ti` in tmux, once: the pty is the pod's, its size the window's.
+pub fn vm_terminal(pod: &RunningPod) {
+    let cmd = format!(
+        "{ark} --dir {dir} enter -ti {uuid} sh; echo ENTER-EXIT=$?; sleep 600",
+        ark = crate::ark_bin().display(),
+        dir = pod.env.path().display(),
+        uuid = pod.uuid,
+    );
+    let t = Tmux::start(&cmd);
+    t.keys(&["tty; stty size; exit 4", "Enter"]);
+    let screen = t.wait_for("ENTER-EXIT=4", pod.slow());
+    assert!(screen.contains("/dev/pts/"), "tty is no pty:\n{screen}");
+    assert!(screen.contains("\n24 80"), "stty size:\n{screen}");
+}
+
 /// A tmux session (its own server socket) running one command in an 80x24 window.
 #[derive(Debug)]
 pub struct Tmux {

@@ -15,10 +15,8 @@ fn enter_in_kvm() {
         skip!("no guest kernel: set ARK_KERNEL (kernel-config/build.sh)");
     }
     let pod = RunningPod::start("kvm");
-    agent::exec_basics(&pod);
-    agent::concurrent_and_killed(&pod);
-    let scratch = tempfile::tempdir().unwrap();
-    agent::terminal(&pod, scratch.path());
+    agent::vm_checks(&pod);
+    agent::vm_terminal(&pod);
     pod.stop();
 }
 
