@@ -49,12 +49,11 @@ fn interactive_run_takes_the_console() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"echo hi-from-$((6*7)); exit 5\n")
-        .unwrap();
+    // Written long before the guest's shell reads it: the console may lose the first bytes
+    // (they arrive while nothing reads the serial port yet), so blanks go first.
+    let mut line = vec![b' '; 64];
+    line.extend_from_slice(b"echo hi-from-$((6*7)); exit 5\n");
+    child.stdin.take().unwrap().write_all(&line).unwrap();
     let st = ark_tests::pods::wait_child(&mut child, std::time::Duration::from_secs(600));
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = (
