@@ -9,9 +9,11 @@
 //! The steps are docs/stages.md's: `machine` sets up the pod's machine (step 2), `app` each
 //! app between fork and exec (step 3), `supervisor` runs the pod to its end (steps 3-5).
 
+mod agent;
 mod app;
 mod machine;
 mod os;
+mod pty;
 mod supervisor;
 
 use std::path::Path;
@@ -99,6 +101,13 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
     let plans = app::plan::plan(&manifest, &cfg);
     let grace = Duration::from_secs(cfg.stop_grace_secs);
     let mut pod = Pod::new(&plans, signals, control, grace);
+    pod.set_agent(
+        agent::listen_on(cfg.agent.as_ref()).map(|fd| agent::Listener {
+            fd,
+            pod_uuid: cfg.pod_uuid.clone(),
+            plans: plans.clone(),
+        }),
+    );
     let ctx = app::ChildContext {
         pod_uuid: &cfg.pod_uuid,
         hostname: cfg.hostname.as_deref(),

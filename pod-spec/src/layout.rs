@@ -12,6 +12,8 @@
 //!     ark/logs/<app>.log       each non-interactive app's stdout and stderr (guest-init)
 //!     ark/volumes/<name>/      each volume (ns/fly: bind of the host source; kvm: virtio-fs)
 //!     apps/<app>/rootfs/       each app's root (stage0, from the render cache)
+//!     ark/agent/agent.sock     ns/fly: guest-init's agent socket (`ark enter`)
+//!   vsock.sock                 kvm: the VMM's hybrid vsock socket (CONNECT <port>)
 //!   status/<app>.json          AppStatus per app (guest-init via the stage1's transport)
 //!   status/pod.json            PodExit once the pod ended (the stage1)
 //!   status/stage2.pid          ns/fly: host pid of guest-init while it runs (the stage1)
@@ -78,6 +80,15 @@ impl PodLayout {
     pub fn stage2_pid_file(&self) -> PathBuf {
         self.status_dir().join("stage2.pid")
     }
+    /// ns/fly: the socket guest-init's agent listens on (see [`guest::AGENT_SOCKET`]).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.in_root(guest::AGENT_SOCKET)
+    }
+    /// kvm: the VMM's hybrid vsock socket (`CONNECT <port>` reaches a guest port), which
+    /// stage1-kvm creates relative to the pod directory.
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.dir.join(guest::VSOCK_SOCKET)
+    }
     /// Pod networking's directory (CNI pods only).
     pub fn net_dir(&self) -> PathBuf {
         self.dir.join("net")
@@ -111,6 +122,11 @@ pub mod guest {
     /// Where guest-init appends each non-interactive app's output (`<app>.log`); absent when
     /// the stage1 root is read-only (a kvm erofs root).
     pub const LOG_DIR: &str = "/ark/logs";
+    /// ns/fly: the agent's directory (mode 0700: root only) and socket.
+    pub const AGENT_DIR: &str = "/ark/agent";
+    pub const AGENT_SOCKET: &str = "/ark/agent/agent.sock";
+    /// kvm: the hybrid vsock socket's name in the pod directory (host side, not in the root).
+    pub const VSOCK_SOCKET: &str = "vsock.sock";
 
     pub fn app_log(app: &str) -> String {
         format!("{LOG_DIR}/{app}.log")

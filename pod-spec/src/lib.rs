@@ -5,6 +5,7 @@
 //! crate so stage0, every stage1 and the static guest-init agree on one definition.
 //!
 //! The human-readable version of this contract is `docs/pod-manifest.md`; keep both in step.
+pub mod agent;
 pub mod layout;
 pub mod manifest;
 pub mod net;
@@ -25,8 +26,8 @@ pub use pod_net::{
     DnsSource, HostsEntry, NetworkRef, PodDns, PortForward, Protocol, DEFAULT_NETWORK,
 };
 pub use stage2::{
-    AppCgroup, ControlCommand, ControlTransport, EtcFiles, OnExit, Stage2Config, Stage2Mount,
-    StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
+    AgentTransport, AppCgroup, ControlCommand, ControlTransport, EtcFiles, OnExit, Stage2Config,
+    Stage2Mount, StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
 };
 pub use status::{
     pod_exit_code, AppState, AppStatus, PodExit, StatusMessage, EXIT_STAGE1_ERROR, STATUS_ACK,

@@ -28,6 +28,9 @@ pub struct Stage2Config {
     /// Where stop requests come from besides SIGTERM/SIGINT to guest-init (kvm: vsock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlTransport>,
+    /// Where guest-init serves the agent protocol ([`crate::agent`]: `ark enter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentTransport>,
     /// What guest-init does once every app ended and statuses are reported.
     pub on_exit: OnExit,
     /// Mount /proc, /sys, /dev (devtmpfs, else a populated tmpfs), /dev/pts, /dev/shm and /run
@@ -74,6 +77,7 @@ impl Stage2Config {
             hostname: None,
             status,
             control: None,
+            agent: None,
             on_exit,
             mount_pseudo_fs: false,
             mounts: Vec::new(),
@@ -173,6 +177,17 @@ fn host_cid() -> u32 {
 pub enum ControlTransport {
     /// guest-init listens on AF_VSOCK `port` for [`ControlCommand`] lines.
     Vsock { port: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AgentTransport {
+    /// guest-init listens on AF_VSOCK `port` (kvm; the host reaches it through the VMM's
+    /// hybrid vsock socket with `CONNECT <port>`).
+    Vsock { port: u32 },
+    /// guest-init listens on a Unix socket at `path` in its root, in a directory only root may
+    /// enter (ns/fly: [`crate::guest::AGENT_SOCKET`]).
+    Unix { path: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -220,6 +220,21 @@ pub struct EnterArgs {
     /// The app to enter (needed when the pod has several).
     #[arg(long)]
     pub app: Option<String>,
+    /// A terminal (a pty made inside the pod) for the command; ours goes raw meanwhile.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Pass our stdin to the command (without: /dev/null).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Run as this user (name or uid, from the app's /etc/passwd) instead of the app's.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Set NAME=value in the command's environment (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory instead of the app's.
+    #[arg(long = "workdir", short = 'w')]
+    pub workdir: Option<String>,
     pub uuid: String,
     /// Command and arguments (default: /bin/sh).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -350,7 +365,16 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Enter(a) => {
-            let code = ark::pod::enter::enter(ctx, &a.uuid, a.app.as_deref(), &a.cmd)?;
+            let opts = ark::pod::enter::EnterOptions {
+                app: a.app,
+                tty: a.tty,
+                interactive: a.interactive,
+                user: a.user,
+                env: a.env,
+                workdir: a.workdir,
+                cmd: a.cmd,
+            };
+            let code = ark::pod::enter::enter(ctx, &a.uuid, &opts)?;
             let code = u8::try_from(code.clamp(0, 255)).expect("clamped to 0..=255");
             Ok(ExitCode::from(code))
         }
@@ -563,6 +587,26 @@ mod tests {
         };
         assert_eq!(e.app.as_deref(), Some("a"));
         assert_eq!(e.cmd, ["ls", "-l", "/"]);
+        let PodCommand::Enter(e) = parse(&[
+            "enter",
+            "-ti",
+            "--user=65534",
+            "--env=A=1",
+            "-e",
+            "B=2",
+            "--workdir=/tmp",
+            "abc",
+            "sh",
+            "-c",
+            "exit 9",
+        ]) else {
+            panic!()
+        };
+        assert!(e.tty && e.interactive);
+        assert_eq!(e.user.as_deref(), Some("65534"));
+        assert_eq!(e.env, ["A=1", "B=2"]);
+        assert_eq!(e.workdir.as_deref(), Some("/tmp"));
+        assert_eq!(e.cmd, ["sh", "-c", "exit 9"]);
         let PodCommand::List(l) = parse(&["list", "--format=json"]) else {
             panic!()
         };

@@ -1,23 +1,37 @@
-//! `ark enter UUID [--app NAME] [CMD...]`: run a command inside a running app of an ns or fly
-//! pod, as `nsenter --target PID --all --root` would: join the app process's namespaces and
-//! cgroups, chroot into its root, take on the app's identity (user, groups, capability sets,
-//! rlimits, no_new_privs: the code guest-init uses, [`ark_os::identity`]), fork (so the
-//! command is in the pod's pid namespace) and exec with only fds 0, 1 and 2.
+//! `ark enter [--app NAME] [-t] [-i] [--user U] [--env K=V] [--workdir D] UUID [CMD...]`: run a
+//! command in a running app of a pod, in every flavor, through guest-init's agent
+//! ([`ark_pod_spec::agent`]; the client is [`super::agent_client`]). The agent starts the
+//! command with the app's root, namespaces, cgroups, identity, capabilities, rlimits and
+//! no_new_privs (guest-init's own app set-up), so nothing of ark's host process reaches it.
+//! ns/fly: the agent's Unix socket in the stage1 root; kvm: the VMM's hybrid vsock socket,
+//! `CONNECT <agent port>`.
 
-use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ark_os::cgroup::{app_leaf, Cgroups};
-use ark_os::identity;
-use ark_pod_spec::{App, Flavor, PodLayout, PodManifest};
-use nix::sched::{setns, CloneFlags};
+use ark_pod_spec::agent::{ExecRequest, AGENT_VSOCK_PORT};
+use ark_pod_spec::{guest, App, Flavor, PodLayout, PodManifest};
 
+use super::agent_client::{self, Outcome};
 use super::store::Liveness;
+
+/// What to run and how (the command line's flags).
+#[derive(Debug, Clone, Default)]
+pub struct EnterOptions {
+    pub app: Option<String>,
+    pub tty: bool,
+    pub interactive: bool,
+    pub user: Option<String>,
+    /// `NAME=value` words.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    /// Empty: `/bin/sh`.
+    pub cmd: Vec<String>,
+}
 
 /// Picks the app to enter: the named one, or the only one.
 pub fn pick_app<'m>(m: &'m PodManifest, name: Option<&str>) -> anyhow::Result<&'m App> {
@@ -37,62 +51,44 @@ pub fn pick_app<'m>(m: &'m PodManifest, name: Option<&str>) -> anyhow::Result<&'
     }
 }
 
-/// Parent pid of every process, from `/proc/<pid>/stat`.
-fn parent_map() -> HashMap<i32, Vec<i32>> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return children;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`; comm may hold spaces and parens: split after the last ')'.
-        let Some(ppid) = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        children.entry(ppid).or_default().push(pid);
+/// The agent request for these options (a bad flag is an [`super::error::Invalid`] error).
+fn request(app: &App, o: &EnterOptions) -> anyhow::Result<ExecRequest> {
+    let mut env = Vec::new();
+    for kv in &o.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| super::error::Invalid(format!("--env {kv:?}: want NAME=value")))?;
+        env.push((k.to_string(), v.to_string()));
     }
-    children
-}
-
-fn app_name_of(pid: i32) -> Option<String> {
-    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|b| *b == 0).find_map(|kv| {
-        kv.strip_prefix(b"ARK_APP_NAME=")
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
-}
-
-/// The topmost descendant of `stage2` whose environment says it is app `app`.
-pub fn find_app_process(stage2: i32, app: &str) -> Option<i32> {
-    let children = parent_map();
-    let mut queue: VecDeque<i32> = children.get(&stage2).cloned().unwrap_or_default().into();
-    while let Some(pid) = queue.pop_front() {
-        if app_name_of(pid).as_deref() == Some(app) {
-            return Some(pid);
+    if o.tty {
+        if let Ok(term) = std::env::var("TERM") {
+            env.insert(0, ("TERM".into(), term));
         }
-        queue.extend(children.get(&pid).cloned().unwrap_or_default());
     }
-    None
+    let req = ExecRequest {
+        app: Some(app.name.clone()),
+        argv: if o.cmd.is_empty() {
+            vec!["/bin/sh".into()]
+        } else {
+            o.cmd.clone()
+        },
+        env,
+        user: o.user.clone(),
+        workdir: o.workdir.clone(),
+        tty: o.tty.then(|| {
+            agent_client::window_size()
+                .unwrap_or(ark_pod_spec::agent::WindowSize { rows: 24, cols: 80 })
+        }),
+        stdin: o.interactive,
+    };
+    req.validate()
+        .map_err(|e| super::error::Invalid(e.to_string()))?;
+    Ok(req)
 }
 
-/// Runs `cmd` (default `/bin/sh`) in app `app` (needed when the pod has several) of running
-/// pod `id`, and returns its exit code (128+N for signal N). This process becomes the app
-/// (namespaces, root, identity) to start it: call it from a process that has nothing else to do.
-pub fn enter(
-    ctx: &crate::Context,
-    id: &str,
-    app: Option<&str>,
-    cmd: &[String],
-) -> super::Result<i32> {
+/// Runs the command in app `--app` (needed when the pod has several) of running pod `id`, and
+/// returns its exit code (128+N for signal N; 126/127 when it cannot run or is missing).
+pub fn enter(ctx: &crate::Context, id: &str, o: &EnterOptions) -> super::Result<i32> {
     super::error::typed(|| {
         let store = super::open_store(ctx)?;
         let pod = store.reap_if_exited(&store.find(id)?)?;
@@ -101,134 +97,158 @@ pub fn enter(
         }
         let layout = PodLayout::new(&pod.path);
         let manifest = PodManifest::load(&layout.manifest())?;
-        if manifest.stage1.flavor == Flavor::Kvm {
-            bail!("ark enter does not support kvm pods yet (it will go over vsock to guest-init)");
-        }
-        let app = pick_app(&manifest, app)?;
-        let stage2: i32 = fs::read_to_string(layout.stage2_pid_file())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .with_context(|| format!("pod {}: stage2 has not started yet", pod.uuid))?;
-        let pid = find_app_process(stage2, &app.name)
-            .with_context(|| format!("app {} is not running", app.name))?;
-
-        // Everything from /proc/<pid> is opened before the first setns changes what /proc means.
-        let mut namespaces = Vec::new();
-        for (ns, flag) in [
-            ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-            ("ipc", CloneFlags::CLONE_NEWIPC),
-            ("uts", CloneFlags::CLONE_NEWUTS),
-            ("net", CloneFlags::CLONE_NEWNET),
-            ("pid", CloneFlags::CLONE_NEWPID),
-            ("mnt", CloneFlags::CLONE_NEWNS),
-        ] {
-            let theirs = format!("/proc/{pid}/ns/{ns}");
-            let same = match (
-                fs::metadata(&theirs),
-                fs::metadata(format!("/proc/self/ns/{ns}")),
-            ) {
-                (Ok(t), Ok(o)) => t.ino() == o.ino() && t.dev() == o.dev(),
-                _ => false,
-            };
-            if !same {
-                let f = File::open(&theirs).with_context(|| format!("open {theirs}"))?;
-                namespaces.push((ns, f, flag));
-            }
-        }
-        let root = File::open(format!("/proc/{pid}/root")).context("open the app's root")?;
-        // Who the app is, from its own passwd and group files, read inside its root as the pod
-        // dir holds it (not /proc/PID/root: the app may have chrooted into files of its making).
-        let app_root = ark_os::inroot::open_root(&layout.app_rootfs(&app.name))
-            .with_context(|| format!("open the root of app {}", app.name))?;
-        let id = identity::resolve_app(app, app_root.as_fd())
-            .map_err(|e| anyhow::anyhow!("app {}: {e}", app.name))?;
-        drop(app_root);
-        let caps =
-            identity::capability_sets(id.uid, &app.capabilities_keep, app.capabilities_explicit);
-
-        // Join the app's cgroups so the command counts against the app's limits.
-        let uuid = pod.uuid.to_string();
-        for h in Cgroups::detect().hierarchies {
-            let procs = h
-                .pod_dir(&uuid)
-                .join(app_leaf(&app.name))
-                .join("cgroup.procs");
-            if procs.exists() {
-                let _ = fs::write(&procs, std::process::id().to_string());
-            }
-        }
-        for (ns, f, flag) in &namespaces {
-            setns(f, *flag).with_context(|| format!("join the app's {ns} namespace"))?;
-        }
-        nix::unistd::fchdir(root.as_raw_fd()).context("enter the app's root")?;
-        nix::unistd::chroot(".").context("chroot into the app's root")?;
-        if std::env::set_current_dir(&app.working_dir).is_err() {
-            std::env::set_current_dir("/")?;
-        }
-
-        // From here on this process is the app: the command inherits all of it.
-        identity::set_rlimits(&app.rlimits).context("the app's rlimits")?;
-        identity::switch_to(&id, &caps).context("the app's identity")?;
-        // Whatever ark itself inherited stays out of the command: it gets fds 0, 1 and 2.
-        ark_os::fds::cloexec_inherited().context("close-on-exec above stdio")?;
-
-        let argv: Vec<String> = if cmd.is_empty() {
-            vec!["/bin/sh".into()]
-        } else {
-            cmd.to_vec()
+        let app = pick_app(&manifest, o.app.as_deref())?;
+        let req = request(app, o)?;
+        let conn = connect(&layout, manifest.stage1.flavor)
+            .with_context(|| format!("pod {}: reach its agent", pod.uuid))?;
+        let _terminal = if o.tty { RawTerminal::enter() } else { None };
+        let timeout = match manifest.stage1.flavor {
+            Flavor::Kvm => agent_client::VM_REPLY_TIMEOUT,
+            Flavor::Ns | Flavor::Fly => agent_client::REPLY_TIMEOUT,
         };
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).env_clear();
-        cmd.env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
-        cmd.env("HOME", &id.home);
-        if let Ok(term) = std::env::var("TERM") {
-            cmd.env("TERM", term);
+        match agent_client::run(conn, req, timeout)? {
+            Outcome::Exited(code) => Ok(code),
+            Outcome::Refused { code, message } => {
+                drop(_terminal);
+                eprintln!("ark: enter: {}", escape_controls(&message));
+                Ok(code)
+            }
         }
-        for e in &app.env {
-            cmd.env(&e.name, &e.value);
-        }
-        cmd.env("ARK_APP_NAME", &app.name)
-            .env("ARK_POD_UUID", &uuid);
-        // The child is the first of ours in the pod's pid namespace.
-        let status = cmd
-            .status()
-            .with_context(|| format!("run {} in app {}", argv[0], app.name))?;
-        Ok(status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(125))
     })
+}
+
+/// The agent's text as one line: control characters (newlines, escapes) shown escaped.
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
+/// How long connecting to the agent may take (a full backlog makes a Unix connect wait).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The agent's socket: ns/fly its Unix socket, kvm the VMM's vsock socket (then `CONNECT`).
+/// Reached through a descriptor of its directory (resolved inside the stage1 root), so a
+/// symlink planted there leads nowhere and a long pod path does not overflow `sun_path`.
+fn connect(layout: &PodLayout, flavor: Flavor) -> anyhow::Result<OwnedFd> {
+    let (dir, name) = match flavor {
+        Flavor::Kvm => (
+            ark_os::inroot::open_root(layout.dir()).context("open the pod directory")?,
+            guest::VSOCK_SOCKET,
+        ),
+        Flavor::Ns | Flavor::Fly => {
+            let root = ark_os::inroot::open_root(&layout.stage1_rootfs())
+                .context("open the stage1 root")?;
+            let dir = ark_os::inroot::resolve(
+                root.as_fd(),
+                guest::AGENT_DIR,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+            )
+            .context("the agent's directory (is the pod's guest-init older than ark enter?)")?;
+            (dir, "agent.sock")
+        }
+    };
+    let path = PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()));
+    let fd = connect_unix(&path)?;
+    if flavor == Flavor::Kvm {
+        vsock_connect(&fd, AGENT_VSOCK_PORT)?;
+    }
+    Ok(fd)
+}
+
+fn connect_unix(path: &std::path::Path) -> anyhow::Result<OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .context("socket")?;
+    let addr = UnixAddr::new(path).context("socket address")?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => return Ok(fd),
+            // A Unix socket's backlog is full: the listener is not accepting (yet).
+            Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(nix::errno::Errno::EAGAIN) => bail!(
+                "the agent does not accept connections (waited {} s)",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            Err(e) => return Err(e).context("connect to the agent"),
+        }
+    }
+}
+
+/// The hybrid vsock handshake: `CONNECT <port>\n`, answered `OK <host port>\n` (at most 64
+/// bytes read, under the connect deadline).
+fn vsock_connect(fd: &OwnedFd, port: u32) -> anyhow::Result<()> {
+    let stream = UnixStream::from(fd.try_clone()?);
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+    (&stream).write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 64 {
+        match (&stream).read(&mut byte) {
+            Ok(0) => bail!("the VM's vsock device refused port {port} (is the pod still booting?)"),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return Err(e).context("the VM's vsock device did not answer"),
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        bail!(
+            "the VM's vsock device answered {:?}",
+            String::from_utf8_lossy(&line)
+        );
+    }
+    Ok(())
+}
+
+/// Our terminal in raw mode while attached with `-t`; restored when dropped (every return
+/// path of [`enter`]: signals are taken by the relay, so none ends ark without it).
+struct RawTerminal {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawTerminal {
+    fn enter() -> Option<Self> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(stdin.as_fd()).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
-    fn finds_a_descendant_by_app_name() {
-        // This test process's own child, with ARK_APP_NAME set, stands in for an app.
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .env("ARK_APP_NAME", "probe-app")
-            .spawn()
-            .unwrap();
-        let me = rustix::process::getpid().as_raw_nonzero().get();
-        // Until the child has exec'd, its environ is ours: poll briefly.
-        let mut found = None;
-        for _ in 0..100 {
-            found = find_app_process(me, "probe-app");
-            if found.is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let child_pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
-        assert_eq!(found, Some(child_pid));
-        assert_eq!(find_app_process(me, "other"), None);
-        child.kill().unwrap();
-        child.wait().unwrap();
+    fn agent_text_stays_one_line() {
+        assert_eq!(
+            super::escape_controls("\"x\": not found\n\x1b[2Jfake"),
+            "\"x\": not found\\n\\u{1b}[2Jfake"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! - [`lifecycle`]: prepare, run-prepared (exec of the stage1 with the lock held).
 //! - [`info`], [`stop`], [`gc`], [`enter`]: the commands on existing pods.
 
+pub mod agent_client;
 pub mod args;
 pub mod enter;
 pub mod error;

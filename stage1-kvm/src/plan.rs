@@ -26,7 +26,7 @@ pub const BASE_MEMORY_MIB: u64 = 128;
 pub const VMM_OVERHEAD_MIB: u64 = 64;
 /// The hybrid vsock socket, relative to the pod directory, which is stage1-kvm's working
 /// directory: a Unix socket path is limited to 107 bytes, and pod directories can be longer.
-pub const VSOCK_SOCKET: &str = "vsock.sock";
+pub const VSOCK_SOCKET: &str = ark_pod_spec::guest::VSOCK_SOCKET;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -98,6 +98,9 @@ pub fn plan(
     );
     stage2.hostname = Some(manifest.hostname());
     stage2.control = Some(ControlTransport::Vsock { port: CONTROL_PORT });
+    stage2.agent = Some(ark_pod_spec::AgentTransport::Vsock {
+        port: ark_pod_spec::agent::AGENT_VSOCK_PORT,
+    });
     stage2.mount_pseudo_fs = true;
     stage2.create_app_cgroups = true;
     stage2.debug = debug;

@@ -140,6 +140,9 @@ pub fn stage2_config(
     );
     c.hostname = (iso == Isolation::Ns).then(|| m.hostname());
     c.mount_pseudo_fs = true;
+    c.agent = Some(ark_pod_spec::AgentTransport::Unix {
+        path: guest::AGENT_SOCKET.into(),
+    });
     c.debug = debug;
     c.app_cgroups = m
         .apps

@@ -1,6 +1,7 @@
 //! Shared helpers for ark integration tests: they run the real binaries (built by `./build.sh`)
 //! against real components. Each area keeps its own helpers in its own module.
 
+pub mod agent;
 pub mod fixtures;
 pub mod images;
 pub mod loopdev;

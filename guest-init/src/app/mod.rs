@@ -2,8 +2,8 @@
 //! stage2 step 3). `rootfs` makes the app's mount namespace and root, `identity` who it runs
 //! as, `exec` its environment and program.
 
-mod exec;
-mod identity;
+pub(crate) mod exec;
+pub(crate) mod identity;
 pub mod plan;
 mod rootfs;
 
@@ -146,6 +146,12 @@ fn foreground() -> Result<()> {
     let stdin = std::io::stdin();
     if !unistd::isatty(stdin.as_raw_fd()).unwrap_or(false) {
         return Ok(());
+    }
+    if rustix::termios::tcgetsid(&stdin).is_err() {
+        // A terminal that is nobody's controlling terminal (a VM's console): the app takes it
+        // in a session of its own, which also makes its group the foreground one.
+        unistd::setsid().context("setsid")?;
+        return rustix::process::ioctl_tiocsctty(&stdin).context("take the terminal");
     }
     unistd::setpgid(unistd::Pid::from_raw(0), unistd::Pid::from_raw(0)).context("setpgid")?;
     // SAFETY: setting a signal to SIG_IGN installs no handler code.

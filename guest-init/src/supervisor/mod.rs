@@ -65,6 +65,8 @@ pub struct Pod {
     oom_base: Vec<(String, String, u64)>,
     outputs: Vec<OutputPipe>,
     grace: Duration,
+    /// `ark enter`'s way in (see [`crate::agent`]).
+    agent: Option<crate::agent::Listener>,
 }
 
 impl Pod {
@@ -81,7 +83,13 @@ impl Pod {
             oom_base: Vec::new(),
             outputs: Vec::new(),
             grace,
+            agent: None,
         }
+    }
+
+    /// Serve the agent on this listener while the pod runs.
+    pub fn set_agent(&mut self, agent: Option<crate::agent::Listener>) {
+        self.agent = agent;
     }
 
     /// Step 3: each app in order, unless a stop arrived while earlier ones were starting.
@@ -136,6 +144,10 @@ impl Pod {
             if let Some(l) = &self.control {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
             }
+            let agent_at = fds.len();
+            if let Some(a) = &self.agent {
+                fds.push(PollFd::new(a.fd.as_fd(), PollFlags::POLLIN));
+            }
             let first_output = fds.len();
             fds.extend(
                 self.outputs
@@ -156,6 +168,11 @@ impl Pod {
                     .get(1)
                     .and_then(|f| f.revents())
                     .is_some_and(|r| r.contains(PollFlags::POLLIN));
+            let agent_ready = self.agent.is_some()
+                && fds
+                    .get(agent_at)
+                    .and_then(|f| f.revents())
+                    .is_some_and(|r| r.contains(PollFlags::POLLIN));
             let outputs_ready: Vec<bool> = fds[first_output..]
                 .iter()
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
@@ -169,6 +186,16 @@ impl Pod {
                         let g = grace_secs.map_or(self.grace, Duration::from_secs);
                         signal_all(&self.sup.request_stop(Instant::now(), g), Signal::SIGTERM);
                     }
+                }
+            }
+            if agent_ready {
+                if let Some(a) = &self.agent {
+                    let info = crate::agent::PodInfo {
+                        pod_uuid: &a.pod_uuid,
+                        plans: &a.plans,
+                        running: self.sup.running_apps(),
+                    };
+                    crate::agent::accept(&a.fd, &info);
                 }
             }
             signal_all(&self.sup.kill_due(Instant::now()), Signal::SIGKILL);

@@ -128,6 +128,15 @@ impl Supervisor {
             .map(|a| a.name.as_str())
     }
 
+    /// (app, pid) of each app running now.
+    pub fn running_apps(&self) -> Vec<(String, i32)> {
+        self.apps
+            .iter()
+            .filter(|a| a.status.is_none())
+            .filter_map(|a| Some((a.name.clone(), a.pid?)))
+            .collect()
+    }
+
     pub fn running_pids(&self) -> Vec<i32> {
         self.apps
             .iter()
