@@ -23,7 +23,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
-use super::error::{typed, NotInStore, Result};
+use super::error::{typed, ErrorKind, Result};
 use super::fsutil::try_flock_exclusive;
 pub(crate) use super::fsutil::{flock, fsync_dir, remove_tree, Lock};
 use super::oci_layout::Origin;
@@ -32,6 +32,7 @@ use super::record::{ImageRecord, Imported, MAX_JSON};
 use super::reference::{with_default_tag, Source};
 use super::staging::{self, Staging};
 use super::{FetchOptions, ImageConfig, ImageId};
+use crate::error::Kind as _;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Index {
@@ -268,10 +269,11 @@ impl ImageStore {
     }
 
     pub(crate) fn record(&self, id: &ImageId) -> anyhow::Result<ImageRecord> {
-        self.read_index()?
-            .images
-            .remove(id)
-            .ok_or_else(|| NotInStore(format!("image {id} is not in the store")).into())
+        self.read_index()?.images.remove(id).ok_or_else(|| {
+            ErrorKind::NotFound
+                .marked(format!("image {id} is not in the store"))
+                .into()
+        })
     }
 
     /// Finds a stored image by full or short ID (`sha256:` optional) or by `name[:tag]`
@@ -310,10 +312,11 @@ impl ImageStore {
             if by_suffix.len() > 1 {
                 bail!("{name_or_id:?} is ambiguous: it names images from several registries");
             }
-            Err(NotInStore(format!(
-                "no image {name_or_id:?} in the store (see `ark image list`)"
-            ))
-            .into())
+            Err(ErrorKind::NotFound
+                .marked(format!(
+                    "no image {name_or_id:?} in the store (see `ark image list`)"
+                ))
+                .into())
         })
     }
 

@@ -12,7 +12,7 @@ use ark_pod_spec::{Flavor, NetMode, PodLayout, PodManifest};
 use uuid::Uuid;
 
 use super::args::AppSpec;
-use super::error::{Error, Invalid, Result};
+use super::error::{invalid, Error, ErrorKind, Result};
 use super::plan::{build_manifest, KvmRoot, PodRequest};
 use super::rootfs::{self, RootfsMode};
 use super::store::{LockedPod, PodState, StoreError};
@@ -81,7 +81,7 @@ pub fn prepare(
         };
 
         // Cheap checks first: a typo should not wait for an image download.
-        super::plan::precheck(&a.volumes, apps).map_err(Invalid)?;
+        super::plan::precheck(&a.volumes, apps).map_err(invalid)?;
         let (images, render_holds) = super::images::resolve(ctx, apps)?;
         let uuid = Uuid::new_v4();
         let req = PodRequest {
@@ -97,11 +97,11 @@ pub fn prepare(
                 .iter()
                 .map(|kv| match kv.split_once('=') {
                     Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                    _ => Err(Invalid(format!("--annotation {kv:?} is not KEY=VALUE"))),
+                    _ => Err(invalid(format!("--annotation {kv:?} is not KEY=VALUE"))),
                 })
-                .collect::<Result<_, Invalid>>()?,
+                .collect::<Result<_, _>>()?,
         };
-        let manifest = build_manifest(&uuid.to_string(), &req, apps, &images).map_err(Invalid)?;
+        let manifest = build_manifest(&uuid.to_string(), &req, apps, &images).map_err(invalid)?;
 
         let store = super::open_store(ctx)?;
         let mut pod = store.create(uuid)?;
@@ -248,7 +248,7 @@ fn stage1_did_not_start(locked: &LockedPod, why: String) -> Error {
     if let Ok(m) = PodManifest::load(&layout.manifest()) {
         let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
     }
-    Error::Stage1(anyhow!(why))
+    Error::new(ErrorKind::Stage1, anyhow!(why))
 }
 
 /// Moves the pod to `run/`, records our pid, and execs its stage1 with the pod lock still
@@ -296,10 +296,12 @@ impl Stage1Child {
     /// stage1 killed by signal N).
     pub fn wait(&mut self) -> Result<i32> {
         use std::os::unix::process::ExitStatusExt;
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::Io(anyhow!("waiting for the stage1 of pod {}: {e}", self.uuid)))?;
+        let status = self.child.wait().map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                anyhow!("waiting for the stage1 of pod {}: {e}", self.uuid),
+            )
+        })?;
         Ok(status
             .code()
             .or_else(|| status.signal().map(|s| 128 + s))
