@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -250,22 +250,11 @@ impl ImageStore {
         self.write_atomic(&self.root.join("index.json"), &bytes)
     }
 
-    /// Writes `dest` whole or not at all: temp file, fsync, rename, fsync of the directory.
+    /// Writes `dest` whole or not at all and durably, its temp file in the store's tmp dir
+    /// (which `gc` reclaims after an interruption).
     pub(crate) fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-        let tmp = self
-            .tmp_dir()
-            .join(format!("write-{}", uuid::Uuid::new_v4()));
-        let result = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dest)?;
-            fsync_dir(dest.parent().expect("dest has a parent"))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.with_context(|| format!("writing {}", dest.display()))
+        ark_os::write_atomic_in(&self.tmp_dir(), dest, bytes)
+            .with_context(|| format!("writing {}", dest.display()))
     }
 
     pub(crate) fn record(&self, id: &ImageId) -> anyhow::Result<ImageRecord> {
