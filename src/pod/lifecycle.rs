@@ -8,12 +8,12 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context};
 use ark_os::{write_atomic, write_atomic_volatile, StatusDir};
 use ark_pod_spec::stage1::{stop_signals, RunArgs, LOCK_FD_ENV};
-use ark_pod_spec::{Flavor, NetMode, PodLayout, PodManifest};
+use ark_pod_spec::{Flavor, KvmRoot, NetMode, PodLayout, PodManifest};
 use uuid::Uuid;
 
 use super::args::AppSpec;
 use super::error::{invalid, Error, ErrorKind, Result};
-use super::plan::{build_manifest, KvmRoot, PodRequest};
+use super::plan::{build_manifest, PodRequest};
 use super::rootfs::{self, RootfsMode};
 use super::store::{LockedPod, PodState, StoreError};
 
@@ -75,7 +75,7 @@ pub fn prepare(
             }
         }
         let rootfs_mode = RootfsMode::from_env()?;
-        let blk_fstype = match (flavor, a.kvm_root) {
+        let blk_fstype = match (flavor, &a.kvm_root) {
             (Flavor::Kvm, KvmRoot::Blk) => rootfs::block_image_fstype()?,
             _ => "erofs",
         };
@@ -90,7 +90,7 @@ pub fn prepare(
             hostname: a.hostname.clone(),
             net: a.net,
             interactive: a.interactive,
-            kvm_root: a.kvm_root,
+            kvm_root: a.kvm_root.clone(),
             blk_fstype,
             annotations: a
                 .annotations
