@@ -34,7 +34,7 @@
 //! ```
 
 pub mod data_dir;
-mod error;
+pub mod error;
 pub mod image;
 pub mod pod;
 pub mod trust;

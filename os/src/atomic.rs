@@ -8,17 +8,28 @@ use std::path::Path;
 /// directory. A reader never sees half a file; an interruption or a crash leaves the old
 /// version or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_atomic_with(path, bytes, true)
+    write_atomic_with(None, path, bytes, true)
 }
 
 /// [`write_atomic`] without the fsyncs, for state that only matters while the pod runs (the
 /// stage2 config, pids, "running" statuses): a reader still never sees half a file, and a
 /// crash of the host loses nothing that is not rewritten anyway.
 pub fn write_atomic_volatile(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_atomic_with(path, bytes, false)
+    write_atomic_with(None, path, bytes, false)
 }
 
-fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+/// [`write_atomic`] with the temp file in `tmp_dir` (which must be on `path`'s filesystem), for
+/// a store that keeps its half-written files where it reclaims them rather than beside `path`.
+pub fn write_atomic_in(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(Some(tmp_dir), path, bytes, true)
+}
+
+fn write_atomic_with(
+    tmp_dir: Option<&Path>,
+    path: &Path,
+    bytes: &[u8],
+    durable: bool,
+) -> io::Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     // Unique within the process (threads) and across processes (pid): O_EXCL never collides
     // with a live writer; a dead writer's leftover under the same name is simply refused.
@@ -28,7 +39,7 @@ fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()>
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(
+    let tmp = tmp_dir.unwrap_or(dir).join(format!(
         ".{name}.tmp.{}.{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
@@ -70,5 +81,21 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_in_a_tmp_dir_leaves_nothing_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let p = dir.path().join("index.json");
+        write_atomic_in(&tmp, &p, b"one").unwrap();
+        write_atomic_in(&tmp, &p, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // A temp dir on the way that is gone is an error, and `path` is untouched.
+        assert!(write_atomic_in(&dir.path().join("gone"), &p, b"three").is_err());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
     }
 }

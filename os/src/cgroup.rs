@@ -130,13 +130,61 @@ impl Cgroups {
     /// controller (a pure v2 host), else the v1 memory/cpu/pids/devices hierarchies (hybrid
     /// hosts), with the cgroup2 mount too when v1 has no `devices` (see the module docs).
     pub fn detect() -> Self {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        Self::from_mountinfo(&info)
+        Self::probe_standard_layout().unwrap_or_else(|| {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            Self::from_mountinfo(&info)
+        })
+    }
+
+    /// The usual layout found with a few statfs(2) calls: `/sys/fs/cgroup` a cgroup2 mount, or
+    /// a tmpfs with a mount per v1 controller (and cgroup2 at `unified`). Reading mountinfo
+    /// instead costs the kernel a line per mount on the host (overlay options escaped), on a
+    /// host with many pods the largest CPU cost of a stage1's start. None: another layout.
+    fn probe_standard_layout() -> Option<Self> {
+        const BASE: &str = "/sys/fs/cgroup";
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
+        const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+        let fs_type = |p: &Path| u64::try_from(rustix::fs::statfs(p).ok()?.f_type).ok();
+        match fs_type(Path::new(BASE))? {
+            CGROUP2_SUPER_MAGIC => return Some(Self::choose(Some(BASE.into()), Vec::new())),
+            TMPFS_MAGIC => {}
+            _ => return None,
+        }
+        let mut v1 = Vec::new();
+        for c in V1_HIERARCHIES {
+            // `cpu` is a link to the `cpu,cpuacct` mount: name it as mountinfo does.
+            let Ok(root) = std::fs::canonicalize(Path::new(BASE).join(c)) else {
+                continue;
+            };
+            // A file only the controller has in its root: the mount there carries it (pids
+            // has none in the root; its mount is known by its name).
+            let marker = match c {
+                "memory" => Some("memory.limit_in_bytes"),
+                "cpu" => Some("cpu.shares"),
+                "devices" => Some("devices.allow"),
+                _ => None,
+            };
+            if fs_type(&root) == Some(CGROUP_SUPER_MAGIC)
+                && marker.is_none_or(|m| root.join(m).exists())
+            {
+                v1.push(Hierarchy::V1 {
+                    controller: c.to_string(),
+                    root,
+                });
+            }
+        }
+        if v1.is_empty() {
+            return None;
+        }
+        let unified = Path::new(BASE).join("unified");
+        let v2 = (fs_type(&unified) == Some(CGROUP2_SUPER_MAGIC)).then_some(unified);
+        Some(Self::choose(v2, v1))
     }
 
     pub fn from_mountinfo(info: &str) -> Self {
         let mut v2 = None;
-        let mut v1 = Vec::new();
+        let mut v1: Vec<Hierarchy> = Vec::new();
         for m in crate::mountinfo::parse(info) {
             match m.fs_type.as_str() {
                 "cgroup2" if v2.is_none() => v2 = Some(m.mount_point),
@@ -153,6 +201,13 @@ impl Cgroups {
                 _ => {}
             }
         }
+        Self::choose(v2, v1)
+    }
+
+    /// From the first cgroup2 mount and the v1 hierarchies found (put in [`V1_HIERARCHIES`]
+    /// order, however they were found): see [`Cgroups::detect`].
+    fn choose(v2: Option<PathBuf>, mut v1: Vec<Hierarchy>) -> Self {
+        v1.sort_by_key(|h| V1_HIERARCHIES.iter().position(|c| *c == h.name()));
         if let Some(root) = v2 {
             let h = Hierarchy::V2 { root };
             if h.has("memory") || v1.is_empty() {
@@ -473,12 +528,12 @@ mod tests {
         // The unified mount here has no cgroup.controllers file with memory in it.
         let c = Cgroups::from_mountinfo(HYBRID);
         let names: Vec<&str> = c.hierarchies.iter().map(|h| h.name()).collect();
-        assert_eq!(names, ["cpu", "memory", "pids", "devices"]);
+        assert_eq!(names, ["memory", "cpu", "pids", "devices"]);
         assert_eq!(
-            c.hierarchies[1].pod_dir("u1"),
+            c.hierarchies[0].pod_dir("u1"),
             Path::new("/sys/fs/cgroup/memory/ark/u1")
         );
-        assert_eq!(c.hierarchies[1].oom_file_name(), Some("memory.oom_control"));
+        assert_eq!(c.hierarchies[0].oom_file_name(), Some("memory.oom_control"));
         assert_eq!(c.hierarchies[3].oom_file_name(), None);
     }
 
@@ -491,7 +546,7 @@ mod tests {
             .join("\n");
         let c = Cgroups::from_mountinfo(&no_devices);
         let names: Vec<&str> = c.hierarchies.iter().map(|h| h.name()).collect();
-        assert_eq!(names, ["cpu", "memory", "pids", "unified"]);
+        assert_eq!(names, ["memory", "cpu", "pids", "unified"]);
         // Its cgroup2 has no memory controller: OOM counts come from v1.
         assert_eq!(c.hierarchies[3].oom_file_name(), None);
         let none = Cgroups::from_mountinfo("25 24 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n");
@@ -507,6 +562,17 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("confine devices"), "{e}");
+    }
+
+    #[test]
+    fn the_standard_layout_probe_agrees_with_mountinfo() {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let Some(probed) = Cgroups::probe_standard_layout() else {
+            eprintln!("skipped: /sys/fs/cgroup is not the standard layout here");
+            return;
+        };
+        assert_eq!(probed, Cgroups::from_mountinfo(&info));
+        assert_eq!(Cgroups::detect(), probed);
     }
 
     #[test]

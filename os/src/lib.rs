@@ -11,5 +11,5 @@ pub mod mountinfo;
 pub mod status_dir;
 pub mod tap;
 
-pub use atomic::{write_atomic, write_atomic_volatile};
+pub use atomic::{write_atomic, write_atomic_in, write_atomic_volatile};
 pub use status_dir::StatusDir;

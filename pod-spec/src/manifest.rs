@@ -126,16 +126,21 @@ impl KvmOptions {
     }
 }
 
-/// `kvm.root`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `kvm.root`: how stage1-kvm hands the pod root to the guest (also `ark --stage1-kvm-root`,
+/// with the `cli` feature).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum KvmRoot {
-    /// The stage1 root shared over virtio-fs.
+    /// virtio-fs share of the stage1 root.
+    #[default]
     Fs,
-    /// A block image stage0 made at prepare ([`KvmOptions::root_image`]).
+    /// A block image of the stage1 root made at prepare (erofs, else ext4).
+    // Named by `KvmOptions::root_image`.
     Blk,
     /// Anything else: loads (a pod of another flavor does not care), refused by stage1-kvm.
     #[serde(untagged)]
+    #[cfg_attr(feature = "cli", value(skip))]
     Other(String),
 }
 

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use ark::pod::plan::*;
-use ark_pod_spec::{EnvVar, Flavor, Mount, NetMode};
+use ark_pod_spec::{EnvVar, Flavor, KvmRoot, Mount, NetMode};
 
 use super::apps::{split_apps, AppFlags};
 
@@ -187,6 +187,14 @@ fn hostile_requests_are_one_line_errors() {
     let mut rq = req(Flavor::Ns);
     rq.kvm_root = KvmRoot::Blk;
     assert!(one(&[], rq).unwrap_err().contains("--stage1=kvm"));
+    // A library caller's root that is neither fs nor blk is refused, not written for stage1-kvm.
+    let mut rq = req(Flavor::Kvm);
+    rq.kvm_root = KvmRoot::Other("nfs".into());
+    let e = one(&[], rq).unwrap_err();
+    assert!(
+        e.contains(r#"--stage1-kvm-root="nfs" is neither fs nor blk"#),
+        "{e}"
+    );
     let mut noc = img.clone();
     noc.cmd.clear();
     let apps = split_apps(&words(&["busybox"]), &AppFlags::default()).unwrap();
@@ -217,7 +225,7 @@ fn image_user_and_kvm_blk_options() {
     assert_eq!(m.apps[0].working_dir, "/var/www");
     assert!(m.apps[0].interactive);
     let kvm = &m.stage1.options.kvm;
-    assert_eq!(kvm.root, Some(ark_pod_spec::KvmRoot::Blk));
+    assert_eq!(kvm.root, Some(KvmRoot::Blk));
     assert_eq!(kvm.root_image.as_deref(), Some("rootfs.erofs"));
     assert_eq!(kvm.root_fstype.as_deref(), Some("erofs"));
 }

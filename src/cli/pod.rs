@@ -6,10 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use ark::pod::lifecycle::{self, Durability, PrepareRequest};
-use ark::pod::plan::KvmRoot;
 use ark::pod::{gc, info, net, stop};
 use ark::Context as Ctx;
-use ark_pod_spec::{format_unix_ms, Flavor};
+use ark_pod_spec::{format_unix_ms, Flavor, KvmRoot};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::apps::{split_apps, AppFlags};
@@ -56,33 +55,14 @@ impl From<Stage1Flavor> for Flavor {
     }
 }
 
-/// How `--stage1-kvm-root` asks stage1-kvm to hand the pod root to the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum Stage1KvmRoot {
-    /// virtio-fs share of the stage1 root.
-    #[default]
-    Fs,
-    /// A block image of the stage1 root made at prepare (erofs, else ext4).
-    Blk,
-}
-
-impl From<Stage1KvmRoot> for KvmRoot {
-    fn from(r: Stage1KvmRoot) -> KvmRoot {
-        match r {
-            Stage1KvmRoot::Fs => KvmRoot::Fs,
-            Stage1KvmRoot::Blk => KvmRoot::Blk,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct PrepareArgs {
     /// Isolation flavor: kvm (a microVM), ns (namespaces + cgroup), fly (chroot only).
     #[arg(long, value_enum, default_value_t = Stage1Flavor::Kvm)]
     pub stage1: Stage1Flavor,
     /// How stage1-kvm gets the pod root: fs (virtio-fs) or blk (an erofs/ext4 image made now).
-    #[arg(long = "stage1-kvm-root", value_enum, default_value_t = Stage1KvmRoot::Fs)]
-    pub stage1_kvm_root: Stage1KvmRoot,
+    #[arg(long = "stage1-kvm-root", value_enum, default_value_t = KvmRoot::Fs)]
+    pub stage1_kvm_root: KvmRoot,
     /// A pod volume: NAME,kind=host,source=PATH[,readOnly=true] (repeatable).
     #[arg(long)]
     pub volume: Vec<String>,
@@ -251,7 +231,7 @@ fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn invalid(e: String) -> anyhow::Error {
-    ark::pod::error::Invalid(e).into()
+    ark::pod::error::invalid(e).into()
 }
 
 impl PrepareArgs {
@@ -292,7 +272,7 @@ impl PrepareArgs {
         let apps = split_apps(&self.images, &self.app_defaults).map_err(|e| anyhow::anyhow!(e))?;
         Ok(PrepareRequest {
             flavor: self.stage1.into(),
-            kvm_root: self.stage1_kvm_root.into(),
+            kvm_root: self.stage1_kvm_root.clone(),
             volumes: self.volume.clone(),
             hostname: self.hostname.clone(),
             interactive: self.interactive,
@@ -538,7 +518,7 @@ mod tests {
         ]) else {
             panic!()
         };
-        assert_eq!(a.stage1_kvm_root, Stage1KvmRoot::Blk);
+        assert_eq!(a.stage1_kvm_root, KvmRoot::Blk);
         assert_eq!(a.net, ["none"]);
         assert!(a.interactive);
         assert_eq!(a.volume, ["d,kind=host,source=/tmp"]);

@@ -10,15 +10,20 @@ use anyhow::Context;
 #[derive(Debug)]
 pub(crate) struct Lock(pub(crate) File);
 
-pub(crate) fn flock(path: &Path, exclusive: bool) -> anyhow::Result<Lock> {
-    use rustix::fs::FlockOperation;
-    let file = OpenOptions::new()
+/// The lock file at `path`, made if missing (its contents are never touched).
+fn open_lock_file(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .with_context(|| format!("opening lock {}", path.display()))?;
+        .with_context(|| format!("opening lock {}", path.display()))
+}
+
+pub(crate) fn flock(path: &Path, exclusive: bool) -> anyhow::Result<Lock> {
+    use rustix::fs::FlockOperation;
+    let file = open_lock_file(path)?;
     let op = if exclusive {
         FlockOperation::LockExclusive
     } else {
@@ -31,13 +36,7 @@ pub(crate) fn flock(path: &Path, exclusive: bool) -> anyhow::Result<Lock> {
 /// An exclusive flock if nobody holds the file, else None.
 pub(crate) fn try_flock_exclusive(path: &Path) -> anyhow::Result<Option<Lock>> {
     use rustix::fs::FlockOperation;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening lock {}", path.display()))?;
+    let file = open_lock_file(path)?;
     match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Some(Lock(file))),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),

@@ -39,10 +39,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::error::Kind as _;
 use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use store::{ImageInfo, ImageKind, ImageStore, RenderHold};
 
 /// An image's identity: the sha256 of its manifest (OCI/Docker) or of the ACI file itself.
@@ -146,7 +147,7 @@ fn verify_local_signature(
         return Ok(());
     }
     let name = name.unwrap_or("<unnamed>");
-    let refuse = |msg: String| Err(error::Unverified(msg).into());
+    let refuse = |msg: String| Err(ErrorKind::SignatureRefused.marked(msg).into());
     let Some(dir) = &opts.signature_dir else {
         return refuse(format!(
             "image {name:?} ({manifest_digest}) has no signature to verify: pass --signature-dir DIR \
@@ -180,5 +181,5 @@ pub(crate) fn one_line(e: crate::trust::Error) -> anyhow::Error {
         return e.into();
     }
     let flat = anyhow::anyhow!(text.split_whitespace().collect::<Vec<_>>().join(" "));
-    e.with_inner(flat).into()
+    e.with_chain(flat).into()
 }

@@ -16,14 +16,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
-use super::error::{typed, NotInStore, Result};
+use super::error::{typed, ErrorKind, Result};
 use super::fsutil::try_flock_exclusive;
 pub(crate) use super::fsutil::{flock, fsync_dir, remove_tree, Lock};
 use super::oci_layout::Origin;
@@ -32,6 +32,7 @@ use super::record::{ImageRecord, Imported, MAX_JSON};
 use super::reference::{with_default_tag, Source};
 use super::staging::{self, Staging};
 use super::{FetchOptions, ImageConfig, ImageId};
+use crate::error::Kind as _;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Index {
@@ -249,29 +250,19 @@ impl ImageStore {
         self.write_atomic(&self.root.join("index.json"), &bytes)
     }
 
-    /// Writes `dest` whole or not at all: temp file, fsync, rename, fsync of the directory.
+    /// Writes `dest` whole or not at all and durably, its temp file in the store's tmp dir
+    /// (which `gc` reclaims after an interruption).
     pub(crate) fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-        let tmp = self
-            .tmp_dir()
-            .join(format!("write-{}", uuid::Uuid::new_v4()));
-        let result = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dest)?;
-            fsync_dir(dest.parent().expect("dest has a parent"))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.with_context(|| format!("writing {}", dest.display()))
+        ark_os::write_atomic_in(&self.tmp_dir(), dest, bytes)
+            .with_context(|| format!("writing {}", dest.display()))
     }
 
     pub(crate) fn record(&self, id: &ImageId) -> anyhow::Result<ImageRecord> {
-        self.read_index()?
-            .images
-            .remove(id)
-            .ok_or_else(|| NotInStore(format!("image {id} is not in the store")).into())
+        self.read_index()?.images.remove(id).ok_or_else(|| {
+            ErrorKind::NotFound
+                .marked(format!("image {id} is not in the store"))
+                .into()
+        })
     }
 
     /// Finds a stored image by full or short ID (`sha256:` optional) or by `name[:tag]`
@@ -310,10 +301,11 @@ impl ImageStore {
             if by_suffix.len() > 1 {
                 bail!("{name_or_id:?} is ambiguous: it names images from several registries");
             }
-            Err(NotInStore(format!(
-                "no image {name_or_id:?} in the store (see `ark image list`)"
-            ))
-            .into())
+            Err(ErrorKind::NotFound
+                .marked(format!(
+                    "no image {name_or_id:?} in the store (see `ark image list`)"
+                ))
+                .into())
         })
     }
 

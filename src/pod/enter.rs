@@ -57,7 +57,7 @@ fn request(app: &App, o: &EnterOptions) -> anyhow::Result<ExecRequest> {
     for kv in &o.env {
         let (k, v) = kv
             .split_once('=')
-            .ok_or_else(|| super::error::Invalid(format!("--env {kv:?}: want NAME=value")))?;
+            .ok_or_else(|| super::error::invalid(format!("--env {kv:?}: want NAME=value")))?;
         env.push((k.to_string(), v.to_string()));
     }
     if o.tty {
@@ -82,7 +82,7 @@ fn request(app: &App, o: &EnterOptions) -> anyhow::Result<ExecRequest> {
         stdin: o.interactive,
     };
     req.validate()
-        .map_err(|e| super::error::Invalid(e.to_string()))?;
+        .map_err(|e| super::error::invalid(e.to_string()))?;
     Ok(req)
 }
 

@@ -8,12 +8,12 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context};
 use ark_os::{write_atomic, write_atomic_volatile, StatusDir};
 use ark_pod_spec::stage1::{stop_signals, RunArgs, LOCK_FD_ENV};
-use ark_pod_spec::{Flavor, NetMode, PodLayout, PodManifest};
+use ark_pod_spec::{Flavor, KvmRoot, NetMode, PodLayout, PodManifest};
 use uuid::Uuid;
 
 use super::args::AppSpec;
-use super::error::{Error, Invalid, Result};
-use super::plan::{build_manifest, KvmRoot, PodRequest};
+use super::error::{invalid, Error, ErrorKind, Result};
+use super::plan::{build_manifest, PodRequest};
 use super::rootfs::{self, RootfsMode};
 use super::store::{LockedPod, PodState, StoreError};
 
@@ -78,18 +78,18 @@ pub fn prepare(
             }
         }
         let rootfs_mode = RootfsMode::from_env()?;
-        let blk_fstype = match (flavor, a.kvm_root) {
+        let blk_fstype = match (flavor, &a.kvm_root) {
             (Flavor::Kvm, KvmRoot::Blk) => rootfs::block_image_fstype()?,
             _ => "erofs",
         };
 
         // Cheap checks first: a typo should not wait for an image download.
-        super::plan::precheck(&a.volumes, apps).map_err(Invalid)?;
+        super::plan::precheck(&a.volumes, apps).map_err(invalid)?;
         let net = a
             .net
             .clone()
             .unwrap_or_else(|| super::net::default_mode(flavor));
-        super::net::check_mode(flavor, &net, a.net.is_some()).map_err(Invalid)?;
+        super::net::check_mode(flavor, &net, a.net.is_some()).map_err(invalid)?;
         let (images, render_holds) = super::images::resolve(ctx, apps)?;
         let uuid = Uuid::new_v4();
         let req = PodRequest {
@@ -99,23 +99,23 @@ pub fn prepare(
             net: net.clone(),
             net_options: a.network.clone(),
             interactive: a.interactive,
-            kvm_root: a.kvm_root,
+            kvm_root: a.kvm_root.clone(),
             blk_fstype,
             annotations: a
                 .annotations
                 .iter()
                 .map(|kv| match kv.split_once('=') {
                     Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                    _ => Err(Invalid(format!("--annotation {kv:?} is not KEY=VALUE"))),
+                    _ => Err(invalid(format!("--annotation {kv:?} is not KEY=VALUE"))),
                 })
-                .collect::<Result<_, Invalid>>()?,
+                .collect::<Result<_, _>>()?,
         };
-        let manifest = build_manifest(&uuid.to_string(), &req, apps, &images).map_err(Invalid)?;
+        let manifest = build_manifest(&uuid.to_string(), &req, apps, &images).map_err(invalid)?;
         // Every network's config loads and its plugins exist, before a pod directory does.
         if !manifest.net.networks().is_empty() {
             ark_net::NetRequest::from_manifest(&manifest)
                 .check()
-                .map_err(|e| Invalid(e.to_string()))?;
+                .map_err(|e| invalid(e.to_string()))?;
         }
 
         let store = super::open_store(ctx)?;
@@ -263,7 +263,7 @@ fn stage1_did_not_start(locked: &LockedPod, why: String) -> Error {
     if let Ok(m) = PodManifest::load(&layout.manifest()) {
         let _ = StatusDir::new(layout.status_dir()).finish(&m, Some(&why));
     }
-    Error::Stage1(anyhow!(why))
+    Error::new(ErrorKind::Stage1, anyhow!(why))
 }
 
 /// Moves the pod to `run/`, records our pid, and execs its stage1 with the pod lock still
@@ -311,10 +311,12 @@ impl Stage1Child {
     /// stage1 killed by signal N).
     pub fn wait(&mut self) -> Result<i32> {
         use std::os::unix::process::ExitStatusExt;
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::Io(anyhow!("waiting for the stage1 of pod {}: {e}", self.uuid)))?;
+        let status = self.child.wait().map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                anyhow!("waiting for the stage1 of pod {}: {e}", self.uuid),
+            )
+        })?;
         Ok(status
             .code()
             .or_else(|| status.signal().map(|s| 128 + s))

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 
 /// The pods tree of this data directory.
 pub fn open_store(ctx: &crate::Context) -> anyhow::Result<store::PodStore> {

@@ -8,8 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ark_pod_spec::{
-    App, AppLimits, EnvVar, Flavor, ImageRef, KvmOptions, Mount, NetMode, PodLimits, PodManifest,
-    Stage1, Stage1Options, Volume, VolumeKind, MANIFEST_VERSION,
+    App, AppLimits, EnvVar, Flavor, ImageRef, KvmOptions, KvmRoot, Mount, NetMode, PodLimits,
+    PodManifest, Stage1, Stage1Options, Volume, VolumeKind, MANIFEST_VERSION,
 };
 
 use super::args::AppSpec;
@@ -35,16 +35,6 @@ pub struct ImageInfo {
     pub exposed_ports: Vec<String>,
     /// An ACI's port names (`http` → `80/tcp`).
     pub port_names: BTreeMap<String, String>,
-}
-
-/// How `--stage1-kvm-root` asks stage1-kvm to hand the pod root to the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvmRoot {
-    /// virtio-fs share of the stage1 root.
-    #[default]
-    Fs,
-    /// A block image of the stage1 root made at prepare (erofs, else ext4).
-    Blk,
 }
 
 /// The pod-level part of a request.
@@ -422,16 +412,19 @@ pub fn build_manifest(
 
     let mut stage1_options = Stage1Options::default();
     if req.flavor == Flavor::Kvm {
-        stage1_options.kvm = match req.kvm_root {
+        stage1_options.kvm = match &req.kvm_root {
             KvmRoot::Fs => KvmOptions {
-                root: Some(ark_pod_spec::KvmRoot::Fs),
+                root: Some(KvmRoot::Fs),
                 ..KvmOptions::default()
             },
             KvmRoot::Blk => KvmOptions {
-                root: Some(ark_pod_spec::KvmRoot::Blk),
+                root: Some(KvmRoot::Blk),
                 root_image: Some(format!("rootfs.{}", req.blk_fstype)),
                 root_fstype: Some(req.blk_fstype.into()),
             },
+            KvmRoot::Other(other) => {
+                return Err(format!("--stage1-kvm-root={other:?} is neither fs nor blk"))
+            }
         };
     } else if req.kvm_root == KvmRoot::Blk {
         return Err("--stage1-kvm-root=blk needs --stage1=kvm".into());

@@ -8,9 +8,10 @@ use pgp::composed::{ArmorOptions, Deserializable, SignedPublicKey};
 use pgp::types::KeyDetails;
 use serde::{Deserialize, Serialize};
 
-use super::error::NoSuchKey;
+use super::error::ErrorKind;
 use super::Fingerprint;
 use crate::error::typed;
+use crate::error::Kind as _;
 
 /// What a stored key is trusted for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,10 +293,11 @@ pub fn remove(trust_dir: &Path, fingerprint: &str) -> super::Result<Vec<Scope>> 
             }
         }
         if removed.is_empty() {
-            return Err(NoSuchKey(format!(
-                "no trusted key has fingerprint {fp} (see `ark trust --list`)"
-            ))
-            .into());
+            return Err(ErrorKind::NotFound
+                .marked(format!(
+                    "no trusted key has fingerprint {fp} (see `ark trust --list`)"
+                ))
+                .into());
         }
         Ok(removed)
     })

@@ -30,7 +30,7 @@ pub mod signing;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 use keys::KeySet;
 
 /// Upper-case hex fingerprint of an OpenPGP primary key (what `gpg --fingerprint` shows, without spaces).
@@ -65,7 +65,7 @@ pub fn verify_detached(
     let file = std::fs::File::open(data)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", data.display()))?;
     signing::verify_detached_with(&keys, image_name, std::io::BufReader::new(file), &sig)
-        .map_err(Error::Refused)
+        .map_err(|e| Error::new(ErrorKind::Refused, e))
 }
 
 /// Verifies containers-image "simple signing" signatures for `manifest_digest`, read from the
@@ -83,7 +83,7 @@ pub fn verify_simple_signing(
     let keys = KeySet::load_for(trust_dir, &reference.name())?;
     let sigs = signing::read_lookaside(signature_dir, &reference, manifest_digest)?;
     signing::verify_simple_signing_with(&keys, &reference, manifest_digest, &sigs)
-        .map_err(Error::Refused)
+        .map_err(|e| Error::new(ErrorKind::Refused, e))
 }
 
 #[cfg(test)]

@@ -103,10 +103,17 @@ impl DeviceRule {
 /// cgroup v1: deny everything, then allow `rules`. Must run before the cgroup has children
 /// (the kernel refuses `a` then); children created afterwards inherit the list.
 pub fn restrict_v1(dir: &Path, rules: &[DeviceRule]) -> io::Result<()> {
+    use std::io::Write;
     super::write(&dir.join("devices.deny"), "a")?;
+    let allow = dir.join("devices.allow");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&allow)
+        .map_err(|e| super::ctx(&allow, e))?;
     for r in rules {
-        // One rule per write(2): the kernel parses a single rule per call.
-        super::write(&dir.join("devices.allow"), &r.v1_line())?;
+        // One rule per write(2) (the kernel parses a single rule per call), one open for all.
+        file.write_all(r.v1_line().as_bytes())
+            .map_err(|e| super::ctx(&allow, e))?;
     }
     Ok(())
 }

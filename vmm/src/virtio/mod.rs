@@ -24,7 +24,7 @@ mod state;
 pub(crate) mod test_utils;
 
 pub use queue_events::{Event, QueueEvents, Turn};
-pub use state::{ActiveQueues, VirtioState, WithVirtioState};
+pub use state::{ActiveQueues, RxSource, VirtioState, WithVirtioState};
 
 use std::sync::Arc;
 

@@ -42,14 +42,8 @@ impl ActiveQueues {
                 tracing::warn!(error = %e, "{name}: queue unusable");
                 return;
             }
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let used_len = handle(mem, chain);
-                if let Err(e) = queue.add_used(mem, head, used_len) {
-                    tracing::warn!(error = %e, "{name}: add_used failed");
-                    return;
-                }
-                used_any = true;
+            if !use_available(queue, mem, name, &mut handle, &mut used_any) {
+                return;
             }
             match queue.enable_notification(mem) {
                 // More chains arrived while notifications were off.
@@ -68,12 +62,89 @@ impl ActiveQueues {
         }
     }
 
+    /// Serves every available chain of queue `index` with `handle` (which returns the used
+    /// length), notifications left as they are; returns whether the driver must hear about
+    /// used buffers (the caller signals, once for all its queues).
+    pub fn drain<F>(&mut self, name: &str, index: usize, mut handle: F) -> bool
+    where
+        F: FnMut(&GuestMemory, DescriptorChain<&GuestMemory>) -> u32,
+    {
+        let Some(queue) = self.queues.get_mut(index) else {
+            return false;
+        };
+        let mut used = false;
+        use_available(queue, &self.mem, name, &mut handle, &mut used);
+        used && queue.needs_notification(&self.mem).unwrap_or(true)
+    }
+
+    /// Fills the guest's buffers on receive queue `index` from `source` while it has something
+    /// for the guest: a buffer `source` cannot use goes back used and empty, one it had nothing
+    /// for after all goes back to the ring untouched (and filling stops). Returns whether the
+    /// driver must hear about used buffers. `name` prefixes the log lines.
+    pub fn fill_rx(&mut self, name: &str, index: usize, source: &mut impl RxSource) -> bool {
+        let Some(queue) = self.queues.get_mut(index) else {
+            return false;
+        };
+        let mem = &self.mem;
+        let mut used_any = false;
+        while source.has_pending() {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                // No buffer: the guest's next rx notify brings us back.
+                break;
+            };
+            let head = chain.head_index();
+            let Some(len) = source.fill(mem, chain) else {
+                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                break;
+            };
+            if let Err(e) = queue.add_used(mem, head, len) {
+                tracing::warn!("{name}: rx add_used: {e}");
+                break;
+            }
+            used_any = true;
+        }
+        used_any && queue.needs_notification(mem).unwrap_or(true)
+    }
+
     /// Tells the driver about used buffers (the caller checked it wants to hear).
     pub fn signal_used(&self, name: &str) {
         if let Err(e) = self.interrupt.trigger(InterruptKind::Queue) {
             tracing::warn!("{name}: interrupt: {e}");
         }
     }
+}
+
+/// Hands every available chain of `queue` to `handle` and returns it used with the length
+/// `handle` gives, setting `used_any` on the way; false when the ring refused a used entry.
+fn use_available<F>(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    name: &str,
+    handle: &mut F,
+    used_any: &mut bool,
+) -> bool
+where
+    F: FnMut(&GuestMemory, DescriptorChain<&GuestMemory>) -> u32,
+{
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let used_len = handle(mem, chain);
+        if let Err(e) = queue.add_used(mem, head, used_len) {
+            tracing::warn!(error = %e, "{name}: add_used failed");
+            return false;
+        }
+        *used_any = true;
+    }
+    true
+}
+
+/// What a device has for the guest's receive buffers (see [`ActiveQueues::fill_rx`]).
+pub trait RxSource {
+    /// Whether anything waits for a guest buffer.
+    fn has_pending(&self) -> bool;
+    /// Writes into `chain`: `Some(used length)` (0 for a buffer it cannot use), or `None` when
+    /// there was nothing to give after all.
+    fn fill(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Option<u32>;
 }
 
 #[derive(Debug)]

@@ -5,14 +5,16 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 
 use event_manager::{EventOps, EventSet, Events};
-use virtio_queue::QueueT;
+use virtio_queue::DescriptorChain;
 
 use super::request::{copy_out, fill_in, InputOutcome, InputRead};
 use super::{
     Error, CONFIG_SIZE, EMERG_WR_OFFSET, QUEUE_SIZES, RX_QUEUE, TX_QUEUE,
     VIRTIO_CONSOLE_F_EMERG_WRITE,
 };
-use crate::virtio::{device_type, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1};
+use crate::virtio::{
+    device_type, GuestMemory, RxSource, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
+};
 
 /// The virtio-console device.
 pub struct Console {
@@ -72,66 +74,38 @@ impl Console {
         let Some(a) = self.state.active.as_mut() else {
             return false;
         };
-        let mut used = false;
-        while let Some(chain) = a.queues[TX_QUEUE].pop_descriptor_chain(&a.mem) {
-            let head = chain.head_index();
-            if let Err(e) = copy_out(&a.mem, chain, &mut self.buf, &mut self.output) {
+        let (buf, output) = (&mut self.buf, &mut self.output);
+        let mut copied = false;
+        let notify = a.drain(self.state.name, TX_QUEUE, |mem, chain| {
+            if let Err(e) = copy_out(mem, chain, buf, output) {
                 tracing::warn!("virtio-console: dropping tx buffer: {e}");
             }
-            if let Err(e) = a.queues[TX_QUEUE].add_used(&a.mem, head, 0) {
-                tracing::warn!("virtio-console: tx add_used: {e}");
-                break;
-            }
-            used = true;
-        }
-        if used {
+            copied = true;
+            0
+        });
+        if copied {
             let _ = self.output.flush();
         }
-        used && a.queues[TX_QUEUE]
-            .needs_notification(&a.mem)
-            .unwrap_or(true)
+        notify
     }
 
     /// Moves pending input into one guest rx buffer, if both exist. Unusable buffers (wrong
     /// direction, outside memory) are returned empty on the way.
     pub(super) fn process_rx(&mut self) -> InputOutcome {
-        let mut outcome = InputOutcome::default();
         let (Some(a), Some(input)) = (self.state.active.as_mut(), self.input.as_mut()) else {
-            return outcome;
+            return InputOutcome::default();
         };
-        while self.input_ready {
-            let Some(chain) = a.queues[RX_QUEUE].pop_descriptor_chain(&a.mem) else {
-                // No buffer: leave the input unread; the guest's next rx notify brings us back.
-                break;
-            };
-            let head = chain.head_index();
-            let len = match fill_in(&a.mem, chain, &mut self.buf, input) {
-                Ok(InputRead::Data(len)) => {
-                    self.input_ready = false;
-                    len
-                }
-                Ok(read) => {
-                    // Nothing delivered: hand the buffer back untouched.
-                    self.input_ready = false;
-                    let q = &mut a.queues[RX_QUEUE];
-                    q.set_next_avail(q.next_avail().wrapping_sub(1));
-                    outcome.eof = matches!(read, InputRead::Eof);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("virtio-console: rx buffer: {e}");
-                    0
-                }
-            };
-            if let Err(e) = a.queues[RX_QUEUE].add_used(&a.mem, head, len) {
-                tracing::warn!("virtio-console: rx add_used: {e}");
-                break;
-            }
-            outcome.notify |= a.queues[RX_QUEUE]
-                .needs_notification(&a.mem)
-                .unwrap_or(true);
+        let mut source = InputToGuest {
+            input,
+            ready: &mut self.input_ready,
+            buf: &mut self.buf,
+            eof: false,
+        };
+        let notify = a.fill_rx(self.state.name, RX_QUEUE, &mut source);
+        InputOutcome {
+            notify,
+            eof: source.eof,
         }
-        outcome
     }
 
     /// Polls the input exactly while it can be consumed.
@@ -162,6 +136,40 @@ impl Console {
         }
         self.input_registered = false;
         self.input_ready = false;
+    }
+}
+
+/// The console input as a source of guest rx buffers: one read while epoll said it is ready.
+struct InputToGuest<'a> {
+    input: &'a mut File,
+    ready: &'a mut bool,
+    buf: &'a mut Vec<u8>,
+    /// The input ended.
+    eof: bool,
+}
+
+impl RxSource for InputToGuest<'_> {
+    fn has_pending(&self) -> bool {
+        *self.ready
+    }
+
+    fn fill(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Option<u32> {
+        match fill_in(mem, chain, self.buf, self.input) {
+            Ok(InputRead::Data(len)) => {
+                *self.ready = false;
+                Some(len)
+            }
+            Ok(read) => {
+                // Nothing delivered: the buffer goes back untouched.
+                *self.ready = false;
+                self.eof = matches!(read, InputRead::Eof);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("virtio-console: rx buffer: {e}");
+                Some(0)
+            }
+        }
     }
 }
 

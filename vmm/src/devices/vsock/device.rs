@@ -4,13 +4,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use virtio_queue::QueueT;
+use virtio_queue::DescriptorChain;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::muxer::Muxer;
 use super::packet::{self, RxBuffer};
 use super::{Error, QUEUE_SIZES, RX_QUEUE, TIMER_PERIOD, TX_QUEUE};
-use crate::virtio::{device_type, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1};
+use crate::virtio::{
+    device_type, GuestMemory, RxSource, VirtioState, WithVirtioState, VIRTIO_F_VERSION_1,
+};
 
 /// The virtio-vsock device.
 #[derive(Debug)]
@@ -96,25 +98,17 @@ impl Vsock {
         let Some(a) = self.state.active.as_mut() else {
             return false;
         };
-        let mut used = false;
-        while let Some(chain) = a.queues[TX_QUEUE].pop_descriptor_chain(&a.mem) {
-            let head = chain.head_index();
-            match packet::parse_tx(&a.mem, chain, self.guest_cid, &mut self.tx_payload) {
-                Ok(hdr) => self.muxer.on_guest_packet(&hdr, &self.tx_payload),
+        let (muxer, payload, guest_cid) = (&mut self.muxer, &mut self.tx_payload, self.guest_cid);
+        a.drain(self.state.name, TX_QUEUE, |mem, chain| {
+            match packet::parse_tx(mem, chain, guest_cid, payload) {
+                Ok(hdr) => muxer.on_guest_packet(&hdr, payload),
                 Err(e) => {
                     tracing::debug!("vsock: dropping guest packet: {e}");
-                    self.muxer.on_invalid_packet(&e);
+                    muxer.on_invalid_packet(&e);
                 }
             }
-            if let Err(e) = a.queues[TX_QUEUE].add_used(&a.mem, head, 0) {
-                tracing::warn!("vsock: tx add_used: {e}");
-                break;
-            }
-            used = true;
-        }
-        used && a.queues[TX_QUEUE]
-            .needs_notification(&a.mem)
-            .unwrap_or(true)
+            0
+        })
     }
 
     /// Fills guest rx buffers with whatever the muxer owes the guest.
@@ -122,40 +116,7 @@ impl Vsock {
         let Some(a) = self.state.active.as_mut() else {
             return false;
         };
-        let mut used = false;
-        while self.muxer.has_pending_rx() {
-            let Some(chain) = a.queues[RX_QUEUE].pop_descriptor_chain(&a.mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let len = match RxBuffer::new(&a.mem, chain) {
-                Ok(mut buf) => match self.muxer.fill_rx(&mut buf) {
-                    Some(Ok(len)) => len,
-                    Some(Err(e)) => {
-                        tracing::warn!("vsock: writing rx packet: {e}");
-                        0
-                    }
-                    None => {
-                        // Nothing was owed after all: give the buffer back untouched.
-                        let q = &mut a.queues[RX_QUEUE];
-                        q.set_next_avail(q.next_avail().wrapping_sub(1));
-                        break;
-                    }
-                },
-                Err(e) => {
-                    tracing::debug!("vsock: unusable rx buffer: {e}");
-                    0
-                }
-            };
-            if let Err(e) = a.queues[RX_QUEUE].add_used(&a.mem, head, len) {
-                tracing::warn!("vsock: rx add_used: {e}");
-                break;
-            }
-            used = true;
-        }
-        used && a.queues[RX_QUEUE]
-            .needs_notification(&a.mem)
-            .unwrap_or(true)
+        a.fill_rx(self.state.name, RX_QUEUE, &mut self.muxer)
     }
 
     pub(super) fn update_timer(&mut self) {
@@ -168,6 +129,28 @@ impl Vsock {
         } else if !needed && self.timer_armed {
             let _ = self.timer.clear();
             self.timer_armed = false;
+        }
+    }
+}
+
+/// What the muxer owes the guest, one packet a buffer.
+impl RxSource for Muxer {
+    fn has_pending(&self) -> bool {
+        self.has_pending_rx()
+    }
+
+    fn fill(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Option<u32> {
+        match RxBuffer::new(mem, chain) {
+            Ok(mut buf) => self.fill_rx(&mut buf).map(|written| {
+                written.unwrap_or_else(|e| {
+                    tracing::warn!("vsock: writing rx packet: {e}");
+                    0
+                })
+            }),
+            Err(e) => {
+                tracing::debug!("vsock: unusable rx buffer: {e}");
+                Some(0)
+            }
         }
     }
 }
