@@ -1,6 +1,6 @@
 //! Networking inside a kvm pod, end to end (real ark, stage1-kvm, VMM, `$ARK_KERNEL`,
 //! guest-init). One VM boot, asserting all it can: a kvm pod without networks has `lo`, and
-//! only `lo`, up and working (a fresh guest kernel leaves it down; guest-init brings it up).
+//! only `lo`, up (a fresh guest kernel leaves it down; guest-init brings it up).
 
 use ark_tests::pods::PodEnv;
 use ark_tests::skip;
@@ -18,10 +18,10 @@ fn unavailable() -> Option<String> {
     None
 }
 
-/// `/sys/class/net/lo/flags` has IFF_UP; loopback TCP works (busybox nc to and from
-/// 127.0.0.1); `::1` is there when the guest kernel has IPv6; no other interface is up.
+/// `/sys/class/net/lo/flags` has IFF_UP; `::1` is there when the guest kernel has IPv6 (the
+/// kernel adds it only once `lo` is up); no other interface is up.
 #[test]
-fn kvm_guest_has_lo_up_and_working() {
+fn kvm_guest_has_lo_up() {
     if let Some(why) = unavailable() {
         skip!("{why}");
     }
@@ -30,10 +30,6 @@ fn kvm_guest_has_lo_up_and_working() {
     let script = "\
         read f < /sys/class/net/lo/flags; echo flags=$f; \
         for i in /sys/class/net/*; do read f < $i/flags; echo if=${i##*/}:$f; done; \
-        nc -l -p 8080 > /tmp/got & \
-        for n in 1 2 3 4 5 6; do echo over-lo | nc -w 5 127.0.0.1 8080 && break; sleep 3; done; \
-        wait; \
-        read got < /tmp/got; echo got=$got; \
         v6=none; if [ -e /proc/net/if_inet6 ]; then v6=0; \
           while read a rest; do [ $a = 00000000000000000000000000000001 ] && v6=1; \
           done < /proc/net/if_inet6; fi; echo v6lo=$v6";
@@ -67,7 +63,6 @@ fn kvm_guest_has_lo_up_and_working() {
         up_besides_lo.is_empty(),
         "up besides lo: {up_besides_lo:?}: {stdout}"
     );
-    assert_eq!(value("got"), "over-lo", "{stdout}\nstderr: {stderr}");
     let v6 = value("v6lo");
     assert!(
         v6 == "1" || v6 == "none",
