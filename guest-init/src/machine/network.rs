@@ -210,10 +210,7 @@ mod tests {
         in_new_netns(|| {
             nic("eth0", "p0", "02:00:00:00:00:0a");
             let e = format!("{:#}", set_up(Some(&network())).unwrap_err());
-            assert_eq!(
-                e,
-                "interface eth1: no interface has MAC 02:00:00:00:00:0b"
-            );
+            assert_eq!(e, "interface eth1: no interface has MAC 02:00:00:00:00:0b");
             // lo is up all the same: it comes first.
             let lo = ip_json(&["-j", "link", "show", "lo"]);
             assert!(lo[0]["flags"].to_string().contains("\"UP\""), "{lo}");
