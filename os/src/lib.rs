@@ -8,6 +8,7 @@ pub mod fds;
 pub mod identity;
 pub mod inroot;
 pub mod mountinfo;
+pub mod netlink;
 pub mod status_dir;
 pub mod tap;
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ark_pod_spec::layout::guest;
 use ark_pod_spec::manifest::{Flavor, KvmRoot, PodManifest};
+use ark_pod_spec::net::GuestNetwork;
 use ark_pod_spec::stage2::{
     ControlTransport, OnExit, Stage2Config, Stage2Mount, StatusTransport, STAGE2_CMDLINE_KEY,
 };
@@ -74,10 +75,13 @@ pub struct Host {
     pub kernel: PathBuf,
 }
 
+/// `network`: what guest-init configures in the VM (from [`crate::net::attach`]), for pods on
+/// CNI networks; `None`: only `lo`.
 pub fn plan(
     layout: &PodLayout,
     manifest: &PodManifest,
     host: &Host,
+    network: Option<&GuestNetwork>,
     debug: bool,
 ) -> Result<VmPlan, PlanError> {
     if manifest.stage1.flavor != Flavor::Kvm {
@@ -104,6 +108,8 @@ pub fn plan(
     stage2.mount_pseudo_fs = true;
     stage2.create_app_cgroups = true;
     stage2.debug = debug;
+    // Before the stage2 config is encoded onto a block root's command line below.
+    stage2.network = network.cloned();
 
     let mut vm = VmConfig::new(&host.kernel);
     vm.memory_mib = guest_memory_mib(manifest)?;
@@ -300,7 +306,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = PodLayout::new(dir.path());
         let m = manifest("");
-        let p = plan(&layout, &m, &host(Profile::Microvm), false).unwrap();
+        let p = plan(&layout, &m, &host(Profile::Microvm), None, false).unwrap();
         assert_eq!(p.root, Root::Fs);
         // 128 base + 256 MiB + 4 MiB and a byte (rounded up to a whole MiB).
         assert_eq!(p.vm.memory_mib, 128 + 256 + 5);
@@ -334,6 +340,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &manifest(""),
             &host(Profile::PvmCompat),
+            None,
             true,
         )
         .unwrap();
@@ -355,6 +362,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &m,
             &host(Profile::Microvm),
+            None,
             false,
         )
         .unwrap();
@@ -371,6 +379,34 @@ mod tests {
         assert!(p.vm.fs.is_empty(), "no virtio-fs root with a block root");
     }
 
+    /// The guest's network is in the stage2 config, also when that rides on the command line.
+    #[test]
+    fn guest_network_reaches_the_stage2_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rootfs.erofs"), b"x").unwrap();
+        let m = manifest(
+            r#","options":{"kvm.root":"blk","kvm.root.image":"rootfs.erofs","kvm.root.fstype":"erofs"}"#,
+        );
+        let net: GuestNetwork = serde_json::from_str(
+            r#"{"interfaces":[{"name":"eth0","mac":"02:00:00:00:00:01","mtu":1500,
+                 "addresses":["172.16.28.5/24"]}],
+                "routes":[{"dst":"0.0.0.0/0","gateway":"172.16.28.1","dev":"eth0"}]}"#,
+        )
+        .unwrap();
+        let layout = PodLayout::new(dir.path());
+        let p = plan(&layout, &m, &host(Profile::Microvm), Some(&net), false).unwrap();
+        assert_eq!(p.stage2.network.as_ref(), Some(&net));
+        let hexed =
+            p.vm.cmdline
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("ark_stage2="))
+                .expect("stage2 on the cmdline");
+        let decoded = Stage2Config::from_cmdline_value(hexed).unwrap();
+        assert_eq!(decoded.network, Some(net));
+        let p = plan(&layout, &manifest(""), &host(Profile::Microvm), None, false).unwrap();
+        assert_eq!(p.stage2.network, None);
+    }
+
     #[test]
     fn blk_root_without_its_image_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -379,6 +415,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &m,
             &host(Profile::Microvm),
+            None,
             false,
         )
         .unwrap_err();
@@ -388,6 +425,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &m,
             &host(Profile::Microvm),
+            None,
             false,
         )
         .unwrap_err();
@@ -406,6 +444,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &m,
             &host(Profile::Microvm),
+            None,
             false,
         )
         .unwrap();
@@ -428,6 +467,7 @@ mod tests {
                 &PodLayout::new(dir.path()),
                 &m,
                 &host(Profile::Microvm),
+                None,
                 false
             ),
             Err(PlanError::WrongFlavor(..))
@@ -438,6 +478,7 @@ mod tests {
             &PodLayout::new(long),
             &manifest(""),
             &host(Profile::Microvm),
+            None,
             false,
         )
         .unwrap();

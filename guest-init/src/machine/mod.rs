@@ -1,11 +1,13 @@
 //! Machine set-up: what guest-init does once for the whole pod, as PID 1 (or fly's
 //! subreaper), before any app starts — stdio on the console, a writable root, the pseudo
-//! filesystems of its own root, the hostname, the stage2 config's mounts, app cgroups in a VM —
+//! filesystems of its own root, the hostname, the network in a VM (`lo`, the NICs), the stage2
+//! config's mounts, app cgroups in a VM —
 //! and how the pod ends (exit, or sync and reset the VM).
 
 mod cgroups;
 mod console;
 mod mounts;
+mod network;
 pub mod pseudo_fs;
 mod root;
 
@@ -19,7 +21,7 @@ pub use cgroups::app_cgroups;
 pub use console::ensure_console;
 
 /// Step 2 of stage2 (docs/stages.md), up to the app cgroups: the root, the pseudo filesystems,
-/// the hostname and the stage2 config's mounts.
+/// the hostname, the network (in a VM) and the stage2 config's mounts.
 pub fn set_up(cfg: &Stage2Config) -> Result<()> {
     if cfg.on_exit == OnExit::Reboot {
         // Only in a VM: there the root is ours alone (ns/fly roots are host directories).
@@ -32,6 +34,11 @@ pub fn set_up(cfg: &Stage2Config) -> Result<()> {
     }
     if let Some(h) = &cfg.hostname {
         nix::unistd::sethostname(h).context("sethostname")?;
+    }
+    // A VM's kernel is a network namespace of its own with `lo` down; ns pods with a namespace
+    // of their own get `lo` up from stage1-ns (fly shares the host's).
+    if cfg.on_exit == OnExit::Reboot || cfg.network.is_some() {
+        network::set_up(cfg.network.as_ref()).context("network")?;
     }
     mounts::do_mounts(&cfg.mounts).context("stage2 mounts")
 }
