@@ -20,6 +20,7 @@
 //!     uuid_file_save: None,
 //!     net: ark_pod_spec::NetMode::None,
 //!     annotations: vec![],
+//!     log_max_size: None,
 //!     apps: vec![AppSpec {
 //!         image: "docker://registry.example/app:1".into(),
 //!         flags: AppOptions::default(),

@@ -22,8 +22,8 @@ pub use manifest::{
     DEFAULT_CAPABILITIES, KNOWN_CAPABILITIES, MANIFEST_VERSION,
 };
 pub use stage2::{
-    AppCgroup, ControlCommand, ControlTransport, OnExit, Stage2Config, Stage2Mount,
-    StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
+    AppCgroup, ControlCommand, ControlTransport, OnExit, OutputTransport, Stage2Config,
+    Stage2Mount, StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
 };
 pub use status::{
     pod_exit_code, AppState, AppStatus, PodExit, StatusMessage, EXIT_STAGE1_ERROR, STATUS_ACK,

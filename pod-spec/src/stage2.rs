@@ -28,6 +28,10 @@ pub struct Stage2Config {
     /// Where stop requests come from besides SIGTERM/SIGINT to guest-init (kvm: vsock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlTransport>,
+    /// Where the apps' stdout and stderr go (kvm: vsock to the host, which logs them); absent:
+    /// guest-init relays them to its own stdout/stderr and logs them in [`crate::guest::LOG_DIR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputTransport>,
     /// What guest-init does once every app ended and statuses are reported.
     pub on_exit: OnExit,
     /// Mount /proc, /sys, /dev (devtmpfs, else a populated tmpfs), /dev/pts, /dev/shm and /run
@@ -71,6 +75,7 @@ impl Stage2Config {
             hostname: None,
             status,
             control: None,
+            output: None,
             on_exit,
             mount_pseudo_fs: false,
             mounts: Vec::new(),
@@ -147,6 +152,18 @@ fn host_cid() -> u32 {
 pub enum ControlTransport {
     /// guest-init listens on AF_VSOCK `port` for [`ControlCommand`] lines.
     Vsock { port: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OutputTransport {
+    /// guest-init opens one AF_VSOCK connection to `cid` at `port` per app stream, starting
+    /// with a [`crate::logs::OutputHeader`], then the stream's bytes (see [`crate::logs`]).
+    Vsock {
+        port: u32,
+        #[serde(default = "host_cid")]
+        cid: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
