@@ -6,7 +6,8 @@
 //!
 //! The guest is hostile: the header is capped and validated; a connection that breaks the
 //! rules is closed with one line on stderr for the whole pod (the rest only in debug logs);
-//! memory is one buffer per connection and connections are capped at two per app. The
+//! memory is one buffer per connection and connections are capped at two per app (plus
+//! two spare). The
 //! stream is copied with blocking writes, so a slow reader of our stdout stalls the vsock
 //! connection, whose credit then stalls the app in the guest: nothing queues here.
 
@@ -26,6 +27,7 @@ const POLL: Duration = Duration::from_millis(200);
 /// How long a connection has to send its header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const BUF: usize = 64 * 1024;
+const SPARE_CONNECTIONS: usize = 2;
 
 /// One app whose output may arrive: its log and which of its streams are taken.
 struct AppOutput {
@@ -102,7 +104,9 @@ impl OutputListener {
     }
 
     fn serve(self, shared: &Arc<Shared>) {
-        let max = shared.apps.len() * 2;
+        // Two per app, and a couple more so that a bad connection is read and refused for
+        // its header rather than at the door (each spare is bounded by HEADER_TIMEOUT).
+        let max = shared.apps.len() * 2 + SPARE_CONNECTIONS;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         loop {
             match self.listener.accept() {
