@@ -41,8 +41,6 @@ pub fn logs(
         let manifest = PodManifest::load(&layout.manifest())
             .map_err(|e| anyhow::anyhow!("pod {}: {e}", pod.uuid))?;
         let app = pick_app(&manifest, req.app.as_deref())?;
-        // Held open: the pod directory moves between states while it is followed.
-        let pod_dir = open_dir(&pod.path, ".")?;
         let logs = match open_dir(&pod.path, "logs") {
             Ok(d) => d,
             Err(_) if !req.follow => return Ok(()), // never ran: nothing logged
@@ -52,7 +50,7 @@ pub fn logs(
                     if let Ok(d) = open_dir(&pod.path, "logs") {
                         break d;
                     }
-                    if ended(&store, &pod, &pod_dir) {
+                    if ended(&store, &pod) {
                         return Ok(());
                     }
                     std::thread::sleep(FOLLOW_POLL);
@@ -66,15 +64,7 @@ pub fn logs(
             since: req.since.map(since_timestamp),
             line_start: [true, true],
         };
-        let r = print_log(
-            &store,
-            &pod,
-            &pod_dir,
-            &logs,
-            &app,
-            req.follow,
-            &mut printer,
-        );
+        let r = print_log(&store, &pod, &logs, &app, req.follow, &mut printer);
         match r {
             // The reader went away (`ark logs | head`): not an error.
             Err(e) if is_broken_pipe(&e) => Ok(()),
@@ -128,12 +118,9 @@ fn pick_app(m: &PodManifest, want: Option<&str>) -> anyhow::Result<String> {
     }
 }
 
-/// The pod's end: its exit recorded, or its stage1 gone (nobody holds its lock).
-fn ended(store: &super::store::PodStore, pod: &super::store::PodRef, pod_dir: &OwnedFd) -> bool {
-    let exit = PodLayout::new(".").pod_exit_file();
-    if rustix::fs::statat(pod_dir, &exit, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-        return true;
-    }
+/// The pod's end: nobody holds its lock any more. The stage1 holds it until it exits, after
+/// the last output was logged (`status/pod.json` is no sign: it is reserved at the start).
+fn ended(store: &super::store::PodStore, pod: &super::store::PodRef) -> bool {
     match store.refind(&pod.uuid) {
         Ok(p) => !store.is_locked(&p).unwrap_or(false),
         Err(_) => true,
@@ -143,7 +130,6 @@ fn ended(store: &super::store::PodStore, pod: &super::store::PodRef, pod_dir: &O
 fn print_log(
     store: &super::store::PodStore,
     pod: &super::store::PodRef,
-    pod_dir: &OwnedFd,
     logs: &OwnedFd,
     app: &str,
     follow: bool,
@@ -164,7 +150,7 @@ fn print_log(
     }
     loop {
         // Checked before the last read, so what was written before the end is printed.
-        let done = ended(store, pod, pod_dir);
+        let done = ended(store, pod);
         if let Some(f) = &mut live {
             read(f, p)?;
         }
