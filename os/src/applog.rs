@@ -13,6 +13,10 @@ use ark_pod_spec::logs::{
 };
 use rustix::fs::{Mode, OFlags};
 
+/// Output bytes encoded at a time (bounding the encoding buffer: a slice of newlines makes
+/// records ~40 times its size).
+const ENCODE_SLICE: usize = 4096;
+
 /// An app's log, appended to by whoever relays its output (guest-init for ns/fly,
 /// stage1-kvm for kvm).
 #[derive(Debug)]
@@ -78,9 +82,12 @@ impl LogWriter {
 
     /// Records one chunk of the app's output.
     pub fn record(&mut self, stream: Stream, data: &[u8]) {
-        if data.is_empty() {
-            return;
+        for slice in data.chunks(ENCODE_SLICE) {
+            self.record_slice(stream, slice);
         }
+    }
+
+    fn record_slice(&mut self, stream: Stream, data: &[u8]) {
         if self.pending_drop > 0 {
             let marker = dropped_marker(self.pending_drop, &self.why);
             if self.append(&marker).is_ok() {
@@ -99,13 +106,32 @@ impl LogWriter {
         self.scratch = buf;
     }
 
-    /// Writes whole records, rotating first when they would pass the cap. A failed write is
-    /// undone (the file is cut back), so a log never holds a torn record.
+    /// Writes whole records, rotating whenever the next ones would pass the cap, so no file
+    /// ever holds more than the cap. A failed write is undone (the file is cut back), so a
+    /// log never holds a torn record.
     fn append(&mut self, records: &[u8]) -> io::Result<()> {
-        let len = u64::try_from(records.len()).unwrap_or(u64::MAX);
-        if self.size > 0 && self.size.saturating_add(len) > self.limits.max_size {
-            self.rotate()?;
+        let cap = usize::try_from(self.limits.max_size).unwrap_or(usize::MAX);
+        let mut rest = records;
+        while !rest.is_empty() {
+            let used = usize::try_from(self.size).unwrap_or(usize::MAX);
+            let room = cap.saturating_sub(used).min(rest.len());
+            // The most whole records that fit; none fit: a new file (a record always fits
+            // in an empty one, see MIN_MAX_SIZE).
+            let Some(end) = rest[..room].iter().rposition(|b| *b == b'\n') else {
+                if self.size == 0 {
+                    return Err(io::Error::other("record larger than the log cap"));
+                }
+                self.rotate()?;
+                continue;
+            };
+            let (now, later) = rest.split_at(end + 1);
+            self.write_records(now)?;
+            rest = later;
         }
+        Ok(())
+    }
+
+    fn write_records(&mut self, records: &[u8]) -> io::Result<()> {
         let file = match &mut self.file {
             Some(f) => f,
             None => {
@@ -115,7 +141,7 @@ impl LogWriter {
         };
         match file.write_all(records) {
             Ok(()) => {
-                self.size += len;
+                self.size += u64::try_from(records.len()).unwrap_or(u64::MAX);
                 self.unsynced = true;
                 Ok(())
             }
@@ -356,9 +382,16 @@ mod tests {
             .map(|e| e.unwrap().metadata().unwrap().len())
             .sum();
         assert!(total <= 3 * MIN_MAX_SIZE, "{total}");
+        for n in ["web.log", "web.log.1", "web.log.2"] {
+            let len = std::fs::metadata(d.path().join(n)).unwrap().len();
+            assert!(len <= MIN_MAX_SIZE, "{n}: {len}");
+        }
         let (out, _) = collect(d.path(), "web");
         assert!(u64::try_from(out.len()).unwrap() > 2 * MIN_MAX_SIZE - 5000);
         assert!(out.iter().all(|b| *b == b'a'));
+        // Newlines only: ~40 bytes of record each, still never past the cap.
+        w.record(Stream::Stderr, &[b'\n'; 100_000]);
+        assert!(std::fs::metadata(d.path().join("web.log")).unwrap().len() <= MIN_MAX_SIZE);
     }
 
     #[test]
