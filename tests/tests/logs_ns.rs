@@ -18,7 +18,7 @@ fn ns_streams_are_separate_exact_and_logged() {
     }
     let env = PodEnv::new();
     let seen = streams_end_to_end(&env, "ns", Duration::from_secs(60), |_| {});
-    assert_eq!(seen.run_stderr.lines().count(), 3, "{}", seen.run_stderr);
+    assert_eq!(seen.run_stderr.lines().count(), 2, "{}", seen.run_stderr);
     // The log lives beside the pod's root, not in it: no app root holds it.
     let dir = pod_dir(&env, &seen.uuid);
     assert!(dir.join("logs/busybox.log").is_file());

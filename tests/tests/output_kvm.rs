@@ -100,7 +100,7 @@ fn kvm_streams_over_vsock_are_separate_exact_logged_and_hostile_proof() {
         .filter(|l| l.starts_with("ark-stage1-kvm: output channel"))
         .collect();
     assert_eq!(refusals.len(), 1, "{}", seen.run_stderr);
-    assert_eq!(seen.run_stderr.lines().count(), 4, "{}", seen.run_stderr);
+    assert_eq!(seen.run_stderr.lines().count(), 3, "{}", seen.run_stderr);
     assert!(!seen.run_stderr.contains('\r'), "{:?}", seen.run_stderr);
     assert!(!seen.run_stderr.contains("FORGED"));
     let s = env.status(&seen.uuid);
