@@ -213,6 +213,13 @@ fn copy(mut conn: UnixStream, app: &AppOutput, stream: Stream, shared: &Shared) 
             Err(e) => return Err(e),
         };
         let data = &buf[..n];
+        // The log first: it records what the app wrote even while our reader is stalled
+        // (at most this one chunk ahead of it).
+        if let Some(log) = &app.log {
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(stream, data);
+        }
         if terminal {
             let r = match stream {
                 Stream::Stdout => {
@@ -225,11 +232,6 @@ fn copy(mut conn: UnixStream, app: &AppOutput, stream: Stream, shared: &Shared) 
                 tracing::debug!("app {} {}: {e}", app.name, stream.as_str());
                 terminal = false;
             }
-        }
-        if let Some(log) = &app.log {
-            log.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(stream, data);
         }
     }
 }

@@ -219,9 +219,13 @@ impl OutputPipe {
         matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock)
     }
 
-    /// ns/fly: the terminal or console may be gone; the log still gets the output.
+    /// ns/fly: the log first (it records the output even while the terminal's reader is
+    /// stalled, one chunk ahead at most), then the terminal, which may be gone.
     fn deliver(&mut self, data: &[u8]) {
         if let Sink::Local(log) = &self.sink {
+            if let Some(log) = log {
+                log.borrow_mut().record(self.stream, data);
+            }
             let _ = match self.stream {
                 Stream::Stdout => {
                     let mut o = std::io::stdout().lock();
@@ -229,9 +233,6 @@ impl OutputPipe {
                 }
                 Stream::Stderr => std::io::stderr().write_all(data),
             };
-            if let Some(log) = log {
-                log.borrow_mut().record(self.stream, data);
-            }
         }
     }
 
