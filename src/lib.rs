@@ -21,6 +21,7 @@
 //!     net: Some(ark_pod_spec::NetMode::None),
 //!     network: Default::default(),
 //!     annotations: vec![],
+//!     log_max_size: None,
 //!     apps: vec![AppSpec {
 //!         image: "docker://registry.example/app:1".into(),
 //!         flags: AppOptions::default(),

@@ -91,6 +91,9 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
 
     // 2. The machine.
     machine::set_up(cfg)?;
+    if cfg.output.is_some() && !manifest.apps.iter().any(|a| a.interactive) {
+        machine::plain_output();
+    }
     let mut cfg = cfg.clone();
     if cfg.create_app_cgroups {
         cfg.app_cgroups = machine::app_cgroups(&manifest)?;
@@ -100,7 +103,10 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
     // 3. The apps, in manifest order.
     let plans = app::plan::plan(&manifest, &cfg);
     let grace = Duration::from_secs(cfg.stop_grace_secs);
-    let mut pod = Pod::new(&plans, signals, control, grace);
+    let limits = ark_pod_spec::logs::LogLimits::from_options(&manifest.stage1.options)
+        .map_err(|e| anyhow!("{e}"))?;
+    let outputs = supervisor::output::Outputs::new(cfg.output.as_ref(), limits);
+    let mut pod = Pod::new(&plans, signals, control, outputs, grace);
     pod.set_agent(
         agent::listen_on(cfg.agent.as_ref()).map(|fd| agent::Listener {
             fd,

@@ -9,11 +9,13 @@
 //!     ark/pod-manifest.json    copy of the manifest (stage0, at prepare)
 //!     ark/stage2.json          Stage2Config (the stage1, before starting init)
 //!     ark/status/              ns/fly: the pod's status/ dir, bind-mounted by the stage1
-//!     ark/logs/<app>.log       each non-interactive app's stdout and stderr (guest-init)
+//!     ark/logs/                ns/fly: the pod's logs/ dir, bind-mounted by the stage1
 //!     ark/volumes/<name>/      each volume (ns/fly: bind of the host source; kvm: virtio-fs)
 //!     apps/<app>/rootfs/       each app's root (stage0, from the render cache)
 //!     ark/agent/agent.sock     ns/fly: guest-init's agent socket (`ark enter`)
 //!   vsock.sock                 kvm: the VMM's hybrid vsock socket (CONNECT <port>)
+//!   logs/<app>.log[.N]         each non-interactive app's stdout and stderr, k8s-file records
+//!                              (crate::logs): guest-init (ns/fly), stage1-kvm (kvm, from vsock)
 //!   status/<app>.json          AppStatus per app (guest-init via the stage1's transport)
 //!   status/pod.json            PodExit once the pod ended (the stage1)
 //!   status/stage2.pid          ns/fly: host pid of guest-init while it runs (the stage1)
@@ -64,9 +66,14 @@ impl PodLayout {
     pub fn app_rootfs(&self, app: &str) -> PathBuf {
         self.in_root(&guest::app_rootfs(app))
     }
-    /// The app's output as guest-init logged it (see [`guest::LOG_DIR`]).
+    /// The apps' logs: on the host side of the pod, never inside a root a guest controls
+    /// (ns/fly bind-mount it at [`guest::LOG_DIR`] for guest-init; kvm's stage1 writes it).
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    /// The app's live log file (see [`crate::logs`]).
     pub fn app_log(&self, app: &str) -> PathBuf {
-        self.in_root(&guest::app_log(app))
+        self.logs_dir().join(crate::logs::log_file_name(app, 0))
     }
     pub fn status_dir(&self) -> PathBuf {
         self.dir.join("status")
@@ -119,8 +126,8 @@ pub mod guest {
     pub const STATUS_DIR: &str = "/ark/status";
     /// Where ns bind-mounts the pod's cgroup directories for guest-init to place apps.
     pub const CGROUP_DIR: &str = "/ark/cgroup";
-    /// Where guest-init appends each non-interactive app's output (`<app>.log`); absent when
-    /// the stage1 root is read-only (a kvm erofs root).
+    /// ns/fly: where the stage1 bind-mounts the pod's `logs/` for guest-init to record each
+    /// non-interactive app's output in (kvm: unused; the host records it from vsock).
     pub const LOG_DIR: &str = "/ark/logs";
     /// ns/fly: the agent's directory (mode 0700: root only) and socket.
     pub const AGENT_DIR: &str = "/ark/agent";
@@ -128,9 +135,6 @@ pub mod guest {
     /// kvm: the hybrid vsock socket's name in the pod directory (host side, not in the root).
     pub const VSOCK_SOCKET: &str = "vsock.sock";
 
-    pub fn app_log(app: &str) -> String {
-        format!("{LOG_DIR}/{app}.log")
-    }
     pub fn volume_dir(volume: &str) -> String {
         format!("/ark/volumes/{volume}")
     }

@@ -7,6 +7,7 @@
 //! The human-readable version of this contract is `docs/pod-manifest.md`; keep both in step.
 pub mod agent;
 pub mod layout;
+pub mod logs;
 pub mod manifest;
 pub mod net;
 pub mod pod_net;
@@ -26,8 +27,8 @@ pub use pod_net::{
     DnsSource, HostsEntry, NetworkRef, PodDns, PortForward, Protocol, DEFAULT_NETWORK,
 };
 pub use stage2::{
-    AgentTransport, AppCgroup, ControlCommand, ControlTransport, EtcFiles, OnExit, Stage2Config,
-    Stage2Mount, StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
+    AgentTransport, AppCgroup, ControlCommand, ControlTransport, EtcFiles, OnExit, OutputTransport,
+    Stage2Config, Stage2Mount, StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
 };
 pub use status::{
     pod_exit_code, AppState, AppStatus, PodExit, StatusMessage, EXIT_STAGE1_ERROR, STATUS_ACK,
@@ -44,8 +45,13 @@ pub fn now_unix_ms() -> u64 {
 
 /// Formats Unix milliseconds as RFC 3339 UTC (`2024-05-01T12:00:00.123Z`) for humans.
 pub fn format_unix_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = i64::try_from(secs / 86_400).expect("u64::MAX / 86_400_000 fits in i64");
+    let (date, hms) = civil_utc(ms / 1000);
+    format!("{date}T{hms}.{:03}Z", ms % 1000)
+}
+
+/// Unix seconds as UTC `("YYYY-MM-DD", "HH:MM:SS")`.
+pub(crate) fn civil_utc(secs: u64) -> (String, String) {
+    let days = i64::try_from(secs / 86_400).expect("u64::MAX / 86_400 fits in i64");
     let rem = secs % 86_400;
     // Days to civil date (Howard Hinnant's algorithm), valid for every date after 1970.
     let z = days + 719_468;
@@ -57,12 +63,9 @@ pub fn format_unix_ms(ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        ms % 1000
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60),
     )
 }
 

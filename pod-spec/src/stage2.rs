@@ -31,6 +31,10 @@ pub struct Stage2Config {
     /// Where guest-init serves the agent protocol ([`crate::agent`]: `ark enter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentTransport>,
+    /// Where the apps' stdout and stderr go (kvm: vsock to the host, which logs them); absent:
+    /// guest-init relays them to its own stdout/stderr and logs them in [`crate::guest::LOG_DIR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputTransport>,
     /// What guest-init does once every app ended and statuses are reported.
     pub on_exit: OnExit,
     /// Mount /proc, /sys, /dev (devtmpfs, else a populated tmpfs), /dev/pts, /dev/shm and /run
@@ -78,6 +82,7 @@ impl Stage2Config {
             status,
             control: None,
             agent: None,
+            output: None,
             on_exit,
             mount_pseudo_fs: false,
             mounts: Vec::new(),
@@ -188,6 +193,18 @@ pub enum AgentTransport {
     /// guest-init listens on a Unix socket at `path` in its root, in a directory only root may
     /// enter (ns/fly: [`crate::guest::AGENT_SOCKET`]).
     Unix { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OutputTransport {
+    /// guest-init opens one AF_VSOCK connection to `cid` at `port` per app stream, starting
+    /// with a [`crate::logs::OutputHeader`], then the stream's bytes (see [`crate::logs`]).
+    Vsock {
+        port: u32,
+        #[serde(default = "host_cid")]
+        cid: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -52,6 +52,7 @@ fn req(flavor: Flavor) -> PodRequest {
         kvm_root: KvmRoot::Fs,
         blk_fstype: "erofs",
         annotations: BTreeMap::new(),
+        log_max_size: None,
     }
 }
 

@@ -35,6 +35,8 @@ pub enum PodCommand {
     Enter(EnterArgs),
     /// Print a pod's manifest.
     CatManifest(CatManifestArgs),
+    /// Print an app's recorded output: stdout to stdout, stderr to stderr.
+    Logs(LogsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -113,6 +115,9 @@ pub struct PrepareArgs {
     /// A pod annotation, KEY=VALUE (repeatable; a key given again replaces its value, as in podman).
     #[arg(long = "annotation", value_name = "KEY=VALUE")]
     pub annotation: Vec<String>,
+    /// Each app's log rotates past SIZE (e.g. 10MiB; 3 files are kept).
+    #[arg(long = "log-max-size", value_name = "SIZE", value_parser = parse_size_arg)]
+    pub log_max_size: Option<u64>,
     /// Defaults for every app (each app can override them after its image).
     #[command(flatten)]
     pub app_defaults: AppFlags,
@@ -222,8 +227,29 @@ pub struct EnterArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// The app (needed when the pod has several).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Keep printing new output until the pod ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only output of the last DURATION (e.g. 10m, 2h).
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub since: Option<std::time::Duration>,
+    /// Prefix each line with its RFC 3339 timestamp.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    pub uuid: String,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct CatManifestArgs {
     pub uuid: String,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    ark::pod::units::parse_size(s)
 }
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
@@ -283,6 +309,7 @@ impl PrepareArgs {
                 .map_err(invalid)?,
             network: self.net_options().map_err(invalid)?,
             annotations: self.annotation.clone(),
+            log_max_size: self.log_max_size,
             apps,
         })
     }
@@ -318,6 +345,22 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
             let bytes = info::manifest(ctx, &a.uuid)?;
             use std::io::Write;
             std::io::stdout().write_all(&bytes)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PodCommand::Logs(a) => {
+            let req = ark::pod::logs::LogsRequest {
+                app: a.app,
+                follow: a.follow,
+                since: a.since,
+                timestamps: a.timestamps,
+            };
+            ark::pod::logs::logs(
+                ctx,
+                &a.uuid,
+                &req,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Stop(a) => each_pod("stop", "stopped", &a.uuids, |id| {

@@ -37,6 +37,8 @@ pub struct PrepareRequest {
     pub network: super::net::NetOptions,
     /// `KEY=VALUE` each; a key given again replaces its value.
     pub annotations: Vec<String>,
+    /// Each app's log rotates past this many bytes (default: `ark_pod_spec::logs`).
+    pub log_max_size: Option<u64>,
     pub apps: Vec<AppSpec>,
 }
 
@@ -101,6 +103,7 @@ pub fn prepare(
             interactive: a.interactive,
             kvm_root: a.kvm_root.clone(),
             blk_fstype,
+            log_max_size: a.log_max_size,
             annotations: a
                 .annotations
                 .iter()

@@ -4,7 +4,7 @@
 //! - [`args`], [`plan`]: a pod request and image configs → a validated pod manifest.
 //! - [`rootfs`]: app roots from the render cache (overlay or copy), block images, unmounting.
 //! - [`lifecycle`]: prepare, run-prepared (exec of the stage1 with the lock held).
-//! - [`info`], [`stop`], [`gc`], [`enter`]: the commands on existing pods.
+//! - [`info`], [`stop`], [`gc`], [`enter`], [`logs`]: the commands on existing pods.
 
 pub mod agent_client;
 pub mod args;
@@ -14,6 +14,7 @@ pub mod gc;
 pub mod images;
 pub mod info;
 pub mod lifecycle;
+pub mod logs;
 pub mod net;
 pub mod plan;
 pub mod rootfs;

@@ -51,6 +51,8 @@ pub struct PodRequest {
     /// Filesystem type of the block image when `kvm_root` is `Blk` (`erofs` or `ext4`).
     pub blk_fstype: &'static str,
     pub annotations: BTreeMap<String, String>,
+    /// `--log-max-size`, in bytes.
+    pub log_max_size: Option<u64>,
 }
 
 /// Parses `NAME,kind=host,source=PATH[,readOnly=true]`; the source must exist.
@@ -428,6 +430,13 @@ pub fn build_manifest(
         };
     } else if req.kvm_root == KvmRoot::Blk {
         return Err("--stage1-kvm-root=blk needs --stage1=kvm".into());
+    }
+    if let Some(n) = req.log_max_size {
+        use ark_pod_spec::logs::{LogLimits, OPTION_MAX_SIZE};
+        stage1_options
+            .other
+            .insert(OPTION_MAX_SIZE.into(), n.to_string());
+        LogLimits::from_options(&stage1_options).map_err(|e| format!("--log-max-size: {e}"))?;
     }
 
     let manifest = PodManifest {

@@ -8,6 +8,7 @@ mod control;
 // Called from run() once the manifest's CNI net mode lands (see the comment there).
 #[allow(dead_code)]
 mod net;
+mod output;
 mod plan;
 mod status;
 
@@ -117,6 +118,13 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
     let listener = status::StatusListener::bind(&plan.status_uds)
         .with_context(|| format!("status socket {}", plan.status_uds.display()))?;
     let status_thread = listener.spawn(status_dir.clone(), vm_ended.clone())?;
+    let log_limits = ark_pod_spec::logs::LogLimits::from_options(&manifest.stage1.options)
+        .map_err(anyhow::Error::msg)?;
+    ark_os::applog::create_log_dir(&layout.logs_dir())
+        .with_context(|| format!("{}", layout.logs_dir().display()))?;
+    let output_thread = output::OutputListener::bind(&plan.output_uds)
+        .with_context(|| format!("output socket {}", plan.output_uds.display()))?
+        .spawn(&manifest, &layout.logs_dir(), log_limits, vm_ended.clone())?;
 
     let stop = vmm::StopHandle::new().context("stop eventfd")?;
     spawn_signal_thread(stop_signals, stop.clone(), plan.vsock_uds.clone())?;
@@ -124,6 +132,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
     let result = vmm::run_with_stop(plan.vm.clone(), stop);
     vm_ended.store(true, Ordering::Release);
     let outcome = status_thread.join().unwrap_or_default();
+    let _ = output_thread.join();
 
     let reason = match (&result, outcome.pod_done) {
         (Ok(_), true) => None,
@@ -231,6 +240,7 @@ fn spawn_signal_thread(
 fn cleanup(plan: &VmPlan, vmm_cgroup: Option<cgroup::VmmCgroup>) {
     let _ = std::fs::remove_file(&plan.vsock_uds);
     let _ = std::fs::remove_file(&plan.status_uds);
+    let _ = std::fs::remove_file(&plan.output_uds);
     if let Some(c) = vmm_cgroup {
         if let Err(e) = c.leave() {
             tracing::warn!("removing the VMM cgroup: {e}");

@@ -7,7 +7,8 @@ use ark_pod_spec::layout::guest;
 use ark_pod_spec::manifest::{Flavor, KvmRoot, PodManifest};
 use ark_pod_spec::net::GuestNetwork;
 use ark_pod_spec::stage2::{
-    ControlTransport, OnExit, Stage2Config, Stage2Mount, StatusTransport, STAGE2_CMDLINE_KEY,
+    ControlTransport, OnExit, OutputTransport, Stage2Config, Stage2Mount, StatusTransport,
+    STAGE2_CMDLINE_KEY,
 };
 use ark_pod_spec::PodLayout;
 use kernel_config::Profile;
@@ -63,6 +64,8 @@ pub struct VmPlan {
     pub vsock_uds: PathBuf,
     /// Host socket guest-init's status connection lands on, relative likewise.
     pub status_uds: PathBuf,
+    /// Host socket guest-init's output connections land on, relative likewise.
+    pub output_uds: PathBuf,
     /// Limit for the VMM process's cgroup.
     pub vmm_memory_bytes: u64,
     pub cpu_millis: Option<u64>,
@@ -105,6 +108,10 @@ pub fn plan(
     stage2.agent = Some(ark_pod_spec::AgentTransport::Vsock {
         port: ark_pod_spec::agent::AGENT_VSOCK_PORT,
     });
+    stage2.output = Some(OutputTransport::Vsock {
+        port: ark_pod_spec::logs::OUTPUT_PORT,
+        cid: ark_pod_spec::stage2::VSOCK_HOST_CID,
+    });
     stage2.mount_pseudo_fs = true;
     stage2.create_app_cgroups = true;
     stage2.debug = debug;
@@ -121,7 +128,14 @@ pub fn plan(
             .unwrap_or(u8::MAX)
             .clamp(1, vmm::config::MAX_VCPUS),
     };
-    vm.serial = SerialConfig::Stdout;
+    // The apps' output comes over vsock; the console carries guest-init's messages (and the
+    // kernel's with --debug): stderr. An interactive app still has the console as its
+    // terminal, so it stays on stdout.
+    vm.serial = if manifest.apps.iter().any(|a| a.interactive) {
+        SerialConfig::Stdout
+    } else {
+        SerialConfig::Stderr
+    };
     vm.rng = true;
 
     // Volumes: one virtio-fs device each; tags are short and positional (names may be long).
@@ -179,6 +193,11 @@ pub fn plan(
 
     let vsock_uds = PathBuf::from(VSOCK_SOCKET);
     let status_uds = PathBuf::from(format!("{}_{STATUS_PORT}", vsock_uds.display()));
+    let output_uds = PathBuf::from(format!(
+        "{}_{}",
+        vsock_uds.display(),
+        ark_pod_spec::logs::OUTPUT_PORT
+    ));
     vm.vsock = Some(VsockConfig {
         guest_cid: GUEST_CID,
         uds_path: vsock_uds.clone(),
@@ -192,6 +211,7 @@ pub fn plan(
         root,
         vsock_uds,
         status_uds,
+        output_uds,
     })
 }
 
@@ -210,8 +230,7 @@ fn root(layout: &PodLayout, manifest: &PodManifest) -> Result<Root, PlanError> {
     }
 }
 
-/// The host profile's flags; kernel messages only with `--debug` (the console also carries the
-/// apps' output).
+/// The host profile's flags; kernel messages only with `--debug`.
 pub fn kernel_cmdline(profile: Profile, debug: bool) -> String {
     let base = profile.cmdline().trim();
     if debug {

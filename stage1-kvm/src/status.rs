@@ -35,14 +35,9 @@ pub struct Outcome {
 
 impl StatusListener {
     pub fn bind(path: &Path) -> io::Result<Self> {
-        // A socket left by a killed earlier run of this pod would make bind fail.
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let listener = UnixListener::bind(path)?;
-        listener.set_nonblocking(true)?;
-        Ok(StatusListener { listener })
+        Ok(StatusListener {
+            listener: bind_guest_socket(path)?,
+        })
     }
 
     /// Serves connections until `vm_ended` is set and no connection is open.
@@ -81,6 +76,19 @@ impl StatusListener {
             }
         }
     }
+}
+
+/// A non-blocking listener at `path`, where the vsock device connects guest-initiated
+/// connections to (see the module doc).
+pub fn bind_guest_socket(path: &Path) -> io::Result<UnixListener> {
+    // A socket left by a killed earlier run of this pod would make bind fail.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 fn serve_connection(

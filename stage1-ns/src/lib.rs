@@ -179,6 +179,9 @@ pub fn run(iso: Isolation, pod_dir: &Path, debug: bool) -> Result<i32> {
     status
         .reserve(&pod.manifest)
         .context("reserve the pod's status files")?;
+    ark_pod_spec::logs::LogLimits::from_options(&pod.manifest.stage1.options)
+        .map_err(anyhow::Error::msg)?;
+    ark_os::applog::create_log_dir(&pod.layout.logs_dir()).context("create logs dir")?;
 
     let cgroups = Cgroups::detect();
     let result = run_pod(iso, &pod, &cgroups, debug);

@@ -147,6 +147,8 @@ fn child(
         &layout.in_root(guest::STATUS_DIR),
         false,
     )?;
+    // guest-init records the apps' output here; the apps' own roots never see it.
+    bind(&layout.logs_dir(), &layout.in_root(guest::LOG_DIR), false)?;
     for (h, dir) in &cgroups.pod_dirs {
         bind(
             dir,

@@ -161,15 +161,31 @@ impl PodEnv {
         mounts_under(self.dir.path())
     }
 
-    /// The app's output as guest-init logged it in the pod directory.
+    /// The app's output (stdout and stderr as they interleaved) as recorded in the pod's logs.
     pub fn app_log(&self, uuid: &str, app: &str) -> String {
+        let (all, _, _) = self.app_log_streams(uuid, app);
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    /// The app's recorded output: (both streams in order, stdout, stderr), decoded from the
+    /// k8s-file records of every file of its log.
+    pub fn app_log_streams(&self, uuid: &str, app: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let dir = self
             .pod_dirs()
             .into_iter()
             .find(|d| d.file_name().is_some_and(|n| n == uuid))
             .unwrap_or_else(|| panic!("no directory for pod {uuid}"));
-        let log = ark_pod_spec::PodLayout::new(dir).app_log(app);
-        std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+        let logs = ark_pod_spec::PodLayout::new(dir).logs_dir();
+        let (mut all, mut out, mut err) = (Vec::new(), Vec::new(), Vec::new());
+        ark_os::applog::read_all(&logs, app, ark_pod_spec::logs::MAX_MAX_FILES, |r| {
+            all.extend(r.output());
+            match r.stream {
+                ark_pod_spec::logs::Stream::Stdout => out.extend(r.output()),
+                ark_pod_spec::logs::Stream::Stderr => err.extend(r.output()),
+            }
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", logs.display()));
+        (all, out, err)
     }
 
     /// Pod directories in any state.

@@ -33,6 +33,7 @@ fn a_front_end_starts_an_ns_pod_as_its_child_and_gets_its_exit_code() {
         net: Some(NetMode::Host),
         network: Default::default(),
         annotations: vec![],
+        log_max_size: None,
         apps: vec![AppSpec {
             image: env.image.clone(),
             flags: AppOptions::default(),

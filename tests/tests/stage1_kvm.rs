@@ -75,7 +75,7 @@ fn kvm_run_prints_and_exits_with_the_apps_code() {
     assert_eq!(s["app-busybox"], "7", "{s:?}");
     let manifest = env.ok(&["cat-manifest", &uuid]);
     assert!(manifest.contains("\"kvm\""), "{manifest}");
-    // guest-init logged the app's output into the pod root, which the host shares with the VM.
+    // stage1-kvm logged the app's output (from vsock) on the host side of the pod.
     assert_eq!(env.app_log(&uuid, "busybox"), "kvmpod\nhi\n");
     scenarios::gc_cleans_everything(&env, &uuid);
 }

@@ -78,6 +78,8 @@ pub struct VsockConfig {
 pub enum SerialConfig {
     #[default]
     Stdout,
+    /// The VMM's stderr: a console that carries diagnostics, not the guest's program output.
+    Stderr,
     None,
     File(PathBuf),
 }

@@ -104,11 +104,12 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     match s {
         "stdout" => Ok(SerialConfig::Stdout),
+        "stderr" => Ok(SerialConfig::Stderr),
         "none" => Ok(SerialConfig::None),
         _ => match s.strip_prefix("file=") {
             Some(p) if !p.is_empty() => Ok(SerialConfig::File(p.into())),
             _ => Err(format!(
-                "--serial {s:?}: expected stdout, none or file=PATH"
+                "--serial {s:?}: expected stdout, stderr, none or file=PATH"
             )),
         },
     }

@@ -16,7 +16,7 @@ use nix::sys::signal::SigSet;
 use nix::unistd::{self, fork, ForkResult, Pid};
 
 use crate::os;
-use crate::supervisor::output::{open_app_log, OutputPipe, Stream};
+use crate::supervisor::output::Outputs;
 use crate::supervisor::StartError;
 use plan::AppPlan;
 
@@ -36,23 +36,25 @@ pub fn start(
     p: &AppPlan,
     ctx: &ChildContext,
     signals: &SigSet,
-    logs: &mut Vec<OutputPipe>,
+    outputs: &mut Outputs,
 ) -> Result<(Pid, Option<StartError>)> {
     let (rd, wr) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     // An interactive app keeps the terminal itself; the others write into pipes guest-init
     // relays (and logs).
-    let outputs = if p.interactive {
+    let pipes = if p.interactive {
         None
     } else {
-        let out = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-        let err = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-        Some((out, err))
+        let (out_r, out_w) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        let (err_r, err_w) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        // Before the fork: an output channel that cannot be opened fails the app unstarted.
+        outputs.add(&p.name, out_r, err_r)?;
+        Some((out_w, err_w))
     };
     // SAFETY: guest-init is single-threaded, so the child may run ordinary code after fork.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             drop(rd);
-            if let Some(((_, out_w), (_, err_w))) = &outputs {
+            if let Some((out_w, err_w)) = &pipes {
                 // dup2 drops close-on-exec on the copies: the app inherits them as 1 and 2.
                 let _ = unistd::dup2(out_w.as_raw_fd(), 1);
                 let _ = unistd::dup2(err_w.as_raw_fd(), 2);
@@ -69,11 +71,8 @@ pub fn start(
         }
         ForkResult::Parent { child } => {
             drop(wr);
-            if let Some(((out_r, _), (err_r, _))) = outputs {
-                let log = open_app_log(&p.name);
-                logs.push(OutputPipe::new(out_r, Stream::Stdout, log.as_ref())?);
-                logs.push(OutputPipe::new(err_r, Stream::Stderr, log.as_ref())?);
-            }
+            // Only the app holds the write ends now: its exit is the pipes' EOF.
+            drop(pipes);
             let mut msg = String::new();
             let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
             let err = msg.split_once(' ').map(|(code, m)| StartError {

@@ -40,3 +40,15 @@ pub fn ensure_console() {
         }
     }
 }
+
+/// The console carries only guest-init's own lines once the apps' output goes over vsock:
+/// turn off the tty's output processing (LF → CRLF), so a line reaches the host's stderr as
+/// written. Not when an app has the console as its terminal.
+pub fn plain_output() {
+    use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
+    let stderr = std::io::stderr();
+    if let Ok(mut t) = tcgetattr(&stderr) {
+        t.output_flags.remove(OutputFlags::OPOST);
+        let _ = tcsetattr(&stderr, SetArg::TCSANOW, &t);
+    }
+}

@@ -18,7 +18,7 @@ use ark_pod_spec::{OnExit, Stage2Config};
 use nix::mount::{mount, MsFlags};
 
 pub use cgroups::app_cgroups;
-pub use console::ensure_console;
+pub use console::{ensure_console, plain_output};
 
 /// Step 2 of stage2 (docs/stages.md), up to the app cgroups: the root, the pseudo filesystems,
 /// the hostname, the network (in a VM) and the stage2 config's mounts.

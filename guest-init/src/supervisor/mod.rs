@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 
 use crate::app::{self, plan::AppPlan};
 use crate::os::cgroup::read_oom_kills;
-use output::{relay_outputs, OutputPipe};
+use output::Outputs;
 use sink::{report, StatusSink};
 pub use state::{Exit, StartError, Supervisor};
 
@@ -63,7 +63,7 @@ pub struct Pod {
     sup: Supervisor,
     /// (app, its OOM counter file, the count before it started).
     oom_base: Vec<(String, String, u64)>,
-    outputs: Vec<OutputPipe>,
+    outputs: Outputs,
     grace: Duration,
     /// `ark enter`'s way in (see [`crate::agent`]).
     agent: Option<crate::agent::Listener>,
@@ -74,6 +74,7 @@ impl Pod {
         plans: &[AppPlan],
         signals: Signals,
         control: Option<OwnedFd>,
+        outputs: Outputs,
         grace: Duration,
     ) -> Self {
         Pod {
@@ -81,7 +82,7 @@ impl Pod {
             control,
             sup: Supervisor::new(plans.iter().map(|p| p.name.as_str())),
             oom_base: Vec::new(),
-            outputs: Vec::new(),
+            outputs,
             grace,
             agent: None,
         }
@@ -151,8 +152,8 @@ impl Pod {
             let first_output = fds.len();
             fds.extend(
                 self.outputs
-                    .iter()
-                    .map(|o| PollFd::new(o.file.as_fd(), PollFlags::POLLIN)),
+                    .poll_fds()
+                    .map(|(fd, events)| PollFd::new(fd, events)),
             );
             let timeout = match self.sup.timeout(Instant::now()) {
                 Some(d) => PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1)
@@ -178,7 +179,7 @@ impl Pod {
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect();
             drop(fds);
-            relay_outputs(&mut self.outputs, Some(&outputs_ready));
+            self.outputs.relay(Some(&outputs_ready));
             self.handle_signals(sink)?;
             if control_ready {
                 if let Some(l) = &self.control {
@@ -206,10 +207,8 @@ impl Pod {
     /// Step 5, before the pod is reported done.
     pub fn finish(mut self) {
         // The apps are gone, but what they wrote last may still sit in the pipes: pass it on
-        // before the pod is reported done. (A leftover background process keeps its pipe open;
-        // whatever it has not written by now is not waited for.)
-        relay_outputs(&mut self.outputs, None);
-        self.outputs.iter_mut().for_each(OutputPipe::sync_log);
+        // before the pod is reported done.
+        self.outputs.finish();
         if std::process::id() != 1 {
             // fly: processes the apps left behind would outlive the pod; as their subreaper we
             // end them (PID 1 of a pid namespace or VM gets this from the kernel).

@@ -108,6 +108,7 @@ impl DeviceManager {
 fn output(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, (PathBuf, io::Error)> {
     Ok(match cfg {
         SerialConfig::Stdout => Box::new(io::stdout()),
+        SerialConfig::Stderr => Box::new(io::stderr()),
         SerialConfig::None => Box::new(io::sink()),
         SerialConfig::File(p) => Box::new(
             OpenOptions::new()
