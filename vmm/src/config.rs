@@ -287,7 +287,10 @@ mod tests {
         assert!(bad(&|n| n.tap = TapSource::Name("a/b".into())).contains("tap name"));
         assert!(bad(&|n| n.tap = TapSource::Fd(-1)).contains("tap fd"));
         assert!(bad(&|n| n.tx_rate = Some(RateLimit {
-            bytes: Some(crate::rate_limiter::TokenBucketConfig { rate: 0, burst: None }),
+            bytes: Some(crate::rate_limiter::TokenBucketConfig {
+                rate: 0,
+                burst: None
+            }),
             ops: None
         }))
         .contains("rate"));

@@ -23,8 +23,10 @@ pub mod vcpu;
 pub mod virtio;
 mod vm;
 
-pub use config::{BlockConfig, FsConfig, NetConfig, SerialConfig, TapSource, VmConfig, VsockConfig};
-pub use rate_limiter::{RateLimit, TokenBucketConfig};
+pub use config::{
+    BlockConfig, FsConfig, NetConfig, SerialConfig, TapSource, VmConfig, VsockConfig,
+};
 pub use error::Error;
 pub use exit::{StopHandle, VmExit, EXIT_CODE_VMM_ERROR};
+pub use rate_limiter::{RateLimit, TokenBucketConfig};
 pub use vm::{run, run_with_stop};

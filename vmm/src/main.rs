@@ -335,7 +335,8 @@ mod tests {
         );
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("tty").is_err());
-        let n = parse_net("tap=tap0,mac=02:00:00:00:00:01,mtu=1400,rx-bps=1000:64,tx-ops=10").unwrap();
+        let n =
+            parse_net("tap=tap0,mac=02:00:00:00:00:01,mtu=1400,rx-bps=1000:64,tx-ops=10").unwrap();
         assert_eq!(n.tap, TapSource::Name("tap0".into()));
         assert_eq!(n.mac.0, [2, 0, 0, 0, 0, 1]);
         assert_eq!(n.mtu, Some(1400));
@@ -350,7 +351,10 @@ mod tests {
         assert_eq!(rx.ops, None);
         assert_eq!(n.tx_rate.unwrap().ops.unwrap().rate, 10);
         let n = parse_net("fd=5,mac=02:00:00:00:00:01").unwrap();
-        assert_eq!((n.tap, n.rx_rate, n.tx_rate), (TapSource::Fd(5), None, None));
+        assert_eq!(
+            (n.tap, n.rx_rate, n.tx_rate),
+            (TapSource::Fd(5), None, None)
+        );
         for bad in [
             "mac=02:00:00:00:00:01",
             "tap=t",

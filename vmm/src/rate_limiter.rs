@@ -42,7 +42,9 @@ impl RateLimit {
         for (what, b) in [("bytes", self.bytes), ("ops", self.ops)] {
             if let Some(b) = b {
                 if b.rate == 0 || b.burst == Some(0) {
-                    return Err(format!("rate limit {what}: rate and burst must be at least 1"));
+                    return Err(format!(
+                        "rate limit {what}: rate and burst must be at least 1"
+                    ));
                 }
             }
         }

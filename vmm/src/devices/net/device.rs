@@ -14,16 +14,13 @@ use ark_pod_spec::net::Mac;
 use event_manager::EventSet;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 
-use super::request::{
-    self, finish_rx_header, FrameError, MAX_BUFFER_LEN, VNET_HDR_LEN,
-};
+use super::request::{self, finish_rx_header, FrameError, MAX_BUFFER_LEN, VNET_HDR_LEN};
 use super::tap::{Offloads, Tap};
 use super::{Error, CONFIG_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::config::NetConfig;
@@ -125,11 +122,8 @@ impl Net {
             build_config(mac, mtu).to_vec(),
         )
         .map_err(Error::EventFd)?;
-        let limiter = |r: Option<&RateLimit>| {
-            r.map(RateLimiter::new)
-                .transpose()
-                .map_err(Error::TimerFd)
-        };
+        let limiter =
+            |r: Option<&RateLimit>| r.map(RateLimiter::new).transpose().map_err(Error::TimerFd);
         Ok(Net {
             state,
             tap,
@@ -212,7 +206,11 @@ impl Net {
         if self.tap_failed || self.state.active.is_none() {
             return set;
         }
-        let rx_limited = self.rx.limiter.as_ref().is_some_and(RateLimiter::is_blocked);
+        let rx_limited = self
+            .rx
+            .limiter
+            .as_ref()
+            .is_some_and(RateLimiter::is_blocked);
         if !self.rx.waiting_for_buffers && !rx_limited {
             set |= EventSet::IN;
         }
@@ -229,7 +227,12 @@ impl Net {
             return false;
         };
         let (mem, q) = (&a.mem, &mut a.queues[RX_QUEUE]);
-        if self.rx.limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+        if self
+            .rx
+            .limiter
+            .as_ref()
+            .is_some_and(RateLimiter::is_blocked)
+        {
             return false;
         }
         self.rx.waiting_for_buffers = false;
@@ -307,7 +310,11 @@ impl Net {
             return false;
         };
         let (mem, q) = (&a.mem, &mut a.queues[TX_QUEUE]);
-        let limited = self.tx.limiter.as_ref().is_some_and(RateLimiter::is_blocked);
+        let limited = self
+            .tx
+            .limiter
+            .as_ref()
+            .is_some_and(RateLimiter::is_blocked);
         if self.tx.waiting_for_tap || limited || self.tap_failed {
             return false;
         }
@@ -359,10 +366,7 @@ impl Net {
 
 /// The next chain; when there is none, asks the driver to notify when it adds one and looks
 /// once more (it may have added one before it saw the request).
-fn pop_or_arm<'m>(
-    q: &mut Queue,
-    mem: &'m GuestMemory,
-) -> Option<DescriptorChain<&'m GuestMemory>> {
+fn pop_or_arm<'m>(q: &mut Queue, mem: &'m GuestMemory) -> Option<DescriptorChain<&'m GuestMemory>> {
     if let Some(chain) = q.pop_descriptor_chain(mem) {
         return Some(chain);
     }

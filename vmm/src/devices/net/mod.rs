@@ -49,7 +49,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("TAP descriptor is not a TAP opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (flags {0:#x})")]
+    #[error(
+        "TAP descriptor is not a TAP opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (flags {0:#x})"
+    )]
     NotVnetTap(i32),
     #[error("virtio-net eventfd: {0}")]
     EventFd(#[source] std::io::Error),

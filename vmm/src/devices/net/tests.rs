@@ -107,7 +107,12 @@ impl HostEnd {
     fn send(&self, frame: &[u8]) {
         // SAFETY: sends from a valid slice.
         let n = unsafe { libc::send(self.sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(n, isize::try_from(frame.len()).unwrap(), "{}", std::io::Error::last_os_error());
+        assert_eq!(
+            n,
+            isize::try_from(frame.len()).unwrap(),
+            "{}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// The next frame the interface received (what the device wrote to the TAP), if one comes
@@ -117,7 +122,8 @@ impl HostEnd {
         let mut buf = vec![0u8; 70_000];
         loop {
             // SAFETY: receives into a valid, large enough buffer.
-            let n = unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if let Ok(n) = usize::try_from(n) {
                 buf.truncate(n);
                 return Some(buf);
@@ -165,8 +171,14 @@ impl<'a> Harness<'a> {
         tx_rate: Option<&RateLimit>,
     ) -> Self {
         let (tap, host) = tap_and_host_end();
-        let mut net = Net::new(tap, ark_pod_spec::net::Mac(MAC), Some(1500), rx_rate, tx_rate)
-            .unwrap();
+        let mut net = Net::new(
+            tap,
+            ark_pod_spec::net::Mac(MAC),
+            Some(1500),
+            rx_rate,
+            tx_rate,
+        )
+        .unwrap();
         net.set_acked_features(net.avail_features());
         let rxq = MockSplitQueue::new(mem, QUEUE_SIZE);
         let txq = MockSplitQueue::create(mem, GuestAddress(TX_RING), QUEUE_SIZE);
@@ -215,7 +227,9 @@ impl<'a> Harness<'a> {
     /// Queues `hdr + frame` for tx at table slot `slot`, in one readable descriptor.
     fn tx(&mut self, slot: u16, frame: &[u8]) {
         let addr = buf(u64::from(slot));
-        self.mem.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(addr)).unwrap();
+        self.mem
+            .write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(addr))
+            .unwrap();
         self.mem
             .write_slice(frame, GuestAddress(addr + VNET_HDR_LEN as u64))
             .unwrap();
@@ -257,8 +271,14 @@ fn features_and_config_space() {
         assert_eq!(u16::from_le_bytes([c[10], c[11]]), 1400);
         // Without an MTU the feature is not offered.
         let (tap2, _h) = (ark_os::tap::open_tap("vnet-test1", true).unwrap(), ());
-        let net2 = Net::new(Tap::new(tap2).unwrap(), ark_pod_spec::net::Mac(MAC), None, None, None)
-            .unwrap();
+        let net2 = Net::new(
+            Tap::new(tap2).unwrap(),
+            ark_pod_spec::net::Mac(MAC),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(net2.avail_features() & (1 << 3), 0);
     });
 }
@@ -305,12 +325,16 @@ fn a_tx_frame_comes_out_of_the_tap_and_an_rx_frame_lands_with_its_header() {
         // tx: header + frame split over two descriptors, as Linux queues them.
         let f = frame(1000, 7);
         let (a, b) = (buf(0), buf(1));
-        mem.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(a)).unwrap();
+        mem.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(a))
+            .unwrap();
         mem.write_slice(&f, GuestAddress(b)).unwrap();
         add_chain(
             &h.txq,
             0,
-            &[r(a, test_utils::len32(VNET_HDR_LEN)), r(b, test_utils::len32(f.len()))],
+            &[
+                r(a, test_utils::len32(VNET_HDR_LEN)),
+                r(b, test_utils::len32(f.len())),
+            ],
         );
         h.kick(TX_QUEUE);
         assert_eq!(h.host.recv(Duration::from_secs(2)).as_deref(), Some(&f[..]));
@@ -379,7 +403,11 @@ fn malformed_tx_chains_are_returned_and_the_device_keeps_working() {
         h.tx(slot, &f);
         h.kick(TX_QUEUE);
         assert_eq!(h.host.recv(Duration::from_secs(2)).as_deref(), Some(&f[..]));
-        assert_eq!(h.host.recv(Duration::from_millis(100)), None, "nothing else");
+        assert_eq!(
+            h.host.recv(Duration::from_millis(100)),
+            None,
+            "nothing else"
+        );
         let used = test_utils::used(&h.txq);
         assert_eq!(used.len(), 8, "every chain returned: {used:?}");
         assert!(used.iter().all(|&(_, len)| len == 0));
@@ -411,7 +439,11 @@ fn malformed_rx_chains_are_returned_and_the_frame_waits_for_a_good_one() {
         assert!(h.read(buf(1), 12).iter().all(|&b| b == 0));
         assert!(h.read(end - 100, 100).iter().all(|&b| b == 0));
         let s = h.stats();
-        assert_eq!((s.bad_chains, s.rx_frames, s.rx_dropped), (4, 1, 0), "{s:?}");
+        assert_eq!(
+            (s.bad_chains, s.rx_frames, s.rx_dropped),
+            (4, 1, 0),
+            "{s:?}"
+        );
     });
 }
 
@@ -474,7 +506,10 @@ fn a_guest_that_never_refills_rx_stalls_the_device_without_spinning_or_buffering
         assert_eq!(used.len(), 50);
         for (i, seed) in (0..50u8).enumerate() {
             let slot = u64::try_from(i).unwrap();
-            assert_eq!(h.read(buf(slot) + VNET_HDR_LEN as u64, 300), frame(300, seed));
+            assert_eq!(
+                h.read(buf(slot) + VNET_HDR_LEN as u64, 300),
+                frame(300, seed)
+            );
         }
         // Buffers left over: the device listens on the TAP again.
         assert!(!h.dev.lock().unwrap().tap_interest.is_empty());
@@ -506,12 +541,13 @@ fn tx_rate_limit_holds_frames_until_its_timer() {
             h.mgr.run_with_timeout(500).unwrap();
         }
         assert_eq!(h.stats().tx_frames, 3);
-        assert!(start.elapsed() >= Duration::from_millis(180), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(180),
+            "{:?}",
+            start.elapsed()
+        );
         for seed in 0..3 {
-            assert_eq!(
-                h.host.recv(Duration::from_secs(1)),
-                Some(frame(100, seed))
-            );
+            assert_eq!(h.host.recv(Duration::from_secs(1)), Some(frame(100, seed)));
         }
     });
 }
@@ -548,7 +584,11 @@ fn rx_rate_limit_holds_the_frame_until_its_timer() {
             h.mgr.run_with_timeout(500).unwrap();
         }
         assert_eq!(test_utils::used(&h.rxq).len(), 3);
-        assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            start.elapsed()
+        );
     });
 }
 
