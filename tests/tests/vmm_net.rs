@@ -51,6 +51,16 @@ fn field<'a>(serial: &'a str, key: &str) -> Option<&'a str> {
         .and_then(|v| v.split_whitespace().next())
 }
 
+/// A server that goes with the test, also when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sh(script: &str) {
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
     assert!(out.status.success(), "{script}: {out:?}");
@@ -114,11 +124,13 @@ fn a_guest_reaches_servers_on_the_tap_side_both_ways() {
             "ip link set lo up && ip tuntap add dev {TAP} mode tap vnet_hdr && \
              ip addr add 10.0.2.1/24 dev {TAP} && ip link set {TAP} mtu 1400 up"
         ));
-        let mut httpd = Command::new("busybox")
-            .args(["httpd", "-f", "-p", "10.0.2.1:8080", "-h"])
-            .arg(&srv)
-            .spawn()
-            .unwrap();
+        let _httpd = KillOnDrop(
+            Command::new("busybox")
+                .args(["httpd", "-f", "-p", "10.0.2.1:8080", "-h"])
+                .arg(&srv)
+                .spawn()
+                .unwrap(),
+        );
 
         let cmdline = vm::kernel_cmdline(
             "rootfstype=virtiofs root=rootfs rw init=/init \
@@ -142,8 +154,6 @@ fn a_guest_reaches_servers_on_the_tap_side_both_ways() {
             Duration::from_secs(400),
         )
         .unwrap();
-        let _ = httpd.kill();
-        let _ = httpd.wait();
         let log = run.log();
         assert!(
             run.serial.contains("ARK_NET_GUEST_DONE"),
