@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
+use ark_pod_spec::net::Mac;
 use serde::{Deserialize, Serialize};
+
+use crate::rate_limiter::RateLimit;
 
 /// A complete microVM description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +27,9 @@ pub struct VmConfig {
     pub blk: Vec<BlockConfig>,
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices, one per TAP (guest `eth0`, `eth1`, ... in this order).
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
@@ -62,6 +68,37 @@ pub struct FsConfig {
     /// changes (a pod root).
     #[serde(default)]
     pub shared: bool,
+}
+
+/// One virtio-net device and the TAP behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub tap: TapSource,
+    /// The guest interface's MAC (a unicast address).
+    pub mac: Mac,
+    /// Offered to the guest as its MTU (VIRTIO_NET_F_MTU); the TAP's own MTU is the caller's.
+    #[serde(default)]
+    pub mtu: Option<u16>,
+    /// Limits on frames towards the guest.
+    #[serde(default)]
+    pub rx_rate: Option<RateLimit>,
+    /// Limits on frames from the guest.
+    #[serde(default)]
+    pub tx_rate: Option<RateLimit>,
+}
+
+/// Where a virtio-net device's TAP comes from. Either way it must be a TAP with
+/// IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (what `ark_os::tap::open_tap(name, true)` makes); the device
+/// makes it non-blocking and sets its header size and offloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TapSource {
+    /// Opened (created if missing) by name in the VMM's network namespace.
+    Name(String),
+    /// A descriptor the caller opened and keeps open until the VM is built; the VMM uses a
+    /// duplicate (so the caller may close its own afterwards).
+    Fd(i32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +147,7 @@ impl VmConfig {
             initrd: None,
             blk: Vec::new(),
             fs: Vec::new(),
+            nets: Vec::new(),
             vsock: None,
             serial: SerialConfig::default(),
             console: None,
@@ -138,6 +176,9 @@ impl VmConfig {
                 ));
             }
         }
+        for (i, net) in self.nets.iter().enumerate() {
+            net.validate().map_err(|e| format!("net {i}: {e}"))?;
+        }
         if let Some(v) = &self.vsock {
             // CIDs 0-2 are reserved (hypervisor, local, host); u32::MAX is VMADDR_CID_ANY.
             if v.guest_cid < 3 || v.guest_cid >= u32::MAX as u64 {
@@ -149,6 +190,35 @@ impl VmConfig {
         }
         if self.cmdline.contains('\0') {
             return Err("cmdline contains a NUL byte".into());
+        }
+        Ok(())
+    }
+}
+
+impl NetConfig {
+    fn validate(&self) -> Result<(), String> {
+        // Bit 0 of the first octet: group address; an all-zero MAC is no address.
+        if self.mac.0[0] & 1 != 0 || self.mac.0 == [0; 6] {
+            return Err(format!("mac {}: must be a unicast address", self.mac));
+        }
+        if let Some(mtu) = self.mtu {
+            let max = crate::devices::net::request::MAX_FRAME_LEN - 18;
+            if mtu < crate::devices::net::MIN_MTU || usize::from(mtu) > max {
+                return Err(format!(
+                    "mtu {mtu}: must be {}..={max}",
+                    crate::devices::net::MIN_MTU
+                ));
+            }
+        }
+        match &self.tap {
+            TapSource::Name(n) if n.is_empty() || n.len() >= 16 || n.contains(['/', '\0']) => {
+                return Err(format!("tap name {n:?}: 1-15 bytes, no '/'"));
+            }
+            TapSource::Fd(fd) if *fd < 0 => return Err(format!("tap fd {fd}: negative")),
+            _ => {}
+        }
+        for r in [&self.rx_rate, &self.tx_rate].into_iter().flatten() {
+            r.validate()?;
         }
         Ok(())
     }
@@ -192,5 +262,39 @@ mod tests {
             uds_path: "/x".into(),
         });
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn net_config_json_and_validation() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","nets":[{"tap":{"name":"tap0"},"mac":"02:00:00:00:00:01","mtu":1400,
+                "rx_rate":{"bytes":{"rate":1000000,"burst":65536}},"tx_rate":{"ops":{"rate":100}}},
+                {"tap":{"fd":7},"mac":"02:00:00:00:00:02"}]}"#,
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.nets[0].tap, TapSource::Name("tap0".into()));
+        assert_eq!(c.nets[1].tap, TapSource::Fd(7));
+        assert_eq!(c.nets[0].rx_rate.unwrap().bytes.unwrap().burst, Some(65536));
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let bad = |f: &dyn Fn(&mut NetConfig)| {
+            let mut c = c.clone();
+            f(&mut c.nets[0]);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(&|n| n.mac = "03:00:00:00:00:01".parse().unwrap()).contains("unicast"));
+        assert!(bad(&|n| n.mac = Mac([0; 6])).contains("unicast"));
+        assert!(bad(&|n| n.mtu = Some(67)).contains("mtu"));
+        assert!(bad(&|n| n.tap = TapSource::Name("a/b".into())).contains("tap name"));
+        assert!(bad(&|n| n.tap = TapSource::Fd(-1)).contains("tap fd"));
+        assert!(bad(&|n| n.tx_rate = Some(RateLimit {
+            bytes: Some(crate::rate_limiter::TokenBucketConfig {
+                rate: 0,
+                burst: None
+            }),
+            ops: None
+        }))
+        .contains("rate"));
     }
 }

@@ -46,6 +46,12 @@ pub enum Error {
         #[source]
         source: devices::fs::Error,
     },
+    #[error("net device {index}: {source}")]
+    Net {
+        index: usize,
+        #[source]
+        source: devices::net::Error,
+    },
     #[error("vsock device: {0}")]
     Vsock(#[from] devices::vsock::Error),
     #[error("console device: {}: {source}", path.display())]

@@ -16,13 +16,17 @@ pub mod devices;
 mod error;
 pub mod exit;
 pub mod poweroff;
+pub mod rate_limiter;
 pub mod seccomp;
 mod stdin;
 pub mod vcpu;
 pub mod virtio;
 mod vm;
 
-pub use config::{BlockConfig, FsConfig, SerialConfig, VmConfig, VsockConfig};
+pub use config::{
+    BlockConfig, FsConfig, NetConfig, SerialConfig, TapSource, VmConfig, VsockConfig,
+};
 pub use error::Error;
 pub use exit::{StopHandle, VmExit, EXIT_CODE_VMM_ERROR};
+pub use rate_limiter::{RateLimit, TokenBucketConfig};
 pub use vm::{run, run_with_stop};

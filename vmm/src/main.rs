@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use clap::Parser;
-use vmm::{BlockConfig, FsConfig, SerialConfig, StopHandle, VmConfig, VsockConfig};
+use vmm::{
+    BlockConfig, FsConfig, NetConfig, RateLimit, SerialConfig, StopHandle, TapSource,
+    TokenBucketConfig, VmConfig, VsockConfig,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +44,14 @@ struct Args {
     /// virtio-fs share, repeatable; `,ro` for read-only.
     #[arg(long, value_name = "TAG=DIR[,ro]")]
     fs: Vec<String>,
+    /// virtio-net device on a TAP, repeatable: a TAP interface by name (opened, or created, in
+    /// ark-vmm's network namespace) or an inherited descriptor of one opened with IFF_VNET_HDR;
+    /// optional MTU and token-bucket limits (RATE per second, BURST default RATE).
+    #[arg(
+        long,
+        value_name = "tap=NAME|fd=N,mac=MAC[,mtu=N][,rx-bps=RATE[:BURST]][,rx-ops=..][,tx-bps=..][,tx-ops=..]"
+    )]
+    net: Vec<String>,
     /// virtio-vsock device: guest CID and the host Unix socket path.
     #[arg(long, value_name = "CID,UDS_PATH")]
     vsock: Option<String>,
@@ -101,6 +112,57 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     }
 }
 
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let err = |why: &str| format!("--net {s:?}: {why}");
+    let (mut tap, mut mac, mut mtu) = (None, None, None);
+    let (mut rx_rate, mut tx_rate) = (RateLimit::default(), RateLimit::default());
+    for part in s.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| err(&format!("{part:?} is not KEY=VALUE")))?;
+        match key {
+            "tap" => tap = Some(TapSource::Name(value.to_string())),
+            "fd" => {
+                let fd = value.parse().map_err(|_| err("fd must be a number"))?;
+                tap = Some(TapSource::Fd(fd));
+            }
+            "mac" => mac = Some(value.parse().map_err(|e: String| err(&e))?),
+            "mtu" => mtu = Some(value.parse().map_err(|_| err("mtu must be 1..65535"))?),
+            "rx-bps" => rx_rate.bytes = Some(parse_bucket(value).map_err(|e| err(&e))?),
+            "rx-ops" => rx_rate.ops = Some(parse_bucket(value).map_err(|e| err(&e))?),
+            "tx-bps" => tx_rate.bytes = Some(parse_bucket(value).map_err(|e| err(&e))?),
+            "tx-ops" => tx_rate.ops = Some(parse_bucket(value).map_err(|e| err(&e))?),
+            _ => return Err(err(&format!("unknown key {key:?}"))),
+        }
+    }
+    let limit = |r: RateLimit| (r != RateLimit::default()).then_some(r);
+    Ok(NetConfig {
+        tap: tap.ok_or_else(|| err("tap=NAME or fd=N is required"))?,
+        mac: mac.ok_or_else(|| err("mac=MAC is required"))?,
+        mtu,
+        rx_rate: limit(rx_rate),
+        tx_rate: limit(tx_rate),
+    })
+}
+
+/// `RATE[:BURST]`.
+fn parse_bucket(s: &str) -> Result<TokenBucketConfig, String> {
+    let num = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("{s:?}: expected RATE[:BURST] (numbers)"))
+    };
+    Ok(match s.split_once(':') {
+        Some((rate, burst)) => TokenBucketConfig {
+            rate: num(rate)?,
+            burst: Some(num(burst)?),
+        },
+        None => TokenBucketConfig {
+            rate: num(s)?,
+            burst: None,
+        },
+    })
+}
+
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     match s {
         "stdout" => Ok(SerialConfig::Stdout),
@@ -154,6 +216,13 @@ fn config_from(args: Args) -> Result<VmConfig, String> {
             .fs
             .iter()
             .map(|s| parse_fs(s))
+            .collect::<Result<_, _>>()?;
+    }
+    if !args.net.is_empty() {
+        c.nets = args
+            .net
+            .iter()
+            .map(|s| parse_net(s))
             .collect::<Result<_, _>>()?;
     }
     if let Some(v) = args.vsock {
@@ -267,6 +336,38 @@ mod tests {
         );
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("tty").is_err());
+        let n =
+            parse_net("tap=tap0,mac=02:00:00:00:00:01,mtu=1400,rx-bps=1000:64,tx-ops=10").unwrap();
+        assert_eq!(n.tap, TapSource::Name("tap0".into()));
+        assert_eq!(n.mac.0, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(n.mtu, Some(1400));
+        let rx = n.rx_rate.unwrap();
+        assert_eq!(
+            rx.bytes,
+            Some(TokenBucketConfig {
+                rate: 1000,
+                burst: Some(64)
+            })
+        );
+        assert_eq!(rx.ops, None);
+        assert_eq!(n.tx_rate.unwrap().ops.unwrap().rate, 10);
+        let n = parse_net("fd=5,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(
+            (n.tap, n.rx_rate, n.tx_rate),
+            (TapSource::Fd(5), None, None)
+        );
+        for bad in [
+            "mac=02:00:00:00:00:01",
+            "tap=t",
+            "tap=t,mac=zz",
+            "tap=t,mac=02:00:00:00:00:01,speed=9",
+            "tap=t,mac=02:00:00:00:00:01,rx-bps=fast",
+            "tap=t,mac=02:00:00:00:00:01,mtu=70000",
+            "fd=x,mac=02:00:00:00:00:01",
+            "tap",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

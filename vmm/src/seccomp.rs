@@ -198,8 +198,9 @@ const EVENT_LOOP_ALLOWED: &[i64] = &[
     libc::SYS_timerfd_gettime,
 ];
 
-/// `ioctl` requests the event loop makes: std's `set_nonblocking` on accepted vsock streams.
-const EVENT_LOOP_IOCTLS: &[u64] = &[libc::FIONBIO];
+/// `ioctl` requests the event loop makes: std's `set_nonblocking` on accepted vsock streams;
+/// virtio-net setting the TAP's header size and the offloads its guest accepted.
+const EVENT_LOOP_IOCTLS: &[u64] = &[libc::FIONBIO, libc::TUNSETVNETHDRSZ, libc::TUNSETOFFLOAD];
 
 /// The event-loop thread filter. Unlisted syscalls trap (see [`install_violation_handler`]).
 pub fn event_loop_filter() -> Result<BpfProgram, Error> {

@@ -50,7 +50,7 @@ impl DeviceManager {
         self.events.add_subscriber(s);
     }
 
-    /// The virtio devices `config` asks for, in a fixed order (block, fs, vsock, console, rng),
+    /// The virtio devices `config` asks for, in a fixed order (block, fs, net, vsock, console, rng),
     /// which fixes their MMIO slots and irqs.
     pub fn attach_virtio_devices(
         &mut self,
@@ -80,6 +80,11 @@ impl DeviceManager {
                     source,
                 },
             )?;
+            self.attach_virtio(vm, mem, dev)?;
+        }
+        for (index, net) in config.nets.iter().enumerate() {
+            let dev = devices::net::Net::from_config(net)
+                .map_err(|source| Error::Net { index, source })?;
             self.attach_virtio(vm, mem, dev)?;
         }
         if let Some(v) = &config.vsock {

@@ -9,5 +9,6 @@ pub mod block;
 pub mod console;
 pub mod fs;
 pub mod legacy;
+pub mod net;
 pub mod rng;
 pub mod vsock;
