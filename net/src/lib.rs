@@ -423,42 +423,35 @@ fn teardown_locked(layout: &PodLayout) -> Result<(), Error> {
     Ok(())
 }
 
-/// What guest-init configures in a VM for the attached networks (kvm): each pod interface with
-/// the CNI result's MAC, MTU and addresses, and every route bound to its interface.
-pub fn guest_network(state: &PodNetworkState) -> ark_pod_spec::net::GuestNetwork {
-    ark_pod_spec::net::GuestNetwork {
-        interfaces: state
-            .attachments
-            .iter()
-            .map(|a| a.interface.clone())
-            .collect(),
-        routes: state
-            .attachments
-            .iter()
-            .flat_map(|a| {
-                a.routes.iter().map(|r| ark_pod_spec::net::Route {
-                    dev: r.dev.clone().or_else(|| Some(a.interface.name.clone())),
-                    ..r.clone()
-                })
-            })
-            .collect(),
-    }
+/// Reads `net/state.json` if the pod has one (see [`read_state_file`]).
+pub fn read_state(layout: &PodLayout) -> Result<Option<PodNetworkState>, String> {
+    read_state_file(&layout.network_state())
 }
 
-/// Reads `net/state.json` if the pod has one (capped and validated).
-pub fn read_state(layout: &PodLayout) -> Result<Option<PodNetworkState>, String> {
+/// A network state file: a regular file (not followed through a symlink, never a FIFO that
+/// would block), size-capped and validated; `None` when there is none.
+pub fn read_state_file(path: &Path) -> Result<Option<PodNetworkState>, String> {
     use std::io::Read;
-    let path = layout.network_state();
-    let f = match File::open(&path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: String| format!("{}: {e}", path.display());
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(fail(e.to_string())),
     };
+    if !f.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let cap = ark_pod_spec::net::NETWORK_STATE_MAX_BYTES;
     let mut bytes = Vec::new();
-    f.take(ark_pod_spec::net::NETWORK_STATE_MAX_BYTES as u64 + 1)
+    f.take(u64::try_from(cap).unwrap_or(u64::MAX) + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    PodNetworkState::from_json(&bytes).map(Some)
+        .map_err(|e| fail(e.to_string()))?;
+    PodNetworkState::from_json(&bytes).map(Some).map_err(fail)
 }
 
 #[cfg(test)]
@@ -563,21 +556,27 @@ echo '{{"cniVersion":"1.0.0","interfaces":[{{"name":"'$CNI_IFNAME'","mac":"02:00
     }
 
     #[test]
-    fn guest_network_binds_routes_to_their_interface() {
-        let r = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:05", "mtu": 1400, "sandbox": "/n"}],
-            "ips": [{"address": "172.16.28.5/24", "gateway": "172.16.28.1", "interface": 0}],
-            "routes": [{"dst": "0.0.0.0/0", "gw": "172.16.28.1"}]
-        });
-        let state = PodNetworkState {
-            netns: "/n".into(),
-            attachments: vec![result::attachment("default", "eth0", &r).unwrap()],
-        };
-        let g = guest_network(&state);
-        assert_eq!(g.interfaces[0].mtu, Some(1400));
-        assert_eq!(g.routes[0].dev.as_deref(), Some("eth0"));
-        assert_eq!(g.routes[0].gateway, Some("172.16.28.1".parse().unwrap()));
+    fn state_file_is_capped_and_must_be_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        assert_eq!(read_state_file(&p).unwrap(), None);
+        std::fs::write(
+            &p,
+            vec![b' '; ark_pod_spec::net::NETWORK_STATE_MAX_BYTES + 10],
+        )
+        .unwrap();
+        assert!(read_state_file(&p).unwrap_err().contains("more than"));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(read_state_file(&fifo)
+            .unwrap_err()
+            .ends_with("not a regular file"));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(read_state_file(&link).is_err());
+        let ok = PodNetworkState::default();
+        std::fs::write(&p, ok.to_json()).unwrap();
+        assert_eq!(read_state_file(&p).unwrap(), Some(ok));
     }
 
     #[test]

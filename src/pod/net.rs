@@ -38,15 +38,15 @@ pub struct NetOptions {
     pub plugin_dirs: Vec<String>,
 }
 
-/// The default network of a flavor when `--net` is not given: `default` for ns (rkt's), the
-/// host's for fly (it has no namespace of its own) and, until the kvm data path exists, kvm.
+/// The default network of a flavor when `--net` is not given: `default` for ns and kvm (rkt's),
+/// the host's for fly (it has no namespace of its own).
 pub fn default_mode(flavor: Flavor) -> NetMode {
     match flavor {
-        Flavor::Ns => NetMode::Networks(vec![NetworkRef {
+        Flavor::Ns | Flavor::Kvm => NetMode::Networks(vec![NetworkRef {
             name: DEFAULT_NETWORK.into(),
             args: None,
         }]),
-        Flavor::Kvm | Flavor::Fly => NetMode::Host,
+        Flavor::Fly => NetMode::Host,
     }
 }
 

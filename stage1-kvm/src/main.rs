@@ -5,13 +5,12 @@
 
 mod cgroup;
 mod control;
-// Called from run() once the manifest's CNI net mode lands (see the comment there).
-#[allow(dead_code)]
 mod net;
 mod output;
 mod plan;
 mod status;
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ark_os::StatusDir;
 use ark_pod_spec::manifest::PodManifest;
+use ark_pod_spec::net::PodNetworkState;
 use ark_pod_spec::stage1::{self, RunArgs};
 use ark_pod_spec::status::EXIT_STAGE1_ERROR;
 use ark_pod_spec::PodLayout;
@@ -76,15 +76,59 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
 
     plan::check_kvm(Path::new("/dev/kvm")).map_err(anyhow::Error::msg)?;
     let host = host()?;
-    // Pods on CNI networks (the manifest's CNI net mode, added with the CNI set-up), at the
-    // merge:
-    //     let network = if <manifest asks for CNI networks> {
-    //         let state = net::load_state(&layout.network_state()).map_err(anyhow::Error::msg)?;
-    //         Some(net::attach(&layout.netns(), &state)?)
-    //     } else { None };
-    // then `network.as_ref().map(|n| &n.guest)` here, each `network.nics[i]` (tap, mac, mtu)
-    // as the VmConfig's vmm::NetConfig, and `network` kept alive until run_with_stop returns.
-    let plan = plan::plan(&layout, &manifest, &host, None, debug)?;
+    // CNI networks: the pod's netns attached to each network, then a TAP joined to each CNI
+    // interface in it. Torn down on every way out of run() (and by stage0 after a kill -9).
+    let on_networks = !manifest.net.networks().is_empty();
+    let result = with_network(&layout, &manifest, on_networks, |network| {
+        run_vm(&layout, &manifest, &host, network, debug, interactive)
+    });
+    if on_networks {
+        if let Err(e) = ark_net::teardown(&layout) {
+            eprintln!("ark-stage1-kvm: {e}");
+        }
+    }
+    result
+}
+
+/// Sets up the pod's networks (if any) and hands their TAPs and guest view to `f`; the TAP
+/// descriptors live until `f` returns (the VMM holds its own copies while the VM runs).
+fn with_network<T>(
+    layout: &PodLayout,
+    manifest: &PodManifest,
+    on_networks: bool,
+    f: impl FnOnce(Option<(&PodNetworkState, &net::KvmNetwork)>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if !on_networks {
+        return f(None);
+    }
+    let state = ark_net::setup(layout, &ark_net::NetRequest::from_manifest(manifest))?;
+    let network = net::attach(&layout.netns(), &state)?;
+    f(Some((&state, &network)))
+}
+
+fn run_vm(
+    layout: &PodLayout,
+    manifest: &PodManifest,
+    host: &Host,
+    network: Option<(&PodNetworkState, &net::KvmNetwork)>,
+    debug: bool,
+    interactive: bool,
+) -> anyhow::Result<i32> {
+    let guest_net = plan::GuestNet {
+        network: network.map(|(_, n)| n.guest.clone()),
+        etc: ark_net::etc_files(manifest, network.map(|(s, _)| s)),
+    };
+    let mut plan = plan::plan(layout, manifest, host, &guest_net, debug)?;
+    for nic in network.iter().flat_map(|(_, n)| &n.nics) {
+        tracing::debug!("NIC {} on {} (MTU {})", nic.mac, nic.tap_name, nic.mtu);
+        plan.vm.nets.push(vmm::NetConfig {
+            tap: vmm::TapSource::Fd(nic.tap.as_raw_fd()),
+            mac: nic.mac,
+            mtu: Some(u16::try_from(nic.mtu).context("interface MTU")?),
+            rx_rate: None,
+            tx_rate: None,
+        });
+    }
     if plan.root == plan::Root::Fs {
         ark_os::write_atomic(&layout.stage2_config(), &plan.stage2.to_json())
             .with_context(|| format!("{}", layout.stage2_config().display()))?;
@@ -100,7 +144,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
         .thread_block()
         .context("blocking stop signals")?;
 
-    let vmm_cgroup = cgroup::VmmCgroup::enter(&manifest, plan.vmm_memory_bytes, plan.cpu_millis)
+    let vmm_cgroup = cgroup::VmmCgroup::enter(manifest, plan.vmm_memory_bytes, plan.cpu_millis)
         .context("VMM cgroup")?;
     if let Some(c) = &vmm_cgroup {
         tracing::debug!("VMM cgroup: {:?}", c.dirs());
@@ -112,7 +156,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
     // Before the guest runs: apps writing into a shared root can fill this filesystem, and
     // the statuses must still fit.
     status_dir
-        .reserve(&manifest)
+        .reserve(manifest)
         .context("reserve the pod's status files")?;
     let vm_ended = Arc::new(AtomicBool::new(false));
     let listener = status::StatusListener::bind(&plan.status_uds)
@@ -124,7 +168,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
         .with_context(|| format!("{}", layout.logs_dir().display()))?;
     let output_thread = output::OutputListener::bind(&plan.output_uds)
         .with_context(|| format!("output socket {}", plan.output_uds.display()))?
-        .spawn(&manifest, &layout.logs_dir(), log_limits, vm_ended.clone())?;
+        .spawn(manifest, &layout.logs_dir(), log_limits, vm_ended.clone())?;
 
     let stop = vmm::StopHandle::new().context("stop eventfd")?;
     spawn_signal_thread(stop_signals, stop.clone(), plan.vsock_uds.clone())?;
@@ -147,7 +191,7 @@ fn run(pod_dir: &Path, debug: bool, interactive: bool) -> anyhow::Result<i32> {
         (Err(e), _) => Some(format!("VMM error: {e}")),
     };
     let exit = status_dir
-        .finish_with(&manifest, reason.as_deref(), &outcome.exited)
+        .finish_with(manifest, reason.as_deref(), &outcome.exited)
         .context("writing the pod's exit status")?;
     cleanup(&plan, vmm_cgroup);
     if let Some(r) = &exit.reason {

@@ -173,27 +173,5 @@ fn wire_one(
     ))
 }
 
-/// `<pod dir>/net/state.json`: a regular file (not followed through a symlink, never a FIFO
-/// that would block), size-capped and validated.
-pub fn load_state(path: &Path) -> Result<PodNetworkState, String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: String| format!("{}: {e}", path.display());
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| fail(e.to_string()))?;
-    if !f.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
-        return Err(fail("not a regular file".into()));
-    }
-    let cap = ark_pod_spec::net::NETWORK_STATE_MAX_BYTES;
-    let mut bytes = Vec::new();
-    f.take(u64::try_from(cap).unwrap_or(u64::MAX) + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(e.to_string()))?;
-    PodNetworkState::from_json(&bytes).map_err(fail)
-}
-
 #[cfg(test)]
 mod tests;

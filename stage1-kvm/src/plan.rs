@@ -78,13 +78,20 @@ pub struct Host {
     pub kernel: PathBuf,
 }
 
-/// `network`: what guest-init configures in the VM (from [`crate::net::attach`]), for pods on
-/// CNI networks; `None`: only `lo`.
+/// `net`: what guest-init configures in the VM (from [`crate::net::attach`]) for pods on CNI
+/// networks (none: only `lo`), and the `/etc` files it writes for the apps.
+/// The pod's networks as the guest sees them.
+#[derive(Debug, Clone, Default)]
+pub struct GuestNet {
+    pub network: Option<GuestNetwork>,
+    pub etc: ark_pod_spec::EtcFiles,
+}
+
 pub fn plan(
     layout: &PodLayout,
     manifest: &PodManifest,
     host: &Host,
-    network: Option<&GuestNetwork>,
+    net: &GuestNet,
     debug: bool,
 ) -> Result<VmPlan, PlanError> {
     if manifest.stage1.flavor != Flavor::Kvm {
@@ -116,7 +123,8 @@ pub fn plan(
     stage2.create_app_cgroups = true;
     stage2.debug = debug;
     // Before the stage2 config is encoded onto a block root's command line below.
-    stage2.network = network.cloned();
+    stage2.network = net.network.clone();
+    stage2.etc = net.etc.clone();
 
     let mut vm = VmConfig::new(&host.kernel);
     vm.memory_mib = guest_memory_mib(manifest)?;
@@ -325,7 +333,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = PodLayout::new(dir.path());
         let m = manifest("");
-        let p = plan(&layout, &m, &host(Profile::Microvm), None, false).unwrap();
+        let p = plan(
+            &layout,
+            &m,
+            &host(Profile::Microvm),
+            &GuestNet::default(),
+            false,
+        )
+        .unwrap();
         assert_eq!(p.root, Root::Fs);
         // 128 base + 256 MiB + 4 MiB and a byte (rounded up to a whole MiB).
         assert_eq!(p.vm.memory_mib, 128 + 256 + 5);
@@ -359,7 +374,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &manifest(""),
             &host(Profile::PvmCompat),
-            None,
+            &GuestNet::default(),
             true,
         )
         .unwrap();
@@ -381,7 +396,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &m,
             &host(Profile::Microvm),
-            None,
+            &GuestNet::default(),
             false,
         )
         .unwrap();
@@ -413,7 +428,17 @@ mod tests {
         )
         .unwrap();
         let layout = PodLayout::new(dir.path());
-        let p = plan(&layout, &m, &host(Profile::Microvm), Some(&net), false).unwrap();
+        let p = plan(
+            &layout,
+            &m,
+            &host(Profile::Microvm),
+            &GuestNet {
+                network: Some(net.clone()),
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap();
         assert_eq!(p.stage2.network.as_ref(), Some(&net));
         let hexed =
             p.vm.cmdline
@@ -422,7 +447,14 @@ mod tests {
                 .expect("stage2 on the cmdline");
         let decoded = Stage2Config::from_cmdline_value(hexed).unwrap();
         assert_eq!(decoded.network, Some(net));
-        let p = plan(&layout, &manifest(""), &host(Profile::Microvm), None, false).unwrap();
+        let p = plan(
+            &layout,
+            &manifest(""),
+            &host(Profile::Microvm),
+            &GuestNet::default(),
+            false,
+        )
+        .unwrap();
         assert_eq!(p.stage2.network, None);
     }
 
@@ -434,7 +466,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &m,
             &host(Profile::Microvm),
-            None,
+            &GuestNet::default(),
             false,
         )
         .unwrap_err();
@@ -444,7 +476,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &m,
             &host(Profile::Microvm),
-            None,
+            &GuestNet::default(),
             false,
         )
         .unwrap_err();
@@ -463,7 +495,7 @@ mod tests {
             &PodLayout::new(dir.path()),
             &m,
             &host(Profile::Microvm),
-            None,
+            &GuestNet::default(),
             false,
         )
         .unwrap();
@@ -486,7 +518,7 @@ mod tests {
                 &PodLayout::new(dir.path()),
                 &m,
                 &host(Profile::Microvm),
-                None,
+                &GuestNet::default(),
                 false
             ),
             Err(PlanError::WrongFlavor(..))
@@ -497,7 +529,7 @@ mod tests {
             &PodLayout::new(long),
             &manifest(""),
             &host(Profile::Microvm),
-            None,
+            &GuestNet::default(),
             false,
         )
         .unwrap();

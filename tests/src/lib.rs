@@ -5,6 +5,7 @@ pub mod agent;
 pub mod fixtures;
 pub mod images;
 pub mod loopdev;
+pub mod net;
 pub mod output;
 pub mod pods;
 pub mod registry;

@@ -5,160 +5,21 @@
 //! between pods. Each test has its own `--dir`, and its own network name, subnet and IPAM
 //! directory where it makes a network; `PodEnv`'s drop stops and gcs what a failed test left.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ark_tests::net::*;
 use ark_tests::pods::{wait_child, PodEnv};
 use ark_tests::skip;
 
-/// The built-in `default` network's gateway (the host end of every pod's veth).
-const GATEWAY: &str = "172.16.28.1";
-const DEFAULT_LEASES: &str = "/var/lib/cni/networks/default";
-
 macro_rules! need_net {
     () => {
-        if let Some(why) = ark_tests::pods::pods_unavailable() {
+        if let Some(why) = ark_tests::net::net_unavailable() {
             skip!("{why}");
-        }
-        if !Path::new("/usr/lib/cni/ptp").exists() || !Path::new("/usr/lib/cni/portmap").exists() {
-            skip!(
-                "the CNI plugins are not installed in /usr/lib/cni (containernetworking-plugins)"
-            );
-        }
-        if Command::new("iptables-save").output().is_err() {
-            skip!("iptables-save is missing");
         }
         ark_tests::pods::scenarios::stage1_installed("ns");
     };
-}
-
-/// An HTTP server on the host (every address: the pods reach it at the gateway) answering each
-/// request with `token`; runs until the test process ends.
-fn http_server(token: &str) -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
-    let port = l.local_addr().unwrap().port();
-    let body = token.to_string();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let body = body.clone();
-            std::thread::spawn(move || {
-                let mut s = s;
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                let _ = write!(
-                    s,
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn iptables() -> String {
-    out(&Command::new("iptables-save")
-        .output()
-        .expect("iptables-save"))
-}
-
-fn links() -> String {
-    out(&Command::new("ip")
-        .args(["-o", "link"])
-        .output()
-        .expect("ip link"))
-}
-
-/// Lease files (by IP) in a host-local data dir that name `uuid`.
-fn leases_of(dir: &Path, uuid: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .parse::<std::net::IpAddr>()
-                        .is_ok()
-                })
-                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|s| s.starts_with(uuid)))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The host interface a route to `ip` goes out of (a pod's host-side veth).
-fn route_dev(ip: &str) -> Option<String> {
-    let o = out(&Command::new("ip")
-        .args(["-o", "route", "show", ip])
-        .output()
-        .unwrap());
-    let mut w = o.split_whitespace();
-    w.find(|x| *x == "dev").and(w.next()).map(str::to_string)
-}
-
-/// The pod's directory.
-fn pod_dir(env: &PodEnv, uuid: &str) -> PathBuf {
-    env.pod_dirs()
-        .into_iter()
-        .find(|d| d.file_name().is_some_and(|n| n == uuid))
-        .unwrap_or_else(|| panic!("no directory for pod {uuid}"))
-}
-
-/// Waits until a background pod's network is up; returns its UUID and eth0's IPv4 address.
-fn wait_network(env: &PodEnv) -> (String, String) {
-    let uuid = env.wait_pod(Duration::from_secs(60));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = env.status(&uuid);
-        if let Some(v) = s
-            .iter()
-            .find(|(k, _)| k.starts_with("network-"))
-            .map(|(_, v)| v)
-        {
-            // "eth0 172.16.28.5/24"
-            let addr = v.split_whitespace().nth(1).expect("an address");
-            return (uuid, addr.split('/').next().unwrap().to_string());
-        }
-        assert!(Instant::now() < deadline, "no network for {uuid}: {s:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A conflist in the test's own config dir: a bridge network with its own name, bridge,
-/// subnet and IPAM dir (so parallel tests never share one).
-fn bridge_network(dir: &Path, name: &str, bridge: &str, subnet: &str) -> PathBuf {
-    let conf = dir.join("net.d");
-    let ipam = dir.join("ipam");
-    std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(
-        conf.join(format!("10-{name}.conflist")),
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": name,
-            "plugins": [{
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {"type": "host-local", "subnet": subnet, "dataDir": ipam}
-            }]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    conf
 }
 
 /// A pod on `default` fetches a page from the host end of its network; `ark status` and

@@ -243,26 +243,3 @@ fn a_missing_interface_or_namespace_is_one_clear_error() {
         .to_string();
     assert!(e.contains("No such file"), "{e}");
 }
-
-#[test]
-fn state_file_is_capped_and_must_be_regular() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("state.json");
-    std::fs::write(
-        &p,
-        vec![b' '; ark_pod_spec::net::NETWORK_STATE_MAX_BYTES + 10],
-    )
-    .unwrap();
-    assert!(load_state(&p).unwrap_err().contains("more than"));
-    let fifo = dir.path().join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    assert!(load_state(&fifo)
-        .unwrap_err()
-        .ends_with("not a regular file"));
-    let link = dir.path().join("link");
-    std::os::unix::fs::symlink(&p, &link).unwrap();
-    assert!(load_state(&link).is_err());
-    let ok = PodNetworkState::default();
-    std::fs::write(&p, ok.to_json()).unwrap();
-    assert_eq!(load_state(&p).unwrap(), ok);
-}
