@@ -135,13 +135,14 @@ fn print_log(
     follow: bool,
     p: &mut Printer<'_>,
 ) -> anyhow::Result<()> {
-    // Rotated files, oldest first (as many as any limit keeps), then the live one.
-    for n in (1..MAX_MAX_FILES).rev() {
-        if let Some(mut f) = LogFile::open(logs, app, n)? {
-            read(&mut f, p)?;
-        }
-    }
+    // Rotated files, oldest first (as many as any limit keeps), then the live one. Files read to
+    // their end stay open in `done` (so their inodes cannot be reused while they are known):
+    // after a rotation, every rotated file not among them is one the follower never saw.
+    let mut done: Vec<LogFile> = Vec::new();
+    read_unseen_rotated(logs, app, &mut done, p)?;
     let mut live = LogFile::open(logs, app, 0)?;
+    // A rotation between the two opens left the file that was live unread.
+    read_unseen_rotated(logs, app, &mut done, p)?;
     if let Some(f) = &mut live {
         read(f, p)?;
     }
@@ -150,26 +151,63 @@ fn print_log(
     }
     loop {
         // Checked before the last read, so what was written before the end is printed.
-        let done = ended(store, pod);
+        let pod_ended = ended(store, pod);
         if let Some(f) = &mut live {
             read(f, p)?;
         }
-        // Rotated (or created): finish the old file, then go on with the new one.
+        // Rotated (or created): finish the old file, then any file rotated since that was
+        // never live while we looked (several rotations between two polls), then the new one.
         if let Some(new) = LogFile::open(logs, app, 0)? {
             if live.as_ref().and_then(LogFile::ino) != new.ino() {
-                if let Some(old) = &mut live {
-                    read(old, p)?;
+                if let Some(mut old) = live.take() {
+                    read(&mut old, p)?;
+                    done.push(old);
                 }
+                read_unseen_rotated(logs, app, &mut done, p)?;
                 let mut new = new;
                 read(&mut new, p)?;
                 live = Some(new);
             }
         }
-        if done {
+        if pod_ended {
             return Ok(());
         }
         std::thread::sleep(FOLLOW_POLL);
     }
+}
+
+/// Reads, oldest first, every rotated file whose inode is not in `done`, and adds it there;
+/// forgets files of `done` that are no longer in the directory.
+fn read_unseen_rotated(
+    logs: &OwnedFd,
+    app: &str,
+    done: &mut Vec<LogFile>,
+    p: &mut Printer<'_>,
+) -> anyhow::Result<()> {
+    let mut present = Vec::new();
+    for n in (1..MAX_MAX_FILES).rev() {
+        if let Some(f) = LogFile::open(logs, app, n)? {
+            present.push(f);
+        }
+    }
+    let known = |f: &LogFile, done: &[LogFile]| {
+        f.ino()
+            .is_some_and(|i| done.iter().any(|d| d.ino() == Some(i)))
+    };
+    let mut unseen = Vec::new();
+    for f in present.iter() {
+        if !known(f, done) {
+            unseen.push(f.ino());
+        }
+    }
+    done.retain(|d| present.iter().any(|f| f.ino() == d.ino()));
+    for mut f in present {
+        if unseen.contains(&f.ino()) {
+            read(&mut f, p)?;
+            done.push(f);
+        }
+    }
+    Ok(())
 }
 
 fn read(f: &mut LogFile, p: &mut Printer<'_>) -> anyhow::Result<()> {
@@ -279,5 +317,45 @@ mod tests {
         }
         assert_eq!(String::from_utf8(out).unwrap(), format!("{new} ab\n"));
         assert_eq!(String::from_utf8(err).unwrap(), format!("{new} e\n"));
+    }
+
+    /// Two rotations between two polls: the follower held the file now at `.log.2`; the one
+    /// at `.log.1` was never live while it looked and must be printed before the new live file.
+    #[test]
+    fn a_file_rotated_past_the_follower_is_still_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |n: u32, text: &[u8]| {
+            let mut rec = Vec::new();
+            ark_pod_spec::logs::encode_records(
+                &mut rec,
+                &format_timestamp(1),
+                Stream::Stdout,
+                text,
+            );
+            std::fs::write(
+                dir.path().join(ark_pod_spec::logs::log_file_name("a", n)),
+                rec,
+            )
+            .unwrap();
+        };
+        write(2, b"first\n");
+        write(1, b"second\n");
+        let logs: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        // The follower read the first file to its end while it was live.
+        let mut held = LogFile::open(&logs, "a", 2).unwrap().unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut p = Printer {
+            out: &mut out,
+            err: &mut err,
+            timestamps: false,
+            since: None,
+            line_start: [true, true],
+        };
+        read(&mut held, &mut p).unwrap();
+        let mut done = vec![held];
+        read_unseen_rotated(&logs, "a", &mut done, &mut p).unwrap();
+        // Nothing twice on a second look.
+        read_unseen_rotated(&logs, "a", &mut done, &mut p).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "first\nsecond\n");
     }
 }
