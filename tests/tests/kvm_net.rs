@@ -171,3 +171,69 @@ fn kvm_pod_on_default_reaches_the_host_and_is_reached() {
     assert!(!iptables().contains(&uuid), "{}", iptables());
     assert!(!dir.join("net/netns").exists());
 }
+
+/// A kvm pod's `--dns`/`--dns-search`/`--hosts-entry` land in the app's files inside the VM
+/// (read back with `ark logs` while it runs); then `kill -9` of its stage1 (the VMM dies with
+/// it) leaves the network in place, and `ark gc` removes all of it: lease, host veth, rules,
+/// netns mount. One VM boot.
+#[test]
+fn kvm_pod_dns_hosts_then_kill9_and_gc_leave_no_network() {
+    use ark_tests::net::*;
+    use std::time::{Duration, Instant};
+    if let Some(why) = unavailable().or_else(net_unavailable) {
+        skip!("{why}");
+    }
+    let env = PodEnv::new();
+    let mut child = env.spawn(&[
+        "run",
+        "--stage1=kvm",
+        "--dns=192.0.2.53",
+        "--dns-search=corp.example",
+        "--hosts-entry=db.example=10.9.8.7",
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf /etc/hosts; echo files-shown; exec sleep 600",
+    ]);
+    let (uuid, ip) = wait_network(&env);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let shown = loop {
+        let o = env.output(&["logs", &uuid]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if text.contains("files-shown") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(shown.contains("nameserver 192.0.2.53"), "{shown}");
+    assert!(shown.contains("search corp.example"), "{shown}");
+    assert!(
+        shown.contains("10.9.8.7") && shown.contains("db.example"),
+        "{shown}"
+    );
+
+    let veth = route_dev(&ip).expect("a route to the pod");
+    let pid: i32 = env.status(&uuid)["pid"].parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    ark_tests::pods::wait_child(&mut child, Duration::from_secs(60));
+    // The stage1 could not clean up: the lease is still there.
+    assert_eq!(
+        leases_of(std::path::Path::new(DEFAULT_LEASES), &uuid),
+        vec![ip.clone()]
+    );
+    env.ok(&["gc", "--grace-period=0s"]);
+    assert!(leases_of(std::path::Path::new(DEFAULT_LEASES), &uuid).is_empty());
+    assert!(
+        !links().contains(&format!(": {veth}@")),
+        "{veth} left:\n{}",
+        links()
+    );
+    assert_eq!(route_dev(&ip), None);
+    assert!(!iptables().contains(&uuid), "rules left:\n{}", iptables());
+    assert!(env.mounts_left().is_empty(), "{:?}", env.mounts_left());
+}
