@@ -31,6 +31,23 @@ pub fn busybox_image() -> String {
 }
 
 /// Why pod tests cannot run here, if they cannot.
+/// Why kvm pods cannot run here, if they cannot: pods, `/dev/kvm`, or the guest kernel missing.
+pub fn kvm_pods_unavailable() -> Option<String> {
+    if let Some(why) = pods_unavailable() {
+        return Some(why);
+    }
+    if let Some(why) = crate::kvm_unavailable() {
+        return Some(why);
+    }
+    if crate::guest_kernel().is_none() {
+        return Some(
+            "no guest kernel: set ARK_KERNEL to kernel-config/build.sh's output (./test.sh does)"
+                .into(),
+        );
+    }
+    None
+}
+
 pub fn pods_unavailable() -> Option<String> {
     if !crate::is_root() {
         return Some("pods need root (mounts, namespaces, cgroups)".into());

@@ -6,24 +6,11 @@
 use ark_tests::pods::PodEnv;
 use ark_tests::skip;
 
-fn unavailable() -> Option<String> {
-    if let Some(why) = ark_tests::pods::pods_unavailable() {
-        return Some(why);
-    }
-    if let Some(why) = ark_tests::kvm_unavailable() {
-        return Some(why);
-    }
-    if ark_tests::guest_kernel().is_none() {
-        return Some("no guest kernel: set ARK_KERNEL (./test.sh does)".into());
-    }
-    None
-}
-
 /// `/sys/class/net/lo/flags` has IFF_UP; `::1` is there when the guest kernel has IPv6 (the
 /// kernel adds it only once `lo` is up); no other interface is up.
 #[test]
 fn kvm_guest_has_lo_up() {
-    if let Some(why) = unavailable() {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
         skip!("{why}");
     }
     let env = PodEnv::new();
@@ -93,7 +80,7 @@ fn kvm_pod_on_default_reaches_the_host_and_is_reached() {
     use ark_tests::net::*;
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
-    if let Some(why) = unavailable().or_else(net_unavailable) {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable().or_else(net_unavailable) {
         skip!("{why}");
     }
     let port = http_server("hello-from-the-host");
@@ -180,7 +167,7 @@ fn kvm_pod_on_default_reaches_the_host_and_is_reached() {
 fn kvm_pod_dns_hosts_then_kill9_and_gc_leave_no_network() {
     use ark_tests::net::*;
     use std::time::{Duration, Instant};
-    if let Some(why) = unavailable().or_else(net_unavailable) {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable().or_else(net_unavailable) {
         skip!("{why}");
     }
     let env = PodEnv::new();

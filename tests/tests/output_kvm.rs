@@ -14,19 +14,6 @@ use ark_tests::output::streams_end_to_end;
 use ark_tests::pods::PodEnv;
 use ark_tests::skip;
 
-fn unavailable() -> Option<String> {
-    if let Some(why) = ark_tests::pods::pods_unavailable() {
-        return Some(why);
-    }
-    if let Some(why) = ark_tests::kvm_unavailable() {
-        return Some(why);
-    }
-    if ark_tests::guest_kernel().is_none() {
-        return Some("no guest kernel: set ARK_KERNEL (see the brief / ./test.sh)".into());
-    }
-    None
-}
-
 /// The host closes a refused connection: reading ends (EOF or reset) within the header
 /// timeout, never hangs.
 fn refused(mut c: UnixStream, what: &str) {
@@ -87,7 +74,7 @@ fn hostile_guest(pod_dir: &Path) {
 
 #[test]
 fn kvm_streams_over_vsock_are_separate_exact_logged_and_hostile_proof() {
-    if let Some(why) = unavailable() {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
         skip!("{why}");
     }
     let env = PodEnv::new();

@@ -9,23 +9,6 @@ use std::process::{Command, Stdio};
 use ark_tests::pods::{scenarios, PodEnv};
 use ark_tests::skip;
 
-/// Why kvm pods cannot run here, if they cannot.
-fn unavailable() -> Option<String> {
-    if let Some(why) = ark_tests::pods::pods_unavailable() {
-        return Some(why);
-    }
-    if let Some(why) = ark_tests::kvm_unavailable() {
-        return Some(why);
-    }
-    if ark_tests::guest_kernel().is_none() {
-        return Some(
-            "no guest kernel: set ARK_KERNEL to kernel-config/build.sh's output (./test.sh does)"
-                .into(),
-        );
-    }
-    None
-}
-
 fn stdout_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -37,7 +20,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 /// The headline: a command in a microVM, its output on ark's stdout, its exit code as ark's.
 #[test]
 fn kvm_run_prints_and_exits_with_the_apps_code() {
-    if let Some(why) = unavailable() {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
         skip!("{why}");
     }
     let env = PodEnv::new();
@@ -84,7 +67,7 @@ fn kvm_run_prints_and_exits_with_the_apps_code() {
 /// come back over vsock, ark exits with the first non-zero.
 #[test]
 fn kvm_two_apps_on_a_block_root() {
-    if let Some(why) = unavailable() {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
         skip!("{why}");
     }
     let (env, uuid) = scenarios::two_apps_both_statuses_with("kvm", &["--stage1-kvm-root=blk"]);
@@ -101,7 +84,7 @@ fn kvm_two_apps_on_a_block_root() {
 /// reach the app in the VM; the app's write to the volume shows up on the host.
 #[test]
 fn kvm_env_user_cwd_volume() {
-    if let Some(why) = unavailable() {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
         skip!("{why}");
     }
     scenarios::env_user_cwd_volume("kvm");
@@ -110,7 +93,7 @@ fn kvm_env_user_cwd_volume() {
 /// `ark stop` of a sleeping kvm pod: guest-init SIGTERMs the app, reports, powers off.
 #[test]
 fn kvm_stop_a_sleeping_pod() {
-    if let Some(why) = unavailable() {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
         skip!("{why}");
     }
     scenarios::stop_a_sleeping_pod("kvm");
@@ -119,7 +102,7 @@ fn kvm_stop_a_sleeping_pod() {
 /// Killing the VMM (stage1-kvm, which ark exec'd) leaves an exited pod that gc cleans.
 #[test]
 fn kvm_kill9_then_gc() {
-    if let Some(why) = unavailable() {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
         skip!("{why}");
     }
     scenarios::kill9_then_gc("kvm");
@@ -156,7 +139,7 @@ fn kvm_without_dev_kvm_is_a_clear_error() {
     if let Some(why) = ark_tests::pods::pods_unavailable() {
         skip!("{why}");
     }
-    if let Some(why) = unavailable() {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
         skip!("{why}");
     }
     let env = PodEnv::new();
