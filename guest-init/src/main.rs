@@ -63,21 +63,38 @@ fn main() {
     std::process::exit(machine::end(config.on_exit, ok))
 }
 
-/// `ark_stage2` in the environment (a read-only root, kvm on an erofs image, gets the config
-/// on the kernel command line, which the kernel passes to init as an environment variable),
-/// else the file.
+/// `ark_stage2` in the environment names a config disk (a read-only root, kvm on an erofs
+/// image: the kernel passes the command-line key to init as an environment variable), else
+/// the file.
 fn load_config() -> Result<Stage2Config, String> {
+    if let Ok(disk) = std::env::var(ark_pod_spec::STAGE2_CMDLINE_KEY) {
+        return read_config_disk(&disk);
+    }
     let config_path =
         std::env::var("ARK_STAGE2_CONFIG").unwrap_or_else(|_| guest::STAGE2_CONFIG.into());
-    let from_cmdline = std::env::var(ark_pod_spec::STAGE2_CMDLINE_KEY).ok();
-    from_cmdline.map_or_else(
-        || {
-            std::fs::read(&config_path)
-                .map_err(|e| format!("{config_path}: {e}"))
-                .and_then(|b| Stage2Config::from_json(&b))
-        },
-        |v| Stage2Config::from_cmdline_value(&v),
-    )
+    std::fs::read(&config_path)
+        .map_err(|e| format!("{config_path}: {e}"))
+        .and_then(|b| Stage2Config::from_json(&b))
+}
+
+/// The config disk's bytes (`/dev/vdb` in a VM), read up to the cap (a disk is a whole number
+/// of sectors; the config ends at its first NUL).
+fn read_config_disk(disk: &str) -> Result<Stage2Config, String> {
+    use std::io::Read;
+    if !disk.starts_with('/') {
+        return Err(format!(
+            "{}={disk:?}: not a device path",
+            ark_pod_spec::STAGE2_CMDLINE_KEY
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(disk)
+        .and_then(|f| {
+            f.take(ark_pod_spec::STAGE2_DISK_MAX_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| format!("{disk}: {e}"))?;
+    Stage2Config::from_disk_image(&bytes)
 }
 
 fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {

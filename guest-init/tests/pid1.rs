@@ -93,21 +93,30 @@ fn a_broken_manifest_is_reported_not_hung() {
 }
 
 #[test]
-fn config_from_the_kernel_command_line() {
+fn config_from_a_config_disk_named_on_the_kernel_command_line() {
     skip_unless_able!();
     let p = pod(
         "kvm",
-        json!({ "apps": [{ "name": "a", "exec": ["sh", "-c", "cat /etc/hostname; exit 4"] }] }),
+        json!({ "apps": [{ "name": "a", "exec": ["sh", "-c",
+            "cat /etc/hostname; grep -c example.invalid /etc/resolv.conf; exit 4"] }] }),
     );
-    // No /ark/stage2.json (a read-only root): the config comes as the kernel passes
-    // `ark_stage2=<hex>` to init, in its environment.
+    // No /ark/stage2.json (a read-only root): the config is on a disk the kernel command line
+    // names, `ark_stage2=/dev/vdb`, which the kernel passes to init in its environment.
     assert!(!p.layout.stage2_config().exists());
-    let cfg = vm_config(&p.manifest.uuid);
+    let mut cfg = vm_config(&p.manifest.uuid);
+    // Far past the 2048-byte command line the config once rode on.
+    cfg.etc.resolv_conf = Some("search a-long-domain-name.example.invalid\n".repeat(200));
+    // The disk, as a file where init (chrooted into the stage1 root) finds it.
+    std::fs::write(
+        p.layout.in_root("/stage2.disk"),
+        cfg.to_disk_image().unwrap(),
+    )
+    .unwrap();
     let out = run_as_pid1_with(
         &p,
-        &[(ark_pod_spec::STAGE2_CMDLINE_KEY, cfg.to_cmdline_value())],
+        &[(ark_pod_spec::STAGE2_CMDLINE_KEY, "/stage2.disk".into())],
     );
-    assert_eq!(stdout(&out), "vmhost\n");
+    assert_eq!(stdout(&out), "vmhost\n200\n");
     let status = StatusDir::new(p.layout.in_root("/ark/status"));
     assert_eq!(status.read_app("a").unwrap().exit_code, Some(4));
 }

@@ -14,6 +14,7 @@
 //!     apps/<app>/rootfs/       each app's root (stage0, from the render cache)
 //!     ark/agent/agent.sock     ns/fly: guest-init's agent socket (`ark enter`)
 //!   vsock.sock                 kvm: the VMM's hybrid vsock socket (CONNECT <port>)
+//!   stage1/stage2.disk         kvm on a block root: the Stage2Config as a read-only disk
 //!   logs/<app>.log[.N]         each non-interactive app's stdout and stderr, k8s-file records
 //!                              (crate::logs): guest-init (ns/fly), stage1-kvm (kvm, from vsock)
 //!   status/<app>.json          AppStatus per app (guest-init via the stage1's transport)
@@ -52,6 +53,10 @@ impl PodLayout {
     }
     pub fn stage2_config(&self) -> PathBuf {
         self.in_root(guest::STAGE2_CONFIG)
+    }
+    /// kvm on a block root: the stage2 config as the VM's second (read-only) disk.
+    pub fn stage2_disk(&self) -> PathBuf {
+        self.dir.join("stage1/stage2.disk")
     }
     /// The copy of the manifest guest-init reads.
     pub fn rootfs_manifest(&self) -> PathBuf {

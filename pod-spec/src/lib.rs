@@ -29,6 +29,7 @@ pub use pod_net::{
 pub use stage2::{
     AgentTransport, AppCgroup, ControlCommand, ControlTransport, EtcFiles, OnExit, OutputTransport,
     Stage2Config, Stage2Mount, StatusTransport, STAGE2_CMDLINE_KEY, STAGE2_CONFIG_VERSION,
+    STAGE2_DISK_DEVICE, STAGE2_DISK_MAX_BYTES,
 };
 pub use status::{
     pod_exit_code, AppState, AppStatus, PodExit, StatusMessage, EXIT_STAGE1_ERROR, STATUS_ACK,

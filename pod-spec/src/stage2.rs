@@ -6,11 +6,24 @@ use serde::{Deserialize, Serialize};
 
 pub const STAGE2_CONFIG_VERSION: u32 = 1;
 
-/// Kernel command-line key carrying the stage2 config when the pod root cannot hold
-/// `/ark/stage2.json` (a read-only block image): `ark_stage2=<hex of the JSON>`. The kernel
-/// hands unknown `key=value` parameters to init as environment variables; guest-init reads
-/// this variable before looking for the file.
+/// Kernel command-line key naming the block device that carries the stage2 config when the
+/// pod root cannot hold `/ark/stage2.json` (a read-only block image): `ark_stage2=/dev/vdb`.
+/// The kernel hands unknown `key=value` parameters to init as environment variables;
+/// guest-init reads this variable before looking for the file. The config itself never goes
+/// on the command line: that is capped at 2048 bytes and every guest process can read it in
+/// `/proc/cmdline`, apps' environments included.
 pub const STAGE2_CMDLINE_KEY: &str = "ark_stage2";
+
+/// The device a blk-root VM's stage2 config disk appears as: the second virtio-blk device,
+/// after the root (`/dev/vda`).
+pub const STAGE2_DISK_DEVICE: &str = "/dev/vdb";
+
+/// The most a stage2 config disk may hold: far above any real config, small enough that a
+/// guest-init reading it never holds much memory.
+pub const STAGE2_DISK_MAX_BYTES: usize = 1 << 20;
+
+/// The sector size the config disk is padded to (a virtio-blk capacity is counted in them).
+const DISK_SECTOR: usize = 512;
 
 /// The vsock CID of the host, where guest-init sends statuses in a VM.
 pub const VSOCK_HOST_CID: u32 = 2;
@@ -113,25 +126,29 @@ impl Stage2Config {
         v
     }
 
-    /// The value for [`STAGE2_CMDLINE_KEY`]: compact JSON, hex-encoded (no spaces, quotes or
-    /// commas for the kernel's parser to trip on).
-    pub fn to_cmdline_value(&self) -> String {
-        let json = serde_json::to_vec(self).expect("stage2 config serializes");
-        json.iter().map(|b| format!("{b:02x}")).collect()
+    /// The contents of a config disk ([`STAGE2_DISK_DEVICE`]): the compact JSON, then zeros
+    /// to a whole sector (JSON never holds a NUL byte, so the first one ends it).
+    pub fn to_disk_image(&self) -> Result<Vec<u8>, String> {
+        let mut v = serde_json::to_vec(self).expect("stage2 config serializes");
+        if v.len() > STAGE2_DISK_MAX_BYTES {
+            return Err(format!(
+                "stage2 config: {} bytes, more than a config disk holds ({STAGE2_DISK_MAX_BYTES})",
+                v.len()
+            ));
+        }
+        v.resize(v.len().div_ceil(DISK_SECTOR) * DISK_SECTOR, 0);
+        Ok(v)
     }
 
-    pub fn from_cmdline_value(hex: &str) -> Result<Self, String> {
-        let hex = hex.trim().as_bytes();
-        if hex.len() & 1 == 1 {
-            return Err(format!("{STAGE2_CMDLINE_KEY}: odd number of hex digits"));
+    /// The config from a config disk's bytes (at most [`STAGE2_DISK_MAX_BYTES`] are read).
+    pub fn from_disk_image(bytes: &[u8]) -> Result<Self, String> {
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        if end > STAGE2_DISK_MAX_BYTES {
+            return Err(format!(
+                "stage2 config disk: more than {STAGE2_DISK_MAX_BYTES} bytes"
+            ));
         }
-        let digit = |c: u8| (c as char).to_digit(16);
-        let bytes = hex
-            .chunks(2)
-            .map(|p| u8::try_from(digit(p[0])? * 16 + digit(p[1])?).ok())
-            .collect::<Option<Vec<u8>>>()
-            .ok_or_else(|| format!("{STAGE2_CMDLINE_KEY}: not hex"))?;
-        Self::from_json(&bytes)
+        Self::from_json(&bytes[..end])
     }
 }
 
@@ -313,18 +330,25 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_value_round_trips() {
+    fn config_disk_round_trips() {
         let mut c = Stage2Config::new(
             "u",
             StatusTransport::Vsock { port: 7, cid: 2 },
             OnExit::Reboot,
         );
         c.hostname = Some("h".into());
-        let v = c.to_cmdline_value();
-        assert!(v.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(Stage2Config::from_cmdline_value(&v).unwrap(), c);
-        assert!(Stage2Config::from_cmdline_value("7g").is_err());
-        assert!(Stage2Config::from_cmdline_value("7").is_err());
+        let v = c.to_disk_image().unwrap();
+        assert_eq!(v.len() % DISK_SECTOR, 0);
+        assert_eq!(Stage2Config::from_disk_image(&v).unwrap(), c);
+        // Cut short, garbage, or nothing but padding: an error, not a half config.
+        assert!(Stage2Config::from_disk_image(&v[..v.len() / 3]).is_err());
+        assert!(Stage2Config::from_disk_image(b"\xff\xfe{").is_err());
+        assert!(Stage2Config::from_disk_image(&[0; 512]).is_err());
+        // A disk that never ends its config is refused without being parsed.
+        let endless = vec![b' '; STAGE2_DISK_MAX_BYTES + 1];
+        assert!(Stage2Config::from_disk_image(&endless)
+            .unwrap_err()
+            .contains("more than"));
     }
 
     #[test]

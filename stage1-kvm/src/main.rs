@@ -129,10 +129,15 @@ fn run_vm(
             tx_rate: None,
         });
     }
-    if plan.root == plan::Root::Fs {
-        ark_os::write_atomic(&layout.stage2_config(), &plan.stage2.to_json())
-            .with_context(|| format!("{}", layout.stage2_config().display()))?;
-    }
+    let (config_path, config) = match plan.root {
+        plan::Root::Fs => (layout.stage2_config(), plan.stage2.to_json()),
+        plan::Root::Blk { .. } => (
+            layout.stage2_disk(),
+            plan.stage2.to_disk_image().map_err(anyhow::Error::msg)?,
+        ),
+    };
+    ark_os::write_atomic(&config_path, &config)
+        .with_context(|| format!("{}", config_path.display()))?;
     if !interactive {
         // The VMM forwards stdin to the guest console; without --interactive the apps get none.
         redirect_stdin_to_null()?;

@@ -8,7 +8,7 @@ use ark_pod_spec::manifest::{Flavor, KvmRoot, PodManifest};
 use ark_pod_spec::net::GuestNetwork;
 use ark_pod_spec::stage2::{
     ControlTransport, OnExit, OutputTransport, Stage2Config, Stage2Mount, StatusTransport,
-    STAGE2_CMDLINE_KEY,
+    STAGE2_CMDLINE_KEY, STAGE2_DISK_DEVICE,
 };
 use ark_pod_spec::PodLayout;
 use kernel_config::Profile;
@@ -185,14 +185,16 @@ pub fn plan(
                 path: image.clone(),
                 read_only,
             });
+            // A read-only image cannot hold the stage2 config: it comes on a second, read-only
+            // disk (main writes it), never on the command line (2048 bytes, and readable by
+            // every guest process in /proc/cmdline).
+            vm.blk.push(BlockConfig {
+                path: layout.stage2_disk(),
+                read_only: true,
+            });
             cmdline.push_str(&format!(
-                " root=/dev/vda rootfstype={fstype} {}",
+                " root=/dev/vda rootfstype={fstype} {} {STAGE2_CMDLINE_KEY}={STAGE2_DISK_DEVICE}",
                 if read_only { "ro" } else { "rw" }
-            ));
-            // A read-only image cannot hold the stage2 config: hand it over on the command line.
-            cmdline.push_str(&format!(
-                " {STAGE2_CMDLINE_KEY}={}",
-                stage2.to_cmdline_value()
             ));
         }
     }
@@ -386,14 +388,15 @@ mod tests {
     }
 
     #[test]
-    fn blk_root_carries_stage2_on_the_cmdline() {
+    fn blk_root_carries_stage2_on_a_config_disk() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rootfs.erofs"), b"x").unwrap();
         let m = manifest(
             r#","options":{"kvm.root":"blk","kvm.root.image":"rootfs.erofs","kvm.root.fstype":"erofs"}"#,
         );
+        let layout = PodLayout::new(dir.path());
         let p = plan(
-            &PodLayout::new(dir.path()),
+            &layout,
             &m,
             &host(Profile::Microvm),
             &GuestNet::default(),
@@ -403,17 +406,20 @@ mod tests {
         assert!(matches!(&p.root, Root::Blk { fstype, .. } if fstype == "erofs"));
         assert!(p.vm.blk[0].read_only);
         assert!(p.vm.cmdline.contains("root=/dev/vda rootfstype=erofs ro"));
-        let hexed =
+        // The config is the second disk, read-only; the command line only names it.
+        assert_eq!(p.vm.blk[1].path, layout.stage2_disk());
+        assert!(p.vm.blk[1].read_only);
+        let arg =
             p.vm.cmdline
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("ark_stage2="))
-                .expect("stage2 on the cmdline");
-        let decoded = Stage2Config::from_cmdline_value(hexed).unwrap();
-        assert_eq!(decoded, p.stage2);
+                .expect("the config disk on the cmdline");
+        assert_eq!(arg, "/dev/vdb");
+        assert!(p.vm.cmdline.len() < 512, "{}", p.vm.cmdline);
         assert!(p.vm.fs.is_empty(), "no virtio-fs root with a block root");
     }
 
-    /// The guest's network is in the stage2 config, also when that rides on the command line.
+    /// The guest's network is in the stage2 config, also when that rides on a config disk.
     #[test]
     fn guest_network_reaches_the_stage2_config() {
         let dir = tempfile::tempdir().unwrap();
@@ -440,12 +446,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.stage2.network.as_ref(), Some(&net));
-        let hexed =
-            p.vm.cmdline
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("ark_stage2="))
-                .expect("stage2 on the cmdline");
-        let decoded = Stage2Config::from_cmdline_value(hexed).unwrap();
+        let disk = p.stage2.to_disk_image().unwrap();
+        let decoded = Stage2Config::from_disk_image(&disk).unwrap();
         assert_eq!(decoded.network, Some(net));
         let p = plan(
             &layout,

@@ -64,13 +64,19 @@ fn kvm_run_prints_and_exits_with_the_apps_code() {
 }
 
 /// Two apps in one VM, root on a block image (erofs, made by stage0 at prepare): both statuses
-/// come back over vsock, ark exits with the first non-zero.
+/// come back over vsock, ark exits with the first non-zero. The stage2 config, here made big by
+/// /etc/hosts entries, is far past the 2048-byte kernel command line it once rode on.
 #[test]
 fn kvm_two_apps_on_a_block_root() {
     if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
         skip!("{why}");
     }
-    let (env, uuid) = scenarios::two_apps_both_statuses_with("kvm", &["--stage1-kvm-root=blk"]);
+    let entries: Vec<String> = (0..80)
+        .map(|i| format!("--hosts-entry=host-{i}.a-long-domain.example.invalid=10.0.0.{i}"))
+        .collect();
+    let mut flags = vec!["--stage1-kvm-root=blk"];
+    flags.extend(entries.iter().map(String::as_str));
+    let (env, uuid) = scenarios::two_apps_both_statuses_with("kvm", &flags);
     let manifest: serde_json::Value =
         serde_json::from_str(&env.ok(&["cat-manifest", &uuid])).unwrap();
     assert_eq!(
