@@ -24,6 +24,9 @@ pub struct AppSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct PodSummary {
     pub uuid: String,
+    /// The pod's name (`--name`), if it was given one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flavor: Option<&'static str>,
@@ -99,6 +102,7 @@ pub fn summarize(store: &PodStore, pod: &PodRef) -> anyhow::Result<PodSummary> {
     let exited = liveness == Liveness::Exited;
     let mut summary = PodSummary {
         uuid: pod.uuid.to_string(),
+        name: super::names::read(&pod.path),
         state: liveness.as_str(),
         flavor: manifest.as_ref().map(|m| m.stage1.flavor.as_str()),
         pid: read_pid(&pod.path),
@@ -151,6 +155,9 @@ pub fn status_text(s: &PodSummary) -> String {
         out.push('\n');
     };
     kv("uuid", s.uuid.clone());
+    if let Some(n) = &s.name {
+        kv("name", n.clone());
+    }
     kv("state", s.state.into());
     if let Some(f) = s.flavor {
         kv("stage1", f.into());
@@ -291,6 +298,7 @@ mod tests {
         st.finished_at = Some(1_700_000_001_000);
         let s = PodSummary {
             uuid: "u".into(),
+            name: Some("web".into()),
             state: "exited",
             flavor: Some("ns"),
             pid: Some(42),
@@ -335,6 +343,7 @@ mod tests {
         let t = status_text(&s);
         for line in [
             "state=exited",
+            "name=web",
             "stage1=ns",
             "pid=42",
             "exit-code=137",
