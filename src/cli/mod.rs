@@ -155,10 +155,17 @@ fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            if e.print().is_err() && output::stdout_gone() {
-                return output::die_of_sigpipe();
+            // Through our stdout, not clap's print (which ignores a closed pipe).
+            let styled = e.render();
+            let text = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                styled.ansi().to_string()
+            } else {
+                styled.to_string()
+            };
+            match std::io::Write::write_all(&mut output::stdout(), text.as_bytes()) {
+                Err(_) if output::stdout_gone() => output::die_of_sigpipe(),
+                _ => ExitCode::SUCCESS,
             }
-            ExitCode::SUCCESS
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
             eprintln!("ark: a command is missing (see --help)");

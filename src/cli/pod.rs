@@ -360,7 +360,7 @@ fn podman_volumes(specs: &[String]) -> Result<(Vec<String>, Vec<String>), String
                 "--volume {v:?}: the host side must be an absolute path (named volumes are podman's, not ark's)"
             ));
         }
-        let name = format!("v{i}");
+        let name = format!("volume-{i}");
         volumes.push(format!(
             "{name},kind=host,source={src}{}",
             if ro { ",readOnly=true" } else { "" }
@@ -419,7 +419,21 @@ fn run_then_rm(
     });
     let code = child.wait()?;
     let uuid = child.uuid.to_string();
-    gc::rm(ctx, &uuid)?;
+    // An `ark stop` that killed the pod may still hold it for a moment (recording the end,
+    // tearing the network down): retry while it is busy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match gc::rm(ctx, &uuid) {
+            Ok(_) => break,
+            Err(e)
+                if e.kind() == ark::pod::ErrorKind::InUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(ExitCode::from(u8::try_from(code.clamp(0, 255))?))
 }
 
@@ -765,6 +779,76 @@ mod tests {
             "an image is required"
         );
         assert!(Cli::try_parse_from(["ark", "gc", "--grace-period=soon"]).is_err());
+    }
+
+    #[test]
+    fn podman_volumes_become_a_volume_and_a_mount_each() {
+        let specs: Vec<String> = ["/h:/data:ro", "d,kind=host,source=/x", "/a:/b:rw", "/c:/d"]
+            .map(String::from)
+            .into();
+        let (vols, mounts) = podman_volumes(&specs).unwrap();
+        assert_eq!(
+            vols,
+            [
+                "volume-0,kind=host,source=/h,readOnly=true",
+                "d,kind=host,source=/x",
+                "volume-2,kind=host,source=/a",
+                "volume-3,kind=host,source=/c"
+            ]
+        );
+        assert_eq!(
+            mounts,
+            [
+                "volume=volume-0,target=/data",
+                "volume=volume-2,target=/b",
+                "volume=volume-3,target=/d"
+            ]
+        );
+        for bad in ["rel:/x", "/a:/b:rx", "/a:/b:ro:z"] {
+            assert!(podman_volumes(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pod_name_and_short_app_flags() {
+        let PodCommand::Run(a) = parse(&[
+            "run",
+            "--rm",
+            "--name=web",
+            "-e",
+            "A=1",
+            "-w",
+            "/tmp",
+            "-u",
+            "1:2",
+            "-v",
+            "/h:/d",
+            "img",
+            "--name=app",
+            "-e",
+            "B=2",
+        ]) else {
+            panic!()
+        };
+        assert!(a.rm);
+        assert_eq!(a.pod_name(), Some("web"));
+        let req = a.request().unwrap();
+        assert_eq!(req.apps[0].flags.name.as_deref(), Some("app"));
+        assert_eq!(req.apps[0].flags.set_env, ["A=1", "B=2"]);
+        assert_eq!(req.apps[0].flags.working_dir.as_deref(), Some("/tmp"));
+        assert_eq!(req.apps[0].flags.user.as_deref(), Some("1"));
+        assert_eq!(req.apps[0].flags.group.as_deref(), Some("2"));
+        assert_eq!(req.apps[0].flags.mount, ["volume=volume-0,target=/d"]);
+        // Without an app --name, the pod's name is not the app's.
+        let PodCommand::Run(a) = parse(&["run", "--name=web", "img"]) else {
+            panic!()
+        };
+        assert_eq!(a.request().unwrap().apps[0].flags.name, None);
+        let PodCommand::Run(a) = parse(&["run", "--memroy=1", "img"]) else {
+            panic!()
+        };
+        let e = format!("{:#}", a.request().unwrap_err());
+        assert!(e.contains("a similar argument exists: '--memory'"), "{e}");
     }
 
     #[test]

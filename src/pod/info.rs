@@ -50,6 +50,9 @@ pub struct PodSummary {
     /// What the pod's networks attached (from `net/state.json`, while it is there).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<ark_pod_spec::net::Attachment>,
+    /// kvm: what the VM got when it is not what `--memory`/`--cpus` asked (the stage1 says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_resources: Option<String>,
     /// The manifest's port forwards.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ark_pod_spec::PortForward>,
@@ -58,6 +61,20 @@ pub struct PodSummary {
 fn mtime_ms(p: &Path) -> Option<u64> {
     let t = fs::metadata(p).ok()?.modified().ok()?;
     u64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+}
+
+/// A one-line note a stage1 left: at most 1 KiB read, control characters escaped.
+fn read_line_capped(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    fs::File::open(path)
+        .ok()?
+        .take(1024)
+        .read_to_end(&mut buf)
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let text = text.trim();
+    (!text.is_empty()).then(|| ark_os::escape::controls_escaped(text).into_owned())
 }
 
 /// The stage1 pid recorded by `run-prepared`.
@@ -119,6 +136,7 @@ pub fn summarize(store: &PodStore, pod: &PodRef) -> anyhow::Result<PodSummary> {
                 Vec::new()
             }
         },
+        vm_resources: read_line_capped(&layout.vm_resources()),
         ports: manifest
             .as_ref()
             .map(|m| m.ports.clone())
@@ -179,6 +197,9 @@ pub fn status_text(s: &PodSummary) -> String {
     }
     if let Some(r) = &s.reason {
         kv("reason", r.clone());
+    }
+    if let Some(r) = &s.vm_resources {
+        kv("vm-resources", r.clone());
     }
     for n in &s.networks {
         let addrs: Vec<String> = n
@@ -332,6 +353,7 @@ mod tests {
                 routes: vec![],
                 dns: Default::default(),
             }],
+            vm_resources: Some("the VM got 1 vCPU".into()),
             ports: vec![ark_pod_spec::PortForward {
                 name: None,
                 host_ip: Some("127.0.0.1".parse().unwrap()),
@@ -353,6 +375,7 @@ mod tests {
             "created=1970-01-01T00:00:00.000Z",
             "network-default=eth0 172.16.28.5/24",
             "port-0=127.0.0.1:8080->80/tcp",
+            "vm-resources=the VM got 1 vCPU",
         ] {
             assert!(t.lines().any(|l| l == line), "{line} missing in\n{t}");
         }
