@@ -302,7 +302,12 @@ impl PrepareArgs {
 
     /// The library's request: the app words split into apps (a bad one is a one-line error).
     fn request(&self) -> anyhow::Result<PrepareRequest> {
-        if self.images.first().is_some_and(|w| w.starts_with('-')) {
+        // (`---` is the app separator, said wrong: split_apps says so.)
+        if self
+            .images
+            .first()
+            .is_some_and(|w| w.starts_with('-') && w != "---")
+        {
             // clap took an unknown pod flag for the image (the image words take anything):
             // let clap say what it is, with its suggestion.
             if let Some(e) = unknown_pod_flag(&self.images[0]) {
