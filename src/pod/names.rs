@@ -32,7 +32,13 @@ pub fn validate(name: &str) -> Result<(), String> {
 
 /// The pod's name, if it has a valid one.
 pub fn read(pod_dir: &Path) -> Option<String> {
-    let s = std::fs::read_to_string(pod_dir.join(NAME_FILE)).ok()?;
+    use std::io::Read as _;
+    let mut s = String::new();
+    File::open(pod_dir.join(NAME_FILE))
+        .ok()?
+        .take(MAX_NAME as u64 + 2)
+        .read_to_string(&mut s)
+        .ok()?;
     let s = s.trim_end();
     validate(s).is_ok().then(|| s.to_string())
 }

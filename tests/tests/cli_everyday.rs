@@ -381,3 +381,53 @@ fn ns_podman_short_flags() {
     assert_eq!(std::fs::read_to_string(rw.join("out")).unwrap(), "x\n");
     assert!(!ro.join("x").exists(), "wrote into a read-only volume");
 }
+
+/// kvm: `--memory=256M --cpus=2` is not what the VM gets (the guest's base memory on top; one
+/// vCPU with the pvm-compat kernel): one line on stderr and `vm-resources` in `ark status`
+/// say what it got. Then a forced stop of the VM records the app killed by signal 9.
+#[test]
+fn kvm_says_what_the_vm_got_and_a_forced_stop_is_recorded() {
+    if let Some(why) = ark_tests::pods::kvm_pods_unavailable() {
+        skip!("{why}");
+    }
+    ark_tests::pods::scenarios::stage1_installed("kvm");
+    let slow = Duration::from_secs(600);
+    let env = PodEnv::new();
+    let mut run = env.spawn(&[
+        "run",
+        "--stage1=kvm",
+        "--net=none",
+        "--memory=256M",
+        "--cpus=2",
+        &env.image,
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let uuid = env.wait_pod(slow);
+    let s = env.wait_status(&uuid, slow, "the app running", |s| {
+        s.get("app-busybox").map(String::as_str) == Some("running")
+    });
+    let got = s.get("vm-resources").cloned().unwrap_or_default();
+    assert!(
+        got.starts_with("the VM got ") && got.contains("MiB of memory (256 MiB asked + "),
+        "{s:?}"
+    );
+    let pvm = std::env::var("ARK_KERNEL_PROFILE").is_ok_and(|p| p == "pvm-compat");
+    if pvm {
+        assert!(got.contains("1 vCPU (2 CPUs asked; "), "{got}");
+    }
+    env.ok(&["stop", "--force", &uuid]);
+    wait_child(&mut run, slow);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("the VM got"))
+        .collect();
+    assert_eq!(said, [format!("ark-stage1-kvm: {got}")], "{stderr}");
+    let s = env.status(&uuid);
+    assert_eq!(s["exit-code"], "137", "{s:?}");
+    assert_eq!(s["app-busybox"], "137", "{s:?}");
+    assert_eq!(s["vm-resources"], got, "{s:?}");
+}
