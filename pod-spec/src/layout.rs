@@ -20,6 +20,7 @@
 //!   status/<app>.json          AppStatus per app (guest-init via the stage1's transport)
 //!   status/pod.json            PodExit once the pod ended (the stage1)
 //!   status/stage2.pid          ns/fly: host pid of guest-init while it runs (the stage1)
+//!   vm-resources               kvm: what the VM got when it differs from the request (the stage1)
 //!   net/netns                  the pod's network namespace, bind-mounted (the stage1; CNI pods)
 //!   net/state.json             PodNetworkState: what CNI attached, for teardown (the stage1)
 //! ```
@@ -88,6 +89,10 @@ impl PodLayout {
     }
     pub fn pod_exit_file(&self) -> PathBuf {
         self.status_dir().join("pod.json")
+    }
+    /// kvm: one line saying what the VM got when it is not what was asked (`ark status`).
+    pub fn vm_resources(&self) -> PathBuf {
+        self.dir.join("vm-resources")
     }
     pub fn stage2_pid_file(&self) -> PathBuf {
         self.status_dir().join("stage2.pid")

@@ -12,23 +12,26 @@ use clap::{Args, Parser};
 /// given after an image they apply to that app (lists append, single values replace).
 #[derive(Debug, Clone, Default, PartialEq, Args)]
 pub struct AppFlags {
-    /// The app's name in the pod (default: derived from the image name).
+    /// Before the first image: the pod's name (podman's --name; unique among live pods, and
+    /// usable wherever a UUID is). After an image: that app's name in the pod (default:
+    /// derived from the image name).
     #[arg(long)]
     pub name: Option<String>,
     /// Program to run instead of the image's entrypoint/cmd.
     #[arg(long)]
     pub exec: Option<String>,
     /// Environment variable for the app, KEY=VALUE (repeatable).
-    #[arg(long = "set-env", value_name = "KEY=VALUE")]
+    #[arg(short = 'e', long = "set-env", alias = "env", value_name = "KEY=VALUE")]
     pub set_env: Vec<String>,
-    /// User to run as: a name from the image's /etc/passwd or a numeric uid.
-    #[arg(long)]
+    /// User to run as: a name from the image's /etc/passwd or a numeric uid; USER:GROUP also
+    /// sets --group (podman's -u form).
+    #[arg(short = 'u', long)]
     pub user: Option<String>,
     /// Group to run as: a name from the image's /etc/group or a numeric gid.
     #[arg(long)]
     pub group: Option<String>,
     /// Working directory inside the app.
-    #[arg(long = "working-dir")]
+    #[arg(short = 'w', long = "working-dir", alias = "workdir")]
     pub working_dir: Option<String>,
     /// Mount a pod volume into the app: volume=NAME,target=PATH (repeatable).
     #[arg(long, value_name = "volume=NAME,target=PATH")]
@@ -92,12 +95,17 @@ impl AppFlags {
 
 impl From<AppFlags> for AppOptions {
     fn from(f: AppFlags) -> AppOptions {
+        // `-u USER:GROUP`: a --group given too wins.
+        let (user, group) = match f.user.as_deref().and_then(|u| u.split_once(':')) {
+            Some((u, g)) => (Some(u.to_string()), f.group.or_else(|| Some(g.to_string()))),
+            None => (f.user, f.group),
+        };
         AppOptions {
             name: f.name,
             exec: f.exec,
             set_env: f.set_env,
-            user: f.user,
-            group: f.group,
+            user,
+            group,
             working_dir: f.working_dir,
             mount: f.mount,
             memory: f.memory,
@@ -137,15 +145,7 @@ pub fn split_apps(words: &[String], defaults: &AppFlags) -> Result<Vec<AppSpec>,
             None => (rest, None),
         };
         let own = AppFlagsParser::try_parse_from(flag_words)
-            .map_err(|e| {
-                let msg = e.to_string();
-                let first = msg
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim_start_matches("error: ");
-                format!("app {image}: {first}")
-            })?
+            .map_err(|e| format!("app {image}: {}", super::one_line(&e)))?
             .flags;
         apps.push(AppSpec {
             image: image.clone(),

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
+
+use super::format::{parse_format, print_non_table, print_table, Format};
+use super::output::outln;
 
 use ark::image::{escape, FetchOptions, ImageInfo, ImageKind, ImageStore};
 use ark::Context as Ctx;
@@ -35,13 +38,22 @@ pub enum ImageSubcommand {
     /// List stored images.
     #[command(alias = "ls")]
     List {
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        /// Output format: table (alias text), json, or a template such as '{{.Id}}'.
+        #[arg(long, default_value = "table", value_parser = parse_format)]
         format: Format,
+        /// Omit the header line.
+        #[arg(long = "no-legend")]
+        no_legend: bool,
     },
-    /// Remove images (by ID, short ID or name) and what only they use.
+    /// Remove images (by ID, short ID or name) and what only they use. An image a live pod
+    /// (preparing, prepared or running) uses is refused, exit 2 as podman's rmi, unless
+    /// --force (the pod keeps its root until it is removed).
     Rm {
         #[arg(required = true, value_name = "ID|NAME")]
         images: Vec<String>,
+        /// Remove the image even though live pods use it.
+        #[arg(short = 'f', long)]
+        force: bool,
     },
     /// Print an image's manifest.
     CatManifest {
@@ -70,12 +82,6 @@ pub enum ImageSubcommand {
     Gc,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
-
 pub fn run(ctx: &Ctx, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     let store = ImageStore::open(&ctx.dir)?;
     match cmd {
@@ -91,89 +97,126 @@ pub fn run(ctx: &Ctx, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             };
             for image in images {
                 let id = store.fetch(&image, &opts)?;
-                println!("{id}");
+                outln!("{id}");
             }
         }
-        ImageCommand::Image(sub) => run_image(&store, sub)?,
+        ImageCommand::Image(sub) => return run_image(ctx, &store, sub),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_image(store: &ImageStore, cmd: ImageSubcommand) -> anyhow::Result<()> {
+/// podman's `rmi` exit code when an image is in use by a container.
+const EXIT_IMAGE_IN_USE: u8 = 2;
+
+/// `ark image rm`: each image unless a live pod uses it (then one line naming the pod, and
+/// exit 2 at the end, as podman); `force` removes it anyway.
+fn image_rm(
+    ctx: &Ctx,
+    store: &ImageStore,
+    images: &[String],
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let pods = if force {
+        Vec::new()
+    } else {
+        ark::pod::info::list(ctx)?
+    };
+    let mut failed = Vec::new();
+    let mut in_use = false;
+    for image in images {
+        let user = match store.resolve(image) {
+            Ok(id) => pods.iter().find(|p| {
+                matches!(p.state, "running" | "prepared" | "preparing")
+                    && p.apps.iter().any(|a| a.image_id == id.to_string())
+            }),
+            Err(_) => None, // remove says why
+        };
+        if let Some(p) = user {
+            eprintln!(
+                "ark: image rm {}: in use by pod {} ({}); stop and remove it first, or use --force",
+                escape::controls_escaped(image),
+                p.uuid,
+                p.state
+            );
+            in_use = true;
+            continue;
+        }
+        match store.remove(image) {
+            Ok(id) => outln!("{id}"),
+            Err(e) => failed.push(format!("{image}: {e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("could not remove {}", failed.join("; "));
+    }
+    Ok(if in_use {
+        ExitCode::from(EXIT_IMAGE_IN_USE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_image(ctx: &Ctx, store: &ImageStore, cmd: ImageSubcommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ImageSubcommand::List { format } => {
+        ImageSubcommand::List { format, no_legend } => {
             let images: Vec<ImageInfo> = store.list()?;
-            match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&images)?),
-                Format::Table => {
-                    println!(
-                        "{:<19} {:<4} {:>10} {:<20} NAME",
-                        "ID", "KIND", "SIZE", "IMPORTED"
-                    );
-                    for i in images {
-                        let kind = match i.kind {
-                            ImageKind::Oci => "oci",
-                            ImageKind::Aci => "aci",
-                        };
-                        let names = if i.names.is_empty() {
-                            "-".to_string()
-                        } else {
-                            // Names with control characters are refused at import; a store
-                            // written before that may still hold some.
-                            escape::controls_escaped(&i.names.join(",")).into_owned()
-                        };
-                        println!(
-                            "sha256:{:<12} {:<4} {:>10} {:<20} {}",
-                            i.id.short(),
-                            kind,
-                            human_size(i.size),
-                            human_time(i.imported),
-                            names
-                        );
-                    }
-                }
+            if print_non_table(&format, &images)?.is_some() {
+                return Ok(ExitCode::SUCCESS);
             }
+            let rows: Vec<[String; 5]> = images
+                .iter()
+                .map(|i| {
+                    let kind = match i.kind {
+                        ImageKind::Oci => "oci",
+                        ImageKind::Aci => "aci",
+                    };
+                    let names = if i.names.is_empty() {
+                        "-".to_string()
+                    } else {
+                        // Names with control characters are refused at import; a store
+                        // written before that may still hold some.
+                        escape::controls_escaped(&i.names.join(",")).into_owned()
+                    };
+                    [
+                        format!("sha256:{}", i.id.short()),
+                        kind.into(),
+                        human_size(i.size),
+                        human_time(i.imported),
+                        names,
+                    ]
+                })
+                .collect();
+            print_table(["ID", "KIND", "SIZE", "IMPORTED", "NAME"], &rows, no_legend)?;
         }
-        ImageSubcommand::Rm { images } => {
-            let mut failed = Vec::new();
-            for image in &images {
-                match store.remove(image) {
-                    Ok(id) => println!("{id}"),
-                    Err(e) => failed.push(format!("{image}: {e:#}")),
-                }
-            }
-            if !failed.is_empty() {
-                anyhow::bail!("could not remove {}", failed.join("; "));
-            }
-        }
+        ImageSubcommand::Rm { images, force } => return image_rm(ctx, store, &images, force),
         ImageSubcommand::CatManifest { image } => {
             let id = store.resolve(&image)?;
             let bytes = store.manifest(&id)?;
             let value: serde_json::Value =
                 serde_json::from_slice(&bytes).context("stored manifest")?;
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            outln!("{}", serde_json::to_string_pretty(&value)?);
         }
         ImageSubcommand::Inspect { image } => {
             let id = store.resolve(&image)?;
             let config = store.image_config(&id)?;
             let out = serde_json::json!({ "id": id, "config": config });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
         }
         ImageSubcommand::Export { image, path } => {
             let id = store.resolve(&image)?;
             store.export(&id, &path)?;
-            println!("{id}");
+            outln!("{id}");
         }
         ImageSubcommand::Render { image, dest } => {
             let id = store.resolve(&image)?;
             match dest {
                 Some(dir) => store.render_to(&id, &dir)?,
-                None => println!("{}", store.render(&id)?.display()),
+                None => outln!("{}", store.render(&id)?.display()),
             }
         }
         ImageSubcommand::Gc => {
             let r = store.gc()?;
-            println!(
+            outln!(
                 "removed {} temporary entries, {} blobs ({}), {} renders",
                 r.tmp,
                 r.blobs,
@@ -182,7 +225,7 @@ fn run_image(store: &ImageStore, cmd: ImageSubcommand) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn human_size(bytes: u64) -> String {

@@ -1,10 +1,14 @@
 //! The `ark` command line: parses arguments and calls the `ark` library with a plain
 //! [`ark::Context`]; maps what fails to exit code 125 and one line on stderr.
 //! [`image`] (fetch, image), [`trust`] (trust) and [`pod`] (prepare, run, list, ...) own their
-//! subcommands.
+//! subcommands. Output goes through [`output`] (a closed stdout ends ark quietly); usage
+//! errors are one line and exit 125, as ark's other errors.
+#![deny(clippy::print_stdout)]
 
 mod apps;
+mod format;
 mod image;
+pub mod output;
 #[cfg(test)]
 mod plan_tests;
 mod pod;
@@ -94,7 +98,10 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging(cli.global.debug);
     let secured = match uses_data_dir(&cli.command) {
         true => ark::data_dir::secure(&cli.global.dir),
@@ -103,6 +110,7 @@ pub fn main() -> ExitCode {
     let result = secured.and_then(|()| dispatch(&cli.global, cli.command));
     match result {
         Ok(code) => code,
+        Err(_) if output::stdout_gone() => output::die_of_sigpipe(),
         Err(e) => {
             // One clear line: the error and its causes, joined; image-supplied text in it
             // (even where a crate quoted it raw) cannot drive the terminal or fake a line.
@@ -131,10 +139,64 @@ fn dispatch(global: &GlobalOpts, command: Command) -> anyhow::Result<ExitCode> {
         Command::Trust(cmd) => trust::run(&ctx, cmd),
         Command::Pod(cmd) => pod::run(&ctx, cmd),
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "ark", &mut std::io::stdout());
+            // Into memory first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ark", &mut script);
+            std::io::Write::write_all(&mut output::stdout(), &script)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--help` and `--version` print and exit 0 as usual; anything else clap refuses (an unknown
+/// flag or subcommand, a bad value) is ark's one-line error, with clap's suggestion, and 125
+/// (podman's code for its own errors; clap's default is 2).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // Through our stdout, not clap's print (which ignores a closed pipe).
+            let styled = e.render();
+            let text = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                styled.ansi().to_string()
+            } else {
+                styled.to_string()
+            };
+            match std::io::Write::write_all(&mut output::stdout(), text.as_bytes()) {
+                Err(_) if output::stdout_gone() => output::die_of_sigpipe(),
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            eprintln!("ark: a command is missing (see --help)");
+            ExitCode::from(EXIT_ARK_ERROR)
+        }
+        _ => {
+            eprintln!("ark: {}", one_line(&e));
+            ExitCode::from(EXIT_ARK_ERROR)
+        }
+    }
+}
+
+/// A clap error as one line: its message, then its tips ("a similar argument exists:
+/// '--memory'") in parentheses; the usage and "for more information" lines are left out.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("").trim_start_matches("error: ");
+    let tips: Vec<&str> = lines
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(|l| l.trim_start_matches("tip: "))
+        // "to pass '--x' as a value, use '-- --x'" misleads: ark's `--` separates app args.
+        .filter(|l| !l.starts_with("to pass "))
+        .collect();
+    let line = if tips.is_empty() {
+        first.to_string()
+    } else {
+        format!("{first} ({})", tips.join("; "))
+    };
+    // The argument quoted back is the user's own, but may hold control characters.
+    ark::image::escape::controls_escaped(&line).into_owned()
 }
 
 fn init_logging(debug: bool) {

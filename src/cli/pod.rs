@@ -6,12 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use ark::pod::lifecycle::{self, Durability, PrepareRequest};
-use ark::pod::{gc, info, net, stop};
+use ark::pod::{gc, info, names, net, stop};
 use ark::Context as Ctx;
 use ark_pod_spec::{format_unix_ms, Flavor, KvmRoot};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::apps::{split_apps, AppFlags};
+use super::format::{parse_format, print_non_table, print_table, Format};
+use super::output::{out, outln};
 
 #[derive(Debug, Subcommand)]
 pub enum PodCommand {
@@ -65,9 +67,15 @@ pub struct PrepareArgs {
     /// How stage1-kvm gets the pod root: fs (virtio-fs) or blk (an erofs/ext4 image made now).
     #[arg(long = "stage1-kvm-root", value_enum, default_value_t = KvmRoot::Fs)]
     pub stage1_kvm_root: KvmRoot,
-    /// A pod volume: NAME,kind=host,source=PATH[,readOnly=true] (repeatable).
-    #[arg(long)]
+    /// A pod volume: NAME,kind=host,source=PATH[,readOnly=true] (rkt's; mount it with an
+    /// app's --mount), or podman's HOSTDIR:PATH[:ro|rw] (mounted at PATH in every app).
+    /// Repeatable.
+    #[arg(short = 'v', long, value_name = "VOLUME")]
     pub volume: Vec<String>,
+    /// `run`: remove the pod when it ends (however it ends, short of ark itself being
+    /// killed: then `ark gc` does).
+    #[arg(long)]
+    pub rm: bool,
     /// The pod's hostname (default: ark-<first 8 of the UUID>).
     #[arg(long)]
     pub hostname: Option<String>,
@@ -141,17 +149,10 @@ pub struct RunPreparedArgs {
     pub interactive: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum Format {
-    #[default]
-    Text,
-    Json,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    /// Output format: table (alias text), json, or a template such as '{{.UUID}} {{.State}}'.
+    #[arg(long, default_value = "table", value_parser = parse_format)]
     pub format: Format,
     /// Omit the header line.
     #[arg(long = "no-legend")]
@@ -166,8 +167,9 @@ pub struct StatusArgs {
     /// Wait until the pod has exited.
     #[arg(long)]
     pub wait: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    /// Output format: table (rkt's key=value lines; alias text), json, or a template such as
+    /// '{{.ExitCode}}'.
+    #[arg(long, default_value = "table", value_parser = parse_format)]
     pub format: Format,
     pub uuid: String,
 }
@@ -293,13 +295,34 @@ impl PrepareArgs {
         })
     }
 
+    /// The pod's name (`--name` before the first image; after an image it names that app).
+    fn pod_name(&self) -> Option<&str> {
+        self.app_defaults.name.as_deref()
+    }
+
     /// The library's request: the app words split into apps (a bad one is a one-line error).
     fn request(&self) -> anyhow::Result<PrepareRequest> {
-        let apps = split_apps(&self.images, &self.app_defaults).map_err(|e| anyhow::anyhow!(e))?;
+        // (`---` is the app separator, said wrong: split_apps says so.)
+        if self
+            .images
+            .first()
+            .is_some_and(|w| w.starts_with('-') && w != "---")
+        {
+            // clap took an unknown pod flag for the image (the image words take anything):
+            // let clap say what it is, with its suggestion.
+            if let Some(e) = unknown_pod_flag(&self.images[0]) {
+                return Err(invalid(e));
+            }
+        }
+        let mut defaults = self.app_defaults.clone();
+        defaults.name = None;
+        let (volumes, mounts) = podman_volumes(&self.volume).map_err(invalid)?;
+        defaults.mount.extend(mounts);
+        let apps = split_apps(&self.images, &defaults).map_err(invalid)?;
         Ok(PrepareRequest {
             flavor: self.stage1.into(),
             kvm_root: self.stage1_kvm_root.clone(),
-            volumes: self.volume.clone(),
+            volumes,
             hostname: self.hostname.clone(),
             interactive: self.interactive,
             uuid_file_save: self.uuid_file_save.clone(),
@@ -315,36 +338,153 @@ impl PrepareArgs {
     }
 }
 
+/// Splits podman-style `-v HOSTDIR:PATH[:ro|rw]` from rkt-style volumes: each becomes a pod
+/// volume (`vN`) and a mount of it in every app.
+fn podman_volumes(specs: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    for (i, v) in specs.iter().enumerate() {
+        // rkt's form names its kind; podman's never has '=' or ','.
+        if v.contains('=') || v.contains(',') || !v.contains(':') {
+            volumes.push(v.clone());
+            continue;
+        }
+        let parts: Vec<&str> = v.split(':').collect();
+        let (src, dst, ro) = match parts[..] {
+            [src, dst] => (src, dst, false),
+            [src, dst, "ro"] => (src, dst, true),
+            [src, dst, "rw"] => (src, dst, false),
+            _ => {
+                return Err(format!(
+                    "--volume {v:?}: want HOSTDIR:PATH[:ro|rw] or NAME,kind=host,source=PATH"
+                ))
+            }
+        };
+        if !src.starts_with('/') {
+            return Err(format!(
+                "--volume {v:?}: the host side must be an absolute path (named volumes are podman's, not ark's)"
+            ));
+        }
+        let name = format!("volume-{i}");
+        volumes.push(format!(
+            "{name},kind=host,source={src}{}",
+            if ro { ",readOnly=true" } else { "" }
+        ));
+        mounts.push(format!("volume={name},target={dst}"));
+    }
+    Ok((volumes, mounts))
+}
+
+/// clap's own error for `word`, an unknown flag clap let through as the first image word
+/// (with "a similar argument exists" when there is one).
+fn unknown_pod_flag(word: &str) -> Option<String> {
+    use clap::Args as _;
+    let cmd = PrepareArgs::augment_args(clap::Command::new("run").no_binary_name(true))
+        .mut_arg("images", |a| a.allow_hyphen_values(false))
+        .disable_help_flag(true);
+    cmd.try_get_matches_from([word, "IMAGE"])
+        .err()
+        .map(|e| super::one_line(&e))
+}
+
+/// `prepare`/`run`: the pod prepared, named when asked (the name is checked and recorded
+/// under the names lock, so two pods cannot take one name).
+fn prepare_named(
+    ctx: &Ctx,
+    a: &PrepareArgs,
+    durability: Durability,
+) -> anyhow::Result<lifecycle::Prepared> {
+    let req = a.request()?;
+    let Some(name) = a.pod_name() else {
+        return Ok(lifecycle::prepare(ctx, &req, durability)?);
+    };
+    let store = ark::pod::open_store(ctx)?;
+    let held = names::lock(&store)?;
+    names::check_free(&store, name, &held)?;
+    let prepared = lifecycle::prepare(ctx, &req, durability)?;
+    names::record(&prepared.pod.pod.path, name, &held)?;
+    Ok(prepared)
+}
+
+/// `ark run --rm`: the stage1 as our child instead of exec'ing it, so that we are there to
+/// remove the pod when it ends; stop signals sent to us are passed to it meanwhile.
+fn run_then_rm(
+    ctx: &Ctx,
+    prepared: lifecycle::Prepared,
+    interactive: bool,
+) -> anyhow::Result<ExitCode> {
+    let signals = ark_pod_spec::stage1::stop_signals_with(&[]);
+    signals.thread_block()?;
+    let mut child = lifecycle::spawn_stage1(ctx, prepared, interactive)?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.pid())?);
+    std::thread::spawn(move || {
+        while let Ok(sig) = signals.wait() {
+            let _ = nix::sys::signal::kill(pid, sig);
+        }
+    });
+    let code = child.wait()?;
+    let uuid = child.uuid.to_string();
+    // An `ark stop` that killed the pod may still hold it for a moment (recording the end,
+    // tearing the network down): retry while it is busy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match gc::rm(ctx, &uuid) {
+            Ok(_) => break,
+            Err(e)
+                if e.kind() == ark::pod::ErrorKind::InUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(ExitCode::from(u8::try_from(code.clamp(0, 255))?))
+}
+
 pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
+    let id = |s: &str| names::resolve(ctx, s);
     match cmd {
         PodCommand::Prepare(a) => {
-            let prepared = lifecycle::prepare(ctx, &a.request()?, Durability::Synced)?;
-            println!("{}", prepared.pod.pod.uuid);
+            if a.rm {
+                return Err(invalid(
+                    "--rm is for `ark run` (a prepared pod is removed with `ark rm`)".into(),
+                ));
+            }
+            let prepared = prepare_named(ctx, &a, Durability::Synced)?;
+            outln!("{}", prepared.pod.pod.uuid);
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Run(a) => {
-            let prepared = lifecycle::prepare(ctx, &a.request()?, Durability::Process)?;
+            let prepared = prepare_named(ctx, &a, Durability::Process)?;
+            if a.rm {
+                return run_then_rm(ctx, prepared, a.interactive);
+            }
             Err(lifecycle::exec_stage1(ctx, prepared, a.interactive).into())
         }
         PodCommand::RunPrepared(a) => {
-            Err(lifecycle::run_prepared(ctx, &a.uuid, a.interactive).into())
+            Err(lifecycle::run_prepared(ctx, &id(&a.uuid), a.interactive).into())
         }
         PodCommand::List(a) => {
             list(ctx, &a)?;
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Status(a) => {
-            let s = info::status(ctx, &a.uuid, a.wait)?;
+            let s = info::status(ctx, &id(&a.uuid), a.wait)?;
             match a.format {
-                Format::Text => print!("{}", info::status_text(&s)),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Format::Table => out!("{}", info::status_text(&s)),
+                // One pod: a JSON object, not an array of one.
+                Format::Json => outln!("{}", serde_json::to_string_pretty(&s)?),
+                Format::Template(_) => {
+                    print_non_table(&a.format, std::slice::from_ref(&s))?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::CatManifest(a) => {
-            let bytes = info::manifest(ctx, &a.uuid)?;
+            let bytes = info::manifest(ctx, &id(&a.uuid))?;
             use std::io::Write;
-            std::io::stdout().write_all(&bytes)?;
+            super::output::stdout().write_all(&bytes)?;
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Logs(a) => {
@@ -356,17 +496,22 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
             };
             ark::pod::logs::logs(
                 ctx,
-                &a.uuid,
+                &id(&a.uuid),
                 &req,
-                &mut std::io::stdout().lock(),
+                &mut super::output::stdout(),
                 &mut std::io::stderr().lock(),
             )?;
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Stop(a) => each_pod("stop", "stopped", &a.uuids, |id| {
-            Ok(stop::stop(ctx, id, a.force, a.timeout)?)
+            Ok(stop::stop(
+                ctx,
+                &names::resolve(ctx, id),
+                a.force,
+                a.timeout,
+            )?)
         }),
-        PodCommand::Rm(a) => each_pod("rm", "removed", &a.uuids, |id| Ok(gc::rm(ctx, id)?)),
+        PodCommand::Rm(a) => each_pod("rm", "removed", &a.uuids, |one| Ok(gc::rm(ctx, &id(one))?)),
         PodCommand::Gc(a) => {
             let policy = gc::GcPolicy {
                 grace_period: a.grace_period,
@@ -374,7 +519,7 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
             };
             let report = gc::gc(ctx, &policy)?;
             for uuid in &report.removed {
-                println!("{uuid}");
+                outln!("{uuid}");
             }
             for e in &report.failed {
                 eprintln!("ark: gc: {e:#}");
@@ -397,7 +542,7 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
                 workdir: a.workdir,
                 cmd: a.cmd,
             };
-            let code = ark::pod::enter::enter(ctx, &a.uuid, &opts)?;
+            let code = ark::pod::enter::enter(ctx, &id(&a.uuid), &opts)?;
             let code = u8::try_from(code.clamp(0, 255)).expect("clamped to 0..=255");
             Ok(ExitCode::from(code))
         }
@@ -415,7 +560,7 @@ fn each_pod(
     let mut failed = None;
     for id in ids {
         match one(id) {
-            Ok(uuid) => println!("{uuid}"),
+            Ok(uuid) => outln!("{uuid}"),
             Err(e) => {
                 if ids.len() > 1 {
                     eprintln!("ark: {verb} {id}: {e:#}");
@@ -431,58 +576,50 @@ fn each_pod(
     }
 }
 
-/// `ark list`: a table (or JSON) of every pod.
+/// `ark list`: a table (or JSON, or a template) of every pod.
 fn list(ctx: &Ctx, a: &ListArgs) -> anyhow::Result<()> {
     let pods = info::list(ctx)?;
-    match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&pods)?),
-        Format::Text => {
-            let rows: Vec<[String; 5]> = pods
-                .iter()
-                .map(|p| {
-                    let uuid = if a.full {
-                        p.uuid.clone()
-                    } else {
-                        p.uuid[..8].to_string()
-                    };
-                    let apps = p
-                        .apps
-                        .iter()
-                        .map(|x| x.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let images = p
-                        .apps
-                        .iter()
-                        .map(|x| x.image.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let created = p.created_at.map(format_unix_ms).unwrap_or_default();
-                    [uuid, apps, images, p.state.to_string(), created]
-                })
-                .collect();
-            let header = ["UUID", "APPS", "IMAGES", "STATE", "CREATED"].map(String::from);
-            let mut widths = [0usize; 5];
-            for r in std::iter::once(&header).chain(&rows) {
-                for (w, c) in widths.iter_mut().zip(r) {
-                    *w = (*w).max(c.len());
-                }
-            }
-            let print_row = |r: &[String; 5]| {
-                let line: Vec<String> = r
-                    .iter()
-                    .zip(widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect();
-                println!("{}", line.join("  ").trim_end());
-            };
-            if !a.no_legend {
-                print_row(&header);
-            }
-            rows.iter().for_each(print_row);
-        }
+    if print_non_table(&a.format, &pods)?.is_some() {
+        return Ok(());
     }
-    Ok(())
+    let rows: Vec<[String; 7]> = pods
+        .iter()
+        .map(|p| {
+            let uuid = if a.full {
+                p.uuid.clone()
+            } else {
+                p.uuid[..8].to_string()
+            };
+            let joined = |f: &dyn Fn(&info::AppSummary) -> String| {
+                p.apps.iter().map(f).collect::<Vec<_>>().join(",")
+            };
+            let apps = joined(&|x| x.name.clone());
+            let images = joined(&|x| ark::image::escape::controls_escaped(&x.image).into_owned());
+            // Each app's exit code, in the APPS order; "-" while it runs or never reported.
+            let exits = joined(&|x| {
+                x.status
+                    .as_ref()
+                    .filter(|s| s.state == ark_pod_spec::AppState::Exited)
+                    .map_or("-".into(), |s| s.code().to_string())
+            });
+            let created = p.created_at.map(format_unix_ms).unwrap_or_default();
+            let name = p.name.clone().unwrap_or_else(|| "-".into());
+            [
+                uuid,
+                name,
+                apps,
+                images,
+                p.state.to_string(),
+                exits,
+                created,
+            ]
+        })
+        .collect();
+    print_table(
+        ["UUID", "NAME", "APPS", "IMAGES", "STATE", "EXIT", "CREATED"],
+        &rows,
+        a.no_legend,
+    )
 }
 
 #[cfg(test)]
@@ -634,6 +771,10 @@ mod tests {
             panic!()
         };
         assert_eq!(l.format, Format::Json);
+        let PodCommand::List(l) = parse(&["list", "--format=text"]) else {
+            panic!()
+        };
+        assert_eq!(l.format, Format::Table);
         let PodCommand::Status(s) = parse(&["status", "--wait", "abc"]) else {
             panic!()
         };
@@ -643,6 +784,76 @@ mod tests {
             "an image is required"
         );
         assert!(Cli::try_parse_from(["ark", "gc", "--grace-period=soon"]).is_err());
+    }
+
+    #[test]
+    fn podman_volumes_become_a_volume_and_a_mount_each() {
+        let specs: Vec<String> = ["/h:/data:ro", "d,kind=host,source=/x", "/a:/b:rw", "/c:/d"]
+            .map(String::from)
+            .into();
+        let (vols, mounts) = podman_volumes(&specs).unwrap();
+        assert_eq!(
+            vols,
+            [
+                "volume-0,kind=host,source=/h,readOnly=true",
+                "d,kind=host,source=/x",
+                "volume-2,kind=host,source=/a",
+                "volume-3,kind=host,source=/c"
+            ]
+        );
+        assert_eq!(
+            mounts,
+            [
+                "volume=volume-0,target=/data",
+                "volume=volume-2,target=/b",
+                "volume=volume-3,target=/d"
+            ]
+        );
+        for bad in ["rel:/x", "/a:/b:rx", "/a:/b:ro:z"] {
+            assert!(podman_volumes(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pod_name_and_short_app_flags() {
+        let PodCommand::Run(a) = parse(&[
+            "run",
+            "--rm",
+            "--name=web",
+            "-e",
+            "A=1",
+            "-w",
+            "/tmp",
+            "-u",
+            "1:2",
+            "-v",
+            "/h:/d",
+            "img",
+            "--name=app",
+            "-e",
+            "B=2",
+        ]) else {
+            panic!()
+        };
+        assert!(a.rm);
+        assert_eq!(a.pod_name(), Some("web"));
+        let req = a.request().unwrap();
+        assert_eq!(req.apps[0].flags.name.as_deref(), Some("app"));
+        assert_eq!(req.apps[0].flags.set_env, ["A=1", "B=2"]);
+        assert_eq!(req.apps[0].flags.working_dir.as_deref(), Some("/tmp"));
+        assert_eq!(req.apps[0].flags.user.as_deref(), Some("1"));
+        assert_eq!(req.apps[0].flags.group.as_deref(), Some("2"));
+        assert_eq!(req.apps[0].flags.mount, ["volume=volume-0,target=/d"]);
+        // Without an app --name, the pod's name is not the app's.
+        let PodCommand::Run(a) = parse(&["run", "--name=web", "img"]) else {
+            panic!()
+        };
+        assert_eq!(a.request().unwrap().apps[0].flags.name, None);
+        let PodCommand::Run(a) = parse(&["run", "--memroy=1", "img"]) else {
+            panic!()
+        };
+        let e = format!("{:#}", a.request().unwrap_err());
+        assert!(e.contains("a similar argument exists: '--memory'"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::output::outln;
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
 
@@ -56,13 +57,13 @@ fn trust(ctx: &Ctx, args: TrustArgs) -> anyhow::Result<ExitCode> {
                 Scope::Root => "root".to_string(),
                 Scope::Prefix(p) => p.clone(),
             };
-            println!("{}\t{}\t{}", k.fingerprint, scope, k.user_ids.join(", "));
+            outln!("{}\t{}\t{}", k.fingerprint, scope, k.user_ids.join(", "));
         }
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(fp) = args.remove {
         for scope in keys::remove(&dir, &fp)? {
-            println!("removed key {} ({scope})", fp.to_ascii_uppercase());
+            outln!("removed key {} ({scope})", fp.to_ascii_uppercase());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -75,9 +76,9 @@ fn trust(ctx: &Ctx, args: TrustArgs) -> anyhow::Result<ExitCode> {
     let data = std::fs::read(&keyfile).with_context(|| format!("reading {}", keyfile.display()))?;
     let stored = keys::add(&dir, scope, &data).with_context(|| format!("{}", keyfile.display()))?;
     for k in stored {
-        println!("trusted key {} for {}", k.fingerprint, k.scope);
+        outln!("trusted key {} for {}", k.fingerprint, k.scope);
         for uid in &k.user_ids {
-            println!("  {uid}");
+            outln!("  {uid}");
         }
     }
     Ok(ExitCode::SUCCESS)

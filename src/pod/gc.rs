@@ -6,7 +6,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::bail;
 use ark_os::cgroup::Cgroups;
 
 use super::rootfs::remove_pod_dir;
@@ -104,15 +103,16 @@ pub fn rm(ctx: &crate::Context, id: &str) -> super::Result<String> {
         let store = super::open_store(ctx)?;
         let pod = store.reap_if_exited(&store.find(id)?)?;
         let Some(locked) = store.try_lock(&pod)? else {
-            bail!(
-                "pod {} is {} (stop it first)",
-                pod.uuid,
-                if pod.state == PodState::Run {
-                    "running"
-                } else {
-                    "busy"
-                }
-            );
+            let what = if pod.state == PodState::Run {
+                "running"
+            } else {
+                "busy"
+            };
+            return Err(crate::error::Kind::marked(
+                super::ErrorKind::InUse,
+                format!("pod {} is {what} (stop it first)", pod.uuid),
+            )
+            .into());
         };
         let uuid = locked.pod.uuid.to_string();
         destroy(&store, locked, &Cgroups::detect())?;

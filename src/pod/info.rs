@@ -24,6 +24,9 @@ pub struct AppSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct PodSummary {
     pub uuid: String,
+    /// The pod's name (`--name`), if it was given one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flavor: Option<&'static str>,
@@ -47,6 +50,9 @@ pub struct PodSummary {
     /// What the pod's networks attached (from `net/state.json`, while it is there).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<ark_pod_spec::net::Attachment>,
+    /// kvm: what the VM got when it is not what `--memory`/`--cpus` asked (the stage1 says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_resources: Option<String>,
     /// The manifest's port forwards.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ark_pod_spec::PortForward>,
@@ -55,6 +61,20 @@ pub struct PodSummary {
 fn mtime_ms(p: &Path) -> Option<u64> {
     let t = fs::metadata(p).ok()?.modified().ok()?;
     u64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+}
+
+/// A one-line note a stage1 left: at most 1 KiB read, control characters escaped.
+fn read_line_capped(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    fs::File::open(path)
+        .ok()?
+        .take(1024)
+        .read_to_end(&mut buf)
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let text = text.trim();
+    (!text.is_empty()).then(|| ark_os::escape::controls_escaped(text).into_owned())
 }
 
 /// The stage1 pid recorded by `run-prepared`.
@@ -99,6 +119,7 @@ pub fn summarize(store: &PodStore, pod: &PodRef) -> anyhow::Result<PodSummary> {
     let exited = liveness == Liveness::Exited;
     let mut summary = PodSummary {
         uuid: pod.uuid.to_string(),
+        name: super::names::read(&pod.path),
         state: liveness.as_str(),
         flavor: manifest.as_ref().map(|m| m.stage1.flavor.as_str()),
         pid: read_pid(&pod.path),
@@ -115,6 +136,7 @@ pub fn summarize(store: &PodStore, pod: &PodRef) -> anyhow::Result<PodSummary> {
                 Vec::new()
             }
         },
+        vm_resources: read_line_capped(&layout.vm_resources()),
         ports: manifest
             .as_ref()
             .map(|m| m.ports.clone())
@@ -151,6 +173,9 @@ pub fn status_text(s: &PodSummary) -> String {
         out.push('\n');
     };
     kv("uuid", s.uuid.clone());
+    if let Some(n) = &s.name {
+        kv("name", n.clone());
+    }
     kv("state", s.state.into());
     if let Some(f) = s.flavor {
         kv("stage1", f.into());
@@ -172,6 +197,9 @@ pub fn status_text(s: &PodSummary) -> String {
     }
     if let Some(r) = &s.reason {
         kv("reason", r.clone());
+    }
+    if let Some(r) = &s.vm_resources {
+        kv("vm-resources", r.clone());
     }
     for n in &s.networks {
         let addrs: Vec<String> = n
@@ -291,6 +319,7 @@ mod tests {
         st.finished_at = Some(1_700_000_001_000);
         let s = PodSummary {
             uuid: "u".into(),
+            name: Some("web".into()),
             state: "exited",
             flavor: Some("ns"),
             pid: Some(42),
@@ -324,6 +353,7 @@ mod tests {
                 routes: vec![],
                 dns: Default::default(),
             }],
+            vm_resources: Some("the VM got 1 vCPU".into()),
             ports: vec![ark_pod_spec::PortForward {
                 name: None,
                 host_ip: Some("127.0.0.1".parse().unwrap()),
@@ -335,6 +365,7 @@ mod tests {
         let t = status_text(&s);
         for line in [
             "state=exited",
+            "name=web",
             "stage1=ns",
             "pid=42",
             "exit-code=137",
@@ -344,6 +375,7 @@ mod tests {
             "created=1970-01-01T00:00:00.000Z",
             "network-default=eth0 172.16.28.5/24",
             "port-0=127.0.0.1:8080->80/tcp",
+            "vm-resources=the VM got 1 vCPU",
         ] {
             assert!(t.lines().any(|l| l == line), "{line} missing in\n{t}");
         }

@@ -15,6 +15,7 @@ pub mod images;
 pub mod info;
 pub mod lifecycle;
 pub mod logs;
+pub mod names;
 pub mod net;
 pub mod plan;
 pub mod rootfs;

@@ -1,11 +1,19 @@
 //! `ark stop`: SIGTERM to the pod's stage1 (which forwards it to stage2, which forwards it to
 //! the apps), then SIGKILL after the timeout — to the stage1 and to whatever is left in the
 //! pod's cgroups, so a stopped pod is really gone.
+//!
+//! Who records the end: on a graceful stop the stage1 does (guest-init reports each app's
+//! end, the stage1 writes `pod.json`). A SIGKILL takes the stage1 and stage2 down with the
+//! apps (ns: PID 1 of the pid namespace dies; fly: pdeathsig and the cgroup kill; kvm: the VM
+//! goes), so nobody in the pod is left to write anything: stop, the one that outlives them,
+//! records each app still running as killed by signal 9 (exit 137), and `pod.json`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use ark_os::cgroup::Cgroups;
+use ark_os::StatusDir;
+use ark_pod_spec::{now_unix_ms, AppState, AppStatus, PodLayout, PodManifest};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -79,9 +87,80 @@ fn stop_one(store: &PodStore, id: &str, force: bool, timeout: Duration) -> anyho
         bail!("pod {uuid} is still running after SIGKILL");
     }
     let exited = store.reap_if_exited(&store.refind(&pod.uuid)?)?;
-    // A killed stage1 never tore its network down.
     if let Some(locked) = store.try_lock(&exited)? {
+        record_killed(&locked.pod.path)?;
+        // A killed stage1 never tore its network down.
         super::net::teardown(&locked.pod.path)?;
     }
     Ok(uuid)
+}
+
+/// Why a pod killed by `ark stop` ended, in `pod.json`.
+pub const KILLED_REASON: &str = "killed by ark stop (SIGKILL)";
+
+/// After stop's SIGKILL: unless the stage1 recorded the pod's end before it died, every app
+/// still running was killed by SIGKILL with it; say so, and write `pod.json`.
+fn record_killed(pod_dir: &std::path::Path) -> anyhow::Result<()> {
+    let layout = PodLayout::new(pod_dir);
+    let status = StatusDir::new(layout.status_dir());
+    if status.read_pod().is_some() {
+        return Ok(());
+    }
+    let manifest = PodManifest::load(&layout.manifest()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let killed = killed_apps(&manifest, |app| status.read_app(app), now_unix_ms());
+    status.finish_with(&manifest, Some(KILLED_REASON), &killed)?;
+    Ok(())
+}
+
+/// The final status of each app that was running when the pod was SIGKILLed.
+fn killed_apps(
+    manifest: &PodManifest,
+    status_of: impl Fn(&str) -> Option<AppStatus>,
+    now_ms: u64,
+) -> Vec<AppStatus> {
+    manifest
+        .apps
+        .iter()
+        .filter_map(|a| status_of(&a.name))
+        .filter(|s| s.state == AppState::Running)
+        .map(|s| AppStatus {
+            state: AppState::Exited,
+            signal: Some(Signal::SIGKILL as i32),
+            finished_at: Some(now_ms),
+            ..s
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_apps_are_recorded_killed_by_sigkill() {
+        let m = PodManifest::from_json(
+            br#"{"version":1,"uuid":"ab12","stage1":{"flavor":"ns"},
+                 "apps":[{"name":"a","image":{"id":"sha256:x"},"exec":["sleep"]},
+                         {"name":"b","image":{"id":"sha256:x"},"exec":["true"]},
+                         {"name":"c","image":{"id":"sha256:x"},"exec":["true"]}]}"#,
+        )
+        .unwrap();
+        let mut done = AppStatus::running("b", 8, 1);
+        done.state = AppState::Exited;
+        done.exit_code = Some(0);
+        let killed = killed_apps(
+            &m,
+            |app| match app {
+                "a" => Some(AppStatus::running("a", 7, 1)),
+                "b" => Some(done.clone()),
+                _ => None,
+            },
+            5,
+        );
+        assert_eq!(killed.len(), 1, "{killed:?}");
+        assert_eq!(killed[0].app, "a");
+        assert_eq!(killed[0].pid, Some(7));
+        assert_eq!(killed[0].code(), 137);
+        assert_eq!(killed[0].finished_at, Some(5));
+    }
 }

@@ -119,6 +119,14 @@ fn run_vm(
         etc: ark_net::etc_files(manifest, network.map(|(s, _)| s)),
     };
     let mut plan = plan::plan(layout, manifest, host, &guest_net, debug)?;
+    // `--memory`/`--cpus` are not what a VM gets as is: say what it got (and keep it for
+    // `ark status`), one line.
+    if let Some(note) = plan::resources_note(manifest, &plan.vm, host.profile) {
+        eprintln!("ark-stage1-kvm: {note}");
+        if let Err(e) = ark_os::write_atomic_volatile(&layout.vm_resources(), note.as_bytes()) {
+            tracing::warn!("{}: {e}", layout.vm_resources().display());
+        }
+    }
     for nic in network.iter().flat_map(|(_, n)| &n.nics) {
         tracing::debug!("NIC {} on {} (MTU {})", nic.mac, nic.tap_name, nic.mtu);
         plan.vm.nets.push(vmm::NetConfig {

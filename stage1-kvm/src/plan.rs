@@ -256,17 +256,56 @@ pub fn kernel_cmdline(profile: Profile, debug: bool) -> String {
 /// Sum of the apps' memory limits (or the pod's), plus a base for the guest itself.
 fn guest_memory_mib(m: &PodManifest) -> Result<u32, PlanError> {
     // Saturating: manifest values are not trusted to be small; too much is refused below.
-    let apps = m
-        .apps
-        .iter()
-        .filter_map(|a| a.limits.memory_bytes)
-        .fold(0u64, u64::saturating_add);
-    let limits = m.limits.memory_bytes.map_or(apps, |p| p.max(apps));
+    let limits = asked_memory_bytes(m);
     let mib = BASE_MEMORY_MIB.saturating_add(limits.div_ceil(1 << 20));
     u32::try_from(mib)
         .ok()
         .filter(|mib| *mib <= vmm::config::MAX_MEMORY_MIB)
         .ok_or(PlanError::TooMuchMemory(mib))
+}
+
+/// What the VM got, in one line, when it is not what the pod asked for with `--memory` and
+/// `--cpus`: the guest's own base memory comes on top of the apps', and the pvm-compat kernel
+/// (kvm_pvm hosts) is uniprocessor. `None` when nothing was asked or the VM got just that.
+pub fn resources_note(m: &PodManifest, vm: &VmConfig, profile: Profile) -> Option<String> {
+    let mut parts = Vec::new();
+    let asked_bytes = asked_memory_bytes(m);
+    if asked_bytes > 0 {
+        let asked_mib = asked_bytes.div_ceil(1 << 20);
+        let guest_mib = u64::from(vm.memory_mib).saturating_sub(asked_mib);
+        parts.push(format!(
+            "{} MiB of memory ({asked_mib} MiB asked + {guest_mib} MiB for the guest kernel and ark-init)",
+            vm.memory_mib
+        ));
+    }
+    if let Some(millis) = cpu_millis(m) {
+        let whole = millis.div_ceil(1000);
+        if u64::from(vm.vcpus) < whole {
+            let why = if profile == Profile::PvmCompat {
+                "this host's pvm-compat guest kernel is uniprocessor"
+            } else {
+                "the most a VM gets"
+            };
+            let asked = format!("{}.{:03}", millis / 1000, millis % 1000);
+            let asked = asked.trim_end_matches('0').trim_end_matches('.');
+            parts.push(format!(
+                "{} vCPU{} ({asked} CPUs asked; {why})",
+                vm.vcpus,
+                if vm.vcpus == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    (!parts.is_empty()).then(|| format!("the VM got {}", parts.join(" and ")))
+}
+
+/// Sum of the apps' memory limits, or the pod's when larger.
+fn asked_memory_bytes(m: &PodManifest) -> u64 {
+    let apps = m
+        .apps
+        .iter()
+        .filter_map(|a| a.limits.memory_bytes)
+        .fold(0u64, u64::saturating_add);
+    m.limits.memory_bytes.map_or(apps, |p| p.max(apps))
 }
 
 fn cpu_millis(m: &PodManifest) -> Option<u64> {
@@ -347,6 +386,10 @@ mod tests {
         // 128 base + 256 MiB + 4 MiB and a byte (rounded up to a whole MiB).
         assert_eq!(p.vm.memory_mib, 128 + 256 + 5);
         assert_eq!(p.vm.vcpus, 2, "1.5 CPUs → 2 vCPUs");
+        // 2 vCPUs for 1.5 CPUs is not less than asked (the cgroup holds it to 1.5): memory only.
+        let note = resources_note(&m, &p.vm, Profile::Microvm).unwrap();
+        assert!(!note.contains("vCPU"), "{note}");
+        assert!(note.starts_with("the VM got 389 MiB of memory"), "{note}");
         assert_eq!(p.vm.fs[0].tag, ROOT_TAG);
         assert_eq!(p.vm.fs[0].dir, layout.stage1_rootfs());
         assert!(p.vm.cmdline.contains("rootfstype=virtiofs root=arkroot rw"));
@@ -381,6 +424,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.vm.vcpus, 1);
+        assert_eq!(
+            resources_note(&manifest(""), &p.vm, Profile::PvmCompat).as_deref(),
+            Some(
+                "the VM got 389 MiB of memory (261 MiB asked + 128 MiB for the guest kernel \
+                 and ark-init) and 1 vCPU (1.5 CPUs asked; this host's pvm-compat guest kernel \
+                 is uniprocessor)"
+            )
+        );
         assert!(p.vm.cmdline.contains("no_int3_selftest"));
         assert!(!p.vm.cmdline.split_whitespace().any(|w| w == "quiet"));
         assert!(!p.vm.cmdline.contains("loglevel=0"));

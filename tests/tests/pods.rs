@@ -300,7 +300,8 @@ fn image_rm_keeps_the_render_a_prepared_pod_uses() {
     let render = renders.join(id.trim_start_matches("sha256:"));
     assert!(render.is_dir(), "no render at {}", render.display());
 
-    env.ok(&["image", "rm", &id]);
+    // A live (prepared) pod uses it: only --force removes it (podman's rmi).
+    env.ok(&["image", "rm", "--force", &id]);
     assert!(render.is_dir(), "image rm deleted a render a pod uses");
     let app_root = env
         .path()
