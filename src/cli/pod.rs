@@ -31,8 +31,10 @@ pub enum PodCommand {
     Rm(RmArgs),
     /// Remove exited pods (with their mounts and cgroups), abandoned prepared pods and leftovers.
     Gc(GcArgs),
-    /// Run a command inside a running pod's app (ns and fly pods).
+    /// Run a command inside a running pod's app.
     Enter(EnterArgs),
+    /// Attach our terminal to a running pod's tty app (started with -t); the detach keys leave.
+    Attach(AttachArgs),
     /// Print a pod's manifest.
     CatManifest(CatManifestArgs),
     /// Print an app's recorded output: stdout to stdout, stderr to stderr.
@@ -71,9 +73,16 @@ pub struct PrepareArgs {
     /// The pod's hostname (default: ark-<first 8 of the UUID>).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Give the (first) app the terminal's stdin.
-    #[arg(long)]
+    /// Give the (first) app our stdin (with -t: through its pty).
+    #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Give the (first) app a pty made inside the pod; `ark run` attaches our terminal to it
+    /// (`ark attach` after a detach).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// With -t -i: the keys that detach, leaving the pod running (podman's syntax; "" never).
+    #[arg(long = "detach-keys", value_name = "KEYS", default_value = ark::pod::agent_client::DEFAULT_DETACH_KEYS)]
+    pub detach_keys: String,
     /// Write the pod's UUID to this file.
     #[arg(long = "uuid-file-save")]
     pub uuid_file_save: Option<PathBuf>,
@@ -136,9 +145,26 @@ pub struct PrepareArgs {
 pub struct RunPreparedArgs {
     /// The pod's UUID (or a unique prefix).
     pub uuid: String,
-    /// Give the (first) app the terminal's stdin.
-    #[arg(long)]
+    /// Give the (first) app our stdin (a pod prepared with -t: through its pty).
+    #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// A pod prepared with -t, with -i: the keys that detach (podman's syntax; "" never).
+    #[arg(long = "detach-keys", value_name = "KEYS", default_value = ark::pod::agent_client::DEFAULT_DETACH_KEYS)]
+    pub detach_keys: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AttachArgs {
+    /// The app (default: the pod's app with a tty).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// The keys that detach, leaving the pod running (podman's syntax; "" never).
+    #[arg(long = "detach-keys", value_name = "KEYS", default_value = ark::pod::agent_client::DEFAULT_DETACH_KEYS)]
+    pub detach_keys: String,
+    /// Do not pass our stdin (only watch the app's output).
+    #[arg(long = "no-stdin")]
+    pub no_stdin: bool,
+    pub uuid: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -302,6 +328,7 @@ impl PrepareArgs {
             volumes: self.volume.clone(),
             hostname: self.hostname.clone(),
             interactive: self.interactive,
+            tty: self.tty,
             uuid_file_save: self.uuid_file_save.clone(),
             net: (!self.net.is_empty())
                 .then(|| net::parse_net(&self.net))
@@ -323,11 +350,29 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Run(a) => {
+            if a.tty {
+                // A bad --detach-keys is refused before anything is made.
+                ark::pod::agent_client::DetachKeys::parse(&a.detach_keys).map_err(invalid)?;
+            }
             let prepared = lifecycle::prepare(ctx, &a.request()?, Durability::Process)?;
+            if a.tty {
+                let o = tty_options(a.interactive, &a.detach_keys, None);
+                return exit_code(ark::pod::attach::run_attached(ctx, prepared, &o)?);
+            }
             Err(lifecycle::exec_stage1(ctx, prepared, a.interactive).into())
         }
         PodCommand::RunPrepared(a) => {
+            if lifecycle::has_tty_app(ctx, &a.uuid) {
+                ark::pod::agent_client::DetachKeys::parse(&a.detach_keys).map_err(invalid)?;
+                let prepared = lifecycle::lock_prepared(ctx, &a.uuid)?;
+                let o = tty_options(a.interactive, &a.detach_keys, None);
+                return exit_code(ark::pod::attach::run_attached(ctx, prepared, &o)?);
+            }
             Err(lifecycle::run_prepared(ctx, &a.uuid, a.interactive).into())
+        }
+        PodCommand::Attach(a) => {
+            let o = tty_options(!a.no_stdin, &a.detach_keys, a.app);
+            exit_code(ark::pod::attach::attach(ctx, &a.uuid, &o)?)
         }
         PodCommand::List(a) => {
             list(ctx, &a)?;
@@ -397,10 +442,25 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
                 workdir: a.workdir,
                 cmd: a.cmd,
             };
-            let code = ark::pod::enter::enter(ctx, &a.uuid, &opts)?;
-            let code = u8::try_from(code.clamp(0, 255)).expect("clamped to 0..=255");
-            Ok(ExitCode::from(code))
+            exit_code(ark::pod::enter::enter(ctx, &a.uuid, &opts)?)
         }
+    }
+}
+
+fn exit_code(code: i32) -> anyhow::Result<ExitCode> {
+    let code = u8::try_from(code.clamp(0, 255)).expect("clamped to 0..=255");
+    Ok(ExitCode::from(code))
+}
+
+fn tty_options(
+    stdin: bool,
+    detach_keys: &str,
+    app: Option<String>,
+) -> ark::pod::attach::TtyOptions {
+    ark::pod::attach::TtyOptions {
+        stdin,
+        detach_keys: detach_keys.to_string(),
+        app,
     }
 }
 
