@@ -153,7 +153,7 @@ pub fn run_tty_and_attach(flavor: &str, slow: Duration) {
 pub fn stdin_is_binary_safe(flavor: &str, timeout: Duration) {
     let env = PodEnv::new();
     let data: Vec<u8> = (0..(1u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1])
         .collect();
     let mut child = env
         .ark()
