@@ -791,6 +791,26 @@ mod tests {
     }
 
     #[test]
+    fn one_tty_app_which_is_not_also_interactive() {
+        let mut m = sample();
+        m.apps[0].tty = true;
+        m.validate().unwrap();
+        assert!(PodManifest::from_json(&m.to_json()).unwrap().apps[0].tty);
+        assert!(bad(|m| {
+            m.apps[0].tty = true;
+            m.apps[0].interactive = true;
+        })
+        .contains("not also interactive"));
+        assert!(bad(|m| {
+            m.apps[0].tty = true;
+            let mut b = m.apps[0].clone();
+            b.name = "side".into();
+            m.apps.push(b);
+        })
+        .contains("at most one app can have a tty"));
+    }
+
+    #[test]
     fn rejects_bad_input_with_one_line() {
         let cases = [
             bad(|m| m.version = 2),

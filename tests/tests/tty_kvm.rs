@@ -15,7 +15,11 @@ fn tty_in_kvm() {
     if guest_kernel().is_none() {
         skip!("no guest kernel: set ARK_KERNEL (kernel-config/build.sh)");
     }
-    if std::process::Command::new("tmux").arg("-V").output().is_err() {
+    if std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
         skip!("no tmux");
     }
     tty::run_tty_and_attach("kvm", Duration::from_secs(600));
