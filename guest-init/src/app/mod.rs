@@ -70,9 +70,9 @@ pub fn start(
             let err = child(p, ctx, &child_chan);
             let code = err.exit_code.unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR);
             eprintln!("ark-init: app {}: {}", p.name, err.message);
-            let mut f = std::fs::File::from(child_chan);
-            let _ = write!(f, "{code} {}", err.message);
-            drop(f);
+            // One write: the channel is a seqpacket socket, each write one record.
+            let msg = format!("{code} {}", err.message);
+            let _ = std::fs::File::from(child_chan).write_all(msg.as_bytes());
             // SAFETY: leave without running the parent's atexit handlers or destructors.
             unsafe { libc::_exit(code) }
         }
