@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ark_pod_spec::agent::{
     AgentFrame, ClientFrame, ExecRequest, FrameDecoder, Reply, Request, WindowSize,
-    AGENT_ATTACH_VERSION, AGENT_PROTOCOL_MIN_VERSION, MAX_DATA_LEN,
+    AGENT_ATTACH_VERSION, AGENT_PROTOCOL_MIN_VERSION, AGENT_PROTOCOL_VERSION, MAX_DATA_LEN,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -196,7 +196,8 @@ fn take_signals() -> anyhow::Result<SignalFd> {
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("signalfd")
 }
 
-/// `hello` in `version`; Some(refusal) if the agent refused.
+/// `hello` in `version` (the lowest with what we need); an agent may answer with that or a
+/// newer version we also speak. Some(refusal) if the agent refused.
 fn hello(
     conn: &mut Conn,
     version: u32,
@@ -205,7 +206,7 @@ fn hello(
 ) -> anyhow::Result<Option<Outcome>> {
     conn.queue(ClientFrame::Message(Request::Hello { version }));
     match conn.reply(deadline, timeout)? {
-        Reply::Hello { version: v } if v == version => Ok(None),
+        Reply::Hello { version: v } if (version..=AGENT_PROTOCOL_VERSION).contains(&v) => Ok(None),
         Reply::Hello { version: v } => {
             bail!("the agent speaks protocol version {v}, not {version}")
         }
