@@ -14,8 +14,9 @@
 //! what it needs and gets `hello` back (that version, or a newer one the client also speaks)
 //! or an `error`; it sends `exec` and gets `started` or an `error` (exit code 125, or 126/127
 //! as a shell would: found but not executable / not found); then, in any order, stdin frames,
-//! `signal`, `resize`, `close_stdin`, and one `wait`. The agent streams stdout/stderr frames and, once the process ended, its output drained and `wait` was received, sends
-//! `exited` as its last frame and closes. A connection that drops before that kills the
+//! `signal`, `resize`, `close_stdin`, and one `wait`. The agent streams stdout/stderr frames
+//! and, once the process ended, its output drained and `wait` was received, sends `exited` as
+//! its last frame and closes. A connection that drops before that kills the
 //! process's whole process group (SIGKILL).
 //!
 //! **Attach (version 2).** Instead of `exec`, the client may send `attach` (an app started
