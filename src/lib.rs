@@ -17,6 +17,7 @@
 //!     volumes: vec![],
 //!     hostname: None,
 //!     interactive: false,
+//!     tty: false,
 //!     uuid_file_save: None,
 //!     net: Some(ark_pod_spec::NetMode::None),
 //!     network: Default::default(),

@@ -10,13 +10,23 @@
 //! least 1 and at most [`MAX_DATA_LEN`]). Stdin frames go client → agent only, stdout/stderr
 //! frames agent → client only.
 //!
-//! **One connection = one process.** The client sends `hello` and gets `hello` back (same
-//! version) or an `error`; it sends `exec` and gets `started` or an `error` (exit code 125, or
-//! 126/127 as a shell would: found but not executable / not found); then, in any order, stdin
-//! frames, `signal`, `resize`, `close_stdin`, and one `wait`. The agent streams stdout/stderr
-//! frames and, once the process ended, its output drained and `wait` was received, sends
-//! `exited` as its last frame and closes. A connection that drops before that kills the
+//! **One connection = one process.** The client sends `hello` with the lowest version that has
+//! what it needs and gets `hello` back (that version, or a newer one the client also speaks)
+//! or an `error`; it sends `exec` and gets `started` or an `error` (exit code 125, or 126/127
+//! as a shell would: found but not executable / not found); then, in any order, stdin frames,
+//! `signal`, `resize`, `close_stdin`, and one `wait`. The agent streams stdout/stderr frames
+//! and, once the process ended, its output drained and `wait` was received, sends `exited` as
+//! its last frame and closes. A connection that drops before that kills the
 //! process's whole process group (SIGKILL).
+//!
+//! **Attach (version 2).** Instead of `exec`, the client may send `attach` (an app started
+//! with a tty, `ark run -t`): the agent answers `attached` and from then on the connection is
+//! the app's pty: stdout frames carry what the app writes to it, stdin frames go to it, and
+//! `resize`, `signal` and `close_stdin` work as for `exec`. There is no `exited`: the agent
+//! closes the connection when the pty ends (the app and everything holding it exited); the
+//! client reads the exit status from the pod. One client is attached at a time: a new attach
+//! takes the pty over and the previous client's connection is closed. Closing the connection
+//! detaches; the app keeps running and its output keeps going to its log.
 //!
 //! Both sides treat the other as hostile: [`FrameDecoder`] never holds more than one frame,
 //! every message is checked by `validate` after parsing, and a frame of the wrong kind for its
@@ -24,8 +34,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The protocol version both sides must speak (the `hello` exchange).
-pub const AGENT_PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version (the `hello` exchange): 2 added `attach`.
+pub const AGENT_PROTOCOL_VERSION: u32 = 2;
+/// The oldest version an agent still speaks (`exec` only). A client sends the lowest version
+/// that has what it needs, so a newer `ark enter` still reaches an older pod's agent.
+pub const AGENT_PROTOCOL_MIN_VERSION: u32 = 1;
+/// The first version with `attach`.
+pub const AGENT_ATTACH_VERSION: u32 = 2;
 /// The vsock port guest-init's agent listens on in a VM.
 pub const AGENT_VSOCK_PORT: u32 = 1026;
 
@@ -189,6 +204,11 @@ pub enum Request {
         version: u32,
     },
     Exec(ExecRequest),
+    /// Attach to the pty of an app started with one (`None`: the pod's only app).
+    Attach {
+        #[serde(default)]
+        app: Option<String>,
+    },
     /// Send this signal to the process.
     Signal {
         signal: i32,
@@ -205,6 +225,9 @@ impl Request {
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match self {
             Request::Exec(e) => e.validate(),
+            Request::Attach { app: Some(a) } if !crate::manifest::is_dns_label(a) => {
+                Err(invalid("app", "not an app name"))
+            }
             Request::Signal { signal } if !(1..=MAX_SIGNAL).contains(signal) => Err(invalid(
                 "signal",
                 format!("{signal} is not a signal number"),
@@ -225,6 +248,8 @@ pub enum Reply {
     Started {
         pid: i32,
     },
+    /// The connection is the app's pty now (after `attach`).
+    Attached,
     /// The request failed; `code` is what `ark enter` exits with (125, 126, 127).
     Error {
         code: i32,
@@ -548,13 +573,27 @@ mod tests {
             r#"{"op":"exec","argv":["sh"],"env":[["A=B","1"]]}"#,
             r#"{"op":"exec","argv":["sh"],"workdir":"rel"}"#,
             r#"{"op":"exec","argv":["sh"],"user":"a:b"}"#,
+            r#"{"op":"attach","app":"../x"}"#,
+            r#"{"op":"attach","app":"web","pid":1}"#,
         ] {
             assert!(
                 ClientFrame::decode(KIND_MESSAGE, bad.as_bytes()).is_err(),
                 "{bad}"
             );
         }
-        let ok = r#"{"op":"exec","argv":["sh"]}"#;
-        assert!(ClientFrame::decode(KIND_MESSAGE, ok.as_bytes()).is_ok());
+        for ok in [
+            r#"{"op":"exec","argv":["sh"]}"#,
+            r#"{"op":"attach"}"#,
+            r#"{"op":"attach","app":"web"}"#,
+        ] {
+            assert!(
+                ClientFrame::decode(KIND_MESSAGE, ok.as_bytes()).is_ok(),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            AgentFrame::decode(KIND_MESSAGE, br#"{"op":"attached"}"#),
+            Ok(AgentFrame::Message(Reply::Attached))
+        );
     }
 }

@@ -234,6 +234,11 @@ pub struct App {
     /// Whether the app gets the terminal's stdin (at most one app per pod).
     #[serde(default)]
     pub interactive: bool,
+    /// Whether the app's stdio is a pty guest-init makes in the app's own devpts (`ark run
+    /// -t`; reached through the agent's `attach`). At most one app per pod; not with
+    /// `interactive`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 fn root() -> String {
@@ -540,6 +545,7 @@ impl PodManifest {
         }
         let mut app_names = HashSet::new();
         let mut interactive = 0;
+        let mut ttys = 0;
         for (i, a) in self.apps.iter().enumerate() {
             let f = format!("apps[{i}]");
             if !is_dns_label(&a.name) {
@@ -647,9 +653,18 @@ impl PodManifest {
             if a.interactive {
                 interactive += 1;
             }
+            if a.tty {
+                ttys += 1;
+                if a.interactive {
+                    return Err(err(f, "an app with a tty is not also interactive"));
+                }
+            }
         }
         if interactive > 1 {
             return Err(err("apps", "at most one app can be interactive"));
+        }
+        if ttys > 1 {
+            return Err(err("apps", "at most one app can have a tty"));
         }
         crate::pod_net::validate(
             &self.net,
@@ -773,6 +788,26 @@ mod tests {
         let mut m = sample();
         f(&mut m);
         m.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn one_tty_app_which_is_not_also_interactive() {
+        let mut m = sample();
+        m.apps[0].tty = true;
+        m.validate().unwrap();
+        assert!(PodManifest::from_json(&m.to_json()).unwrap().apps[0].tty);
+        assert!(bad(|m| {
+            m.apps[0].tty = true;
+            m.apps[0].interactive = true;
+        })
+        .contains("not also interactive"));
+        assert!(bad(|m| {
+            m.apps[0].tty = true;
+            let mut b = m.apps[0].clone();
+            b.name = "side".into();
+            m.apps.push(b);
+        })
+        .contains("at most one app can have a tty"));
     }
 
     #[test]

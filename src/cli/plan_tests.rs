@@ -49,6 +49,7 @@ fn req(flavor: Flavor) -> PodRequest {
         net: NetMode::Host,
         net_options: Default::default(),
         interactive: false,
+        tty: false,
         kvm_root: KvmRoot::Fs,
         blk_fstype: "erofs",
         annotations: BTreeMap::new(),

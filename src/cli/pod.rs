@@ -33,8 +33,10 @@ pub enum PodCommand {
     Rm(RmArgs),
     /// Remove exited pods (with their mounts and cgroups), abandoned prepared pods and leftovers.
     Gc(GcArgs),
-    /// Run a command inside a running pod's app (ns and fly pods).
+    /// Run a command inside a running pod's app.
     Enter(EnterArgs),
+    /// Attach our terminal to a running pod's tty app (started with -t); the detach keys leave.
+    Attach(AttachArgs),
     /// Print a pod's manifest.
     CatManifest(CatManifestArgs),
     /// Print an app's recorded output: stdout to stdout, stderr to stderr.
@@ -79,9 +81,16 @@ pub struct PrepareArgs {
     /// The pod's hostname (default: ark-<first 8 of the UUID>).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Give the (first) app the terminal's stdin.
-    #[arg(long)]
+    /// Give the (first) app our stdin (with -t: through its pty).
+    #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Give the (first) app a pty made inside the pod; `ark run` attaches our terminal to it
+    /// (`ark attach` after a detach).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// With -t -i: the keys that detach, leaving the pod running (podman's syntax; "" never).
+    #[arg(long = "detach-keys", value_name = "KEYS", default_value = ark::pod::agent_client::DEFAULT_DETACH_KEYS)]
+    pub detach_keys: String,
     /// Write the pod's UUID to this file.
     #[arg(long = "uuid-file-save")]
     pub uuid_file_save: Option<PathBuf>,
@@ -144,9 +153,26 @@ pub struct PrepareArgs {
 pub struct RunPreparedArgs {
     /// The pod's UUID (or a unique prefix).
     pub uuid: String,
-    /// Give the (first) app the terminal's stdin.
-    #[arg(long)]
+    /// Give the (first) app our stdin (a pod prepared with -t: through its pty).
+    #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// A pod prepared with -t, with -i: the keys that detach (podman's syntax; "" never).
+    #[arg(long = "detach-keys", value_name = "KEYS", default_value = ark::pod::agent_client::DEFAULT_DETACH_KEYS)]
+    pub detach_keys: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AttachArgs {
+    /// The app (default: the pod's app with a tty).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// The keys that detach, leaving the pod running (podman's syntax; "" never).
+    #[arg(long = "detach-keys", value_name = "KEYS", default_value = ark::pod::agent_client::DEFAULT_DETACH_KEYS)]
+    pub detach_keys: String,
+    /// Do not pass our stdin (only watch the app's output).
+    #[arg(long = "no-stdin")]
+    pub no_stdin: bool,
+    pub uuid: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -325,6 +351,7 @@ impl PrepareArgs {
             volumes,
             hostname: self.hostname.clone(),
             interactive: self.interactive,
+            tty: self.tty,
             uuid_file_save: self.uuid_file_save.clone(),
             net: (!self.net.is_empty())
                 .then(|| net::parse_net(&self.net))
@@ -456,14 +483,40 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PodCommand::Run(a) => {
+            if a.tty {
+                // A bad --detach-keys is refused before anything is made.
+                ark::pod::agent_client::DetachKeys::parse(&a.detach_keys).map_err(invalid)?;
+                if a.rm {
+                    return Err(invalid(
+                        "--rm with -t: not supported yet (a detached pod has nobody left to \
+                         remove it); remove it with `ark rm` when it has ended"
+                            .into(),
+                    ));
+                }
+            }
             let prepared = prepare_named(ctx, &a, Durability::Process)?;
+            if a.tty {
+                let o = tty_options(a.interactive, &a.detach_keys, None);
+                return exit_code(ark::pod::attach::run_attached(ctx, prepared, &o)?);
+            }
             if a.rm {
                 return run_then_rm(ctx, prepared, a.interactive);
             }
             Err(lifecycle::exec_stage1(ctx, prepared, a.interactive).into())
         }
         PodCommand::RunPrepared(a) => {
-            Err(lifecycle::run_prepared(ctx, &id(&a.uuid), a.interactive).into())
+            let uuid = id(&a.uuid);
+            if lifecycle::has_tty_app(ctx, &uuid) {
+                ark::pod::agent_client::DetachKeys::parse(&a.detach_keys).map_err(invalid)?;
+                let prepared = lifecycle::lock_prepared(ctx, &uuid)?;
+                let o = tty_options(a.interactive, &a.detach_keys, None);
+                return exit_code(ark::pod::attach::run_attached(ctx, prepared, &o)?);
+            }
+            Err(lifecycle::run_prepared(ctx, &uuid, a.interactive).into())
+        }
+        PodCommand::Attach(a) => {
+            let o = tty_options(!a.no_stdin, &a.detach_keys, a.app);
+            exit_code(ark::pod::attach::attach(ctx, &id(&a.uuid), &o)?)
         }
         PodCommand::List(a) => {
             list(ctx, &a)?;
@@ -542,10 +595,25 @@ pub fn run(ctx: &Ctx, cmd: PodCommand) -> anyhow::Result<ExitCode> {
                 workdir: a.workdir,
                 cmd: a.cmd,
             };
-            let code = ark::pod::enter::enter(ctx, &id(&a.uuid), &opts)?;
-            let code = u8::try_from(code.clamp(0, 255)).expect("clamped to 0..=255");
-            Ok(ExitCode::from(code))
+            exit_code(ark::pod::enter::enter(ctx, &id(&a.uuid), &opts)?)
         }
+    }
+}
+
+fn exit_code(code: i32) -> anyhow::Result<ExitCode> {
+    let code = u8::try_from(code.clamp(0, 255)).expect("clamped to 0..=255");
+    Ok(ExitCode::from(code))
+}
+
+fn tty_options(
+    stdin: bool,
+    detach_keys: &str,
+    app: Option<String>,
+) -> ark::pod::attach::TtyOptions {
+    ark::pod::attach::TtyOptions {
+        stdin,
+        detach_keys: detach_keys.to_string(),
+        app,
     }
 }
 

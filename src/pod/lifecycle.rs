@@ -29,6 +29,8 @@ pub struct PrepareRequest {
     pub hostname: Option<String>,
     /// Give the (first) app the terminal's stdin.
     pub interactive: bool,
+    /// Give the (first) app a pty made in the pod (`ark run -t`, attached through the agent).
+    pub tty: bool,
     /// Write the pod's UUID to this file.
     pub uuid_file_save: Option<PathBuf>,
     /// `None`: the flavor's default ([`super::net::default_mode`]).
@@ -101,6 +103,7 @@ pub fn prepare(
             net: net.clone(),
             net_options: a.network.clone(),
             interactive: a.interactive,
+            tty: a.tty,
             kvm_root: a.kvm_root.clone(),
             blk_fstype,
             log_max_size: a.log_max_size,
@@ -199,26 +202,42 @@ fn fill(
     Ok(())
 }
 
+/// Whether prepared pod `id` has an app with a tty (`ark prepare -t`; run-prepared attaches).
+pub fn has_tty_app(ctx: &crate::Context, id: &str) -> bool {
+    let tty = || -> anyhow::Result<bool> {
+        let pod = super::open_store(ctx)?.find(id)?;
+        let m = PodManifest::load(&PodLayout::new(&pod.path).manifest())?;
+        Ok(m.apps.iter().any(|a| a.tty))
+    };
+    tty().unwrap_or(false)
+}
+
+/// Locks prepared pod `id` for its run.
+pub fn lock_prepared(ctx: &crate::Context, id: &str) -> Result<Prepared> {
+    super::error::typed(|| lock_prepared_pod(ctx, id))
+}
+
+fn lock_prepared_pod(ctx: &crate::Context, id: &str) -> anyhow::Result<Prepared> {
+    let store = super::open_store(ctx)?;
+    let pod = store.find(id)?;
+    let wrong = |state: PodState| StoreError::WrongState {
+        uuid: pod.uuid,
+        state: state.dir_name(),
+        wanted: "prepared",
+    };
+    if pod.state != PodState::Prepared {
+        return Err(wrong(pod.state).into());
+    }
+    let locked = store.try_lock(&pod)?.ok_or(StoreError::Busy(pod.uuid))?;
+    if locked.pod.state != PodState::Prepared {
+        return Err(wrong(locked.pod.state).into());
+    }
+    Ok(Prepared { pod: locked })
+}
+
 /// `ark run-prepared UUID`: lock the prepared pod and exec its stage1.
 pub fn run_prepared(ctx: &crate::Context, id: &str, interactive: bool) -> Error {
-    let go = || -> anyhow::Result<Prepared> {
-        let store = super::open_store(ctx)?;
-        let pod = store.find(id)?;
-        let wrong = |state: PodState| StoreError::WrongState {
-            uuid: pod.uuid,
-            state: state.dir_name(),
-            wanted: "prepared",
-        };
-        if pod.state != PodState::Prepared {
-            return Err(wrong(pod.state).into());
-        }
-        let locked = store.try_lock(&pod)?.ok_or(StoreError::Busy(pod.uuid))?;
-        if locked.pod.state != PodState::Prepared {
-            return Err(wrong(locked.pod.state).into());
-        }
-        Ok(Prepared { pod: locked })
-    };
-    match go() {
+    match lock_prepared_pod(ctx, id) {
         Ok(p) => exec_stage1(ctx, p, interactive),
         Err(e) => e.into(),
     }
@@ -310,6 +329,18 @@ impl Stage1Child {
         self.child.id()
     }
 
+    /// The pod's exit code if its stage1 has ended (without waiting).
+    pub fn try_wait(&mut self) -> Result<Option<i32>> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(None),
+            Ok(Some(_)) => self.wait().map(Some),
+            Err(e) => Err(Error::new(
+                ErrorKind::Io,
+                anyhow!("waiting for the stage1 of pod {}: {e}", self.uuid),
+            )),
+        }
+    }
+
     /// Waits for the pod to end; returns its exit code, as `ark run` would exit (128+N for a
     /// stage1 killed by signal N).
     pub fn wait(&mut self) -> Result<i32> {
@@ -335,8 +366,29 @@ pub fn spawn_stage1(
     prepared: Prepared,
     interactive: bool,
 ) -> Result<Stage1Child> {
+    spawn(ctx, prepared, interactive, false)
+}
+
+/// Like [`spawn_stage1`], for a pod that outlives this process (`ark run -t`, which may
+/// detach): the stage1 gets a session of its own (no terminal's hangup or ^C reaches it) and
+/// /dev/null as stdin and stdout (its apps' output is in their logs); stderr stays ours for
+/// its errors.
+pub fn spawn_stage1_detached(ctx: &crate::Context, prepared: Prepared) -> Result<Stage1Child> {
+    spawn(ctx, prepared, false, true)
+}
+
+fn spawn(
+    ctx: &crate::Context,
+    prepared: Prepared,
+    interactive: bool,
+    detached: bool,
+) -> Result<Stage1Child> {
     let Prepared { pod: mut locked } = prepared;
     let mut cmd = stage1_command(ctx, &mut locked, interactive)?;
+    if detached {
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+    }
     let stop_signals = stop_signals();
     let lock_fd = locked.lock_fd();
     // SAFETY: only async-signal-safe calls (close_range/fcntl, sigprocmask) between fork and
@@ -348,6 +400,9 @@ pub fn spawn_stage1(
             // process this front end starts meanwhile inherits the lock).
             ark_os::fds::cloexec_from_in_child(ark_os::fds::FIRST_NON_STDIO_FD)?;
             if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if detached && libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // As across exec_stage1's exec: a stop before the stage1's signal setup stays pending.

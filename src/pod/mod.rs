@@ -5,9 +5,11 @@
 //! - [`rootfs`]: app roots from the render cache (overlay or copy), block images, unmounting.
 //! - [`lifecycle`]: prepare, run-prepared (exec of the stage1 with the lock held).
 //! - [`info`], [`stop`], [`gc`], [`enter`], [`logs`]: the commands on existing pods.
+//! - [`attach`]: `ark run -t` and `ark attach`, a tty app's pty through the agent.
 
 pub mod agent_client;
 pub mod args;
+pub mod attach;
 pub mod enter;
 pub mod error;
 pub mod gc;

@@ -47,6 +47,8 @@ pub struct PodRequest {
     /// Ports, DNS, hosts entries, CNI directories.
     pub net_options: super::net::NetOptions,
     pub interactive: bool,
+    /// The first app gets a pty made in the pod (`-t`) instead of the host's terminal.
+    pub tty: bool,
     pub kvm_root: KvmRoot,
     /// Filesystem type of the block image when `kvm_root` is `Blk` (`erofs` or `ext4`).
     pub blk_fstype: &'static str,
@@ -396,8 +398,10 @@ pub fn build_manifest(
             capabilities_keep,
             capabilities_explicit: f.caps_retain.is_some(),
             rlimits: Vec::new(),
-            // The terminal goes to the first app.
-            interactive: req.interactive && i == 0,
+            // The terminal goes to the first app: the host's (interactive), or a pty of its
+            // own that ark attaches to (tty).
+            interactive: req.interactive && !req.tty && i == 0,
+            tty: req.tty && i == 0,
         });
     }
 

@@ -343,7 +343,10 @@ pub struct Tmux {
 
 impl Tmux {
     pub fn start(command: &str) -> Self {
-        let socket = format!("ark-agent-{}", std::process::id());
+        // One server per session: tests of one binary may run at once.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("ark-agent-{}-{n}", std::process::id());
         let t = Tmux { socket };
         let st = t
             .cmd()

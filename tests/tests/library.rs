@@ -29,6 +29,7 @@ fn a_front_end_starts_an_ns_pod_as_its_child_and_gets_its_exit_code() {
         volumes: vec![],
         hostname: None,
         interactive: false,
+        tty: false,
         uuid_file_save: None,
         net: Some(NetMode::Host),
         network: Default::default(),

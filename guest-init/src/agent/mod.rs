@@ -5,6 +5,7 @@
 //! ([`session`]). PID 1's loop only accepts; a session that misbehaves or blocks is a process
 //! of its own, and the process it started dies with its connection.
 
+pub mod attach;
 mod session;
 mod spawn;
 
@@ -31,6 +32,8 @@ pub struct PodInfo<'a> {
     pub plans: &'a [AppPlan],
     /// (app, pid) of the apps running now.
     pub running: Vec<(String, i32)>,
+    /// (app, the keeper's attach socket) of the apps with a tty.
+    pub ttys: Vec<(String, std::os::fd::RawFd)>,
 }
 
 /// Listens where `transport` says; without a listener `ark enter` is refused (one line on

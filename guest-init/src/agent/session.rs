@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ark_pod_spec::agent::{
-    AgentFrame, ClientFrame, ExitStatus, FrameDecoder, Reply, Request, AGENT_PROTOCOL_VERSION,
-    MAX_DATA_LEN,
+    AgentFrame, ClientFrame, ExitStatus, FrameDecoder, Reply, Request, AGENT_ATTACH_VERSION,
+    AGENT_PROTOCOL_MIN_VERSION, AGENT_PROTOCOL_VERSION, MAX_DATA_LEN,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -34,14 +34,15 @@ pub fn serve(conn: OwnedFd, pod: &PodInfo) -> i32 {
     }
 }
 
-struct Session {
-    conn: OwnedFd,
+/// One client connection's framing (also the tty keeper's, [`super::attach`]).
+pub(super) struct Session {
+    pub(super) conn: OwnedFd,
     decoder: FrameDecoder,
     /// Encoded frames not yet written to the client (at most about one data frame).
-    out: Vec<u8>,
+    pub(super) out: Vec<u8>,
 }
 
-fn set_nonblocking(fd: &OwnedFd) -> Result<(), String> {
+pub(super) fn set_nonblocking(fd: &OwnedFd) -> Result<(), String> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
@@ -57,7 +58,7 @@ fn ms_until(deadline: Instant) -> PollTimeout {
 }
 
 impl Session {
-    fn new(conn: OwnedFd) -> Self {
+    pub(super) fn new(conn: OwnedFd) -> Self {
         Session {
             conn,
             decoder: FrameDecoder::new(),
@@ -68,22 +69,28 @@ impl Session {
     fn run(&mut self, pod: &PodInfo) -> Result<(), String> {
         set_nonblocking(&self.conn)?;
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        match self.read_request(deadline)? {
-            Request::Hello { version } if version == AGENT_PROTOCOL_VERSION => {}
+        // The client's version, when this agent speaks it (it answers in that version).
+        let version = match self.read_request(deadline)? {
+            Request::Hello { version }
+                if (AGENT_PROTOCOL_MIN_VERSION..=AGENT_PROTOCOL_VERSION).contains(&version) =>
+            {
+                version
+            }
             Request::Hello { version } => {
                 return self.refuse(
                     125,
-                    format!("agent protocol version {version} unsupported (agent speaks {AGENT_PROTOCOL_VERSION})"),
+                    format!("agent protocol version {version} unsupported (agent speaks {AGENT_PROTOCOL_MIN_VERSION} to {AGENT_PROTOCOL_VERSION})"),
                 );
             }
             other => return Err(format!("expected hello, got {other:?}")),
-        }
-        self.send(AgentFrame::Message(Reply::Hello {
-            version: AGENT_PROTOCOL_VERSION,
-        }));
+        };
+        self.send(AgentFrame::Message(Reply::Hello { version }));
         self.flush_until(deadline)?;
         let req = match self.read_request(deadline)? {
             Request::Exec(req) => req,
+            Request::Attach { app } if version >= AGENT_ATTACH_VERSION => {
+                return self.attach(pod, app.as_deref(), deadline)
+            }
             other => return Err(format!("expected exec, got {other:?}")),
         };
         let (app, pid) = match pick_app(pod, req.app.as_deref()) {
@@ -105,6 +112,28 @@ impl Session {
         Relay::new(process).run(self)
     }
 
+    /// `attach`: the app's keeper takes the connection over (this session ends).
+    fn attach(
+        &mut self,
+        pod: &PodInfo,
+        app: Option<&str>,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let (app, _) = match pick_app(pod, app) {
+            Ok(a) => a,
+            Err(e) => return self.refuse(125, e),
+        };
+        let Some((_, keeper)) = pod.ttys.iter().find(|(a, _)| *a == app) else {
+            return self.refuse(
+                125,
+                format!("app {app:?} has no tty (it was not started with -t)"),
+            );
+        };
+        self.send(AgentFrame::Message(Reply::Attached));
+        self.flush_until(deadline)?;
+        super::attach::hand_over(*keeper, &self.conn)
+    }
+
     fn refuse(&mut self, code: i32, message: String) -> Result<(), String> {
         let mut message = message;
         truncate(&mut message, ark_pod_spec::agent::MAX_ERROR_MESSAGE);
@@ -112,12 +141,12 @@ impl Session {
         self.flush_until(Instant::now() + HANDSHAKE_TIMEOUT)
     }
 
-    fn send(&mut self, f: AgentFrame) {
+    pub(super) fn send(&mut self, f: AgentFrame) {
         f.encode(&mut self.out);
     }
 
     /// Writes what is pending without blocking; Err when the client is gone.
-    fn write_some(&mut self) -> Result<(), String> {
+    pub(super) fn write_some(&mut self) -> Result<(), String> {
         while !self.out.is_empty() {
             match nix::unistd::write(&self.conn, &self.out) {
                 Ok(n) => {
@@ -131,7 +160,7 @@ impl Session {
         Ok(())
     }
 
-    fn flush_until(&mut self, deadline: Instant) -> Result<(), String> {
+    pub(super) fn flush_until(&mut self, deadline: Instant) -> Result<(), String> {
         loop {
             self.write_some()?;
             if self.out.is_empty() {
@@ -146,7 +175,7 @@ impl Session {
 
     /// Reads what is there into the decoder: Ok(Some(frame)) when one is complete, Ok(None)
     /// when more is needed, Err on EOF or a broken frame.
-    fn read_some(&mut self) -> Result<Option<ClientFrame>, String> {
+    pub(super) fn read_some(&mut self) -> Result<Option<ClientFrame>, String> {
         loop {
             let space = self.decoder.space().map_err(|e| e.to_string())?;
             match nix::unistd::read(self.conn.as_raw_fd(), space) {

@@ -6,26 +6,20 @@
 
 use std::fs::File;
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use ark_pod_spec::agent::ExecRequest;
 use nix::sched::{setns, CloneFlags};
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
+use nix::sys::socket::{sendmsg, MsgFlags};
 use nix::unistd::{self, fork, ForkResult, Pid};
 
 use crate::app::plan::AppPlan;
 use crate::app::{exec, identity};
 use crate::os;
 use crate::supervisor::StartError;
-
-/// The message a child sends with the pty master attached.
-const PTY_MESSAGE: &[u8] = b"pty";
 
 /// A started process and the session's ends of its stdio.
 pub struct Process {
@@ -71,13 +65,7 @@ pub fn spawn(
     if let Some(w) = &req.workdir {
         plan.working_dir = w.clone();
     }
-    let (chan, child_chan) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| fail(format!("socketpair: {e}")))?;
+    let (chan, child_chan) = crate::pty::start_channel().map_err(|e| fail(format!("{e:#}")))?;
     let mut ours_in = None;
     let mut outputs = Vec::new();
     let child_pipes = if req.tty.is_some() {
@@ -123,7 +111,7 @@ pub fn spawn(
         ForkResult::Parent { child } => {
             drop(child_chan);
             drop(child_pipes);
-            let pty = match receive(&chan, req.tty.is_some()) {
+            let pty = match crate::pty::receive_start(&chan, req.tty.is_some()) {
                 Ok(pty) => pty,
                 Err(e) => {
                     let _ = nix::sys::wait::waitpid(child, None);
@@ -149,53 +137,6 @@ pub fn spawn(
                 pty,
             })
         }
-    }
-}
-
-/// Waits for the child's verdict: EOF (it exec'd), an error line, or (tty) the pty master
-/// first. The child is ours, but the bytes are still capped and checked.
-fn receive(chan: &OwnedFd, tty: bool) -> Result<Option<OwnedFd>, StartError> {
-    let mut pty = None;
-    loop {
-        let mut buf = [0u8; 4096];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = match recvmsg::<()>(
-            chan.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => m,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(fail(format!("recvmsg: {e}"))),
-        };
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().map_err(|e| fail(format!("cmsg: {e}")))? {
-            if let ControlMessageOwned::ScmRights(r) = c {
-                // SAFETY: SCM_RIGHTS handed us these new descriptors.
-                fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-            }
-        }
-        let n = msg.bytes;
-        let text = &buf[..n];
-        if n == 0 {
-            return match (tty, pty) {
-                (true, None) => Err(fail("the pty was not made")),
-                (_, pty) => Ok(pty),
-            };
-        }
-        if text == PTY_MESSAGE && tty && pty.is_none() && fds.len() == 1 {
-            pty = fds.pop();
-            continue;
-        }
-        let text = String::from_utf8_lossy(text);
-        let (code, message) = text.split_once(' ').unwrap_or(("125", &text));
-        let code = code.parse::<i32>().ok().filter(|c| (126..=127).contains(c));
-        return Err(StartError {
-            exit_code: code,
-            message: message.to_string(),
-        });
     }
 }
 
@@ -256,17 +197,7 @@ fn prepare(
     drop(proc_root);
     match req.tty {
         Some(size) => {
-            let (master, peer) = crate::pty::open(size)?;
-            sendmsg::<()>(
-                chan.as_raw_fd(),
-                &[IoSlice::new(PTY_MESSAGE)],
-                &[ControlMessage::ScmRights(&[master.as_raw_fd()])],
-                MsgFlags::empty(),
-                None,
-            )
-            .context("hand over the pty")?;
-            drop(master);
-            crate::pty::make_controlling(peer)?;
+            crate::pty::open_and_hand_over(size, chan)?;
         }
         // A session of its own: its process group is what a dropped connection kills.
         None => {

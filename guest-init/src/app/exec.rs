@@ -18,7 +18,7 @@ pub fn build_env(plan: &AppPlan, pod_uuid: &str, home: &str) -> Vec<String> {
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), home.into()),
     ];
-    if plan.interactive {
+    if plan.interactive || plan.tty {
         vars.push(("TERM".into(), "xterm".into()));
     }
     vars.extend(plan.env.iter().cloned());

@@ -8,7 +8,7 @@ pub mod plan;
 mod rootfs;
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -19,6 +19,10 @@ use crate::os;
 use crate::supervisor::output::Outputs;
 use crate::supervisor::StartError;
 use plan::AppPlan;
+
+/// A tty app's pty size until a client attaches and sends its own.
+const DEFAULT_TTY_SIZE: ark_pod_spec::agent::WindowSize =
+    ark_pod_spec::agent::WindowSize { rows: 24, cols: 80 };
 
 /// What an app child needs besides its plan.
 pub struct ChildContext<'a> {
@@ -31,16 +35,18 @@ pub struct ChildContext<'a> {
 }
 
 /// Forks the app's process. The child reports a failure before exec over a close-on-exec
-/// pipe, so the parent knows at once whether the program started (EOF) or why not.
+/// socket (after handing over its pty master, for a tty app), so the parent knows at once
+/// whether the program started (EOF) or why not. A tty app's master goes to an attach keeper
+/// ([`crate::agent::attach`]), which copies the app's output into its stdout pipe (its log).
 pub fn start(
     p: &AppPlan,
     ctx: &ChildContext,
     signals: &SigSet,
     outputs: &mut Outputs,
-) -> Result<(Pid, Option<StartError>)> {
-    let (rd, wr) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+) -> Result<Started> {
+    let (chan, child_chan) = crate::pty::start_channel()?;
     // An interactive app keeps the terminal itself; the others write into pipes guest-init
-    // relays (and logs).
+    // relays (and logs): a tty app through its keeper.
     let pipes = if p.interactive {
         None
     } else {
@@ -53,44 +59,62 @@ pub fn start(
     // SAFETY: guest-init is single-threaded, so the child may run ordinary code after fork.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
-            drop(rd);
+            drop(chan);
             if let Some((out_w, err_w)) = &pipes {
-                // dup2 drops close-on-exec on the copies: the app inherits them as 1 and 2.
+                // dup2 drops close-on-exec on the copies: the app inherits them as 1 and 2
+                // (a tty app's pty replaces them).
                 let _ = unistd::dup2(out_w.as_raw_fd(), 1);
                 let _ = unistd::dup2(err_w.as_raw_fd(), 2);
             }
             let _ = signals.thread_unblock();
-            let err = child(p, ctx);
+            let err = child(p, ctx, &child_chan);
             let code = err.exit_code.unwrap_or(ark_pod_spec::EXIT_STAGE1_ERROR);
             eprintln!("ark-init: app {}: {}", p.name, err.message);
-            let mut f = std::fs::File::from(wr);
-            let _ = write!(f, "{code} {}", err.message);
-            drop(f);
+            // One write: the channel is a seqpacket socket, each write one record.
+            let msg = format!("{code} {}", err.message);
+            let _ = std::fs::File::from(child_chan).write_all(msg.as_bytes());
             // SAFETY: leave without running the parent's atexit handlers or destructors.
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => {
-            drop(wr);
-            // Only the app holds the write ends now: its exit is the pipes' EOF.
-            drop(pipes);
-            let mut msg = String::new();
-            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
-            let err = msg.split_once(' ').map(|(code, m)| StartError {
-                exit_code: code
-                    .parse()
-                    .ok()
-                    .filter(|c| *c != ark_pod_spec::EXIT_STAGE1_ERROR),
-                message: m.to_string(),
-            });
-            Ok((child, err))
+            drop(child_chan);
+            let (out_w, err_w) = match pipes {
+                Some((o, e)) => (Some(o), Some(e)),
+                None => (None, None),
+            };
+            // Only the app (and a tty app's keeper) holds the write ends now: their exit is
+            // the pipes' EOF.
+            drop(err_w);
+            let (master, error) = match crate::pty::receive_start(&chan, p.tty) {
+                Ok(m) => (m, None),
+                Err(e) => (None, Some(e)),
+            };
+            let tty = match (master, out_w) {
+                (Some(m), Some(log)) => {
+                    Some(crate::agent::attach::start_keeper(&p.name, m, log, child)?)
+                }
+                _ => None,
+            };
+            Ok(Started {
+                pid: child,
+                error,
+                tty,
+            })
         }
     }
 }
 
+/// A forked app: its pid, why it did not exec (if so), and a tty app's keeper.
+pub struct Started {
+    pub pid: Pid,
+    pub error: Option<StartError>,
+    pub tty: Option<crate::agent::attach::TtyApp>,
+}
+
 /// Everything between fork and exec. Returns only on failure; the caller reports the error
 /// over the child's error pipe and exits with its code.
-fn child(plan: &AppPlan, ctx: &ChildContext) -> StartError {
-    match prepare(plan, ctx) {
+fn child(plan: &AppPlan, ctx: &ChildContext, chan: &OwnedFd) -> StartError {
+    match prepare(plan, ctx, chan) {
         Ok(env) => exec::exec(plan, &env),
         Err(e) => StartError {
             exit_code: None,
@@ -100,7 +124,7 @@ fn child(plan: &AppPlan, ctx: &ChildContext) -> StartError {
 }
 
 /// Up to exec: returns the app's environment.
-fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Vec<String>> {
+fn prepare(plan: &AppPlan, ctx: &ChildContext, chan: &OwnedFd) -> Result<Vec<String>> {
     // The app gets fds 0, 1 and 2 only (the error pipe is close-on-exec already).
     os::fds::cloexec_inherited().context("close-on-exec above stdio")?;
     // Cgroups first, so everything the app does from here on is accounted to it.
@@ -110,9 +134,16 @@ fn prepare(plan: &AppPlan, ctx: &ChildContext) -> Result<Vec<String>> {
     }
     let root = rootfs::prepare(plan, ctx.hostname, ctx.etc)?;
     let root = root.as_fd();
-    stdio(plan.interactive)?;
+    if !plan.tty {
+        stdio(plan.interactive)?;
+    }
     let id = identity::resolve(root, plan)?;
     rootfs::enter(root)?;
+    if plan.tty {
+        // In the app's root: the pty is one of its own devpts (`tty` shows /dev/pts/N). The
+        // keeper resizes it to the attached terminal's size.
+        crate::pty::open_and_hand_over(DEFAULT_TTY_SIZE, chan)?;
+    }
     identity::apply(&id, plan)?;
     unistd::chdir(Path::new(&plan.working_dir))
         .with_context(|| format!("chdir {}", plan.working_dir))?;

@@ -35,6 +35,8 @@ pub struct AppPlan {
     pub cgroup_dirs: Vec<String>,
     pub oom_file: Option<String>,
     pub interactive: bool,
+    /// stdio is a pty made in the app's devpts, kept by an attach keeper (`ark run -t`).
+    pub tty: bool,
 }
 
 /// One plan per app, in manifest order.
@@ -76,6 +78,7 @@ pub fn plan(m: &PodManifest, c: &Stage2Config) -> Vec<AppPlan> {
                 cgroup_dirs: cg.map(|g| g.dirs.clone()).unwrap_or_default(),
                 oom_file: cg.and_then(|g| g.oom_file.clone()),
                 interactive: a.interactive,
+                tty: a.tty,
             }
         })
         .collect()

@@ -8,7 +8,7 @@ pub mod output;
 pub mod sink;
 mod state;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,8 @@ pub struct Pod {
     grace: Duration,
     /// `ark enter`'s way in (see [`crate::agent`]).
     agent: Option<crate::agent::Listener>,
+    /// Tty apps' keepers, for `attach`.
+    ttys: Vec<crate::agent::attach::TtyApp>,
 }
 
 impl Pod {
@@ -85,6 +87,7 @@ impl Pod {
             outputs,
             grace,
             agent: None,
+            ttys: Vec::new(),
         }
     }
 
@@ -122,11 +125,16 @@ impl Pod {
                 ));
             }
             match app::start(p, ctx, &self.signals.set, &mut self.outputs) {
-                Ok((pid, start_err)) => {
-                    report(sink, self.sup.started(&p.name, pid.as_raw(), now_unix_ms()));
-                    if let Some(e) = start_err {
+                Ok(started) => {
+                    report(
+                        sink,
+                        self.sup
+                            .started(&p.name, started.pid.as_raw(), now_unix_ms()),
+                    );
+                    if let Some(e) = started.error {
                         self.sup.start_error(&p.name, e);
                     }
+                    self.ttys.extend(started.tty);
                 }
                 Err(e) => report(
                     sink,
@@ -195,6 +203,11 @@ impl Pod {
                         pod_uuid: &a.pod_uuid,
                         plans: &a.plans,
                         running: self.sup.running_apps(),
+                        ttys: self
+                            .ttys
+                            .iter()
+                            .map(|t| (t.app.clone(), t.attach.as_raw_fd()))
+                            .collect(),
                     };
                     crate::agent::accept(&a.fd, &info);
                 }
@@ -206,6 +219,10 @@ impl Pod {
 
     /// Step 5, before the pod is reported done.
     pub fn finish(mut self) {
+        // A tty app's keeper copies what is left on its pty into the app's pipe, then exits.
+        for t in std::mem::take(&mut self.ttys) {
+            t.wait_done();
+        }
         // The apps are gone, but what they wrote last may still sit in the pipes: pass it on
         // before the pod is reported done.
         self.outputs.finish();
