@@ -255,8 +255,11 @@ impl Net {
             | 1 << VIRTIO_NET_F_GUEST_CSUM
             | 1 << VIRTIO_NET_F_GUEST_TSO4
             | 1 << VIRTIO_NET_F_GUEST_TSO6
-            | 1 << VIRTIO_NET_F_GUEST_ECN
-            | 1 << VIRTIO_NET_F_MRG_RXBUF;
+            | 1 << VIRTIO_NET_F_GUEST_ECN;
+        // VIRTIO_NET_F_MRG_RXBUF is implemented (the rx path below, its unit tests) but not
+        // offered yet: with it a kvm pod on a CNI network did not start its app within 10
+        // minutes on a loaded kvm_pvm host, while the same pod without it did in 3 (the
+        // ark-vmm-on-a-TAP test passed with it). Offer it once that is understood.
         if mtu.is_some() {
             avail_features |= 1 << VIRTIO_NET_F_MTU;
         }
