@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# Benchmark (not a test), ns part: host <-> pod networking of `ark run --stage1=ns` on its
-# `default` network against `podman run` on podman's default network, same image (Debian's
-# busybox-static), same host. Measures TCP throughput (1 GiB from the host into `nc -l` in the
-# pod) and request latency (1000 small HTTP requests from the host to busybox httpd in the pod,
-# one curl process). Prints each figure and the ratios (target: ark >= 0.95x podman's
-# throughput). Exits non-zero when a run (ark's or podman's) fails. Traffic stays on this host.
+# Benchmark (not a test): host <-> pod networking, same image (Debian's busybox-static), same
+# host. Measures TCP throughput (1 GiB from the host into `nc -l` in the pod) and request
+# latency (1000 small HTTP requests from the host to busybox httpd in the pod, one curl
+# process). Two parts:
+#   ns:  `ark run --stage1=ns` on its `default` network against `podman run` on podman's
+#        default network (target: ark >= 0.95x podman's throughput);
+#   kvm: `ark run --stage1=kvm` on `default` against qemu (microvm, its own virtio-net on a TAP
+#        tc-redirected to a veth, the path ark's default network gives a kvm pod) booting the
+#        same kernel into an initramfs with the same busybox (bench/net-qemu-peer.sh); both VMs
+#        up at once and measured in turns (target: ark >= 1.0x qemu's throughput and <= 1.0x its
+#        request time).
+# Prints each figure and the ratios. Exits non-zero when any run (ark's or a peer's) fails, and
+# then prints no ratio. Traffic stays on this host and in network namespaces made here. Times on
+# a kvm_pvm host are not hardware times: compare the ratios of one run only.
 #
-# Usage: bench/net.sh [RUNS]      (root; uses $ARK_BIN, else builds with ./build.sh --release)
+# Usage: bench/net.sh [RUNS] [PARTS]   (root; PARTS "ns", "kvm" or "ns kvm", the default)
+#   uses $ARK_BIN, else builds with ./build.sh --release; kvm needs $ARK_KERNEL (and
+#   $ARK_KERNEL_PROFILE as for ark) and qemu-system-x86_64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
+parts=${2:-ns kvm}
 [ "$(id -u)" = 0 ] || { echo "bench/net.sh: needs root" >&2; exit 1; }
 for t in podman umoci skopeo busybox python3 curl; do
   command -v "$t" >/dev/null || { echo "bench/net.sh: $t is missing" >&2; exit 1; }
@@ -60,7 +71,7 @@ push() {
 import socket, sys, time
 host = sys.argv[1]
 buf = b"\0" * (1 << 20)
-for _ in range(100):
+for _ in range(600):
     try:
         s = socket.create_connection((host, 9000), timeout=1)
         break
@@ -68,7 +79,7 @@ for _ in range(100):
         time.sleep(0.1)
 else:
     sys.exit("no listener at %s:9000" % host)
-s.settimeout(120)
+s.settimeout(300)
 t = time.perf_counter()
 for _ in range(1024):
     s.sendall(buf)
@@ -81,7 +92,7 @@ EOF
 
 # Seconds for 1000 HTTP requests to HOST:80 from one curl.
 requests() {
-  for _ in $(seq 100); do curl -s -m 1 -o /dev/null "http://$1/i.html" && break; sleep 0.1; done
+  for _ in $(seq 600); do curl -s -m 1 -o /dev/null "http://$1/i.html" && break; sleep 0.1; done
   python3 - "$1" <<'EOF'
 import subprocess, sys, time
 t = time.perf_counter()
@@ -91,11 +102,12 @@ print("%.3f" % (time.perf_counter() - t))
 EOF
 }
 
-# An ark pod running $1 in the background; prints its eth0 address once up.
+# An ark pod (stage1 $2, default ns) running $1 in the background; prints its UUID and eth0
+# address once up.
 ark_pod() {
-  "${ark[@]}" run --stage1=ns --net=default "$image" -- sh -c "$1" >/dev/null 2>&1 &
+  "${ark[@]}" run --stage1="${2:-ns}" --net=default "$image" -- sh -c "$1" >"$work/pod-${2:-ns}.log" 2>&1 &
   pods+=($!)
-  for _ in $(seq 200); do
+  for _ in $(seq 6000); do
     u=$("${ark[@]}" list --no-legend --full 2>/dev/null | awk '$4=="running"{print $1; exit}')
     if [ -n "$u" ]; then
       ip=$("${ark[@]}" status "$u" | sed -n 's|^network-default=eth0 \([0-9.]*\)/.*|\1|p')
@@ -135,25 +147,26 @@ export ctr sink web podman_flags
 
 best() { sort -n | head -n 1; }
 
-ark_tput=(); ark_req=(); pm_tput=(); pm_req=()
-for _ in $(seq "$runs"); do
-  ark_pod "$sink" >"$work/pod"; read -r u ip <"$work/pod"
-  ark_tput+=("$(push "$ip")")
-  "${ark[@]}" stop "$u" >/dev/null
-  "${ark[@]}" gc --grace-period=0s >/dev/null
-  ark_pod "$web" >"$work/pod"; read -r u ip <"$work/pod"
-  ark_req+=("$(requests "$ip")")
-  "${ark[@]}" stop "$u" >/dev/null
-  "${ark[@]}" gc --grace-period=0s >/dev/null
+ns_part() {
+  ark_tput=(); ark_req=(); pm_tput=(); pm_req=()
+  for _ in $(seq "$runs"); do
+    ark_pod "$sink" ns >"$work/pod"; read -r u ip <"$work/pod"
+    ark_tput+=("$(push "$ip")")
+    "${ark[@]}" stop "$u" >/dev/null
+    "${ark[@]}" gc --grace-period=0s >/dev/null
+    ark_pod "$web" ns >"$work/pod"; read -r u ip <"$work/pod"
+    ark_req+=("$(requests "$ip")")
+    "${ark[@]}" stop "$u" >/dev/null
+    "${ark[@]}" gc --grace-period=0s >/dev/null
 
-  "${podman_in[@]}" >"$work/pm" || { echo "bench/net.sh: the podman run failed" >&2; exit 1; }
-  read -r t r <"$work/pm"
-  pm_tput+=("$t"); pm_req+=("$r")
-done
+    "${podman_in[@]}" >"$work/pm" || { echo "bench/net.sh: the podman run failed" >&2; exit 1; }
+    read -r t r <"$work/pm"
+    pm_tput+=("$t"); pm_req+=("$r")
+  done
 
-at=$(printf '%s\n' "${ark_tput[@]}" | best); pt=$(printf '%s\n' "${pm_tput[@]}" | best)
-ar=$(printf '%s\n' "${ark_req[@]}" | best); pr=$(printf '%s\n' "${pm_req[@]}" | best)
-python3 - "$at" "$pt" "$ar" "$pr" <<'EOF'
+  at=$(printf '%s\n' "${ark_tput[@]}" | best); pt=$(printf '%s\n' "${pm_tput[@]}" | best)
+  ar=$(printf '%s\n' "${ark_req[@]}" | best); pr=$(printf '%s\n' "${pm_req[@]}" | best)
+  python3 - "$at" "$pt" "$ar" "$pr" <<'EOF'
 import sys
 at, pt, ar, pr = map(float, sys.argv[1:])
 print("throughput (1 GiB host->pod, best of runs): ark %.0f MiB/s, podman %.0f MiB/s, ratio %.2fx (target >= 0.95x)"
@@ -161,3 +174,60 @@ print("throughput (1 GiB host->pod, best of runs): ark %.0f MiB/s, podman %.0f M
 print("1000 HTTP requests host->pod: ark %.3f s, podman %.3f s, ark/podman time %.2fx"
       % (ar, pr, ar / pr))
 EOF
+}
+
+# Both servers in one guest, so each VM boots once: httpd (it daemonizes) and nc in a loop, one
+# listener per transfer.
+both='mkdir -p /www && echo ok >/www/i.html && httpd -p 80 -h /www && while :; do nc -l -p 9000 >/dev/null; done'
+
+kvm_part() {
+  [ -n "${ARK_KERNEL:-}" ] || { echo "bench/net.sh: kvm part: set ARK_KERNEL" >&2; exit 1; }
+  command -v qemu-system-x86_64 >/dev/null || { echo "bench/net.sh: qemu-system-x86_64 is missing" >&2; exit 1; }
+  local u ip qip="" qpid i t
+  ark_pod "$both" kvm >"$work/pod" || { tail -n 20 "$work/pod-kvm.log" >&2; exit 1; }
+  read -r u ip <"$work/pod"
+  # qemu's guest, in a network namespace of its own; it prints "ready IP" once it is up.
+  bench/net-qemu-peer.sh "$both" >"$work/qemu.log" 2>&1 &
+  qpid=$!; pods+=("$qpid")
+  for _ in $(seq 6000); do
+    qip=$(sed -n 's/^ready \([0-9.]*\)$/\1/p' "$work/qemu.log")
+    [ -n "$qip" ] && break
+    kill -0 "$qpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$qip" ] || { tail -n 20 "$work/qemu.log" >&2; echo "bench/net.sh: the qemu peer did not come up" >&2; exit 1; }
+  echo "qemu peer: $(sed -n 's/^peer //p' "$work/qemu.log" | head -n 1)"
+  local ark_t=() ark_r=() q_t=() q_r=()
+  # In turns, so that a change in the host's load weighs on both.
+  for i in $(seq "$runs"); do
+    t=$(push "$ip") || { echo "bench/net.sh: the ark kvm transfer failed" >&2; exit 1; }; ark_t+=("$t")
+    t=$(push "$qip") || { echo "bench/net.sh: the qemu transfer failed" >&2; exit 1; }; q_t+=("$t")
+    t=$(requests "$ip") || { echo "bench/net.sh: the ark kvm requests failed" >&2; exit 1; }; ark_r+=("$t")
+    t=$(requests "$qip") || { echo "bench/net.sh: the qemu requests failed" >&2; exit 1; }; q_r+=("$t")
+    echo "kvm run $i: 1 GiB ark ${ark_t[-1]} s, qemu ${q_t[-1]} s; 1000 requests ark ${ark_r[-1]} s, qemu ${q_r[-1]} s"
+  done
+  kill -0 "$qpid" 2>/dev/null || { tail -n 20 "$work/qemu.log" >&2; echo "bench/net.sh: the qemu peer died" >&2; exit 1; }
+  kill "$qpid"; wait "$qpid" 2>/dev/null || true
+  "${ark[@]}" stop "$u" >/dev/null
+  "${ark[@]}" gc --grace-period=0s >/dev/null
+  local at pt ar pr
+  at=$(printf '%s\n' "${ark_t[@]}" | best); pt=$(printf '%s\n' "${q_t[@]}" | best)
+  ar=$(printf '%s\n' "${ark_r[@]}" | best); pr=$(printf '%s\n' "${q_r[@]}" | best)
+  python3 - "$at" "$pt" "$ar" "$pr" <<'EOF'
+import sys
+at, pt, ar, pr = map(float, sys.argv[1:])
+print("kvm throughput (1 GiB host->pod, best of runs): ark %.0f MiB/s, qemu %.0f MiB/s, ratio %.2fx (target >= 1.0x)"
+      % (1024 / at, 1024 / pt, pt / at))
+print("kvm 1000 HTTP requests host->pod: ark %.3f s, qemu %.3f s, ark/qemu time %.2fx (target <= 1.0x)"
+      % (ar, pr, ar / pr))
+EOF
+}
+
+echo "load: $(uptime)"
+for part in $parts; do
+  case "$part" in
+    ns) ns_part ;;
+    kvm) kvm_part ;;
+    *) echo "bench/net.sh: unknown part '$part'" >&2; exit 2 ;;
+  esac
+done

@@ -3,11 +3,12 @@
 //! Everything here is guest-controlled input: the chain shape, each descriptor's direction,
 //! address and length. A tx chain is only readable descriptors holding a `virtio_net_hdr_v1`
 //! and the frame, at most [`MAX_BUFFER_LEN`] bytes in all; an rx chain is only writable
-//! descriptors with room for the whole frame. Anything else is refused before a byte moves,
+//! descriptors inside guest memory (with room for the whole frame, or with
+//! VIRTIO_NET_F_MRG_RXBUF for its share of it). Anything else is refused before a byte moves,
 //! and the caller returns the chain to the guest.
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemory as _};
+use vm_memory::{Bytes, GuestAddress, GuestMemory as _};
 
 use crate::virtio::GuestMemory;
 
@@ -67,12 +68,62 @@ pub fn read_tx_frame(
     Ok(buf.len())
 }
 
-/// Sets the header's `num_buffers` to 1, which a device without VIRTIO_NET_F_MRG_RXBUF must
-/// (the TAP writes only the first 10 bytes of the header). `frame` holds at least the header.
-pub fn finish_rx_header(frame: &mut [u8]) {
-    if let Some(n) = frame.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {
-        n.copy_from_slice(&1u16.to_le_bytes());
+/// One writable guest range of an rx chain, checked to lie inside guest memory.
+pub type Segment = (GuestAddress, u32);
+
+/// Checks that every descriptor of an rx chain is device-writable and inside guest memory and
+/// appends its ranges (zero-length ones left out) to `segs`; returns the chain's capacity.
+/// A refused chain leaves `segs` as it was.
+pub fn rx_chain_segments(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    segs: &mut Vec<Segment>,
+) -> Result<u64, FrameError> {
+    let start = segs.len();
+    let mut have = 0u64;
+    for desc in chain {
+        let bad = if !desc.is_write_only() {
+            Some(FrameError::ReadableInRx)
+        } else if !mem.check_range(desc.addr(), desc.len() as usize) {
+            Some(FrameError::OutsideMemory {
+                addr: desc.addr().0,
+                len: desc.len(),
+            })
+        } else {
+            None
+        };
+        if let Some(e) = bad {
+            segs.truncate(start);
+            return Err(e);
+        }
+        if desc.len() > 0 {
+            segs.push((desc.addr(), desc.len()));
+        }
+        have += u64::from(desc.len());
     }
+    Ok(have)
+}
+
+/// Writes the start of `data` over `segs` (checked by [`rx_chain_segments`]); returns how many
+/// bytes went, `data.len()` or the segments' capacity, whichever is smaller.
+pub fn write_segments(
+    mem: &GuestMemory,
+    segs: &[Segment],
+    data: &[u8],
+) -> Result<usize, FrameError> {
+    let mut rest = data;
+    for &(addr, len) in segs {
+        if rest.is_empty() {
+            break;
+        }
+        let n = rest.len().min(len as usize);
+        // Checked when the chain was taken; a failure now (memory is fixed for the VM's life)
+        // is a bug, not input.
+        mem.write_slice(&rest[..n], addr)
+            .map_err(|_| FrameError::OutsideMemory { addr: addr.0, len })?;
+        rest = &rest[n..];
+    }
+    Ok(data.len() - rest.len())
 }
 
 /// Scatters `frame` (header included) over the writable descriptors of an rx chain; returns
@@ -82,38 +133,22 @@ pub fn write_rx_frame(
     chain: DescriptorChain<&GuestMemory>,
     frame: &[u8],
 ) -> Result<u32, FrameError> {
-    let mut have = 0u64;
-    for desc in chain.clone() {
-        if !desc.is_write_only() {
-            return Err(FrameError::ReadableInRx);
-        }
-        if !mem.check_range(desc.addr(), desc.len() as usize) {
-            return Err(FrameError::OutsideMemory {
-                addr: desc.addr().0,
-                len: desc.len(),
-            });
-        }
-        have += u64::from(desc.len());
-    }
+    let mut segs = Vec::new();
+    let have = rx_chain_segments(mem, chain, &mut segs)?;
     if have < frame.len() as u64 {
         return Err(FrameError::RxTooSmall {
             have,
             need: frame.len(),
         });
     }
-    let mut rest = frame;
-    for desc in chain {
-        if rest.is_empty() {
-            break;
-        }
-        let n = rest.len().min(desc.len() as usize);
-        // Checked above; a failure now (memory is fixed for the VM's life) is a bug, not input.
-        mem.write_slice(&rest[..n], desc.addr())
-            .map_err(|_| FrameError::OutsideMemory {
-                addr: desc.addr().0,
-                len: desc.len(),
-            })?;
-        rest = &rest[n..];
+    let n = write_segments(mem, &segs, frame)?;
+    Ok(u32::try_from(n).expect("frames are at most MAX_BUFFER_LEN"))
+}
+
+/// Sets the header's `num_buffers`: how many rx chains a frame spans (1 without
+/// VIRTIO_NET_F_MRG_RXBUF). `frame` holds at least the header.
+pub fn set_num_buffers(frame: &mut [u8], n: u16) {
+    if let Some(b) = frame.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {
+        b.copy_from_slice(&n.to_le_bytes());
     }
-    Ok(u32::try_from(frame.len()).expect("frames are at most MAX_BUFFER_LEN"))
 }
