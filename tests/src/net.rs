@@ -140,8 +140,9 @@ pub fn wait_network(env: &PodEnv) -> (String, String) {
 /// Waits until a background pod's network is up; returns its UUID and the addresses of its
 /// first network's interface (without prefixes), as `ark status` shows them.
 pub fn wait_addresses(env: &PodEnv) -> (String, Vec<String>) {
-    let uuid = env.wait_pod(Duration::from_secs(60));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Generous: pods prepared side by side on a loaded host (10 kvm pods at once) take minutes.
+    let uuid = env.wait_pod(Duration::from_secs(300));
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let s = env.status(&uuid);
         if let Some(v) = s
