@@ -112,7 +112,7 @@ fn parse(v: &Value, ifname: Option<&str>) -> Result<Option<Parsed>, String> {
             if ip.gateway.is_some_and(|g| g.is_ipv4() != c.addr.is_ipv4()) {
                 return Err(format!("address {}: gateway of the other family", c));
             }
-            Ok((ip.interface, c))
+            Ok((ip.interface, c, ip.gateway))
         })
         .collect::<Result<Vec<_>, String>>()?;
     let routes = r
@@ -129,7 +129,7 @@ fn parse(v: &Value, ifname: Option<&str>) -> Result<Option<Parsed>, String> {
                 dev: None,
             })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<Route>, String>>()?;
     let d = &r.dns;
     if d.nameservers.len() > MAX_DNS || d.search.len() > MAX_DNS || d.options.len() > MAX_DNS {
         return Err("too many DNS entries".into());
@@ -163,17 +163,33 @@ fn parse(v: &Value, ifname: Option<&str>) -> Result<Option<Parsed>, String> {
         .ok_or_else(|| format!("interface {ifname}: no MAC"))?
         .parse()?;
     let only = r.interfaces.len() <= 1;
+    let ours: Vec<_> = addrs
+        .iter()
+        .filter(|(at, _, _)| *at == Some(idx) || (at.is_none() && only))
+        .collect();
     let interface = Interface {
         name: i.name.clone(),
         mac,
         mtu: i.mtu,
-        addresses: addrs
-            .iter()
-            .filter(|(at, _)| *at == Some(idx) || (at.is_none() && only))
-            .map(|(_, c)| *c)
-            .collect(),
+        addresses: ours.iter().map(|(_, c, _)| *c).collect(),
     };
     validate_interface(&interface)?;
+    // A route without `gw` goes through the interface's gateway of its family, as the plugins
+    // configure it (CNI's ipam.ConfigureIface): the result must say so, or a guest that
+    // replays the routes (kvm) makes `0.0.0.0/0` or `::/0` on-link and reaches nothing past
+    // its subnet.
+    let gateway_of = |v4: bool| {
+        ours.iter()
+            .filter_map(|(_, _, g)| *g)
+            .find(|g| g.is_ipv4() == v4)
+    };
+    let routes = routes
+        .into_iter()
+        .map(|rt| Route {
+            gateway: rt.gateway.or_else(|| gateway_of(rt.dst.addr.is_ipv4())),
+            ..rt
+        })
+        .collect();
     Ok(Some((interface, routes, dns)))
 }
 
@@ -206,6 +222,49 @@ mod tests {
         let mut v = ptp_result();
         v["ips"][0]["version"] = "4".into();
         assert!(attachment("default", "eth0", &v).is_ok());
+    }
+
+    /// host-local's routes carry no `gw` (its `routes` config rarely names one): each takes
+    /// the pod interface's gateway of its family, per family in a dual-stack result; a family
+    /// without a gateway keeps an on-link route.
+    #[test]
+    fn gatewayless_routes_take_the_gateway_of_their_family() {
+        let v = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "br0", "mac": "aa:bb:cc:dd:ee:00"},
+                {"name": "veth1", "mac": "aa:bb:cc:dd:ee:01"},
+                {"name": "eth0", "mac": "02:00:00:00:00:05", "sandbox": "/x/net/netns"}
+            ],
+            "ips": [
+                {"address": "10.231.22.5/24", "gateway": "10.231.22.1", "interface": 2},
+                {"address": "fd00:a7c:22::5/64", "gateway": "fd00:a7c:22::1", "interface": 2},
+                {"address": "10.9.9.9/24", "gateway": "10.9.9.1", "interface": 0}
+            ],
+            "routes": [
+                {"dst": "0.0.0.0/0"},
+                {"dst": "::/0"},
+                {"dst": "192.168.5.0/24", "gw": "10.231.22.7"}
+            ]
+        });
+        let a = attachment("b", "eth0", &v).unwrap();
+        let gw = |i: usize| a.routes[i].gateway.map(|g| g.to_string());
+        assert_eq!(gw(0).as_deref(), Some("10.231.22.1"));
+        assert_eq!(gw(1).as_deref(), Some("fd00:a7c:22::1"));
+        assert_eq!(gw(2).as_deref(), Some("10.231.22.7"));
+        assert_eq!(
+            a.interface
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.231.22.5/24", "fd00:a7c:22::5/64"]
+        );
+        // IPv4 only with a gateway: the IPv6 route stays on-link.
+        let mut v4 = v.clone();
+        v4["ips"].as_array_mut().unwrap().remove(1);
+        let a = attachment("b", "eth0", &v4).unwrap();
+        assert_eq!(a.routes[1].gateway, None);
     }
 
     #[test]

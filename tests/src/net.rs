@@ -2,7 +2,7 @@
 //! leases, and waiting for a pod's network.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -33,14 +33,30 @@ pub const DEFAULT_LEASES: &str = "/var/lib/cni/networks/default";
 /// An HTTP server on the host (every address: the pods reach it at the gateway) answering each
 /// request with `token`; runs until the test process ends.
 pub fn http_server(token: &str) -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+    let token = token.to_string();
+    serve(Ipv4Addr::UNSPECIFIED.into(), move |_| token.clone())
+}
+
+/// An HTTP server on `ip` (`::` for every IPv6 address) answering `TOKEN from PEER`: who
+/// reached it, as the host saw them (so a pod's output proves which of its addresses did).
+pub fn http_server_naming_peer(ip: IpAddr, token: &str) -> u16 {
+    let token = token.to_string();
+    serve(ip, move |peer| {
+        format!("{token} from {}", peer.to_canonical())
+    })
+}
+
+fn serve(ip: IpAddr, body: impl Fn(IpAddr) -> String + Send + Sync + 'static) -> u16 {
+    let l = TcpListener::bind((ip, 0)).expect("bind");
     let port = l.local_addr().unwrap().port();
-    let body = token.to_string();
+    let body = std::sync::Arc::new(body);
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             let body = body.clone();
             std::thread::spawn(move || {
                 let mut s = s;
+                let Ok(peer) = s.peer_addr() else { return };
+                let body = body(peer.ip());
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf);
@@ -113,8 +129,20 @@ pub fn pod_dir(env: &PodEnv, uuid: &str) -> PathBuf {
 
 /// Waits until a background pod's network is up; returns its UUID and eth0's IPv4 address.
 pub fn wait_network(env: &PodEnv) -> (String, String) {
-    let uuid = env.wait_pod(Duration::from_secs(60));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let (uuid, addrs) = wait_addresses(env);
+    let v4 = addrs
+        .into_iter()
+        .find(|a| a.parse::<Ipv4Addr>().is_ok())
+        .unwrap_or_else(|| panic!("no IPv4 address for {uuid}"));
+    (uuid, v4)
+}
+
+/// Waits until a background pod's network is up; returns its UUID and the addresses of its
+/// first network's interface (without prefixes), as `ark status` shows them.
+pub fn wait_addresses(env: &PodEnv) -> (String, Vec<String>) {
+    // Generous: pods prepared side by side on a loaded host (10 kvm pods at once) take minutes.
+    let uuid = env.wait_pod(Duration::from_secs(300));
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let s = env.status(&uuid);
         if let Some(v) = s
@@ -122,21 +150,88 @@ pub fn wait_network(env: &PodEnv) -> (String, String) {
             .find(|(k, _)| k.starts_with("network-"))
             .map(|(_, v)| v)
         {
-            // "eth0 172.16.28.5/24"
-            let addr = v.split_whitespace().nth(1).expect("an address");
-            return (uuid, addr.split('/').next().unwrap().to_string());
+            // "eth0 172.16.28.5/24,fd00::5/64"
+            let addrs = v.split_whitespace().nth(1).expect("addresses");
+            let addrs = addrs
+                .split(',')
+                .map(|a| a.split('/').next().unwrap().to_string())
+                .collect();
+            return (uuid, addrs);
         }
         assert!(Instant::now() < deadline, "no network for {uuid}: {s:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
+/// The interfaces enslaved to `bridge` on the host (the host ends of its pods' veths).
+pub fn bridge_ports(bridge: &str) -> Vec<String> {
+    link_names(&out(&Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .expect("ip link")))
+}
+
+/// The links inside the network namespace bind-mounted at `netns` (a pod's `net/netns`).
+pub fn netns_links(netns: &Path) -> Vec<String> {
+    let o = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-o", "link"])
+        .output()
+        .expect("nsenter");
+    assert!(
+        o.status.success(),
+        "nsenter {}: {}",
+        netns.display(),
+        err(&o)
+    );
+    link_names(&out(&o))
+}
+
+/// Link names from `ip -o link` output ("3: eth0@if7: <...").
+fn link_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .collect()
+}
+
+/// Deletes a bridge the bridge plugin made (CNI leaves bridges in place), pass or fail.
+#[derive(Debug)]
+pub struct BridgeGuard(pub &'static str);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", self.0]).output();
+    }
+}
+
 /// A conflist in the test's own config dir: a bridge network with its own name, bridge,
 /// subnet and IPAM dir (so parallel tests never share one).
 pub fn bridge_network(dir: &Path, name: &str, bridge: &str, subnet: &str) -> PathBuf {
+    bridge_network_with(dir, name, bridge, &[subnet], &[])
+}
+
+/// [`bridge_network`] with a host-local range per subnet (an IPv4 and an IPv6 one make it
+/// dual-stack: the pod gets an address from each) and IPAM `routes` (`0.0.0.0/0`, `::/0`:
+/// through the bridge's gateway address of the route's family).
+pub fn bridge_network_with(
+    dir: &Path,
+    name: &str,
+    bridge: &str,
+    subnets: &[&str],
+    routes: &[&str],
+) -> PathBuf {
     let conf = dir.join("net.d");
     let ipam = dir.join("ipam");
     std::fs::create_dir_all(&conf).unwrap();
+    let ranges: Vec<_> = subnets
+        .iter()
+        .map(|s| serde_json::json!([{ "subnet": s }]))
+        .collect();
+    let routes: Vec<_> = routes
+        .iter()
+        .map(|r| serde_json::json!({ "dst": r }))
+        .collect();
     std::fs::write(
         conf.join(format!("10-{name}.conflist")),
         serde_json::json!({
@@ -147,11 +242,76 @@ pub fn bridge_network(dir: &Path, name: &str, bridge: &str, subnet: &str) -> Pat
                 "bridge": bridge,
                 "isGateway": true,
                 "ipMasq": false,
-                "ipam": {"type": "host-local", "subnet": subnet, "dataDir": ipam}
+                "ipam": {"type": "host-local", "ranges": ranges, "routes": routes, "dataDir": ipam}
             }]
         })
         .to_string(),
     )
     .unwrap();
     conf
+}
+
+/// A conflist `20-broken.conflist` in `conf` that is not JSON (cut short): the network
+/// `broken`.
+pub fn broken_conflist(conf: &Path) {
+    std::fs::create_dir_all(conf).unwrap();
+    std::fs::write(
+        conf.join("20-broken.conflist"),
+        "{\"cniVersion\":\"1.0.0\",\"name\":\"broken\",\"plugins\":[",
+    )
+    .unwrap();
+}
+
+/// The network `name` in `conf`: the real `ptp` (a veth, a host-local lease from `subnet` in
+/// `ipam`), then `failer` from the returned plugin dir, a plugin whose ADD fails with a CNI
+/// error (code 99) whose message carries a terminal escape. Run with
+/// `--cni-plugin-dir=<returned> --cni-plugin-dir=/usr/lib/cni`.
+pub fn failing_network(
+    scratch: &Path,
+    conf: &Path,
+    name: &str,
+    subnet: &str,
+    ipam: &Path,
+) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let plugins = scratch.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::create_dir_all(conf).unwrap();
+    let fake = plugins.join("failer");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = DEL ] && exit 0\nprintf '{\"cniVersion\":\"1.0.0\",\"code\":99,\"msg\":\"refused \\\\u001b[2J by policy\"}'\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        conf.join(format!("30-{name}.conflist")),
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [
+                {"type": "ptp", "ipMasq": true,
+                 "ipam": {"type": "host-local", "subnet": subnet, "dataDir": ipam}},
+                {"type": "failer"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    plugins
+}
+
+/// The error line [`failing_network`]'s `failer` gives, escaped: what a run on it must print.
+pub fn failer_error(network: &str) -> String {
+    format!(
+        "network \"{network}\": plugin failer ADD failed: refused \\u{{1b}}[2J by policy (code 99)"
+    )
+}
+
+/// The host's routes (`ip -o route`, IPv4).
+pub fn routes() -> String {
+    out(&Command::new("ip")
+        .args(["-o", "route"])
+        .output()
+        .expect("ip route"))
 }

@@ -134,15 +134,6 @@ fn kill9_then_gc_leaves_no_network() {
     assert!(!dir.exists());
 }
 
-/// Deletes a bridge the bridge plugin made (CNI leaves bridges in place), pass or fail.
-struct BridgeGuard(&'static str);
-
-impl Drop for BridgeGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", self.0]).output();
-    }
-}
-
 /// Two pods on one bridge network (the test's conflist) reach each other.
 #[test]
 fn two_pods_on_a_bridge_reach_each_other() {
@@ -351,12 +342,7 @@ fn broken_config_and_failing_plugin_leave_nothing() {
     let env = PodEnv::new();
     let scratch = tempfile::tempdir().unwrap();
     let conf = scratch.path().join("net.d");
-    std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(
-        conf.join("20-broken.conflist"),
-        "{\"cniVersion\":\"1.0.0\",\"name\":\"broken\",\"plugins\":[",
-    )
-    .unwrap();
+    broken_conflist(&conf);
     let conf_flag = format!("--net-config-dir={}", conf.display());
     let o = env.output(&[
         "run",
@@ -371,34 +357,14 @@ fn broken_config_and_failing_plugin_leave_nothing() {
     assert!(env.pod_dirs().is_empty(), "{:?}", env.pod_dirs());
 
     // ptp (real) then a fake plugin that fails with a CNI error carrying a terminal escape.
-    let plugins = scratch.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    let fake = plugins.join("failer");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = DEL ] && exit 0\nprintf '{\"cniVersion\":\"1.0.0\",\"code\":99,\"msg\":\"refused \\\\u001b[2J by policy\"}'\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &fake,
-        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
-    )
-    .unwrap();
     let ipam = scratch.path().join("ipam");
-    std::fs::write(
-        conf.join("30-failing.conflist"),
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "ark-t-failing",
-            "plugins": [
-                {"type": "ptp", "ipMasq": true,
-                 "ipam": {"type": "host-local", "subnet": "10.231.9.0/24", "dataDir": ipam}},
-                {"type": "failer"}
-            ]
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let plugins = failing_network(
+        scratch.path(),
+        &conf,
+        "ark-t-failing",
+        "10.231.9.0/24",
+        &ipam,
+    );
     std::fs::remove_file(conf.join("20-broken.conflist")).unwrap();
     let o = env.output(&[
         "run",
@@ -415,16 +381,13 @@ fn broken_config_and_failing_plugin_leave_nothing() {
     let e = err(&o);
     let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{e}");
-    assert!(
-        lines[0].contains("network \"ark-t-failing\": plugin failer ADD failed: refused \\u{1b}[2J by policy (code 99)"),
-        "{e}"
-    );
+    assert!(lines[0].contains(&failer_error("ark-t-failing")), "{e}");
     assert!(!e.contains('\x1b'));
     let uuid = env.only_pod().expect("the pod");
     assert!(leases_of(&ipam.join("ark-t-failing"), &uuid).is_empty());
     assert!(!iptables().contains(&uuid));
     // ptp's host end had a route to the pod's address: gone with the veth.
-    let routes = out(&Command::new("ip").args(["-o", "route"]).output().unwrap());
+    let routes = routes();
     assert!(!routes.contains("10.231.9."), "{routes}");
     assert!(!pod_dir(&env, &uuid).join("net/netns").exists());
     let mounts = ark_tests::pods::mounts_under(&pod_dir(&env, &uuid));
