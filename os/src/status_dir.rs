@@ -83,6 +83,29 @@ impl StatusDir {
         Ok(())
     }
 
+    /// Reserves one app's status file and spare (an app added to a running sandbox).
+    pub fn reserve_app(&self, app: &str) -> io::Result<()> {
+        let file = self.app_file(app);
+        reserve_file(&file).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reserve space for {}: {e}", file.display()),
+            )
+        })
+    }
+
+    /// Removes an app's status file and its spare (a removed sandbox app).
+    pub fn remove_app(&self, app: &str) -> io::Result<()> {
+        let file = self.app_file(app);
+        for f in [Self::spare_of(&file), file] {
+            match std::fs::remove_file(&f) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Records one message (pod_done needs nothing: `finish` writes pod.json).
     pub fn apply(&self, msg: &StatusMessage) -> std::io::Result<()> {
         match msg {

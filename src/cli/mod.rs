@@ -3,6 +3,7 @@
 //! [`image`] (fetch, image), [`trust`] (trust) and [`pod`] (prepare, run, list, ...) own their
 //! subcommands.
 
+mod app;
 mod apps;
 mod image;
 #[cfg(test)]
@@ -89,6 +90,8 @@ pub enum Command {
     Trust(trust::TrustCommand),
     #[command(flatten)]
     Pod(pod::PodCommand),
+    #[command(flatten)]
+    App(app::AppCommand),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completion { shell: clap_complete::Shell },
 }
@@ -130,6 +133,7 @@ fn dispatch(global: &GlobalOpts, command: Command) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(&ctx, cmd),
         Command::Trust(cmd) => trust::run(&ctx, cmd),
         Command::Pod(cmd) => pod::run(&ctx, cmd),
+        Command::App(cmd) => app::run(&ctx, cmd),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ark", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

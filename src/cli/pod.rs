@@ -122,9 +122,10 @@ pub struct PrepareArgs {
     #[command(flatten)]
     pub app_defaults: AppFlags,
     /// IMAGE [app flags] [-- ARGS] [--- IMAGE [app flags] [-- ARGS]]...
+    // Not required by clap: no image is a one-line error (exit 125) from split_apps, and
+    // `ark app sandbox` shares these flags with none.
     #[arg(
         value_name = "IMAGE",
-        required = true,
         num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true
@@ -252,7 +253,7 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
     ark::pod::units::parse_size(s)
 }
 
-fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
     ark::pod::units::parse_duration(s)
 }
 
@@ -295,7 +296,15 @@ impl PrepareArgs {
 
     /// The library's request: the app words split into apps (a bad one is a one-line error).
     fn request(&self) -> anyhow::Result<PrepareRequest> {
-        let apps = split_apps(&self.images, &self.app_defaults).map_err(|e| anyhow::anyhow!(e))?;
+        let apps = split_apps(&self.images, &self.app_defaults).map_err(invalid)?;
+        self.request_with(apps)
+    }
+
+    /// The request with these apps (`ark app sandbox`: none).
+    pub(super) fn request_with(
+        &self,
+        apps: Vec<ark::pod::args::AppSpec>,
+    ) -> anyhow::Result<PrepareRequest> {
         Ok(PrepareRequest {
             flavor: self.stage1.into(),
             kvm_root: self.stage1_kvm_root.clone(),

@@ -65,7 +65,24 @@ pub fn prepare(
     a: &PrepareRequest,
     durability: Durability,
 ) -> Result<Prepared> {
+    prepare_pod(ctx, a, durability, false)
+}
+
+/// [`prepare`] for `ark app sandbox`: `a.apps` may be empty, and apps come while it runs.
+pub fn prepare_sandbox(ctx: &crate::Context, a: &PrepareRequest) -> Result<Prepared> {
+    prepare_pod(ctx, a, Durability::Process, true)
+}
+
+fn prepare_pod(
+    ctx: &crate::Context,
+    a: &PrepareRequest,
+    durability: Durability,
+    sandbox: bool,
+) -> Result<Prepared> {
     super::error::typed(|| {
+        if sandbox && a.interactive {
+            return Err(invalid("a sandbox has no terminal app (no --interactive)".into()).into());
+        }
         let apps = &a.apps;
         let flavor = a.flavor;
         let libexec = super::libexec_dir()?;
@@ -104,6 +121,7 @@ pub fn prepare(
             kvm_root: a.kvm_root.clone(),
             blk_fstype,
             log_max_size: a.log_max_size,
+            sandbox,
             annotations: a
                 .annotations
                 .iter()

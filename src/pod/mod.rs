@@ -7,6 +7,7 @@
 //! - [`info`], [`stop`], [`gc`], [`enter`], [`logs`]: the commands on existing pods.
 
 pub mod agent_client;
+pub mod app;
 pub mod args;
 pub mod enter;
 pub mod error;

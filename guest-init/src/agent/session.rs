@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ark_pod_spec::agent::{
-    AgentFrame, ClientFrame, ExitStatus, FrameDecoder, Reply, Request, AGENT_PROTOCOL_VERSION,
-    MAX_DATA_LEN,
+    AgentFrame, ClientFrame, ExecRequest, ExitStatus, FrameDecoder, Reply, Request,
+    AGENT_PROTOCOL_VERSION, MAX_DATA_LEN,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -23,10 +23,10 @@ use super::PodInfo;
 /// How long a client may take to say hello and what to run.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one connection; returns the session process's exit code.
-pub fn serve(conn: OwnedFd, pod: &PodInfo) -> i32 {
-    let mut s = Session::new(conn);
-    match s.run(pod) {
+/// Serves one `exec` connection whose handshake PID 1 did ([`handshake`]); returns the
+/// session process's exit code.
+pub fn serve(mut s: Session, req: ExecRequest, pod: &PodInfo) -> i32 {
+    match s.exec(req, pod) {
         Ok(()) => 0,
         // The client is told what it did wrong where it can be (`error`); a client that went
         // away or broke the protocol is not worth a line on the pod's console.
@@ -34,7 +34,31 @@ pub fn serve(conn: OwnedFd, pod: &PodInfo) -> i32 {
     }
 }
 
-struct Session {
+/// The `hello` exchange and the first request, by `timeout`: what the connection is for.
+pub fn handshake(conn: OwnedFd, timeout: Duration) -> Result<(Session, Request), String> {
+    let mut s = Session::new(conn);
+    set_nonblocking(&s.conn)?;
+    let deadline = Instant::now() + timeout;
+    match s.read_request(deadline)? {
+        Request::Hello { version } if version == AGENT_PROTOCOL_VERSION => {}
+        Request::Hello { version } => {
+            s.refuse(
+                125,
+                format!("agent protocol version {version} unsupported (agent speaks {AGENT_PROTOCOL_VERSION})"),
+            )?;
+            return Err("unsupported version".into());
+        }
+        other => return Err(format!("expected hello, got {other:?}")),
+    }
+    s.send(AgentFrame::Message(Reply::Hello {
+        version: AGENT_PROTOCOL_VERSION,
+    }));
+    s.flush_until(deadline)?;
+    let req = s.read_request(deadline)?;
+    Ok((s, req))
+}
+
+pub struct Session {
     conn: OwnedFd,
     decoder: FrameDecoder,
     /// Encoded frames not yet written to the client (at most about one data frame).
@@ -65,27 +89,7 @@ impl Session {
         }
     }
 
-    fn run(&mut self, pod: &PodInfo) -> Result<(), String> {
-        set_nonblocking(&self.conn)?;
-        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        match self.read_request(deadline)? {
-            Request::Hello { version } if version == AGENT_PROTOCOL_VERSION => {}
-            Request::Hello { version } => {
-                return self.refuse(
-                    125,
-                    format!("agent protocol version {version} unsupported (agent speaks {AGENT_PROTOCOL_VERSION})"),
-                );
-            }
-            other => return Err(format!("expected hello, got {other:?}")),
-        }
-        self.send(AgentFrame::Message(Reply::Hello {
-            version: AGENT_PROTOCOL_VERSION,
-        }));
-        self.flush_until(deadline)?;
-        let req = match self.read_request(deadline)? {
-            Request::Exec(req) => req,
-            other => return Err(format!("expected exec, got {other:?}")),
-        };
+    fn exec(&mut self, req: ExecRequest, pod: &PodInfo) -> Result<(), String> {
         let (app, pid) = match pick_app(pod, req.app.as_deref()) {
             Ok(a) => a,
             Err(e) => return self.refuse(125, e),
@@ -103,6 +107,17 @@ impl Session {
             pid: process.pid.as_raw(),
         }));
         Relay::new(process).run(self)
+    }
+
+    /// The answer to an app request (`done`, or `error` with code 125), then the end.
+    pub fn answer(mut self, r: Result<(), String>) {
+        let _ = match r {
+            Ok(()) => {
+                self.send(AgentFrame::Message(Reply::Done));
+                self.flush_until(Instant::now() + HANDSHAKE_TIMEOUT)
+            }
+            Err(e) => self.refuse(125, e),
+        };
     }
 
     fn refuse(&mut self, code: i32, message: String) -> Result<(), String> {

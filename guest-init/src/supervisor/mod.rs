@@ -3,6 +3,7 @@
 //! SIGTERM/SIGINT/SIGHUP or a `stop` into SIGTERM then SIGKILL, reporting each app's end —
 //! until every app has a final status.
 
+mod apps;
 pub mod control;
 pub mod output;
 pub mod sink;
@@ -67,6 +68,10 @@ pub struct Pod {
     grace: Duration,
     /// `ark enter`'s way in (see [`crate::agent`]).
     agent: Option<crate::agent::Listener>,
+    /// A sandbox: apps come and go while it runs, and it lives until stopped.
+    sandbox: Option<apps::Sandbox>,
+    /// The apps' plans (a sandbox's grow and shrink).
+    plans: Vec<AppPlan>,
 }
 
 impl Pod {
@@ -85,7 +90,28 @@ impl Pod {
             outputs,
             grace,
             agent: None,
+            sandbox: None,
+            plans: plans.to_vec(),
         }
+    }
+
+    /// The pod is a sandbox (`manifest.sandbox`): serve app requests, run until stopped.
+    pub fn set_sandbox(
+        &mut self,
+        manifest: &ark_pod_spec::PodManifest,
+        cfg: &ark_pod_spec::Stage2Config,
+    ) {
+        if manifest.sandbox {
+            self.sandbox = Some(apps::Sandbox {
+                manifest: manifest.clone(),
+                cfg: cfg.clone(),
+            });
+        }
+    }
+
+    /// Whether the pod is over: every app has a final status (and a sandbox was stopped).
+    fn over(&self) -> bool {
+        self.sup.all_done() && (self.sandbox.is_none() || self.sup.stopping())
     }
 
     /// Serve the agent on this listener while the pod runs.
@@ -140,7 +166,7 @@ impl Pod {
 
     /// Step 4: until every app has a final status.
     pub fn supervise(&mut self, sink: &mut dyn StatusSink) -> Result<()> {
-        while !self.sup.all_done() {
+        while !self.over() {
             let mut fds = vec![PollFd::new(self.signals.fd.as_fd(), PollFlags::POLLIN)];
             if let Some(l) = &self.control {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
@@ -186,6 +212,7 @@ impl Pod {
                     if let Some(ControlCommand::Stop { grace_secs }) = control::accept(l) {
                         let g = grace_secs.map_or(self.grace, Duration::from_secs);
                         signal_all(&self.sup.request_stop(Instant::now(), g), Signal::SIGTERM);
+                        self.end_created_apps(sink);
                     }
                 }
             }
@@ -196,7 +223,10 @@ impl Pod {
                         plans: &a.plans,
                         running: self.sup.running_apps(),
                     };
-                    crate::agent::accept(&a.fd, &info);
+                    if let Some(r) = crate::agent::accept(&a.fd, &info) {
+                        let request = r.request.clone();
+                        r.answer(self.app_request(request, sink));
+                    }
                 }
             }
             signal_all(&self.sup.kill_due(Instant::now()), Signal::SIGKILL);
@@ -227,10 +257,13 @@ impl Pod {
                 .and_then(|n| Signal::try_from(n).ok());
             match signal {
                 Some(Signal::SIGCHLD) => reap = true,
-                Some(_) => signal_all(
-                    &self.sup.request_stop(Instant::now(), self.grace),
-                    Signal::SIGTERM,
-                ),
+                Some(_) => {
+                    signal_all(
+                        &self.sup.request_stop(Instant::now(), self.grace),
+                        Signal::SIGTERM,
+                    );
+                    self.end_created_apps(sink);
+                }
                 None => {}
             }
         }
