@@ -469,6 +469,19 @@ impl PodManifest {
         })
     }
 
+    /// The manifest as it is now: a sandbox's apps change while it runs (`ark app add|rm`
+    /// rewrite `path`), so a sandbox's is read again; any other pod's, or one that does not
+    /// load or is not this pod's sandbox any more, is `self`.
+    pub fn current(&self, path: &std::path::Path) -> PodManifest {
+        if !self.sandbox {
+            return self.clone();
+        }
+        match PodManifest::load(path) {
+            Ok(m) if m.uuid == self.uuid && m.sandbox => m,
+            _ => self.clone(),
+        }
+    }
+
     pub fn app(&self, name: &str) -> Option<&App> {
         self.apps.iter().find(|a| a.name == name)
     }

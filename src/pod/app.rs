@@ -89,8 +89,22 @@ impl Sandbox {
 
     /// Sends one app request to the pod's guest-init; its refusal is our one-line error.
     fn ask(&self, req: Request) -> anyhow::Result<()> {
-        let conn = super::enter::connect(&self.layout, self.manifest.stage1.flavor)
-            .with_context(|| format!("pod {}: reach its agent", self.pod.uuid))?;
+        // A sandbox just started may still be booting (kvm: tens of seconds before guest-init
+        // listens): connecting is retried until the reply timeout.
+        let deadline = Instant::now() + self.timeout();
+        let conn = loop {
+            match super::enter::connect(&self.layout, self.manifest.stage1.flavor) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e)
+                        .with_context(|| format!("pod {}: reach its agent", self.pod.uuid))
+                }
+                Err(e) => {
+                    tracing::debug!("pod {}: agent not reachable yet: {e:#}", self.pod.uuid);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        };
         match super::agent_client::app_request(conn, req, self.timeout())? {
             Ok(()) => Ok(()),
             Err((_, message)) => Err(refuse(format!(

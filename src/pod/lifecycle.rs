@@ -179,7 +179,8 @@ fn fill(
     fs::create_dir_all(root.join("ark"))?;
     // Mount points guest-init needs in its own root: a read-only root (kvm on an erofs image)
     // cannot have them made later, and the kernel's devtmpfs automount needs /dev.
-    for d in ["dev", "proc", "sys", "run", "tmp"] {
+    // `apps` too: a sandbox may have none yet, and stage1-kvm shares it from boot.
+    for d in ["dev", "proc", "sys", "run", "tmp", "apps"] {
         fs::create_dir_all(root.join(d))?;
     }
     fs::create_dir_all(layout.status_dir())?;

@@ -22,6 +22,8 @@ pub const CONTROL_PORT: u32 = 1025;
 pub const GUEST_CID: u64 = 3;
 /// virtio-fs tag of the pod root.
 pub const ROOT_TAG: &str = "arkroot";
+/// virtio-fs tag of a sandbox's `apps/` (the parent of every app root, added or not).
+pub const APPS_TAG: &str = "arkapps";
 /// Guest RAM beyond the apps' limits: kernel, guest-init, page cache. rkt's kvm flavor did the same.
 pub const BASE_MEMORY_MIB: u64 = 128;
 /// Host memory the VMM process may use beyond guest RAM (its cgroup limit).
@@ -42,6 +44,8 @@ pub enum PlanError {
     RootImage(PathBuf, std::io::Error),
     #[error("pod needs {0} MiB of guest memory, more than the VMM allows")]
     TooMuchMemory(u64),
+    #[error("a sandbox needs kvm.root=fs: apps added later must reach the guest's root")]
+    SandboxOnBlock,
 }
 
 /// How the pod root reaches the guest.
@@ -101,6 +105,9 @@ pub fn plan(
         ));
     }
     let root = root(layout, manifest)?;
+    if manifest.sandbox && root != Root::Fs {
+        return Err(PlanError::SandboxOnBlock);
+    }
 
     let mut stage2 = Stage2Config::new(
         manifest.uuid.clone(),
@@ -178,6 +185,28 @@ pub fn plan(
                 },
             );
             cmdline.push_str(&format!(" rootfstype=virtiofs root={ROOT_TAG} rw"));
+            if manifest.sandbox {
+                // Apps added while the VM runs appear under the one directory shared from
+                // boot (no new device): `apps/`, with short cache timeouts, since the host
+                // adds and removes app roots under the guest. The root's own share caches
+                // as for a directory only the guest changes, so `/apps` is this mount.
+                vm.fs.push(FsConfig {
+                    tag: APPS_TAG.into(),
+                    dir: layout.stage1_rootfs().join("apps"),
+                    read_only: false,
+                    shared: true,
+                });
+                stage2.mounts.insert(
+                    0,
+                    Stage2Mount {
+                        source: APPS_TAG.into(),
+                        fstype: "virtiofs".into(),
+                        target: "/apps".into(),
+                        read_only: false,
+                        data: None,
+                    },
+                );
+            }
         }
         Root::Blk { image, fstype } => {
             let read_only = fstype == "erofs";

@@ -185,16 +185,10 @@ pub fn run(iso: Isolation, pod_dir: &Path, debug: bool) -> Result<i32> {
         Ok(Some(r)) => Some(r.clone()),
         Err(e) => Some(format!("{e:#}")),
     };
-    // A sandbox's apps changed while it ran (`ark app add|rm` rewrite the manifest): the
-    // statuses owed are those of the apps it has now.
-    let now = pod
-        .manifest
-        .sandbox
-        .then(|| PodManifest::load(&pod.layout.manifest()).ok())
-        .flatten()
-        .filter(|m| m.uuid == pod.manifest.uuid && m.sandbox);
+    // A sandbox's apps changed while it ran: the statuses owed are those it has now.
+    let now = pod.manifest.current(&pod.layout.manifest());
     let exit = status
-        .finish(now.as_ref().unwrap_or(&pod.manifest), reason.as_deref())
+        .finish(&now, reason.as_deref())
         .context("write pod status")?;
     if let Err(e) = cleanup {
         eprintln!("{}: remove pod cgroups: {e}", iso.prog());
