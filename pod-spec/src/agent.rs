@@ -207,7 +207,7 @@ pub enum Request {
     /// A new app for the sandbox, in state created: its manifest entry (already in the
     /// pod's manifest on the host, its root rendered into the pod) and, ns/fly, the cgroup
     /// the stage0 made for it (kvm: guest-init makes its own).
-    AppAdd(AppAddRequest),
+    AppAdd(Box<AppAddRequest>),
     /// Start a created app.
     AppStart {
         app: String,
@@ -645,5 +645,45 @@ mod tests {
         }
         let ok = r#"{"op":"exec","argv":["sh"]}"#;
         assert!(ClientFrame::decode(KIND_MESSAGE, ok.as_bytes()).is_ok());
+    }
+
+    /// App requests name apps by DNS label only, and an added app's cgroup only under the
+    /// pod's cgroup dirs: nothing in them can point guest-init elsewhere.
+    #[test]
+    fn app_requests_are_checked() {
+        let app = r#"{"name":"web","image":{"id":"sha256:x"},"exec":["sh"]}"#;
+        let cg = |dirs: &str| {
+            format!(r#"{{"op":"app_add","app":{app},"cgroup":{{"app":"web","dirs":[{dirs}]}}}}"#)
+        };
+        for bad in [
+            r#"{"op":"app_start","app":"../x"}"#.to_string(),
+            r#"{"op":"app_remove","app":"a/b"}"#.into(),
+            r#"{"op":"app_stop","app":"web","grace_secs":99999999}"#.into(),
+            r#"{"op":"app_add","app":{"name":"../x","image":{"id":"sha256:x"},"exec":["sh"]}}"#
+                .into(),
+            cg(r#""/sys/fs/cgroup/x""#),
+            cg(r#""/ark/cgroup/../../etc""#),
+            cg(r#""/ark/cgroupx/a""#),
+            format!(r#"{{"op":"app_add","app":{app},"cgroup":{{"app":"other","dirs":[]}}}}"#),
+        ] {
+            assert!(
+                ClientFrame::decode(KIND_MESSAGE, bad.as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+        for ok in [
+            r#"{"op":"app_start","app":"web"}"#.to_string(),
+            r#"{"op":"app_stop","app":"web"}"#.into(),
+            cg(r#""/ark/cgroup/memory/app.web""#),
+        ] {
+            assert!(
+                ClientFrame::decode(KIND_MESSAGE, ok.as_bytes()).is_ok(),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&Reply::Done).unwrap(),
+            r#"{"op":"done"}"#
+        );
     }
 }

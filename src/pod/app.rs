@@ -24,6 +24,9 @@ use super::args::AppSpec;
 use super::error::{invalid, Result};
 use super::store::{Liveness, PodRef};
 
+/// How long `ark app` waits for a booting VM's agent (kvm_pvm under load boots slowly).
+const BOOT_TIMEOUT_VM: Duration = Duration::from_secs(600);
+
 /// A running sandbox, found and checked, with its app lock held.
 struct Sandbox {
     pod: PodRef,
@@ -87,11 +90,19 @@ impl Sandbox {
         }
     }
 
+    /// How long a sandbox may take to boot before its agent answers.
+    fn boot_timeout(&self) -> Duration {
+        match self.manifest.stage1.flavor {
+            Flavor::Kvm => BOOT_TIMEOUT_VM,
+            Flavor::Ns | Flavor::Fly => super::agent_client::REPLY_TIMEOUT,
+        }
+    }
+
     /// Sends one app request to the pod's guest-init; its refusal is our one-line error.
     fn ask(&self, req: Request) -> anyhow::Result<()> {
-        // A sandbox just started may still be booting (kvm: tens of seconds before guest-init
-        // listens): connecting is retried until the reply timeout.
-        let deadline = Instant::now() + self.timeout();
+        // A sandbox just started may still be booting (kvm: tens of seconds to minutes before
+        // guest-init listens on a loaded host): connecting is retried meanwhile.
+        let deadline = Instant::now() + self.boot_timeout();
         let conn = loop {
             match super::enter::connect(&self.layout, self.manifest.stage1.flavor) {
                 Ok(c) => break c,
@@ -233,10 +244,10 @@ fn make_app(
         .reserve_app(&app.name)
         .with_context(|| format!("app {}: status file", app.name))?;
     sb.write_manifest(next)?;
-    sb.ask(Request::AppAdd(AppAddRequest {
+    sb.ask(Request::AppAdd(Box::new(AppAddRequest {
         app: app.clone(),
         cgroup,
-    }))?;
+    })))?;
     status
         .write_app(&AppStatus {
             app: app.name.clone(),

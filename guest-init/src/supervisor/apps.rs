@@ -39,7 +39,7 @@ impl Pod {
             return Err("the pod is stopping".into());
         }
         match req {
-            Request::AppAdd(a) => self.add_app(a),
+            Request::AppAdd(a) => self.add_app(*a),
             Request::AppStart { app } => self.start_app(&app, sink),
             Request::AppStop { app, grace_secs } => {
                 let grace = grace_secs.map_or(self.grace, Duration::from_secs);
