@@ -647,10 +647,12 @@ mod tests {
             panic!()
         };
         assert!(s.wait);
-        assert!(
-            Cli::try_parse_from(["ark", "run"]).is_err(),
-            "an image is required"
-        );
+        // An image is required: a one-line error (exit 125) from the request, not clap's.
+        let PodCommand::Run(r) = parse(&["run"]) else {
+            panic!()
+        };
+        let e = r.request().unwrap_err().to_string();
+        assert!(e.contains("no image"), "{e}");
         assert!(Cli::try_parse_from(["ark", "gc", "--grace-period=soon"]).is_err());
     }
 

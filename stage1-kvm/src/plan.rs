@@ -566,6 +566,56 @@ mod tests {
         assert_eq!(p.status_uds, Path::new("vsock.sock_1024"));
     }
 
+    /// A sandbox shares `apps/` from boot (its own device, host changes seen) mounted at
+    /// `/apps`, and cannot have a block root (apps added later could not reach it).
+    #[test]
+    fn sandbox_shares_its_apps_dir_and_refuses_a_block_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = PodLayout::new(dir.path());
+        let mut m = manifest("");
+        m.apps.clear();
+        m.sandbox = true;
+        let p = plan(
+            &layout,
+            &m,
+            &host(Profile::Microvm),
+            &GuestNet::default(),
+            false,
+        )
+        .unwrap();
+        let apps =
+            p.vm.fs
+                .iter()
+                .find(|f| f.tag == APPS_TAG)
+                .expect("apps share");
+        assert_eq!(apps.dir, layout.stage1_rootfs().join("apps"));
+        assert!(apps.shared && !apps.read_only);
+        assert_eq!(p.stage2.mounts[0].source, APPS_TAG);
+        assert_eq!(p.stage2.mounts[0].target, "/apps");
+        // Not a sandbox: no such device.
+        let p = plan(
+            &layout,
+            &manifest(""),
+            &host(Profile::Microvm),
+            &GuestNet::default(),
+            false,
+        )
+        .unwrap();
+        assert!(p.vm.fs.iter().all(|f| f.tag != APPS_TAG));
+        std::fs::write(dir.path().join("rootfs.erofs"), b"x").unwrap();
+        let mut m = manifest(r#","options":{"kvm.root":"blk","kvm.root.image":"rootfs.erofs"}"#);
+        m.sandbox = true;
+        let e = plan(
+            &layout,
+            &m,
+            &host(Profile::Microvm),
+            &GuestNet::default(),
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(e, PlanError::SandboxOnBlock), "{e}");
+    }
+
     #[test]
     fn check_kvm_names_the_device() {
         let e = check_kvm(Path::new("/nonexistent/kvm")).unwrap_err();
