@@ -124,6 +124,7 @@ fn run(cfg: &Stage2Config, sink: &mut Tracking) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
     let outputs = supervisor::output::Outputs::new(cfg.output.as_ref(), limits);
     let mut pod = Pod::new(&plans, signals, control, outputs, grace);
+    pod.set_sandbox(&manifest, &cfg);
     pod.set_agent(
         agent::listen_on(cfg.agent.as_ref()).map(|fd| agent::Listener {
             fd,

@@ -117,6 +117,30 @@ impl PodCgroups {
             .map(|(_, d)| d.join(app_leaf(app)))
             .collect()
     }
+    /// The app's cgroup as guest-init sees the pod's cgroups in ns/fly (each hierarchy's pod
+    /// dir bind-mounted at `/ark/cgroup/<hierarchy>`); `None` when the pod has none.
+    pub fn guest_app_cgroup(&self, app: &str) -> Option<ark_pod_spec::AppCgroup> {
+        if self.pod_dirs.is_empty() {
+            return None;
+        }
+        let dir = |h: &Hierarchy| {
+            format!(
+                "{}/{}/{}",
+                ark_pod_spec::guest::CGROUP_DIR,
+                h.name(),
+                app_leaf(app)
+            )
+        };
+        Some(ark_pod_spec::AppCgroup {
+            app: app.to_string(),
+            dirs: self.pod_dirs.iter().map(|(h, _)| dir(h)).collect(),
+            oom_file: self
+                .pod_dirs
+                .iter()
+                .find_map(|(h, _)| Some(format!("{}/{}", dir(h), h.oom_file_name()?))),
+        })
+    }
+
     /// The file with the app's `oom_kill` counter.
     pub fn app_oom_file(&self, app: &str) -> Option<PathBuf> {
         self.pod_dirs
@@ -343,6 +367,62 @@ impl Cgroups {
 
     /// Kills whatever is left in the pod's cgroups and removes them. Idempotent: a pod
     /// without cgroups is fine.
+    /// An app added to a running pod (a sandbox): its leaf in each of the pod's existing
+    /// cgroups, with its limits, as [`Cgroups::create_pod`] makes them for the manifest's
+    /// apps (the device allowlist on the pod's cgroup covers the new leaf too). Returns the
+    /// pod's cgroups, for [`PodCgroups::app_dirs`]. A limit no hierarchy here enforces is an
+    /// error, and a half-made leaf is removed.
+    pub fn create_app(&self, uuid: &str, app: &ark_pod_spec::App) -> io::Result<PodCgroups> {
+        let limits = PodLimits {
+            memory_bytes: app.limits.memory_bytes,
+            cpu_millis: app.limits.cpu_millis,
+            pids: app.limits.pids,
+        };
+        for (c, set) in [
+            ("memory", limits.memory_bytes.is_some()),
+            ("cpu", limits.cpu_millis.is_some()),
+            ("pids", limits.pids.is_some()),
+        ] {
+            if set && !self.hierarchies.iter().any(|h| h.has(c)) {
+                return Err(io::Error::other(format!(
+                    "cgroup controller {c} is not available on this host, but the app sets a {c} limit"
+                )));
+            }
+        }
+        let pod = PodCgroups {
+            pod_dirs: self
+                .hierarchies
+                .iter()
+                .map(|h| (h.clone(), h.pod_dir(uuid)))
+                .filter(|(_, d)| d.is_dir())
+                .collect(),
+        };
+        let made = pod.pod_dirs.iter().try_for_each(|(h, dir)| {
+            let leaf = dir.join(app_leaf(&app.name));
+            mkdir(&leaf)?;
+            set_limits(h, &leaf, &limits)
+        });
+        if let Err(e) = made {
+            let _ = self.remove_app(uuid, &app.name);
+            return Err(e);
+        }
+        Ok(pod)
+    }
+
+    /// Removes an app's leaves (a removed sandbox app); its processes are gone by then.
+    pub fn remove_app(&self, uuid: &str, app: &str) -> io::Result<()> {
+        let mut first_err = None;
+        for dir in self.pod_dirs(uuid) {
+            let leaf = dir.join(app_leaf(app));
+            if leaf.is_dir() {
+                if let Err(e) = remove_tree(&leaf) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     pub fn remove_pod(&self, uuid: &str) -> io::Result<()> {
         let mut first_err = None;
         for dir in self.pod_dirs(uuid) {

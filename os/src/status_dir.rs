@@ -45,6 +45,14 @@ impl StatusDir {
 
     /// Writes `<app>.json`; durably (fsync) once the app has exited.
     pub fn write_app(&self, status: &AppStatus) -> io::Result<()> {
+        // The name becomes a path: a status from a guest (kvm's status channel) naming
+        // `../x` must not write outside the status directory.
+        if !ark_pod_spec::manifest::is_dns_label(&status.app) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("status for {:?}: not an app name", status.app),
+            ));
+        }
         let mut status = status.clone();
         if let Some(e) = &mut status.error {
             cut(e);
@@ -79,6 +87,35 @@ impl StatusDir {
                     format!("reserve space for {}: {e}", file.display()),
                 )
             })?;
+        }
+        Ok(())
+    }
+
+    /// Reserves one app's status file and spare (an app added to a running sandbox).
+    pub fn reserve_app(&self, app: &str) -> io::Result<()> {
+        if !ark_pod_spec::manifest::is_dns_label(app) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("status for {app:?}: not an app name"),
+            ));
+        }
+        let file = self.app_file(app);
+        reserve_file(&file).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reserve space for {}: {e}", file.display()),
+            )
+        })
+    }
+
+    /// Removes an app's status file and its spare (a removed sandbox app).
+    pub fn remove_app(&self, app: &str) -> io::Result<()> {
+        let file = self.app_file(app);
+        for f in [Self::spare_of(&file), file] {
+            match std::fs::remove_file(&f) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -308,6 +345,31 @@ mod tests {
     use super::*;
 
     use ark_pod_spec::test_support::{exited, manifest};
+
+    /// A status naming a path instead of an app (a hostile guest's `app_started` for
+    /// `../x`) is refused, and nothing appears outside the status directory.
+    #[test]
+    fn a_status_for_a_path_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("status");
+        std::fs::create_dir_all(&dir).unwrap();
+        let sd = StatusDir::new(&dir);
+        for name in ["../escaped", "a/b", "", "/abs"] {
+            let msg = StatusMessage::AppStarted {
+                app: name.into(),
+                pid: 2,
+                started_at: 1,
+            };
+            assert!(sd.apply(&msg).is_err(), "{name:?}");
+            assert!(sd.reserve_app(name).is_err(), "{name:?}");
+        }
+        assert!(!base.path().join("escaped.json").exists());
+        assert!(
+            std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "nothing written"
+        );
+    }
+
     #[test]
     fn finish_fills_missing_and_writes_pod_json() {
         let dir = std::env::temp_dir().join(format!("ark-status-{}", std::process::id()));

@@ -197,6 +197,11 @@ impl ExitStatus {
 }
 
 /// Client → agent messages.
+///
+/// **App requests** (a sandbox's apps, `ark app`): after `hello`, instead of `exec`, one of
+/// `app_add`, `app_start`, `app_stop`, `app_remove`; the agent answers `done` or `error` and
+/// closes. They are additive to protocol version 1: an agent that predates them answers with
+/// `error` (or closes), and the client reports that as a refusal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -219,6 +224,77 @@ pub enum Request {
     CloseStdin,
     /// Send `exited` once the process ended.
     Wait,
+    /// A new app for the sandbox, in state created: its manifest entry (already in the
+    /// pod's manifest on the host, its root rendered into the pod) and, ns/fly, the cgroup
+    /// the stage0 made for it (kvm: guest-init makes its own).
+    AppAdd(Box<AppAddRequest>),
+    /// Start a created app.
+    AppStart {
+        app: String,
+    },
+    /// SIGTERM the app's process, SIGKILL after `grace_secs`; the other apps keep running.
+    AppStop {
+        app: String,
+        #[serde(default)]
+        grace_secs: Option<u64>,
+    },
+    /// Forget an app that is not running (created or exited); the host removes its root.
+    AppRemove {
+        app: String,
+    },
+}
+
+/// The body of `app_add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppAddRequest {
+    pub app: crate::manifest::App,
+    #[serde(default)]
+    pub cgroup: Option<crate::stage2::AppCgroup>,
+}
+
+/// Longest stop grace an `app_stop` may ask for.
+pub const MAX_GRACE_SECS: u64 = 3600;
+
+fn check_app_name(a: &str) -> Result<(), ProtocolError> {
+    if crate::manifest::is_dns_label(a) {
+        Ok(())
+    } else {
+        Err(invalid("app", "not an app name"))
+    }
+}
+
+impl AppAddRequest {
+    /// The entry alone; guest-init checks it again against its pod (volumes, duplicates) with
+    /// `PodManifest::validate`.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        check_app_name(&self.app.name)?;
+        if let Some(cg) = &self.cgroup {
+            if cg.app != self.app.name {
+                return Err(invalid("cgroup", "for another app"));
+            }
+            if cg.dirs.len() > 16 {
+                return Err(invalid("cgroup", "too many directories"));
+            }
+            for d in cg.dirs.iter().chain(&cg.oom_file) {
+                check_string("cgroup", d)?;
+                // Only under the pod's cgroup dirs as guest-init sees them (ns/fly).
+                let under = d
+                    .strip_prefix(crate::layout::guest::CGROUP_DIR)
+                    .is_some_and(|rest| rest.starts_with('/'));
+                if !under || !crate::manifest::is_clean_absolute(d) {
+                    return Err(invalid(
+                        "cgroup",
+                        format!(
+                            "{d:?} is not a clean path under {}",
+                            crate::layout::guest::CGROUP_DIR
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Request {
@@ -227,6 +303,17 @@ impl Request {
             Request::Exec(e) => e.validate(),
             Request::Attach { app: Some(a) } if !crate::manifest::is_dns_label(a) => {
                 Err(invalid("app", "not an app name"))
+            }
+            Request::AppAdd(a) => a.validate(),
+            Request::AppStart { app } | Request::AppRemove { app } => check_app_name(app),
+            Request::AppStop { app, grace_secs } => {
+                check_app_name(app)?;
+                match grace_secs {
+                    Some(g) if *g > MAX_GRACE_SECS => {
+                        Err(invalid("grace_secs", format!("more than {MAX_GRACE_SECS}")))
+                    }
+                    _ => Ok(()),
+                }
             }
             Request::Signal { signal } if !(1..=MAX_SIGNAL).contains(signal) => Err(invalid(
                 "signal",
@@ -259,6 +346,8 @@ pub enum Reply {
     Exited {
         status: ExitStatus,
     },
+    /// An app request was carried out.
+    Done,
 }
 
 impl Reply {
@@ -594,6 +683,46 @@ mod tests {
         assert_eq!(
             AgentFrame::decode(KIND_MESSAGE, br#"{"op":"attached"}"#),
             Ok(AgentFrame::Message(Reply::Attached))
+        );
+    }
+
+    /// App requests name apps by DNS label only, and an added app's cgroup only under the
+    /// pod's cgroup dirs: nothing in them can point guest-init elsewhere.
+    #[test]
+    fn app_requests_are_checked() {
+        let app = r#"{"name":"web","image":{"id":"sha256:x"},"exec":["sh"]}"#;
+        let cg = |dirs: &str| {
+            format!(r#"{{"op":"app_add","app":{app},"cgroup":{{"app":"web","dirs":[{dirs}]}}}}"#)
+        };
+        for bad in [
+            r#"{"op":"app_start","app":"../x"}"#.to_string(),
+            r#"{"op":"app_remove","app":"a/b"}"#.into(),
+            r#"{"op":"app_stop","app":"web","grace_secs":99999999}"#.into(),
+            r#"{"op":"app_add","app":{"name":"../x","image":{"id":"sha256:x"},"exec":["sh"]}}"#
+                .into(),
+            cg(r#""/sys/fs/cgroup/x""#),
+            cg(r#""/ark/cgroup/../../etc""#),
+            cg(r#""/ark/cgroupx/a""#),
+            format!(r#"{{"op":"app_add","app":{app},"cgroup":{{"app":"other","dirs":[]}}}}"#),
+        ] {
+            assert!(
+                ClientFrame::decode(KIND_MESSAGE, bad.as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+        for ok in [
+            r#"{"op":"app_start","app":"web"}"#.to_string(),
+            r#"{"op":"app_stop","app":"web"}"#.into(),
+            cg(r#""/ark/cgroup/memory/app.web""#),
+        ] {
+            assert!(
+                ClientFrame::decode(KIND_MESSAGE, ok.as_bytes()).is_ok(),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&Reply::Done).unwrap(),
+            r#"{"op":"done"}"#
         );
     }
 }

@@ -68,6 +68,10 @@ pub struct PodManifest {
     /// Limits on the pod as a whole (the pod cgroup; for kvm also the VM's size).
     #[serde(default)]
     pub limits: PodLimits,
+    /// A sandbox (`ark app sandbox`, rkt's mutable pod): it may start with no apps, apps are
+    /// added, started, stopped and removed while it runs, and it lives until it is stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,7 +199,7 @@ pub struct PodLimits {
     pub pids: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     /// DNS-label-like, unique in the pod: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63 chars.
@@ -470,6 +474,19 @@ impl PodManifest {
         })
     }
 
+    /// The manifest as it is now: a sandbox's apps change while it runs (`ark app add|rm`
+    /// rewrite `path`), so a sandbox's is read again; any other pod's, or one that does not
+    /// load or is not this pod's sandbox any more, is `self`.
+    pub fn current(&self, path: &std::path::Path) -> PodManifest {
+        if !self.sandbox {
+            return self.clone();
+        }
+        match PodManifest::load(path) {
+            Ok(m) if m.uuid == self.uuid && m.sandbox => m,
+            _ => self.clone(),
+        }
+    }
+
     pub fn app(&self, name: &str) -> Option<&App> {
         self.apps.iter().find(|a| a.name == name)
     }
@@ -540,7 +557,7 @@ impl PodManifest {
             }
         }
 
-        if self.apps.is_empty() {
+        if self.apps.is_empty() && !self.sandbox {
             return Err(err("apps", "a pod needs at least one app"));
         }
         let mut app_names = HashSet::new();

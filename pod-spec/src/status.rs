@@ -26,6 +26,8 @@ pub const STATUS_ACK: &str = "ok";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AppState {
+    /// Added to a sandbox, not started yet (`ark app add`).
+    Created,
     Running,
     Exited,
 }

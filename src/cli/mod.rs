@@ -5,6 +5,7 @@
 //! errors are one line and exit 125, as ark's other errors.
 #![deny(clippy::print_stdout)]
 
+mod app;
 mod apps;
 mod format;
 mod image;
@@ -93,6 +94,8 @@ pub enum Command {
     Trust(trust::TrustCommand),
     #[command(flatten)]
     Pod(pod::PodCommand),
+    #[command(flatten)]
+    App(app::AppCommand),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completion { shell: clap_complete::Shell },
 }
@@ -138,6 +141,7 @@ fn dispatch(global: &GlobalOpts, command: Command) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(&ctx, cmd),
         Command::Trust(cmd) => trust::run(&ctx, cmd),
         Command::Pod(cmd) => pod::run(&ctx, cmd),
+        Command::App(cmd) => app::run(&ctx, cmd),
         Command::Completion { shell } => {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();

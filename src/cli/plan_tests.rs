@@ -54,6 +54,7 @@ fn req(flavor: Flavor) -> PodRequest {
         blk_fstype: "erofs",
         annotations: BTreeMap::new(),
         log_max_size: None,
+        sandbox: false,
     }
 }
 

@@ -139,9 +139,10 @@ pub struct PrepareArgs {
     #[command(flatten)]
     pub app_defaults: AppFlags,
     /// IMAGE [app flags] [-- ARGS] [--- IMAGE [app flags] [-- ARGS]]...
+    // Not required by clap: no image is a one-line error (exit 125) from split_apps, and
+    // `ark app sandbox` shares these flags with none.
     #[arg(
         value_name = "IMAGE",
-        required = true,
         num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true
@@ -280,7 +281,7 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
     ark::pod::units::parse_size(s)
 }
 
-fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
     ark::pod::units::parse_duration(s)
 }
 
@@ -342,9 +343,18 @@ impl PrepareArgs {
         }
         let mut defaults = self.app_defaults.clone();
         defaults.name = None;
-        let (volumes, mounts) = podman_volumes(&self.volume).map_err(invalid)?;
+        let (_, mounts) = podman_volumes(&self.volume).map_err(invalid)?;
         defaults.mount.extend(mounts);
         let apps = split_apps(&self.images, &defaults).map_err(invalid)?;
+        self.request_with(apps)
+    }
+
+    /// The request with these apps (`ark app sandbox`: none).
+    pub(super) fn request_with(
+        &self,
+        apps: Vec<ark::pod::args::AppSpec>,
+    ) -> anyhow::Result<PrepareRequest> {
+        let (volumes, _) = podman_volumes(&self.volume).map_err(invalid)?;
         Ok(PrepareRequest {
             flavor: self.stage1.into(),
             kvm_root: self.stage1_kvm_root.clone(),
@@ -847,10 +857,12 @@ mod tests {
             panic!()
         };
         assert!(s.wait);
-        assert!(
-            Cli::try_parse_from(["ark", "run"]).is_err(),
-            "an image is required"
-        );
+        // An image is required: a one-line error (exit 125) from the request, not clap's.
+        let PodCommand::Run(r) = parse(&["run"]) else {
+            panic!()
+        };
+        let e = r.request().unwrap_err().to_string();
+        assert!(e.contains("no image"), "{e}");
         assert!(Cli::try_parse_from(["ark", "gc", "--grace-period=soon"]).is_err());
     }
 

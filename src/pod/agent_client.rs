@@ -376,6 +376,35 @@ fn name(r: &Reply) -> &'static str {
         Reply::Attached => "attached",
         Reply::Error { .. } => "error",
         Reply::Exited { .. } => "exited",
+        Reply::Done => "done",
+    }
+}
+
+/// One app request (`app_add`, `app_start`, ...: see [`Request`]) on `conn`: the handshake,
+/// the request, its `done` or `error`. `Ok(Err((code, message)))` is the agent's refusal.
+pub fn app_request(
+    conn: OwnedFd,
+    req: Request,
+    timeout: Duration,
+) -> anyhow::Result<Result<(), (i32, String)>> {
+    let mut conn = Conn::new(conn)?;
+    let deadline = Instant::now() + timeout;
+    conn.queue(ClientFrame::Message(Request::Hello {
+        version: AGENT_PROTOCOL_VERSION,
+    }));
+    match conn.reply(deadline, timeout)? {
+        Reply::Hello { version } if version == AGENT_PROTOCOL_VERSION => {}
+        Reply::Hello { version } => {
+            bail!("the agent speaks protocol version {version}, not {AGENT_PROTOCOL_VERSION}")
+        }
+        Reply::Error { code, message } => return Ok(Err((code, message))),
+        other => bail!("the agent answered hello with {}", name(&other)),
+    }
+    conn.queue(ClientFrame::Message(req));
+    match conn.reply(deadline, timeout)? {
+        Reply::Done => Ok(Ok(())),
+        Reply::Error { code, message } => Ok(Err((code, message))),
+        other => bail!("the agent answered an app request with {}", name(&other)),
     }
 }
 

@@ -118,7 +118,7 @@ pub fn enter(ctx: &crate::Context, id: &str, o: &EnterOptions) -> super::Result<
 }
 
 /// The agent's text as one line: control characters (newlines, escapes) shown escaped.
-pub(super) fn escape_controls(s: &str) -> String {
+pub(crate) fn escape_controls(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             let esc: Vec<char> = if c.is_control() {
@@ -137,7 +137,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The agent's socket: ns/fly its Unix socket, kvm the VMM's vsock socket (then `CONNECT`).
 /// Reached through a descriptor of its directory (resolved inside the stage1 root), so a
 /// symlink planted there leads nowhere and a long pod path does not overflow `sun_path`.
-pub(super) fn connect(layout: &PodLayout, flavor: Flavor) -> anyhow::Result<OwnedFd> {
+pub(crate) fn connect(layout: &PodLayout, flavor: Flavor) -> anyhow::Result<OwnedFd> {
     let (dir, name) = match flavor {
         Flavor::Kvm => (
             ark_os::inroot::open_root(layout.dir()).context("open the pod directory")?,

@@ -156,6 +156,7 @@ pub fn summarize(store: &PodStore, pod: &PodRef) -> anyhow::Result<PodSummary> {
 
 fn app_code(s: &AppStatus) -> String {
     match (s.state, s.exit_code, s.signal) {
+        (AppState::Created, ..) => "created".into(),
         (AppState::Running, ..) => "running".into(),
         (AppState::Exited, Some(c), _) => c.to_string(),
         (AppState::Exited, None, Some(sig)) => format!("{}", 128 + sig),

@@ -67,7 +67,24 @@ pub fn prepare(
     a: &PrepareRequest,
     durability: Durability,
 ) -> Result<Prepared> {
+    prepare_pod(ctx, a, durability, false)
+}
+
+/// [`prepare`] for `ark app sandbox`: `a.apps` may be empty, and apps come while it runs.
+pub fn prepare_sandbox(ctx: &crate::Context, a: &PrepareRequest) -> Result<Prepared> {
+    prepare_pod(ctx, a, Durability::Process, true)
+}
+
+fn prepare_pod(
+    ctx: &crate::Context,
+    a: &PrepareRequest,
+    durability: Durability,
+    sandbox: bool,
+) -> Result<Prepared> {
     super::error::typed(|| {
+        if sandbox && a.interactive {
+            return Err(invalid("a sandbox has no terminal app (no --interactive)".into()).into());
+        }
         let apps = &a.apps;
         let flavor = a.flavor;
         let libexec = super::libexec_dir()?;
@@ -107,6 +124,7 @@ pub fn prepare(
             kvm_root: a.kvm_root.clone(),
             blk_fstype,
             log_max_size: a.log_max_size,
+            sandbox,
             annotations: a
                 .annotations
                 .iter()
@@ -164,7 +182,8 @@ fn fill(
     fs::create_dir_all(root.join("ark"))?;
     // Mount points guest-init needs in its own root: a read-only root (kvm on an erofs image)
     // cannot have them made later, and the kernel's devtmpfs automount needs /dev.
-    for d in ["dev", "proc", "sys", "run", "tmp"] {
+    // `apps` too: a sandbox may have none yet, and stage1-kvm shares it from boot.
+    for d in ["dev", "proc", "sys", "run", "tmp", "apps"] {
         fs::create_dir_all(root.join(d))?;
     }
     fs::create_dir_all(layout.status_dir())?;

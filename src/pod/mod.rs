@@ -8,6 +8,7 @@
 //! - [`attach`]: `ark run -t` and `ark attach`, a tty app's pty through the agent.
 
 pub mod agent_client;
+pub mod app;
 pub mod args;
 pub mod attach;
 pub mod enter;

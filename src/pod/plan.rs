@@ -55,6 +55,8 @@ pub struct PodRequest {
     pub annotations: BTreeMap<String, String>,
     /// `--log-max-size`, in bytes.
     pub log_max_size: Option<u64>,
+    /// `ark app sandbox`: a pod that may start empty and gets apps while it runs.
+    pub sandbox: bool,
 }
 
 /// Parses `NAME,kind=host,source=PATH[,readOnly=true]`; the source must exist.
@@ -310,99 +312,16 @@ pub fn build_manifest(
     let mut used_names = HashSet::new();
     let mut out_apps = Vec::new();
     for (i, (spec, image)) in apps.iter().zip(images).enumerate() {
-        let f = &spec.flags;
-        let name = match &f.name {
-            Some(n) => {
-                if !used_names.insert(n.clone()) {
-                    return Err(format!("--name {n}: two apps have this name"));
-                }
-                n.clone()
-            }
-            None => {
-                let base = app_name_from_image(&spec.image);
-                let mut n = base.clone();
-                let mut k = 2;
-                while !used_names.insert(n.clone()) {
-                    n = format!("{base}-{k}");
-                    k += 1;
-                }
-                n
-            }
-        };
-        let exec = app_argv(image, f.exec.as_deref(), spec.args.as_deref());
-        if exec.is_empty() {
-            return Err(format!(
-                "app {name}: the image has no entrypoint or cmd: give a command after `--` or --exec"
-            ));
-        }
-        let mut env = Vec::new();
-        for kv in image.env.iter().chain(&f.set_env) {
-            env.push(parse_env(kv, &name)?);
-        }
-        let (user, group) = resolve_user(
-            &image.rootfs,
-            &name,
-            f.user
-                .as_deref()
-                .or(image.user.as_deref())
-                .filter(|u| !u.is_empty()),
-            f.group.as_deref(),
-        )?;
-        let working_dir = f
-            .working_dir
-            .clone()
-            .or_else(|| image.working_dir.clone().filter(|w| !w.is_empty()))
-            .unwrap_or_else(|| "/".into());
-        let mut mounts = Vec::new();
-        for m in &f.mount {
-            let m = parse_mount(m)?;
-            if !volumes.iter().any(|v| v.name == m.volume) {
-                return Err(format!(
-                    "app {name}: --mount names volume {:?}, which no --volume defines",
-                    m.volume
-                ));
-            }
-            mounts.push(m);
-        }
-        let limits = AppLimits {
-            memory_bytes: f
-                .memory
-                .as_deref()
-                .map(parse_size)
-                .transpose()
-                .map_err(|e| format!("app {name}: --memory {e}"))?,
-            cpu_millis: f
-                .cpus
-                .as_deref()
-                .map(parse_cpus)
-                .transpose()
-                .map_err(|e| format!("app {name}: --cpus {e}"))?
-                .map(u64::from),
-            pids: f.pids_limit,
-        };
-        let capabilities_keep = app_capabilities(&name, f)?;
-        out_apps.push(App {
-            name,
-            image: ImageRef {
-                id: image.id.clone(),
-                name: spec.image.clone(),
-            },
-            exec,
-            env,
-            user,
-            group,
-            supplementary_groups: f.supplementary_gids.clone().unwrap_or_default(),
-            working_dir,
-            mounts,
-            limits,
-            capabilities_keep,
-            capabilities_explicit: f.caps_retain.is_some(),
-            rlimits: Vec::new(),
-            // The terminal goes to the first app: the host's (interactive), or a pty of its
-            // own that ark attaches to (tty).
-            interactive: req.interactive && !req.tty && i == 0,
-            tty: req.tty && i == 0,
-        });
+        // The terminal goes to the first app: the host's (interactive), or a pty of its own
+        // that ark attaches to (tty).
+        out_apps.push(build_app(
+            spec,
+            image,
+            &volumes,
+            &mut used_names,
+            req.interactive && !req.tty && i == 0,
+            req.tty && i == 0,
+        )?);
     }
 
     // The pod as a whole gets the sum of its apps' limits when every app has one (as rkt
@@ -410,10 +329,14 @@ pub fn build_manifest(
     let sum = |get: fn(&AppLimits) -> Option<u64>| -> Option<u64> {
         out_apps.iter().map(|a| get(&a.limits)).sum()
     };
-    let limits = PodLimits {
-        memory_bytes: sum(|l| l.memory_bytes),
-        cpu_millis: sum(|l| l.cpu_millis),
-        pids: None,
+    let limits = match req.sandbox {
+        // The sum of no apps is no limit (apps added later bring their own).
+        true => PodLimits::default(),
+        false => PodLimits {
+            memory_bytes: sum(|l| l.memory_bytes),
+            cpu_millis: sum(|l| l.cpu_millis),
+            pids: None,
+        },
     };
 
     let mut stage1_options = Stage1Options::default();
@@ -462,7 +385,111 @@ pub fn build_manifest(
         net_config_dir: req.net_options.config_dir.clone(),
         cni_plugin_dirs: req.net_options.plugin_dirs.clone(),
         limits,
+        sandbox: req.sandbox,
     };
     manifest.validate().map_err(|e| e.to_string())?;
     Ok(manifest)
+}
+
+/// One app's manifest entry from its command line and image; `used_names` holds the names
+/// taken in the pod (the app's is added). Also for an app added to a running sandbox.
+pub fn build_app(
+    spec: &AppSpec,
+    image: &ImageInfo,
+    volumes: &[Volume],
+    used_names: &mut HashSet<String>,
+    interactive: bool,
+    tty: bool,
+) -> Result<App, String> {
+    let f = &spec.flags;
+    let name = match &f.name {
+        Some(n) => {
+            if !used_names.insert(n.clone()) {
+                return Err(format!("--name {n}: two apps have this name"));
+            }
+            n.clone()
+        }
+        None => {
+            let base = app_name_from_image(&spec.image);
+            let mut n = base.clone();
+            let mut k = 2;
+            while !used_names.insert(n.clone()) {
+                n = format!("{base}-{k}");
+                k += 1;
+            }
+            n
+        }
+    };
+    let exec = app_argv(image, f.exec.as_deref(), spec.args.as_deref());
+    if exec.is_empty() {
+        return Err(format!(
+            "app {name}: the image has no entrypoint or cmd: give a command after `--` or --exec"
+        ));
+    }
+    let mut env = Vec::new();
+    for kv in image.env.iter().chain(&f.set_env) {
+        env.push(parse_env(kv, &name)?);
+    }
+    let (user, group) = resolve_user(
+        &image.rootfs,
+        &name,
+        f.user
+            .as_deref()
+            .or(image.user.as_deref())
+            .filter(|u| !u.is_empty()),
+        f.group.as_deref(),
+    )?;
+    let working_dir = f
+        .working_dir
+        .clone()
+        .or_else(|| image.working_dir.clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    let mut mounts = Vec::new();
+    for m in &f.mount {
+        let m = parse_mount(m)?;
+        if !volumes.iter().any(|v| v.name == m.volume) {
+            return Err(format!(
+                "app {name}: --mount names volume {:?}, which no --volume defines",
+                m.volume
+            ));
+        }
+        mounts.push(m);
+    }
+    let limits = AppLimits {
+        memory_bytes: f
+            .memory
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(|e| format!("app {name}: --memory {e}"))?,
+        cpu_millis: f
+            .cpus
+            .as_deref()
+            .map(parse_cpus)
+            .transpose()
+            .map_err(|e| format!("app {name}: --cpus {e}"))?
+            .map(u64::from),
+        pids: f.pids_limit,
+    };
+    let capabilities_keep = app_capabilities(&name, f)?;
+    Ok(App {
+        name,
+        image: ImageRef {
+            id: image.id.clone(),
+            name: spec.image.clone(),
+        },
+        exec,
+        env,
+        user,
+        group,
+        supplementary_groups: f.supplementary_gids.clone().unwrap_or_default(),
+        working_dir,
+        mounts,
+        limits,
+        capabilities_keep,
+        capabilities_explicit: f.caps_retain.is_some(),
+        rlimits: Vec::new(),
+        interactive,
+        tty,
+    })
 }

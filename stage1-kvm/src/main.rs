@@ -181,7 +181,13 @@ fn run_vm(
         .with_context(|| format!("{}", layout.logs_dir().display()))?;
     let output_thread = output::OutputListener::bind(&plan.output_uds)
         .with_context(|| format!("output socket {}", plan.output_uds.display()))?
-        .spawn(manifest, &layout.logs_dir(), log_limits, vm_ended.clone())?;
+        .spawn(
+            manifest,
+            &layout.manifest(),
+            &layout.logs_dir(),
+            log_limits,
+            vm_ended.clone(),
+        )?;
 
     let stop = vmm::StopHandle::new().context("stop eventfd")?;
     spawn_signal_thread(stop_signals, stop.clone(), plan.vsock_uds.clone())?;
@@ -203,8 +209,13 @@ fn run_vm(
         }
         (Err(e), _) => Some(format!("VMM error: {e}")),
     };
+    // A sandbox's apps changed while it ran: the statuses owed are those it has now.
     let exit = status_dir
-        .finish_with(manifest, reason.as_deref(), &outcome.exited)
+        .finish_with(
+            &manifest.current(&layout.manifest()),
+            reason.as_deref(),
+            &outcome.exited,
+        )
         .context("writing the pod's exit status")?;
     cleanup(&plan, vmm_cgroup);
     if let Some(r) = &exit.reason {

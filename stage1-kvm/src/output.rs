@@ -13,7 +13,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -36,15 +36,81 @@ struct AppOutput {
     claimed: [AtomicBool; 2],
 }
 
+/// Most apps whose output a sandbox takes at once (it has no fixed app list to size by).
+const MAX_SANDBOX_APPS: usize = 64;
+
+/// A sandbox's apps come and go: where to look one up that is not known yet.
+struct Added {
+    manifest: PodManifest,
+    path: PathBuf,
+    logs_dir: PathBuf,
+    limits: LogLimits,
+}
+
 /// What the connections share.
 struct Shared {
-    apps: Vec<AppOutput>,
+    apps: Mutex<Vec<Arc<AppOutput>>>,
+    /// `Some` for a sandbox.
+    added: Option<Added>,
     vm_ended: Arc<AtomicBool>,
     /// Connections refused or broken so far; the first gets a line on stderr.
     errors: AtomicUsize,
 }
 
+impl AppOutput {
+    fn open(name: &str, logs_dir: &Path, limits: LogLimits) -> Self {
+        AppOutput {
+            name: name.to_string(),
+            log: match LogWriter::open(logs_dir, name, limits) {
+                Ok(w) => Some(Mutex::new(w)),
+                Err(e) => {
+                    eprintln!("ark-stage1-kvm: app {name}: log: {e}; output is not logged");
+                    None
+                }
+            },
+            claimed: [AtomicBool::new(false), AtomicBool::new(false)],
+        }
+    }
+}
+
 impl Shared {
+    fn apps(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AppOutput>>> {
+        self.apps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The app named in a header: a known one, or (sandbox) one the manifest has now.
+    fn find(&self, name: &str) -> Option<Arc<AppOutput>> {
+        let mut apps = self.apps();
+        if let Some(a) = apps.iter().find(|a| a.name == name) {
+            return Some(a.clone());
+        }
+        let added = self.added.as_ref()?;
+        if apps.len() >= MAX_SANDBOX_APPS {
+            return None;
+        }
+        let now = added.manifest.current(&added.path);
+        let app = now.app(name).filter(|a| !a.interactive)?;
+        let out = Arc::new(AppOutput::open(&app.name, &added.logs_dir, added.limits));
+        apps.push(out.clone());
+        Some(out)
+    }
+
+    /// A sandbox app's stream ended: once both have, it is forgotten (its log synced), so an
+    /// app added again under its name gets a new log (`ark app rm` removed the old one).
+    fn release(&self, app: &Arc<AppOutput>, stream: Stream) {
+        if self.added.is_none() {
+            return;
+        }
+        app.claimed[slot(stream)].store(false, Ordering::Release);
+        if app.claimed.iter().any(|c| c.load(Ordering::Acquire)) {
+            return;
+        }
+        if let Some(log) = &app.log {
+            log.lock().unwrap_or_else(|p| p.into_inner()).sync();
+        }
+        self.apps().retain(|a| !Arc::ptr_eq(a, app));
+    }
+
     fn refuse(&self, why: &str) {
         if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
             eprintln!("ark-stage1-kvm: output channel: {why}; connection refused");
@@ -67,9 +133,12 @@ impl OutputListener {
 
     /// Serves output connections until the VM ended and every connection is done. Each
     /// non-interactive app of `manifest` gets a log in `logs_dir`.
+    /// A sandbox's apps added later (in the manifest at `manifest_path` by then) are looked up
+    /// when their output connects.
     pub fn spawn(
         self,
         manifest: &PodManifest,
+        manifest_path: &Path,
         logs_dir: &Path,
         limits: LogLimits,
         vm_ended: Arc<AtomicBool>,
@@ -78,23 +147,16 @@ impl OutputListener {
             .apps
             .iter()
             .filter(|a| !a.interactive)
-            .map(|a| AppOutput {
-                name: a.name.clone(),
-                log: match LogWriter::open(logs_dir, &a.name, limits) {
-                    Ok(w) => Some(Mutex::new(w)),
-                    Err(e) => {
-                        eprintln!(
-                            "ark-stage1-kvm: app {}: log: {e}; output is not logged",
-                            a.name
-                        );
-                        None
-                    }
-                },
-                claimed: [AtomicBool::new(false), AtomicBool::new(false)],
-            })
+            .map(|a| Arc::new(AppOutput::open(&a.name, logs_dir, limits)))
             .collect();
         let shared = Arc::new(Shared {
-            apps,
+            apps: Mutex::new(apps),
+            added: manifest.sandbox.then(|| Added {
+                manifest: manifest.clone(),
+                path: manifest_path.to_path_buf(),
+                logs_dir: logs_dir.to_path_buf(),
+                limits,
+            }),
             vm_ended,
             errors: AtomicUsize::new(0),
         });
@@ -106,7 +168,11 @@ impl OutputListener {
     fn serve(self, shared: &Arc<Shared>) {
         // Two per app, and a couple more so that a bad connection is read and refused for
         // its header rather than at the door (each spare is bounded by HEADER_TIMEOUT).
-        let max = shared.apps.len() * 2 + SPARE_CONNECTIONS;
+        let max = match shared.added {
+            Some(_) => MAX_SANDBOX_APPS,
+            None => shared.apps().len(),
+        } * 2
+            + SPARE_CONNECTIONS;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         loop {
             match self.listener.accept() {
@@ -141,7 +207,7 @@ impl OutputListener {
         for t in threads {
             let _ = t.join();
         }
-        for a in &shared.apps {
+        for a in shared.apps().iter() {
             if let Some(log) = &a.log {
                 let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
                 log.sync();
@@ -162,27 +228,29 @@ fn serve_connection(conn: UnixStream, shared: &Shared) {
         Ok(x) => x,
         Err(why) => return shared.refuse(&why),
     };
-    if let Err(e) = copy(conn, app, stream, shared) {
+    if let Err(e) = copy(conn, &app, stream, shared) {
         shared.refuse(&format!("app {:?} {}: {e}", app.name, stream.as_str()));
+    }
+    shared.release(&app, stream);
+}
+
+fn slot(s: Stream) -> usize {
+    match s {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
     }
 }
 
 /// Reads and checks the header: a known app, a stream not claimed before.
-fn claim<'a>(conn: &UnixStream, shared: &'a Shared) -> Result<(&'a AppOutput, Stream), String> {
+fn claim(conn: &UnixStream, shared: &Shared) -> Result<(Arc<AppOutput>, Stream), String> {
     conn.set_nonblocking(false).map_err(|e| e.to_string())?;
     conn.set_read_timeout(Some(HEADER_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let header = OutputHeader::read_from(&mut &*conn)?;
     let app = shared
-        .apps
-        .iter()
-        .find(|a| a.name == header.app)
+        .find(&header.app)
         .ok_or_else(|| format!("unknown app {:?}", header.app))?;
-    let slot = match header.stream {
-        Stream::Stdout => 0,
-        Stream::Stderr => 1,
-    };
-    if app.claimed[slot].swap(true, Ordering::AcqRel) {
+    if app.claimed[slot(header.stream)].swap(true, Ordering::AcqRel) {
         return Err(format!(
             "app {:?} {} is already connected",
             header.app,
@@ -250,6 +318,7 @@ mod tests {
             .unwrap()
             .spawn(
                 &manifest_with_apps(&["web"]),
+                &dir.join("pod-manifest.json"),
                 &logs,
                 LogLimits::default(),
                 ended.clone(),

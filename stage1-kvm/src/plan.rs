@@ -22,6 +22,8 @@ pub const CONTROL_PORT: u32 = 1025;
 pub const GUEST_CID: u64 = 3;
 /// virtio-fs tag of the pod root.
 pub const ROOT_TAG: &str = "arkroot";
+/// virtio-fs tag of a sandbox's `apps/` (the parent of every app root, added or not).
+pub const APPS_TAG: &str = "arkapps";
 /// Guest RAM beyond the apps' limits: kernel, guest-init, page cache. rkt's kvm flavor did the same.
 pub const BASE_MEMORY_MIB: u64 = 128;
 /// Host memory the VMM process may use beyond guest RAM (its cgroup limit).
@@ -42,6 +44,8 @@ pub enum PlanError {
     RootImage(PathBuf, std::io::Error),
     #[error("pod needs {0} MiB of guest memory, more than the VMM allows")]
     TooMuchMemory(u64),
+    #[error("a sandbox needs kvm.root=fs: apps added later must reach the guest's root")]
+    SandboxOnBlock,
 }
 
 /// How the pod root reaches the guest.
@@ -101,6 +105,9 @@ pub fn plan(
         ));
     }
     let root = root(layout, manifest)?;
+    if manifest.sandbox && root != Root::Fs {
+        return Err(PlanError::SandboxOnBlock);
+    }
 
     let mut stage2 = Stage2Config::new(
         manifest.uuid.clone(),
@@ -178,6 +185,28 @@ pub fn plan(
                 },
             );
             cmdline.push_str(&format!(" rootfstype=virtiofs root={ROOT_TAG} rw"));
+            if manifest.sandbox {
+                // Apps added while the VM runs appear under the one directory shared from
+                // boot (no new device): `apps/`, with short cache timeouts, since the host
+                // adds and removes app roots under the guest. The root's own share caches
+                // as for a directory only the guest changes, so `/apps` is this mount.
+                vm.fs.push(FsConfig {
+                    tag: APPS_TAG.into(),
+                    dir: layout.stage1_rootfs().join("apps"),
+                    read_only: false,
+                    shared: true,
+                });
+                stage2.mounts.insert(
+                    0,
+                    Stage2Mount {
+                        source: APPS_TAG.into(),
+                        fstype: "virtiofs".into(),
+                        target: "/apps".into(),
+                        read_only: false,
+                        data: None,
+                    },
+                );
+            }
         }
         Root::Blk { image, fstype } => {
             let read_only = fstype == "erofs";
@@ -588,6 +617,56 @@ mod tests {
         .unwrap();
         assert_eq!(p.vsock_uds, Path::new(VSOCK_SOCKET));
         assert_eq!(p.status_uds, Path::new("vsock.sock_1024"));
+    }
+
+    /// A sandbox shares `apps/` from boot (its own device, host changes seen) mounted at
+    /// `/apps`, and cannot have a block root (apps added later could not reach it).
+    #[test]
+    fn sandbox_shares_its_apps_dir_and_refuses_a_block_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = PodLayout::new(dir.path());
+        let mut m = manifest("");
+        m.apps.clear();
+        m.sandbox = true;
+        let p = plan(
+            &layout,
+            &m,
+            &host(Profile::Microvm),
+            &GuestNet::default(),
+            false,
+        )
+        .unwrap();
+        let apps =
+            p.vm.fs
+                .iter()
+                .find(|f| f.tag == APPS_TAG)
+                .expect("apps share");
+        assert_eq!(apps.dir, layout.stage1_rootfs().join("apps"));
+        assert!(apps.shared && !apps.read_only);
+        assert_eq!(p.stage2.mounts[0].source, APPS_TAG);
+        assert_eq!(p.stage2.mounts[0].target, "/apps");
+        // Not a sandbox: no such device.
+        let p = plan(
+            &layout,
+            &manifest(""),
+            &host(Profile::Microvm),
+            &GuestNet::default(),
+            false,
+        )
+        .unwrap();
+        assert!(p.vm.fs.iter().all(|f| f.tag != APPS_TAG));
+        std::fs::write(dir.path().join("rootfs.erofs"), b"x").unwrap();
+        let mut m = manifest(r#","options":{"kvm.root":"blk","kvm.root.image":"rootfs.erofs"}"#);
+        m.sandbox = true;
+        let e = plan(
+            &layout,
+            &m,
+            &host(Profile::Microvm),
+            &GuestNet::default(),
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(e, PlanError::SandboxOnBlock), "{e}");
     }
 
     #[test]

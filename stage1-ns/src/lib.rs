@@ -13,12 +13,11 @@ mod spawn;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ark_os::cgroup::{app_leaf, Cgroups, PodCgroups, DEFAULT_ALLOWED};
+use ark_os::cgroup::{Cgroups, PodCgroups, DEFAULT_ALLOWED};
 use ark_os::StatusDir;
 use ark_pod_spec::stage1::{lock_fd_from_env, stop_signals_with, RunArgs};
 use ark_pod_spec::{
-    guest, AppCgroup, OnExit, PodLayout, PodManifest, Stage2Config, StatusTransport,
-    EXIT_STAGE1_ERROR,
+    guest, OnExit, PodLayout, PodManifest, Stage2Config, StatusTransport, EXIT_STAGE1_ERROR,
 };
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -147,20 +146,7 @@ pub fn stage2_config(
     c.app_cgroups = m
         .apps
         .iter()
-        .filter(|_| !cgroups.pod_dirs.is_empty())
-        .map(|a| {
-            let dir = |h: &ark_os::cgroup::Hierarchy| {
-                format!("{}/{}/{}", guest::CGROUP_DIR, h.name(), app_leaf(&a.name))
-            };
-            AppCgroup {
-                app: a.name.clone(),
-                dirs: cgroups.pod_dirs.iter().map(|(h, _)| dir(h)).collect(),
-                oom_file: cgroups
-                    .pod_dirs
-                    .iter()
-                    .find_map(|(h, _)| Some(format!("{}/{}", dir(h), h.oom_file_name()?))),
-            }
-        })
+        .filter_map(|a| cgroups.guest_app_cgroup(&a.name))
         .collect();
     c
 }
@@ -199,8 +185,10 @@ pub fn run(iso: Isolation, pod_dir: &Path, debug: bool) -> Result<i32> {
         Ok(Some(r)) => Some(r.clone()),
         Err(e) => Some(format!("{e:#}")),
     };
+    // A sandbox's apps changed while it ran: the statuses owed are those it has now.
+    let now = pod.manifest.current(&pod.layout.manifest());
     let exit = status
-        .finish(&pod.manifest, reason.as_deref())
+        .finish(&now, reason.as_deref())
         .context("write pod status")?;
     if let Err(e) = cleanup {
         eprintln!("{}: remove pod cgroups: {e}", iso.prog());

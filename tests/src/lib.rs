@@ -9,6 +9,7 @@ pub mod net;
 pub mod output;
 pub mod pods;
 pub mod registry;
+pub mod sandbox;
 pub mod tty;
 pub mod vm;
 

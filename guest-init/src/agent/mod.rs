@@ -96,34 +96,69 @@ fn peer_cid_allowed(cid: u32) -> bool {
     cid == ark_pod_spec::stage2::VSOCK_HOST_CID
 }
 
-/// Accepts one connection and forks its session. guest-init reaps the session like any
-/// other child (it is no app).
-pub fn accept(listener: &OwnedFd, pod: &PodInfo) {
+/// How long PID 1 waits for a client's `hello` and request: it does that part itself, so an
+/// app request is carried out by the process that owns the apps. Only root on the host can
+/// connect (vsock from CID 2; a root-only directory for ns/fly), and the wait is bounded.
+const PID1_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An app request (`app_add`, ...) for PID 1 to carry out, and the connection to answer on.
+pub struct AppRequest {
+    pub session: session::Session,
+    pub request: ark_pod_spec::agent::Request,
+}
+
+impl AppRequest {
+    pub fn answer(self, r: std::result::Result<(), String>) {
+        self.session.answer(r);
+    }
+}
+
+/// Accepts one connection and reads its request. `exec` and `attach` get a session process of its own
+/// (guest-init reaps it like any other child: it is no app); an app request is returned for
+/// the supervisor to carry out.
+pub fn accept(listener: &OwnedFd, pod: &PodInfo) -> Option<AppRequest> {
+    use ark_pod_spec::agent::Request;
     let fd = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
         // SAFETY: accept4 returned a new descriptor we now own.
         Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
         Err(e) => {
             eprintln!("ark-init: agent: accept: {e}");
-            return;
+            return None;
         }
     };
     if !from_the_host(&fd) {
         eprintln!("ark-init: agent: refused a vsock connection from inside the VM");
-        return;
+        return None;
     }
+    let (s, version, req) = session::handshake(fd, PID1_HANDSHAKE_TIMEOUT).ok()?;
+    let req = match req {
+        r @ (Request::Exec(_) | Request::Attach { .. }) => r,
+        r @ (Request::AppAdd(_)
+        | Request::AppStart { .. }
+        | Request::AppStop { .. }
+        | Request::AppRemove { .. }) => {
+            return Some(AppRequest {
+                session: s,
+                request: r,
+            })
+        }
+        // Anything else first is off-protocol: the connection is dropped.
+        _ => return None,
+    };
     // SAFETY: guest-init is single-threaded, so the child may run ordinary code after fork.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             // If guest-init dies, so does the session (and, through its own death signal,
             // the process it started).
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-            let code = session::serve(fd, pod);
+            let code = session::serve(s, version, req, pod);
             // SAFETY: leave without running guest-init's atexit handlers or destructors.
             unsafe { libc::_exit(code) }
         }
         Ok(ForkResult::Parent { .. }) => {}
         Err(e) => eprintln!("ark-init: agent: fork: {e}"),
     }
+    None
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ark_pod_spec::agent::{
-    AgentFrame, ClientFrame, ExitStatus, FrameDecoder, Reply, Request, AGENT_ATTACH_VERSION,
-    AGENT_PROTOCOL_MIN_VERSION, AGENT_PROTOCOL_VERSION, MAX_DATA_LEN,
+    AgentFrame, ClientFrame, ExecRequest, ExitStatus, FrameDecoder, Reply, Request,
+    AGENT_ATTACH_VERSION, AGENT_PROTOCOL_MIN_VERSION, AGENT_PROTOCOL_VERSION, MAX_DATA_LEN,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -23,10 +23,15 @@ use super::PodInfo;
 /// How long a client may take to say hello and what to run.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one connection; returns the session process's exit code.
-pub fn serve(conn: OwnedFd, pod: &PodInfo) -> i32 {
-    let mut s = Session::new(conn);
-    match s.run(pod) {
+/// Serves one `exec` or `attach` connection whose handshake PID 1 did ([`handshake`]);
+/// returns the session process's exit code.
+pub fn serve(mut s: Session, version: u32, req: Request, pod: &PodInfo) -> i32 {
+    let r = match req {
+        Request::Exec(req) => s.exec(req, pod),
+        Request::Attach { app } if version >= AGENT_ATTACH_VERSION => s.attach(pod, app.as_deref()),
+        other => Err(format!("expected exec or attach, got {other:?}")),
+    };
+    match r {
         Ok(()) => 0,
         // The client is told what it did wrong where it can be (`error`); a client that went
         // away or broke the protocol is not worth a line on the pod's console.
@@ -34,8 +39,35 @@ pub fn serve(conn: OwnedFd, pod: &PodInfo) -> i32 {
     }
 }
 
+/// The `hello` exchange and the first request, by `timeout`: what the connection is for, and
+/// the protocol version the client speaks (this agent answers in it).
+pub fn handshake(conn: OwnedFd, timeout: Duration) -> Result<(Session, u32, Request), String> {
+    let mut s = Session::new(conn);
+    set_nonblocking(&s.conn)?;
+    let deadline = Instant::now() + timeout;
+    let version = match s.read_request(deadline)? {
+        Request::Hello { version }
+            if (AGENT_PROTOCOL_MIN_VERSION..=AGENT_PROTOCOL_VERSION).contains(&version) =>
+        {
+            version
+        }
+        Request::Hello { version } => {
+            s.refuse(
+                125,
+                format!("agent protocol version {version} unsupported (agent speaks {AGENT_PROTOCOL_MIN_VERSION} to {AGENT_PROTOCOL_VERSION})"),
+            )?;
+            return Err("unsupported version".into());
+        }
+        other => return Err(format!("expected hello, got {other:?}")),
+    };
+    s.send(AgentFrame::Message(Reply::Hello { version }));
+    s.flush_until(deadline)?;
+    let req = s.read_request(deadline)?;
+    Ok((s, version, req))
+}
+
 /// One client connection's framing (also the tty keeper's, [`super::attach`]).
-pub(super) struct Session {
+pub struct Session {
     pub(super) conn: OwnedFd,
     decoder: FrameDecoder,
     /// Encoded frames not yet written to the client (at most about one data frame).
@@ -66,33 +98,7 @@ impl Session {
         }
     }
 
-    fn run(&mut self, pod: &PodInfo) -> Result<(), String> {
-        set_nonblocking(&self.conn)?;
-        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        // The client's version, when this agent speaks it (it answers in that version).
-        let version = match self.read_request(deadline)? {
-            Request::Hello { version }
-                if (AGENT_PROTOCOL_MIN_VERSION..=AGENT_PROTOCOL_VERSION).contains(&version) =>
-            {
-                version
-            }
-            Request::Hello { version } => {
-                return self.refuse(
-                    125,
-                    format!("agent protocol version {version} unsupported (agent speaks {AGENT_PROTOCOL_MIN_VERSION} to {AGENT_PROTOCOL_VERSION})"),
-                );
-            }
-            other => return Err(format!("expected hello, got {other:?}")),
-        };
-        self.send(AgentFrame::Message(Reply::Hello { version }));
-        self.flush_until(deadline)?;
-        let req = match self.read_request(deadline)? {
-            Request::Exec(req) => req,
-            Request::Attach { app } if version >= AGENT_ATTACH_VERSION => {
-                return self.attach(pod, app.as_deref(), deadline)
-            }
-            other => return Err(format!("expected exec, got {other:?}")),
-        };
+    fn exec(&mut self, req: ExecRequest, pod: &PodInfo) -> Result<(), String> {
         let (app, pid) = match pick_app(pod, req.app.as_deref()) {
             Ok(a) => a,
             Err(e) => return self.refuse(125, e),
@@ -113,12 +119,7 @@ impl Session {
     }
 
     /// `attach`: the app's keeper takes the connection over (this session ends).
-    fn attach(
-        &mut self,
-        pod: &PodInfo,
-        app: Option<&str>,
-        deadline: Instant,
-    ) -> Result<(), String> {
+    fn attach(&mut self, pod: &PodInfo, app: Option<&str>) -> Result<(), String> {
         let (app, _) = match pick_app(pod, app) {
             Ok(a) => a,
             Err(e) => return self.refuse(125, e),
@@ -130,8 +131,19 @@ impl Session {
             );
         };
         self.send(AgentFrame::Message(Reply::Attached));
-        self.flush_until(deadline)?;
+        self.flush_until(Instant::now() + HANDSHAKE_TIMEOUT)?;
         super::attach::hand_over(*keeper, &self.conn)
+    }
+
+    /// The answer to an app request (`done`, or `error` with code 125), then the end.
+    pub fn answer(mut self, r: Result<(), String>) {
+        let _ = match r {
+            Ok(()) => {
+                self.send(AgentFrame::Message(Reply::Done));
+                self.flush_until(Instant::now() + HANDSHAKE_TIMEOUT)
+            }
+            Err(e) => self.refuse(125, e),
+        };
     }
 
     fn refuse(&mut self, code: i32, message: String) -> Result<(), String> {

@@ -2,7 +2,7 @@
 //! syscall: pure, unit-tested.
 
 use ark_pod_spec::manifest::normalize_capability;
-use ark_pod_spec::{guest, PodManifest, Rlimit, Stage2Config};
+use ark_pod_spec::{guest, App, PodManifest, Rlimit, Stage2Config};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
@@ -41,47 +41,47 @@ pub struct AppPlan {
 
 /// One plan per app, in manifest order.
 pub fn plan(m: &PodManifest, c: &Stage2Config) -> Vec<AppPlan> {
-    m.apps
-        .iter()
-        .map(|a| {
-            let cg = c.app_cgroups.iter().find(|g| g.app == a.name);
-            AppPlan {
-                name: a.name.clone(),
-                root: guest::app_rootfs(&a.name),
-                argv: a.exec.clone(),
-                env: a
-                    .env
-                    .iter()
-                    .map(|e| (e.name.clone(), e.value.clone()))
-                    .collect(),
-                user: a.user.clone(),
-                group: a.group.clone(),
-                supplementary_groups: a.supplementary_groups.clone(),
-                working_dir: a.working_dir.clone(),
-                binds: a
-                    .mounts
-                    .iter()
-                    .map(|mt| Bind {
-                        source: guest::volume_dir(&mt.volume),
-                        target: mt.target.clone(),
-                        read_only: m.volume(&mt.volume).is_some_and(|v| v.read_only),
-                    })
-                    .collect(),
-                caps_keep: a
-                    .capabilities_keep
-                    .iter()
-                    .filter_map(|n| normalize_capability(n))
-                    .map(str::to_string)
-                    .collect(),
-                caps_explicit: a.capabilities_explicit,
-                rlimits: a.rlimits.clone(),
-                cgroup_dirs: cg.map(|g| g.dirs.clone()).unwrap_or_default(),
-                oom_file: cg.and_then(|g| g.oom_file.clone()),
-                interactive: a.interactive,
-                tty: a.tty,
-            }
-        })
-        .collect()
+    m.apps.iter().map(|a| plan_app(m, a, c)).collect()
+}
+
+/// The plan of one app of `m` (also an app added to a running sandbox).
+pub fn plan_app(m: &PodManifest, a: &App, c: &Stage2Config) -> AppPlan {
+    let cg = c.app_cgroups.iter().find(|g| g.app == a.name);
+    AppPlan {
+        name: a.name.clone(),
+        root: guest::app_rootfs(&a.name),
+        argv: a.exec.clone(),
+        env: a
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        user: a.user.clone(),
+        group: a.group.clone(),
+        supplementary_groups: a.supplementary_groups.clone(),
+        working_dir: a.working_dir.clone(),
+        binds: a
+            .mounts
+            .iter()
+            .map(|mt| Bind {
+                source: guest::volume_dir(&mt.volume),
+                target: mt.target.clone(),
+                read_only: m.volume(&mt.volume).is_some_and(|v| v.read_only),
+            })
+            .collect(),
+        caps_keep: a
+            .capabilities_keep
+            .iter()
+            .filter_map(|n| normalize_capability(n))
+            .map(str::to_string)
+            .collect(),
+        caps_explicit: a.capabilities_explicit,
+        rlimits: a.rlimits.clone(),
+        cgroup_dirs: cg.map(|g| g.dirs.clone()).unwrap_or_default(),
+        oom_file: cg.and_then(|g| g.oom_file.clone()),
+        interactive: a.interactive,
+        tty: a.tty,
+    }
 }
 
 #[cfg(test)]

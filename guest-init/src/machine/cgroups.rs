@@ -46,3 +46,23 @@ fn create_cgroups(m: &PodManifest) -> Result<Vec<AppCgroup>> {
         })
         .collect())
 }
+
+/// kvm: the cgroup of an app added to a running sandbox, in the pod's cgroup made at boot
+/// (so under its device allowlist), with the app's limits.
+pub fn added_app_cgroup(uuid: &str, app: &ark_pod_spec::App) -> Result<AppCgroup> {
+    let pod = Cgroups::v2(Path::new("/sys/fs/cgroup"))
+        .create_app(uuid, app)
+        .with_context(|| format!("create the cgroup of app {}", app.name))?;
+    if pod.pod_dirs.is_empty() {
+        anyhow::bail!("the pod has no cgroup to put app {} in", app.name);
+    }
+    Ok(AppCgroup {
+        app: app.name.clone(),
+        dirs: pod
+            .app_dirs(&app.name)
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect(),
+        oom_file: pod.app_oom_file(&app.name).map(|f| f.display().to_string()),
+    })
+}

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use ark_pod_spec::{OnExit, Stage2Config};
 use nix::mount::{mount, MsFlags};
 
-pub use cgroups::app_cgroups;
+pub use cgroups::{added_app_cgroup, app_cgroups};
 pub use console::{ensure_console, plain_output};
 
 /// Step 2 of stage2 (docs/stages.md), up to the app cgroups: the root, the pseudo filesystems,

@@ -3,6 +3,7 @@
 //! SIGTERM/SIGINT/SIGHUP or a `stop` into SIGTERM then SIGKILL, reporting each app's end —
 //! until every app has a final status.
 
+mod apps;
 pub mod control;
 pub mod output;
 pub mod sink;
@@ -69,6 +70,10 @@ pub struct Pod {
     agent: Option<crate::agent::Listener>,
     /// Tty apps' keepers, for `attach`.
     ttys: Vec<crate::agent::attach::TtyApp>,
+    /// A sandbox: apps come and go while it runs, and it lives until stopped.
+    sandbox: Option<apps::Sandbox>,
+    /// The apps' plans (a sandbox's grow and shrink).
+    plans: Vec<AppPlan>,
 }
 
 impl Pod {
@@ -88,7 +93,28 @@ impl Pod {
             grace,
             agent: None,
             ttys: Vec::new(),
+            sandbox: None,
+            plans: plans.to_vec(),
         }
+    }
+
+    /// The pod is a sandbox (`manifest.sandbox`): serve app requests, run until stopped.
+    pub fn set_sandbox(
+        &mut self,
+        manifest: &ark_pod_spec::PodManifest,
+        cfg: &ark_pod_spec::Stage2Config,
+    ) {
+        if manifest.sandbox {
+            self.sandbox = Some(apps::Sandbox {
+                manifest: manifest.clone(),
+                cfg: cfg.clone(),
+            });
+        }
+    }
+
+    /// Whether the pod is over: every app has a final status (and a sandbox was stopped).
+    fn over(&self) -> bool {
+        self.sup.all_done() && (self.sandbox.is_none() || self.sup.stopping())
     }
 
     /// Serve the agent on this listener while the pod runs.
@@ -148,7 +174,7 @@ impl Pod {
 
     /// Step 4: until every app has a final status.
     pub fn supervise(&mut self, sink: &mut dyn StatusSink) -> Result<()> {
-        while !self.sup.all_done() {
+        while !self.over() {
             let mut fds = vec![PollFd::new(self.signals.fd.as_fd(), PollFlags::POLLIN)];
             if let Some(l) = &self.control {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
@@ -194,6 +220,7 @@ impl Pod {
                     if let Some(ControlCommand::Stop { grace_secs }) = control::accept(l) {
                         let g = grace_secs.map_or(self.grace, Duration::from_secs);
                         signal_all(&self.sup.request_stop(Instant::now(), g), Signal::SIGTERM);
+                        self.end_created_apps(sink);
                     }
                 }
             }
@@ -209,7 +236,10 @@ impl Pod {
                             .map(|t| (t.app.clone(), t.attach.as_raw_fd()))
                             .collect(),
                     };
-                    crate::agent::accept(&a.fd, &info);
+                    if let Some(r) = crate::agent::accept(&a.fd, &info) {
+                        let request = r.request.clone();
+                        r.answer(self.app_request(request, sink));
+                    }
                 }
             }
             signal_all(&self.sup.kill_due(Instant::now()), Signal::SIGKILL);
@@ -244,10 +274,13 @@ impl Pod {
                 .and_then(|n| Signal::try_from(n).ok());
             match signal {
                 Some(Signal::SIGCHLD) => reap = true,
-                Some(_) => signal_all(
-                    &self.sup.request_stop(Instant::now(), self.grace),
-                    Signal::SIGTERM,
-                ),
+                Some(_) => {
+                    signal_all(
+                        &self.sup.request_stop(Instant::now(), self.grace),
+                        Signal::SIGTERM,
+                    );
+                    self.end_created_apps(sink);
+                }
                 None => {}
             }
         }

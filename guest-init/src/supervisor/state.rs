@@ -27,6 +27,29 @@ struct AppRun {
     started_at: Option<u64>,
     start_error: Option<StartError>,
     status: Option<AppStatus>,
+    /// `app_stop`: when this app alone gets SIGKILL.
+    kill_at: Option<Instant>,
+}
+
+impl AppRun {
+    fn new(name: &str) -> Self {
+        AppRun {
+            name: name.to_string(),
+            pid: None,
+            started_at: None,
+            start_error: None,
+            status: None,
+            kill_at: None,
+        }
+    }
+
+    fn state(&self) -> AppState {
+        match (&self.status, self.pid) {
+            (Some(_), _) => AppState::Exited,
+            (None, Some(_)) => AppState::Running,
+            (None, None) => AppState::Created,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -40,16 +63,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
         Supervisor {
-            apps: names
-                .into_iter()
-                .map(|n| AppRun {
-                    name: n.to_string(),
-                    pid: None,
-                    started_at: None,
-                    start_error: None,
-                    status: None,
-                })
-                .collect(),
+            apps: names.into_iter().map(AppRun::new).collect(),
             kill_at: None,
             killed: false,
         }
@@ -121,6 +135,61 @@ impl Supervisor {
         Some(StatusMessage::AppExited { status: st })
     }
 
+    /// The app's state, `None` for no such app.
+    pub fn state(&self, app: &str) -> Option<AppState> {
+        self.apps.iter().find(|a| a.name == app).map(AppRun::state)
+    }
+
+    /// A sandbox's new app, created (not started).
+    pub fn add(&mut self, app: &str) -> Result<(), String> {
+        if self.state(app).is_some() {
+            return Err(format!("the pod already has an app {app:?}"));
+        }
+        self.apps.push(AppRun::new(app));
+        Ok(())
+    }
+
+    /// Forgets an app that is not running.
+    pub fn remove(&mut self, app: &str) -> Result<(), String> {
+        match self.state(app) {
+            None => Err(format!("the pod has no app {app:?}")),
+            Some(AppState::Running) => Err(format!("app {app:?} is running: stop it first")),
+            Some(_) => {
+                self.apps.retain(|a| a.name != app);
+                Ok(())
+            }
+        }
+    }
+
+    /// `app_stop`: the pid to SIGTERM now; SIGKILL follows after `grace` ([`Self::kill_due`]).
+    pub fn stop_app(&mut self, app: &str, now: Instant, grace: Duration) -> Result<i32, String> {
+        let a = self
+            .apps
+            .iter_mut()
+            .find(|a| a.name == app)
+            .ok_or_else(|| format!("the pod has no app {app:?}"))?;
+        match (a.state(), a.pid) {
+            (AppState::Running, Some(pid)) => {
+                let at = now + grace;
+                a.kill_at = Some(a.kill_at.map_or(at, |k| k.min(at)));
+                Ok(pid)
+            }
+            (state, _) => Err(format!(
+                "app {app:?} is not running (it is {})",
+                state_name(state)
+            )),
+        }
+    }
+
+    /// Apps added but never started (a stopping sandbox reports them as never run).
+    pub fn created_apps(&self) -> Vec<String> {
+        self.apps
+            .iter()
+            .filter(|a| a.state() == AppState::Created)
+            .map(|a| a.name.clone())
+            .collect()
+    }
+
     pub fn is_app(&self, pid: i32) -> Option<&str> {
         self.apps
             .iter()
@@ -161,23 +230,50 @@ impl Supervisor {
         self.running_pids()
     }
 
-    /// Pids to SIGKILL now that the grace period is over (once).
+    /// Pids to SIGKILL now that the grace period is over (once for the pod; once per app
+    /// stopped alone).
     pub fn kill_due(&mut self, now: Instant) -> Vec<i32> {
-        match self.kill_at {
+        let mut pids = match self.kill_at {
             Some(at) if now >= at && !self.killed => {
                 self.killed = true;
                 self.running_pids()
             }
             _ => Vec::new(),
+        };
+        for a in &mut self.apps {
+            if let (Some(at), Some(pid), None) = (a.kill_at, a.pid, &a.status) {
+                if now >= at {
+                    a.kill_at = None;
+                    if !pids.contains(&pid) {
+                        pids.push(pid);
+                    }
+                }
+            }
         }
+        pids
     }
 
     /// How long the event loop may sleep before [`Supervisor::kill_due`] has work.
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
-        match self.kill_at {
-            Some(at) if !self.killed => Some(at.saturating_duration_since(now)),
+        let pod = match self.kill_at {
+            Some(at) if !self.killed => Some(at),
             _ => None,
-        }
+        };
+        self.apps
+            .iter()
+            .filter(|a| a.status.is_none())
+            .filter_map(|a| a.kill_at)
+            .chain(pod)
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+}
+
+fn state_name(s: AppState) -> &'static str {
+    match s {
+        AppState::Created => "created",
+        AppState::Running => "running",
+        AppState::Exited => "exited",
     }
 }
 
@@ -262,6 +358,34 @@ mod tests {
         assert_eq!(s.kill_due(t0 + Duration::from_secs(2)), [11]);
         assert!(s.kill_due(t0 + Duration::from_secs(3)).is_empty());
         assert_eq!(s.timeout(t0), None);
+    }
+
+    #[test]
+    fn sandbox_apps_are_added_stopped_alone_and_removed() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new([]);
+        assert!(s.all_done(), "an empty sandbox has nothing running");
+        s.add("a").unwrap();
+        s.add("b").unwrap();
+        assert!(s.add("a").unwrap_err().contains("already"));
+        assert_eq!(s.state("a"), Some(AppState::Created));
+        assert!(s.stop_app("a", t0, Duration::ZERO).is_err(), "not started");
+        s.started("a", 10, 1);
+        s.started("b", 11, 1);
+        assert!(s.remove("a").unwrap_err().contains("running"));
+        assert_eq!(s.stop_app("a", t0, Duration::from_secs(3)), Ok(10));
+        assert_eq!(s.timeout(t0), Some(Duration::from_secs(3)));
+        assert!(s.kill_due(t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(s.kill_due(t0 + Duration::from_secs(3)), [10], "only a");
+        assert!(s.kill_due(t0 + Duration::from_secs(4)).is_empty(), "once");
+        s.reaped(10, Exit::Signal(9), false, 2);
+        assert_eq!(s.state("a"), Some(AppState::Exited));
+        assert_eq!(s.running_pids(), [11], "b keeps running");
+        s.remove("a").unwrap();
+        assert_eq!(s.state("a"), None);
+        assert!(s.remove("a").is_err());
+        s.add("a").unwrap();
+        assert_eq!(s.created_apps(), ["a"]);
     }
 
     #[test]
