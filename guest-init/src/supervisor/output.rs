@@ -101,6 +101,12 @@ impl Outputs {
             ended.push(o.end());
             false
         });
+        // Everything was sent before a stream reports its end: say so to the host now, not at
+        // the pod's end, so it closes the app's log (a sandbox's app may be removed and added
+        // again under its name while the pod runs). The host's close is awaited in `finish`.
+        for conn in ended.iter().flatten() {
+            let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        }
         self.closing.extend(ended.into_iter().flatten());
     }
 
@@ -296,9 +302,9 @@ fn wait_host_done(conn: std::fs::File) {
     let _ = set_nonblocking(conn.as_fd(), false);
     let secs = i64::try_from(HOST_DONE_TIMEOUT.as_secs()).unwrap_or(60);
     let _ = setsockopt(&conn, sockopt::ReceiveTimeout, &TimeVal::seconds(secs));
-    if shutdown(conn.as_raw_fd(), Shutdown::Write).is_err() {
-        return;
-    }
+    // (Already shut down when the stream ended early: then the host may be gone, which the
+    // read says at once.)
+    let _ = shutdown(conn.as_raw_fd(), Shutdown::Write);
     let mut byte = [0u8; 64];
     loop {
         match (&conn).read(&mut byte) {
