@@ -113,8 +113,10 @@ pub fn run_tty_and_attach(flavor: &str, slow: Duration) {
     t.keys(&["echo hi-$((6*7))", "Enter"]);
     t.wait_for("\nhi-42", slow);
     // EOF reaches the app as on a local terminal: ^D ends a nested shell.
-    t.keys(&["sh", "Enter"]);
-    std::thread::sleep(Duration::from_secs(1));
+    // The nested shell must be reading before ^D is typed (a guest process can take seconds to
+    // start): its prompt, made from a variable so the echoed command line does not match it.
+    t.keys(&["P=nest; PS1=\"${P}ed> \" sh", "Enter"]);
+    t.wait_for("\nnested> ", slow);
     t.keys(&["C-d"]);
     std::thread::sleep(Duration::from_secs(1));
     t.keys(&["echo NESTED-$((40+2))", "Enter"]);
