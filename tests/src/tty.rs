@@ -116,7 +116,7 @@ pub fn run_tty_and_attach(flavor: &str, slow: Duration) {
     // The nested shell must be reading before ^D is typed (a guest process can take seconds to
     // start): its prompt, made from a variable so the echoed command line does not match it.
     t.keys(&["P=nest; PS1=\"${P}ed> \" sh", "Enter"]);
-    t.wait_for("\nnested> ", slow);
+    t.wait_for("\nnested>", slow);
     t.keys(&["C-d"]);
     std::thread::sleep(Duration::from_secs(1));
     t.keys(&["echo NESTED-$((40+2))", "Enter"]);
