@@ -15,7 +15,6 @@ use ark_pod_spec::{Flavor, PodLayout, PodManifest};
 use super::agent_client::{self, AttachOptions, AttachOutcome, DetachKeys};
 use super::enter::{connect, escape_controls, RawTerminal};
 use super::lifecycle::{spawn_stage1_detached, Prepared, Stage1Child};
-use super::store::Liveness;
 
 /// The command line's attach flags.
 #[derive(Debug, Clone)]
@@ -41,13 +40,6 @@ impl TtyOptions {
 /// How long a pod may take until its tty app can be attached: ns/fly, kvm (a slow guest).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const VM_READY_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn reply_timeout(flavor: Flavor) -> Duration {
-    match flavor {
-        Flavor::Kvm => agent_client::VM_REPLY_TIMEOUT,
-        Flavor::Ns | Flavor::Fly => agent_client::REPLY_TIMEOUT,
-    }
-}
 
 /// `ark run -t` (and `run-prepared` of a pod with a tty app): starts the pod, attaches, and
 /// returns the pod's exit code, or 0 after a detach.
@@ -77,7 +69,12 @@ pub fn run_attached(
             let last = match connect(&layout, flavor) {
                 Ok(conn) => {
                     let _terminal = o.stdin.then(RawTerminal::enter).flatten();
-                    match agent_client::attach(conn, app.clone(), reply_timeout(flavor), &opts)? {
+                    match agent_client::attach(
+                        conn,
+                        app.clone(),
+                        super::enter::reply_timeout(flavor),
+                        &opts,
+                    )? {
                         AttachOutcome::Detached => return Ok(0),
                         AttachOutcome::Ended { got_output } => {
                             drop(_terminal);
@@ -129,42 +126,37 @@ fn print_log(ctx: &crate::Context, child: &Stage1Child, app: Option<&str>) {
 pub fn attach(ctx: &crate::Context, id: &str, o: &TtyOptions) -> super::Result<i32> {
     super::error::typed(|| {
         let opts = o.attach_options()?;
-        let store = super::open_store(ctx)?;
-        let pod = store.reap_if_exited(&store.find(id)?)?;
-        if store.liveness(&pod)? != Liveness::Running {
-            bail!("pod {} is not running", pod.uuid);
-        }
-        let layout = PodLayout::new(&pod.path);
-        let manifest = PodManifest::load(&layout.manifest())?;
-        let app =
-            match &o.app {
-                Some(_) => super::enter::pick_app(&manifest, o.app.as_deref())?,
-                None => manifest.apps.iter().find(|a| a.tty).with_context(|| {
-                    format!("pod {}: no app has a tty (run it with -t)", pod.uuid)
-                })?,
-            };
+        let (uuid, layout, manifest) = super::enter::running_pod(ctx, id)?;
+        let app = match &o.app {
+            Some(_) => super::enter::pick_app(&manifest, o.app.as_deref())?,
+            None => manifest
+                .apps
+                .iter()
+                .find(|a| a.tty)
+                .with_context(|| format!("pod {uuid}: no app has a tty (run it with -t)"))?,
+        };
         if !app.tty {
-            bail!(
-                "pod {}: app {} has no tty (run it with -t)",
-                pod.uuid,
-                app.name
-            );
+            bail!("pod {uuid}: app {} has no tty (run it with -t)", app.name);
         }
         let flavor = manifest.stage1.flavor;
-        let conn = connect(&layout, flavor)
-            .with_context(|| format!("pod {}: reach its agent", pod.uuid))?;
+        let conn =
+            connect(&layout, flavor).with_context(|| format!("pod {uuid}: reach its agent"))?;
         let terminal = o.stdin.then(RawTerminal::enter).flatten();
-        let outcome =
-            agent_client::attach(conn, Some(app.name.clone()), reply_timeout(flavor), &opts)?;
+        let outcome = agent_client::attach(
+            conn,
+            Some(app.name.clone()),
+            super::enter::reply_timeout(flavor),
+            &opts,
+        )?;
         drop(terminal);
         match outcome {
             AttachOutcome::Detached => Ok(0),
             AttachOutcome::Refused { message, .. } => {
-                bail!("pod {}: {}", pod.uuid, escape_controls(&message))
+                bail!("pod {uuid}: {}", escape_controls(&message))
             }
             AttachOutcome::Ended { .. } => {
                 // The pty ended: the app did. The pod's code once it is done.
-                let s = super::info::status(ctx, &pod.uuid.to_string(), true)?;
+                let s = super::info::status(ctx, &uuid, true)?;
                 Ok(s.exit_code.unwrap_or(0))
             }
         }

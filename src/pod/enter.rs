@@ -86,26 +86,41 @@ fn request(app: &App, o: &EnterOptions) -> anyhow::Result<ExecRequest> {
     Ok(req)
 }
 
+/// A running pod's UUID, layout and manifest (`ark enter`, `ark attach`): one line if it is
+/// not running.
+pub(crate) fn running_pod(
+    ctx: &crate::Context,
+    id: &str,
+) -> anyhow::Result<(String, PodLayout, PodManifest)> {
+    let store = super::open_store(ctx)?;
+    let pod = store.reap_if_exited(&store.find(id)?)?;
+    if store.liveness(&pod)? != Liveness::Running {
+        bail!("pod {} is not running", pod.uuid);
+    }
+    let layout = PodLayout::new(&pod.path);
+    let manifest = PodManifest::load(&layout.manifest())?;
+    Ok((pod.uuid.to_string(), layout, manifest))
+}
+
+/// How long the agent of a pod of this flavor may take to answer (a VM spawns slowly).
+pub(crate) fn reply_timeout(flavor: Flavor) -> Duration {
+    match flavor {
+        Flavor::Kvm => agent_client::VM_REPLY_TIMEOUT,
+        Flavor::Ns | Flavor::Fly => agent_client::REPLY_TIMEOUT,
+    }
+}
+
 /// Runs the command in app `--app` (needed when the pod has several) of running pod `id`, and
 /// returns its exit code (128+N for signal N; 126/127 when it cannot run or is missing).
 pub fn enter(ctx: &crate::Context, id: &str, o: &EnterOptions) -> super::Result<i32> {
     super::error::typed(|| {
-        let store = super::open_store(ctx)?;
-        let pod = store.reap_if_exited(&store.find(id)?)?;
-        if store.liveness(&pod)? != Liveness::Running {
-            bail!("pod {} is not running", pod.uuid);
-        }
-        let layout = PodLayout::new(&pod.path);
-        let manifest = PodManifest::load(&layout.manifest())?;
+        let (uuid, layout, manifest) = running_pod(ctx, id)?;
         let app = pick_app(&manifest, o.app.as_deref())?;
         let req = request(app, o)?;
         let conn = connect(&layout, manifest.stage1.flavor)
-            .with_context(|| format!("pod {}: reach its agent", pod.uuid))?;
+            .with_context(|| format!("pod {uuid}: reach its agent"))?;
         let _terminal = if o.tty { RawTerminal::enter() } else { None };
-        let timeout = match manifest.stage1.flavor {
-            Flavor::Kvm => agent_client::VM_REPLY_TIMEOUT,
-            Flavor::Ns | Flavor::Fly => agent_client::REPLY_TIMEOUT,
-        };
+        let timeout = reply_timeout(manifest.stage1.flavor);
         match agent_client::run(conn, req, timeout)? {
             Outcome::Exited(code) => Ok(code),
             Outcome::Refused { code, message } => {
