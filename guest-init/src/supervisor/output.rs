@@ -302,15 +302,18 @@ fn wait_host_done(conn: std::fs::File) {
     let _ = set_nonblocking(conn.as_fd(), false);
     let secs = i64::try_from(HOST_DONE_TIMEOUT.as_secs()).unwrap_or(60);
     let _ = setsockopt(&conn, sockopt::ReceiveTimeout, &TimeVal::seconds(secs));
-    // (Already shut down when the stream ended early: then the host may be gone, which the
-    // read says at once.)
-    let _ = shutdown(conn.as_raw_fd(), Shutdown::Write);
+    // A stream that ended before the pod was shut down then; the host may have closed it since,
+    // which is the confirmation (ENOTCONN from shutdown or read).
+    if shutdown(conn.as_raw_fd(), Shutdown::Write) == Err(nix::errno::Errno::ENOTCONN) {
+        return;
+    }
     let mut byte = [0u8; 64];
     loop {
         match (&conn).read(&mut byte) {
             Ok(0) => return,
             Ok(_) => {} // the host sends nothing; ignore it rather than trust it
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return,
             Err(e) => {
                 eprintln!("ark-init: output channel: the host did not confirm: {e}");
                 return;
